@@ -1,0 +1,287 @@
+//! Image assembly: a config and a manifest around packed layers, as byte-stable JSON.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::str::FromStr;
+
+use oci_spec::image::{
+    Arch, ConfigBuilder, Descriptor, HistoryBuilder, ImageConfigurationBuilder, ImageManifestBuilder, MediaType, Os,
+    RootFsBuilder,
+};
+
+use crate::digest::Digest;
+use crate::pack::Layer;
+use crate::store::{BlobSink, StoreError};
+
+/// `org.opencontainers.image.created`.
+pub const ANNOTATION_CREATED: &str = "org.opencontainers.image.created";
+
+/// The platform an image is for, `os/arch[/variant]` as in `linux/amd64`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// The platform of the host kiln runs on, in Go's GOOS/GOARCH names.
+    pub fn host() -> Self {
+        let architecture = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            "powerpc64" => "ppc64le",
+            other => other,
+        };
+        Platform { os: "linux".into(), architecture: architecture.into(), variant: None }
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Platform {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let ok = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        match parts.as_slice() {
+            [os, arch] if ok(os) && ok(arch) => {
+                Ok(Platform { os: (*os).into(), architecture: (*arch).into(), variant: None })
+            }
+            [os, arch, v] if ok(os) && ok(arch) && ok(v) => {
+                Ok(Platform { os: (*os).into(), architecture: (*arch).into(), variant: Some((*v).into()) })
+            }
+            _ => Err(format!("invalid platform {s:?}: expected os/arch[/variant], e.g. linux/amd64")),
+        }
+    }
+}
+
+/// The runtime part of an image config.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunConfig {
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub env: Vec<String>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Everything an image is made of besides its layers.
+#[derive(Clone, Debug)]
+pub struct ImageSpec {
+    pub platform: Platform,
+    /// SOURCE_DATE_EPOCH: the config's `created`, every history entry's and the manifest's
+    /// `org.opencontainers.image.created`.
+    pub epoch: u64,
+    pub run: RunConfig,
+    /// Manifest annotations (the `created` one is added from the epoch).
+    pub annotations: BTreeMap<String, String>,
+    /// `created_by` in each layer's history entry.
+    pub created_by: String,
+}
+
+/// Why an image could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("building the image {what}: {source}")]
+    Spec { what: &'static str, source: oci_spec::OciSpecError },
+    #[error("encoding the image {what}: {source}")]
+    Json { what: &'static str, source: serde_json::Error },
+    #[error("epoch {0} cannot be written as an RFC 3339 time")]
+    Epoch(u64),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// An RFC 3339 UTC timestamp (`2023-11-14T22:13:20Z`) for an epoch.
+pub fn rfc3339(epoch: u64) -> Option<String> {
+    let t = time::OffsetDateTime::from_unix_timestamp(i64::try_from(epoch).ok()?).ok()?;
+    t.format(&time::format_description::well_known::Rfc3339).ok()
+}
+
+fn spec_err(what: &'static str) -> impl FnOnce(oci_spec::OciSpecError) -> ImageError {
+    move |source| ImageError::Spec { what, source }
+}
+
+/// Write the config and manifest of an image made of `layers` into `sink`; returns the
+/// manifest's descriptor (to tag it).
+pub fn write_image(sink: &dyn BlobSink, layers: &[Layer], spec: &ImageSpec) -> Result<Descriptor, ImageError> {
+    let created = rfc3339(spec.epoch).ok_or(ImageError::Epoch(spec.epoch))?;
+    let run = &spec.run;
+    let mut cb = ConfigBuilder::default();
+    if let Some(e) = &run.entrypoint {
+        cb = cb.entrypoint(e.clone());
+    }
+    if let Some(c) = &run.cmd {
+        cb = cb.cmd(c.clone());
+    }
+    if !run.env.is_empty() {
+        cb = cb.env(run.env.clone());
+    }
+    if let Some(w) = &run.working_dir {
+        cb = cb.working_dir(w.clone());
+    }
+    if let Some(u) = &run.user {
+        cb = cb.user(u.clone());
+    }
+    if !run.labels.is_empty() {
+        cb = cb.labels(run.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<HashMap<_, _>>());
+    }
+    let history = layers
+        .iter()
+        .map(|_| {
+            HistoryBuilder::default()
+                .created(created.clone())
+                .created_by(spec.created_by.clone())
+                .build()
+                .map_err(spec_err("history"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let rootfs = RootFsBuilder::default()
+        .typ("layers")
+        .diff_ids(layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>())
+        .build()
+        .map_err(spec_err("rootfs"))?;
+    let mut config = ImageConfigurationBuilder::default()
+        .created(created.clone())
+        .architecture(Arch::from(spec.platform.architecture.as_str()))
+        .os(Os::from(spec.platform.os.as_str()))
+        .config(cb.build().map_err(spec_err("config"))?)
+        .rootfs(rootfs)
+        .history(history)
+        .build()
+        .map_err(spec_err("config"))?;
+    if let Some(v) = &spec.platform.variant {
+        config.set_variant(Some(v.clone()));
+    }
+    let config_bytes =
+        crate::json::to_canonical_vec(&config).map_err(|source| ImageError::Json { what: "config", source })?;
+    let config_blob = sink.put_blob(&config_bytes)?;
+
+    let mut annotations: HashMap<String, String> =
+        spec.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    annotations.insert(ANNOTATION_CREATED.to_owned(), created);
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(Descriptor::new(MediaType::ImageConfig, config_blob.size, config_blob.digest.to_oci()))
+        .layers(
+            layers
+                .iter()
+                .map(|l| Descriptor::new(MediaType::from(l.media_type), l.size, l.digest.to_oci()))
+                .collect::<Vec<_>>(),
+        )
+        .annotations(annotations)
+        .build()
+        .map_err(spec_err("manifest"))?;
+    let manifest_bytes =
+        crate::json::to_canonical_vec(&manifest).map_err(|source| ImageError::Json { what: "manifest", source })?;
+    let blob = sink.put_blob(&manifest_bytes)?;
+    Ok(Descriptor::new(MediaType::ImageManifest, blob.size, blob.digest.to_oci()))
+}
+
+/// The digest of a descriptor, which kiln always writes as sha256.
+pub fn descriptor_digest(d: &Descriptor) -> Result<Digest, crate::digest::DigestParseError> {
+    Digest::from_oci(d.digest())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{BlobInfo, BlobUpload};
+    use std::sync::Mutex;
+
+    /// Keeps small blobs in memory, to look at the JSON.
+    #[derive(Default)]
+    struct Mem(Mutex<Vec<Vec<u8>>>);
+
+    impl BlobSink for Mem {
+        fn begin_blob(&self) -> Result<Box<dyn BlobUpload>, StoreError> {
+            Err(StoreError::Corrupt { path: "mem".into(), reason: "streaming not supported".into() })
+        }
+        fn put_blob(&self, bytes: &[u8]) -> Result<BlobInfo, StoreError> {
+            self.0.lock().unwrap().push(bytes.to_vec());
+            Ok(BlobInfo { digest: Digest::of(bytes), size: bytes.len() as u64 })
+        }
+    }
+
+    fn layer() -> Layer {
+        Layer {
+            digest: Digest::of(b"blob"),
+            size: 4,
+            diff_id: Digest::of(b"tar"),
+            media_type: crate::pack::Compression::Gzip.media_type(),
+            entries: 1,
+            uncompressed_size: 3,
+        }
+    }
+
+    fn spec() -> ImageSpec {
+        let mut labels = BTreeMap::new();
+        for i in 0..20 {
+            labels.insert(format!("label{i}"), format!("v{i}"));
+        }
+        ImageSpec {
+            platform: "linux/amd64".parse().unwrap(),
+            epoch: 1_700_000_000,
+            run: RunConfig {
+                entrypoint: Some(vec!["/app".into()]),
+                cmd: Some(vec!["--serve".into()]),
+                env: vec!["PATH=/bin".into()],
+                working_dir: Some("/".into()),
+                user: Some("65534".into()),
+                labels,
+            },
+            annotations: (0..20).map(|i| (format!("a{i}"), format!("{i}"))).collect(),
+            created_by: "kiln pack".into(),
+        }
+    }
+
+    #[test]
+    fn json_is_byte_stable_and_complete() {
+        let first = Mem::default();
+        let d1 = write_image(&first, &[layer()], &spec()).unwrap();
+        for _ in 0..10 {
+            let m = Mem::default();
+            assert_eq!(write_image(&m, &[layer()], &spec()).unwrap(), d1);
+            assert_eq!(*m.0.lock().unwrap(), *first.0.lock().unwrap());
+        }
+        let blobs = first.0.lock().unwrap();
+        let config = String::from_utf8(blobs[0].clone()).unwrap();
+        assert!(config.starts_with(r#"{"architecture":"amd64","config":{"Cmd":["--serve"],"Entrypoint":["/app"],"Env":["PATH=/bin"],"Labels":{"label0":"v0","label1":"v1","label10""#), "{config}");
+        assert!(config.contains(r#""created":"2023-11-14T22:13:20Z""#), "{config}");
+        assert!(config.contains(r#""history":[{"created":"2023-11-14T22:13:20Z","created_by":"kiln pack"}]"#), "{config}");
+        assert!(config.contains(&format!(r#""rootfs":{{"diff_ids":["{}"],"type":"layers"}}"#, Digest::of(b"tar"))), "{config}");
+        let manifest = String::from_utf8(blobs[1].clone()).unwrap();
+        assert!(manifest.contains(r#""org.opencontainers.image.created":"2023-11-14T22:13:20Z""#), "{manifest}");
+        assert!(manifest.contains(r#""mediaType":"application/vnd.oci.image.manifest.v1+json""#), "{manifest}");
+        assert!(manifest.ends_with(r#""schemaVersion":2}"#), "{manifest}");
+    }
+
+    #[test]
+    fn epoch_changes_the_digest() {
+        let mut s = spec();
+        let a = write_image(&Mem::default(), &[layer()], &s).unwrap();
+        s.epoch += 1;
+        let b = write_image(&Mem::default(), &[layer()], &s).unwrap();
+        assert_ne!(a.digest(), b.digest());
+    }
+
+    #[test]
+    fn platforms_parse() {
+        assert_eq!("linux/arm64/v8".parse::<Platform>().unwrap().to_string(), "linux/arm64/v8");
+        assert!("linux".parse::<Platform>().is_err());
+        assert!("Linux/amd64".parse::<Platform>().is_err());
+        assert_eq!(rfc3339(0).unwrap(), "1970-01-01T00:00:00Z");
+    }
+}

@@ -1,0 +1,20 @@
+//! kiln: reproducible builds packed into deterministic, content-addressed OCI images.
+//!
+//! The pipeline is a set of stages, each a library call behind a narrow interface:
+//! - [`pack`]: a directory tree or tar stream into a deterministic layer blob;
+//! - [`image`]: config and manifest around layers, as byte-stable JSON;
+//! - [`store`]: where blobs, manifests and tags go (the local OCI layout by default);
+//! - [`validate`]: re-checks every digest, size and diff_id of a layout.
+//!
+//! The CLI and the daemon only compose them. Stages take a cancellation token, report
+//! progress as [`events`], and return typed errors that say whether a retry can help.
+
+pub mod digest;
+pub mod events;
+pub mod image;
+pub mod json;
+pub mod pack;
+pub mod store;
+pub mod validate;
+
+pub use digest::Digest;

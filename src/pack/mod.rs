@@ -1,0 +1,334 @@
+//! Deterministic layers: a directory tree (or a tar stream) in, a compressed blob out.
+//!
+//! One streaming pass: tar bytes are hashed for the `diff_id` as they are produced, compressed
+//! (on every core for gzip), and streamed into a [`BlobSink`], which hashes the compressed bytes
+//! for the blob digest. Memory stays bounded by the block buffers, whatever the layer size.
+
+mod header;
+pub mod pgzip;
+mod tree;
+mod untar;
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use tokio_util::sync::CancellationToken;
+
+pub use header::{Kind, USTAR_MAX};
+
+use crate::digest::{Digest, HashingWriter};
+use crate::events::{Event, Observer};
+use crate::store::{BlobSink, BlobUpload, StoreError};
+
+/// How layer blobs are compressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// gzip (pigz-style parallel blocks, deterministic), the default: every client reads it.
+    #[default]
+    Gzip,
+    /// zstd; image-spec 1.1 clients only.
+    Zstd,
+    /// Uncompressed tar.
+    None,
+}
+
+impl Compression {
+    /// The OCI layer media type for this compression.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+            Compression::None => "application/vnd.oci.image.layer.v1.tar",
+        }
+    }
+
+    /// The default level kiln uses; part of what makes the bytes reproducible.
+    pub fn default_level(self) -> u32 {
+        match self {
+            Compression::Gzip => 6,
+            Compression::Zstd => 3,
+            Compression::None => 0,
+        }
+    }
+
+    /// A description of the exact compressor, for provenance: a verifier needs the same one to
+    /// rebuild the same bytes.
+    pub fn describe(self, level: u32) -> String {
+        match self {
+            Compression::Gzip => format!(
+                "gzip level {level}, {} KiB parallel blocks, zlib-rs",
+                pgzip::BLOCK_SIZE / 1024
+            ),
+            Compression::Zstd => format!("zstd level {level}, libzstd {}", zstd::zstd_safe::version_string()),
+            Compression::None => "none".to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+            Compression::None => "none",
+        })
+    }
+}
+
+impl FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "gzip" => Ok(Compression::Gzip),
+            "zstd" => Ok(Compression::Zstd),
+            "none" => Ok(Compression::None),
+            other => Err(format!("unknown compression {other:?}: expected gzip, zstd or none")),
+        }
+    }
+}
+
+/// How to pack.
+#[derive(Clone, Debug)]
+pub struct PackOptions {
+    /// Every entry's mtime (SOURCE_DATE_EPOCH), seconds since 1970 UTC.
+    pub epoch: u64,
+    pub compression: Compression,
+    /// Compression level; `None` for the compression's default.
+    pub level: Option<u32>,
+    /// Compression threads; the output does not depend on it.
+    pub threads: usize,
+}
+
+impl PackOptions {
+    pub fn new(epoch: u64) -> Self {
+        PackOptions {
+            epoch,
+            compression: Compression::Gzip,
+            level: None,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+
+    fn level(&self) -> u32 {
+        self.level.unwrap_or_else(|| self.compression.default_level())
+    }
+}
+
+/// A layer blob written to a store: what a manifest and config need to reference it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layer {
+    /// The compressed blob's digest.
+    pub digest: Digest,
+    /// The compressed blob's size.
+    pub size: u64,
+    /// sha256 of the uncompressed tar (the config's `rootfs.diff_ids`).
+    pub diff_id: Digest,
+    pub media_type: &'static str,
+    /// What was packed, for progress and reports.
+    pub entries: u64,
+    pub uncompressed_size: u64,
+}
+
+/// Why packing failed, and on what.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{} is not a directory", path.display())]
+    NotADirectory { path: PathBuf },
+    #[error("{} is {what}; layers hold only regular files, directories and symlinks", path.display())]
+    Unsupported { path: PathBuf, what: &'static str },
+    #[error("{} changed while it was being packed (expected {expected} bytes, read {actual})", path.display())]
+    Changed { path: PathBuf, expected: u64, actual: u64 },
+    #[error("source date epoch {0} is out of range (at most {max})", max = USTAR_MAX)]
+    EpochOutOfRange(u64),
+    #[error("invalid tar stream: {0}")]
+    BadTar(String),
+    #[error("writing the layer: {0}")]
+    Write(#[source] io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("packing was cancelled")]
+    Cancelled,
+}
+
+impl PackError {
+    /// Whether running the same pack again could succeed: a file that changed under us or a
+    /// transient store error, not bad input.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            PackError::Changed { .. } => true,
+            PackError::Store(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
+/// Pack the contents of directory `root` (at `/` in the layer) into a blob in `sink`.
+pub fn pack_dir(
+    root: &Path,
+    opts: &PackOptions,
+    sink: &dyn BlobSink,
+    cancel: &CancellationToken,
+    observer: &dyn Observer,
+) -> Result<Layer, PackError> {
+    if opts.epoch > USTAR_MAX {
+        return Err(PackError::EpochOutOfRange(opts.epoch));
+    }
+    let entries = tree::walk(root, cancel)?;
+    let total: u64 = entries
+        .iter()
+        .map(|e| match e.kind {
+            Kind::File { size, .. } => size,
+            _ => 0,
+        })
+        .sum();
+    observer.event(&Event::PackScanned { entries: entries.len() as u64, bytes: total });
+
+    let upload = sink.begin_blob()?;
+    let mut out = HashingWriter::new(Compressor::new(upload, opts)?);
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut done: u64 = 0;
+    let mut next_report: u64 = 0;
+    for e in &entries {
+        if cancel.is_cancelled() {
+            return Err(PackError::Cancelled);
+        }
+        let (ext, h) = header::headers(&e.path, &e.kind, opts.epoch);
+        if let Some((x, data)) = ext {
+            out.write_all(x.as_bytes()).map_err(PackError::Write)?;
+            out.write_all(&data).map_err(PackError::Write)?;
+            pad(&mut out, data.len() as u64)?;
+        }
+        out.write_all(h.as_bytes()).map_err(PackError::Write)?;
+        if let Kind::File { size, .. } = e.kind {
+            copy_file(&e.source, size, &mut out, &mut buf, cancel)?;
+            pad(&mut out, size)?;
+            done += size;
+            if done >= next_report {
+                observer.event(&Event::PackProgress { bytes: done, total });
+                next_report = done + 16 * 1024 * 1024;
+            }
+        }
+    }
+    // End of archive: two zero blocks.
+    out.write_all(&[0u8; 1024]).map_err(PackError::Write)?;
+    let (diff_id, uncompressed_size, compressor) = out.finish();
+    let upload = compressor.finish().map_err(PackError::Write)?;
+    let blob = upload.commit()?;
+    let layer = Layer {
+        digest: blob.digest,
+        size: blob.size,
+        diff_id,
+        media_type: opts.compression.media_type(),
+        entries: entries.len() as u64,
+        uncompressed_size,
+    };
+    observer.event(&Event::LayerWritten { digest: layer.digest, size: layer.size, diff_id });
+    Ok(layer)
+}
+
+/// Pack a tar stream (for example a container's output) the same way as a directory: the
+/// entries are checked and spooled to a temporary directory under `scratch`, then packed, so
+/// the result depends only on the content, never on the stream's order or metadata.
+pub fn pack_tar(
+    stream: impl Read,
+    scratch: &Path,
+    opts: &PackOptions,
+    sink: &dyn BlobSink,
+    cancel: &CancellationToken,
+    observer: &dyn Observer,
+) -> Result<Layer, PackError> {
+    let dir = tempfile::Builder::new()
+        .prefix("kiln-untar-")
+        .tempdir_in(scratch)
+        .map_err(|source| PackError::Read { path: scratch.to_owned(), source })?;
+    untar::unpack(stream, dir.path(), cancel)?;
+    pack_dir(dir.path(), opts, sink, cancel, observer)
+}
+
+fn pad(out: &mut impl Write, len: u64) -> Result<(), PackError> {
+    let rem = (512 - (len % 512) as usize) % 512;
+    out.write_all(&[0u8; 512][..rem]).map_err(PackError::Write)
+}
+
+fn copy_file(
+    path: &Path,
+    size: u64,
+    out: &mut impl Write,
+    buf: &mut [u8],
+    cancel: &CancellationToken,
+) -> Result<(), PackError> {
+    let mut f = File::open(path).map_err(|source| PackError::Read { path: path.to_owned(), source })?;
+    let mut left = size;
+    while left > 0 {
+        if cancel.is_cancelled() {
+            return Err(PackError::Cancelled);
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = match f.read(&mut buf[..want]) {
+            Ok(0) => {
+                return Err(PackError::Changed { path: path.to_owned(), expected: size, actual: size - left });
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(source) => return Err(PackError::Read { path: path.to_owned(), source }),
+        };
+        out.write_all(&buf[..n]).map_err(PackError::Write)?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// The compression stage, writing into the store's upload.
+enum Compressor {
+    Gzip(pgzip::ParGzEncoder<Box<dyn BlobUpload>>),
+    Zstd(zstd::stream::write::Encoder<'static, Box<dyn BlobUpload>>),
+    None(Box<dyn BlobUpload>),
+}
+
+impl Compressor {
+    fn new(upload: Box<dyn BlobUpload>, opts: &PackOptions) -> Result<Self, PackError> {
+        let level = opts.level();
+        Ok(match opts.compression {
+            Compression::Gzip => Compressor::Gzip(pgzip::ParGzEncoder::new(upload, level.min(9), opts.threads)),
+            Compression::Zstd => {
+                let mut z = zstd::stream::write::Encoder::new(upload, level as i32).map_err(PackError::Write)?;
+                // Multi-threaded zstd output does not depend on the worker count (>= 1), so
+                // always use the multi-threaded mode, with at least one worker.
+                z.multithread(opts.threads.max(1) as u32).map_err(PackError::Write)?;
+                Compressor::Zstd(z)
+            }
+            Compression::None => Compressor::None(upload),
+        })
+    }
+
+    fn finish(self) -> io::Result<Box<dyn BlobUpload>> {
+        match self {
+            Compressor::Gzip(g) => g.finish(),
+            Compressor::Zstd(z) => z.finish(),
+            Compressor::None(mut u) => {
+                u.flush()?;
+                Ok(u)
+            }
+        }
+    }
+}
+
+impl Write for Compressor {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Compressor::Gzip(g) => g.write(buf),
+            Compressor::Zstd(z) => z.write(buf),
+            Compressor::None(u) => u.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // Never cut a compression block early: output must not depend on flushes.
+        Ok(())
+    }
+}

@@ -1,0 +1,317 @@
+//! The OCI image layout on disk: `oci-layout`, `index.json`, `blobs/sha256/<hex>`.
+//!
+//! Every write is atomic. Blobs stream into a temporary file under `.kiln/tmp/` (same
+//! filesystem) and are renamed into place only once complete and fsynced; `index.json` is
+//! rewritten through a temporary file and a rename, under an exclusive lock on `.kiln/lock`, so
+//! concurrent kiln processes never lose each other's tags. A failure leaves the previous
+//! state, never a partial blob or index.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::{Descriptor, ImageIndex, MediaType};
+
+use super::{BlobInfo, BlobSink, BlobUpload, Store, StoreError, validate_tag};
+use crate::digest::{Digest, HashingWriter};
+
+/// The annotation that names a tag in `index.json`.
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+const LAYOUT_FILE: &str = "oci-layout";
+const LAYOUT_VERSION: &str = "1.0.0";
+
+/// A local OCI image layout directory.
+#[derive(Clone, Debug)]
+pub struct OciLayout {
+    root: PathBuf,
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io { op, path: path.to_owned(), source }
+}
+
+impl OciLayout {
+    /// Open an existing layout.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        let marker = root.join(LAYOUT_FILE);
+        let text = fs::read_to_string(&marker).map_err(|e| StoreError::NotALayout {
+            path: root.clone(),
+            reason: format!("cannot read {LAYOUT_FILE}: {e}"),
+        })?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| StoreError::NotALayout {
+            path: root.clone(),
+            reason: format!("{LAYOUT_FILE} is not JSON: {e}"),
+        })?;
+        if v.get("imageLayoutVersion").and_then(|v| v.as_str()) != Some(LAYOUT_VERSION) {
+            return Err(StoreError::NotALayout {
+                path: root,
+                reason: format!("{LAYOUT_FILE} does not declare imageLayoutVersion {LAYOUT_VERSION}"),
+            });
+        }
+        Ok(OciLayout { root })
+    }
+
+    /// Open a layout, creating it if `root` does not exist or is an empty directory.
+    pub fn open_or_create(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        if root.join(LAYOUT_FILE).exists() {
+            return Self::open(root);
+        }
+        if root.exists() {
+            let mut entries = fs::read_dir(&root).map_err(io_err("read directory", &root))?;
+            if entries.next().is_some() {
+                return Err(StoreError::NotALayout {
+                    path: root,
+                    reason: "the directory is not empty and has no oci-layout file; refusing to write into it".into(),
+                });
+            }
+        }
+        let layout = OciLayout { root };
+        fs::create_dir_all(layout.blob_dir()).map_err(io_err("create directory", &layout.blob_dir()))?;
+        fs::create_dir_all(layout.tmp_dir()).map_err(io_err("create directory", &layout.tmp_dir()))?;
+        let _lock = layout.lock()?;
+        if !layout.root.join("index.json").exists() {
+            let empty = ImageIndex::default();
+            layout.write_index(&empty)?;
+        }
+        // oci-layout last: its presence marks a complete layout.
+        layout.write_atomic(&layout.root.join(LAYOUT_FILE), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        Ok(layout)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn blob_dir(&self) -> PathBuf {
+        self.root.join("blobs").join("sha256")
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join(".kiln").join("tmp")
+    }
+
+    /// Where a blob lives (whether or not it exists yet).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.blob_dir().join(digest.hex())
+    }
+
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// Read a whole (small) blob into memory.
+    pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
+        let p = self.blob_path(digest);
+        fs::read(&p).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => StoreError::BlobNotFound { digest: *digest },
+            _ => StoreError::Io { op: "read blob", path: p.clone(), source: e },
+        })
+    }
+
+    /// The parsed `index.json`.
+    pub fn index(&self) -> Result<ImageIndex, StoreError> {
+        let p = self.root.join("index.json");
+        let bytes = fs::read(&p).map_err(io_err("read", &p))?;
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt { path: p, reason: e.to_string() })
+    }
+
+    fn lock(&self) -> Result<File, StoreError> {
+        let dir = self.root.join(".kiln");
+        fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        let p = dir.join("lock");
+        let f = OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(io_err("open", &p))?;
+        f.lock().map_err(io_err("lock", &p))?;
+        Ok(f)
+    }
+
+    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        let tmp_dir = self.tmp_dir();
+        fs::create_dir_all(&tmp_dir).map_err(io_err("create directory", &tmp_dir))?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix("write-")
+            .permissions(fs::Permissions::from_mode(0o644))
+            .tempfile_in(&tmp_dir)
+            .map_err(io_err("create temporary file in", &tmp_dir))?;
+        tmp.write_all(bytes).map_err(io_err("write", tmp.path()))?;
+        tmp.as_file().sync_all().map_err(io_err("sync", path))?;
+        tmp.persist(path).map_err(|e| StoreError::Io { op: "rename into", path: path.to_owned(), source: e.error })?;
+        sync_dir(path.parent().unwrap_or(&self.root));
+        Ok(())
+    }
+
+    fn write_index(&self, index: &ImageIndex) -> Result<(), StoreError> {
+        let mut index = index.clone();
+        index.set_media_type(Some(MediaType::ImageIndex));
+        let bytes = crate::json::to_canonical_vec(&index)
+            .map_err(|e| StoreError::Corrupt { path: self.root.join("index.json"), reason: e.to_string() })?;
+        self.write_atomic(&self.root.join("index.json"), &bytes)
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    // Durability of the rename; failure here does not make the data wrong, only less durable.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn ref_name(d: &Descriptor) -> Option<&str> {
+    d.annotations().as_ref().and_then(|a| a.get(REF_NAME)).map(String::as_str)
+}
+
+struct LayoutUpload {
+    file: HashingWriter<BufWriter<tempfile::NamedTempFile>>,
+    blob_dir: PathBuf,
+}
+
+impl Write for LayoutUpload {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl BlobUpload for LayoutUpload {
+    fn commit(self: Box<Self>) -> Result<BlobInfo, StoreError> {
+        let (digest, size, buf) = self.file.finish();
+        let tmp = buf.into_inner().map_err(|e| StoreError::Io {
+            op: "write",
+            path: self.blob_dir.clone(),
+            source: e.into_error(),
+        })?;
+        let target = self.blob_dir.join(digest.hex());
+        if target.is_file() {
+            // Content-addressed: the same digest is the same bytes. Drop ours.
+            return Ok(BlobInfo { digest, size });
+        }
+        tmp.as_file().sync_all().map_err(io_err("sync", tmp.path()))?;
+        tmp.persist(&target).map_err(|e| StoreError::Io { op: "rename into", path: target.clone(), source: e.error })?;
+        sync_dir(&self.blob_dir);
+        Ok(BlobInfo { digest, size })
+    }
+}
+
+impl BlobSink for OciLayout {
+    fn begin_blob(&self) -> Result<Box<dyn BlobUpload>, StoreError> {
+        let tmp_dir = self.tmp_dir();
+        fs::create_dir_all(&tmp_dir).map_err(io_err("create directory", &tmp_dir))?;
+        let tmp = tempfile::Builder::new()
+            .prefix("blob-")
+            .permissions(fs::Permissions::from_mode(0o644))
+            .tempfile_in(&tmp_dir)
+            .map_err(io_err("create temporary file in", &tmp_dir))?;
+        Ok(Box::new(LayoutUpload {
+            file: HashingWriter::new(BufWriter::with_capacity(256 * 1024, tmp)),
+            blob_dir: self.blob_dir(),
+        }))
+    }
+}
+
+impl Store for OciLayout {
+    fn tag(&self, tag: Option<&str>, manifest: &Descriptor) -> Result<(), StoreError> {
+        if let Some(t) = tag {
+            validate_tag(t)?;
+        }
+        let _lock = self.lock()?;
+        let mut index = self.index()?;
+        let mut entries: Vec<Descriptor> = index.manifests().clone();
+        match tag {
+            Some(t) => {
+                entries.retain(|d| ref_name(d) != Some(t));
+                // A tagged entry supersedes an untagged one for the same manifest.
+                entries.retain(|d| !(ref_name(d).is_none() && d.digest() == manifest.digest()));
+                let mut d = manifest.clone();
+                let mut ann = d.annotations().clone().unwrap_or_default();
+                ann.insert(REF_NAME.to_owned(), t.to_owned());
+                d.set_annotations(Some(ann));
+                entries.push(d);
+            }
+            None => {
+                if !entries.iter().any(|d| d.digest() == manifest.digest()) {
+                    entries.push(manifest.clone());
+                }
+            }
+        }
+        // A stable order keeps index.json byte-identical for the same set of tags.
+        entries.sort_by(|a, b| {
+            (ref_name(a).unwrap_or(""), a.digest().as_ref()).cmp(&(ref_name(b).unwrap_or(""), b.digest().as_ref()))
+        });
+        index.set_manifests(entries);
+        self.write_index(&index)
+    }
+
+    fn resolve(&self, tag: &str) -> Result<Option<Descriptor>, StoreError> {
+        Ok(self.index()?.manifests().iter().find(|d| ref_name(d) == Some(tag)).cloned())
+    }
+
+    fn open_blob(&self, digest: &Digest) -> Result<Box<dyn Read + Send>, StoreError> {
+        let p = self.blob_path(digest);
+        match File::open(&p) {
+            Ok(f) => Ok(Box::new(f)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::BlobNotFound { digest: *digest }),
+            Err(e) => Err(StoreError::Io { op: "open blob", path: p, source: e }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(bytes: &[u8]) -> Descriptor {
+        Descriptor::new(MediaType::ImageManifest, bytes.len() as u64, Digest::of(bytes).to_oci())
+    }
+
+    #[test]
+    fn blobs_are_atomic_and_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = OciLayout::open_or_create(dir.path().join("l")).unwrap();
+        let a = layout.put_blob(b"hello").unwrap();
+        assert_eq!(a.digest, Digest::of(b"hello"));
+        assert_eq!(fs::read(layout.blob_path(&a.digest)).unwrap(), b"hello");
+        let again = layout.put_blob(b"hello").unwrap();
+        assert_eq!(a, again);
+        // An abandoned upload leaves nothing behind.
+        {
+            let mut up = layout.begin_blob().unwrap();
+            up.write_all(b"partial").unwrap();
+        }
+        assert!(!layout.has_blob(&Digest::of(b"partial")));
+        assert_eq!(fs::read_dir(layout.tmp_dir()).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(layout.blob_dir()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn retagging_moves_the_tag_and_untagged_entries_dedupe() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = OciLayout::open_or_create(dir.path()).unwrap();
+        let (m1, m2) = (desc(b"one"), desc(b"two"));
+        layout.tag(None, &m1).unwrap();
+        layout.tag(None, &m1).unwrap();
+        assert_eq!(layout.index().unwrap().manifests().len(), 1);
+        layout.tag(Some("v1"), &m1).unwrap();
+        assert_eq!(layout.index().unwrap().manifests().len(), 1, "tag supersedes untagged entry");
+        layout.tag(Some("v1"), &m2).unwrap();
+        layout.tag(Some("v2"), &m2).unwrap();
+        let idx = layout.index().unwrap();
+        assert_eq!(idx.manifests().len(), 2);
+        assert_eq!(layout.resolve("v1").unwrap().unwrap().digest(), m2.digest());
+        assert!(layout.tag(Some("-bad"), &m1).is_err());
+        assert!(layout.resolve("nope").unwrap().is_none());
+    }
+
+    #[test]
+    fn refuses_foreign_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("precious.txt"), b"x").unwrap();
+        let err = OciLayout::open_or_create(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::NotALayout { .. }), "{err}");
+        assert_eq!(fs::read(dir.path().join("precious.txt")).unwrap(), b"x");
+    }
+}
