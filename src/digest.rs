@@ -66,7 +66,9 @@ impl FromStr for Digest {
     type Err = DigestParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || DigestParseError { input: s.to_owned() };
+        let err = || DigestParseError {
+            input: s.to_owned(),
+        };
         let hex_part = s.strip_prefix("sha256:").ok_or_else(err)?;
         if hex_part.len() != 64 || hex_part.bytes().any(|b| b.is_ascii_uppercase()) {
             return Err(err());
@@ -86,7 +88,11 @@ pub struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: Sha256::new(), count: 0 }
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
     }
 
     /// Bytes written so far.
@@ -100,7 +106,11 @@ impl<W: Write> HashingWriter<W> {
 
     /// The digest and size of everything written, and the inner writer.
     pub fn finish(self) -> (Digest, u64, W) {
-        (Digest(self.hasher.finalize().into()), self.count, self.inner)
+        (
+            Digest(self.hasher.finalize().into()),
+            self.count,
+            self.inner,
+        )
     }
 }
 
@@ -143,7 +153,13 @@ mod tests {
 
     #[test]
     fn rejects_bad_digests() {
-        for bad in ["", "sha256:", "sha512:00", "sha256:XYZ", &format!("sha256:{}", "A".repeat(64))] {
+        for bad in [
+            "",
+            "sha256:",
+            "sha512:00",
+            "sha256:XYZ",
+            &format!("sha256:{}", "A".repeat(64)),
+        ] {
             assert!(bad.parse::<Digest>().is_err(), "{bad}");
         }
     }

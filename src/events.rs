@@ -10,7 +10,11 @@ pub enum Event {
     /// File bytes packed so far, of `total`.
     PackProgress { bytes: u64, total: u64 },
     /// A layer blob was committed to the store.
-    LayerWritten { digest: Digest, size: u64, diff_id: Digest },
+    LayerWritten {
+        digest: Digest,
+        size: u64,
+        diff_id: Digest,
+    },
     /// An image manifest was written (and tagged, if a tag was given).
     ImageWritten { digest: Digest, tag: Option<String> },
 }

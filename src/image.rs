@@ -5,8 +5,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use oci_spec::image::{
-    Arch, ConfigBuilder, Descriptor, HistoryBuilder, ImageConfigurationBuilder, ImageManifestBuilder, MediaType, Os,
-    RootFsBuilder,
+    Arch, ConfigBuilder, Descriptor, HistoryBuilder, ImageConfigurationBuilder,
+    ImageManifestBuilder, MediaType, Os, RootFsBuilder,
 };
 
 use crate::digest::Digest;
@@ -34,7 +34,11 @@ impl Platform {
             "powerpc64" => "ppc64le",
             other => other,
         };
-        Platform { os: "linux".into(), architecture: architecture.into(), variant: None }
+        Platform {
+            os: "linux".into(),
+            architecture: architecture.into(),
+            variant: None,
+        }
     }
 }
 
@@ -52,15 +56,25 @@ impl FromStr for Platform {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let parts: Vec<&str> = s.split('/').collect();
-        let ok = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        let ok = |p: &str| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        };
         match parts.as_slice() {
-            [os, arch] if ok(os) && ok(arch) => {
-                Ok(Platform { os: (*os).into(), architecture: (*arch).into(), variant: None })
-            }
-            [os, arch, v] if ok(os) && ok(arch) && ok(v) => {
-                Ok(Platform { os: (*os).into(), architecture: (*arch).into(), variant: Some((*v).into()) })
-            }
-            _ => Err(format!("invalid platform {s:?}: expected os/arch[/variant], e.g. linux/amd64")),
+            [os, arch] if ok(os) && ok(arch) => Ok(Platform {
+                os: (*os).into(),
+                architecture: (*arch).into(),
+                variant: None,
+            }),
+            [os, arch, v] if ok(os) && ok(arch) && ok(v) => Ok(Platform {
+                os: (*os).into(),
+                architecture: (*arch).into(),
+                variant: Some((*v).into()),
+            }),
+            _ => Err(format!(
+                "invalid platform {s:?}: expected os/arch[/variant], e.g. linux/amd64"
+            )),
         }
     }
 }
@@ -94,9 +108,15 @@ pub struct ImageSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("building the image {what}: {source}")]
-    Spec { what: &'static str, source: oci_spec::OciSpecError },
+    Spec {
+        what: &'static str,
+        source: oci_spec::OciSpecError,
+    },
     #[error("encoding the image {what}: {source}")]
-    Json { what: &'static str, source: serde_json::Error },
+    Json {
+        what: &'static str,
+        source: serde_json::Error,
+    },
     #[error("epoch {0} cannot be written as an RFC 3339 time")]
     Epoch(u64),
     #[error(transparent)]
@@ -106,7 +126,8 @@ pub enum ImageError {
 /// An RFC 3339 UTC timestamp (`2023-11-14T22:13:20Z`) for an epoch.
 pub fn rfc3339(epoch: u64) -> Option<String> {
     let t = time::OffsetDateTime::from_unix_timestamp(i64::try_from(epoch).ok()?).ok()?;
-    t.format(&time::format_description::well_known::Rfc3339).ok()
+    t.format(&time::format_description::well_known::Rfc3339)
+        .ok()
 }
 
 fn spec_err(what: &'static str) -> impl FnOnce(oci_spec::OciSpecError) -> ImageError {
@@ -115,7 +136,11 @@ fn spec_err(what: &'static str) -> impl FnOnce(oci_spec::OciSpecError) -> ImageE
 
 /// Write the config and manifest of an image made of `layers` into `sink`; returns the
 /// manifest's descriptor (to tag it).
-pub fn write_image(sink: &dyn BlobSink, layers: &[Layer], spec: &ImageSpec) -> Result<Descriptor, ImageError> {
+pub fn write_image(
+    sink: &dyn BlobSink,
+    layers: &[Layer],
+    spec: &ImageSpec,
+) -> Result<Descriptor, ImageError> {
     let created = rfc3339(spec.epoch).ok_or(ImageError::Epoch(spec.epoch))?;
     let run = &spec.run;
     let mut cb = ConfigBuilder::default();
@@ -135,7 +160,12 @@ pub fn write_image(sink: &dyn BlobSink, layers: &[Layer], spec: &ImageSpec) -> R
         cb = cb.user(u.clone());
     }
     if !run.labels.is_empty() {
-        cb = cb.labels(run.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<HashMap<_, _>>());
+        cb = cb.labels(
+            run.labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<HashMap<_, _>>(),
+        );
     }
     let history = layers
         .iter()
@@ -149,7 +179,12 @@ pub fn write_image(sink: &dyn BlobSink, layers: &[Layer], spec: &ImageSpec) -> R
         .collect::<Result<Vec<_>, _>>()?;
     let rootfs = RootFsBuilder::default()
         .typ("layers")
-        .diff_ids(layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>())
+        .diff_ids(
+            layers
+                .iter()
+                .map(|l| l.diff_id.to_string())
+                .collect::<Vec<_>>(),
+        )
         .build()
         .map_err(spec_err("rootfs"))?;
     let mut config = ImageConfigurationBuilder::default()
@@ -165,16 +200,26 @@ pub fn write_image(sink: &dyn BlobSink, layers: &[Layer], spec: &ImageSpec) -> R
         config.set_variant(Some(v.clone()));
     }
     let config_bytes =
-        crate::json::to_canonical_vec(&config).map_err(|source| ImageError::Json { what: "config", source })?;
+        crate::json::to_canonical_vec(&config).map_err(|source| ImageError::Json {
+            what: "config",
+            source,
+        })?;
     let config_blob = sink.put_blob(&config_bytes)?;
 
-    let mut annotations: HashMap<String, String> =
-        spec.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut annotations: HashMap<String, String> = spec
+        .annotations
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     annotations.insert(ANNOTATION_CREATED.to_owned(), created);
     let manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
-        .config(Descriptor::new(MediaType::ImageConfig, config_blob.size, config_blob.digest.to_oci()))
+        .config(Descriptor::new(
+            MediaType::ImageConfig,
+            config_blob.size,
+            config_blob.digest.to_oci(),
+        ))
         .layers(
             layers
                 .iter()
@@ -185,9 +230,16 @@ pub fn write_image(sink: &dyn BlobSink, layers: &[Layer], spec: &ImageSpec) -> R
         .build()
         .map_err(spec_err("manifest"))?;
     let manifest_bytes =
-        crate::json::to_canonical_vec(&manifest).map_err(|source| ImageError::Json { what: "manifest", source })?;
+        crate::json::to_canonical_vec(&manifest).map_err(|source| ImageError::Json {
+            what: "manifest",
+            source,
+        })?;
     let blob = sink.put_blob(&manifest_bytes)?;
-    Ok(Descriptor::new(MediaType::ImageManifest, blob.size, blob.digest.to_oci()))
+    Ok(Descriptor::new(
+        MediaType::ImageManifest,
+        blob.size,
+        blob.digest.to_oci(),
+    ))
 }
 
 /// The digest of a descriptor, which kiln always writes as sha256.
@@ -207,11 +259,17 @@ mod tests {
 
     impl BlobSink for Mem {
         fn begin_blob(&self) -> Result<Box<dyn BlobUpload>, StoreError> {
-            Err(StoreError::Corrupt { path: "mem".into(), reason: "streaming not supported".into() })
+            Err(StoreError::Corrupt {
+                path: "mem".into(),
+                reason: "streaming not supported".into(),
+            })
         }
         fn put_blob(&self, bytes: &[u8]) -> Result<BlobInfo, StoreError> {
             self.0.lock().unwrap().push(bytes.to_vec());
-            Ok(BlobInfo { digest: Digest::of(bytes), size: bytes.len() as u64 })
+            Ok(BlobInfo {
+                digest: Digest::of(bytes),
+                size: bytes.len() as u64,
+            })
         }
     }
 
@@ -259,12 +317,32 @@ mod tests {
         let blobs = first.0.lock().unwrap();
         let config = String::from_utf8(blobs[0].clone()).unwrap();
         assert!(config.starts_with(r#"{"architecture":"amd64","config":{"Cmd":["--serve"],"Entrypoint":["/app"],"Env":["PATH=/bin"],"Labels":{"label0":"v0","label1":"v1","label10""#), "{config}");
-        assert!(config.contains(r#""created":"2023-11-14T22:13:20Z""#), "{config}");
-        assert!(config.contains(r#""history":[{"created":"2023-11-14T22:13:20Z","created_by":"kiln pack"}]"#), "{config}");
-        assert!(config.contains(&format!(r#""rootfs":{{"diff_ids":["{}"],"type":"layers"}}"#, Digest::of(b"tar"))), "{config}");
+        assert!(
+            config.contains(r#""created":"2023-11-14T22:13:20Z""#),
+            "{config}"
+        );
+        assert!(
+            config.contains(
+                r#""history":[{"created":"2023-11-14T22:13:20Z","created_by":"kiln pack"}]"#
+            ),
+            "{config}"
+        );
+        assert!(
+            config.contains(&format!(
+                r#""rootfs":{{"diff_ids":["{}"],"type":"layers"}}"#,
+                Digest::of(b"tar")
+            )),
+            "{config}"
+        );
         let manifest = String::from_utf8(blobs[1].clone()).unwrap();
-        assert!(manifest.contains(r#""org.opencontainers.image.created":"2023-11-14T22:13:20Z""#), "{manifest}");
-        assert!(manifest.contains(r#""mediaType":"application/vnd.oci.image.manifest.v1+json""#), "{manifest}");
+        assert!(
+            manifest.contains(r#""org.opencontainers.image.created":"2023-11-14T22:13:20Z""#),
+            "{manifest}"
+        );
+        assert!(
+            manifest.contains(r#""mediaType":"application/vnd.oci.image.manifest.v1+json""#),
+            "{manifest}"
+        );
         assert!(manifest.ends_with(r#""schemaVersion":2}"#), "{manifest}");
     }
 
@@ -279,7 +357,10 @@ mod tests {
 
     #[test]
     fn platforms_parse() {
-        assert_eq!("linux/arm64/v8".parse::<Platform>().unwrap().to_string(), "linux/arm64/v8");
+        assert_eq!(
+            "linux/arm64/v8".parse::<Platform>().unwrap().to_string(),
+            "linux/arm64/v8"
+        );
         assert!("linux".parse::<Platform>().is_err());
         assert!("Linux/amd64".parse::<Platform>().is_err());
         assert_eq!(rfc3339(0).unwrap(), "1970-01-01T00:00:00Z");

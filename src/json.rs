@@ -17,7 +17,12 @@ fn sorted(v: Value) -> Value {
         Value::Object(m) => {
             let mut entries: Vec<(String, Value)> = m.into_iter().collect();
             entries.sort_by(|a, b| a.0.cmp(&b.0));
-            Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect::<Map<_, _>>())
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, sorted(v)))
+                    .collect::<Map<_, _>>(),
+            )
         }
         Value::Array(a) => Value::Array(a.into_iter().map(sorted).collect()),
         other => other,
@@ -47,11 +52,16 @@ mod tests {
     fn hashmap_order_does_not_leak() {
         // Many HashMaps with the same content iterate in different orders; the bytes must not.
         let first = {
-            let m: HashMap<String, String> = (0..50).map(|i| (format!("k{i}"), format!("v{i}"))).collect();
+            let m: HashMap<String, String> = (0..50)
+                .map(|i| (format!("k{i}"), format!("v{i}")))
+                .collect();
             to_canonical_vec(&m).unwrap()
         };
         for _ in 0..20 {
-            let m: HashMap<String, String> = (0..50).rev().map(|i| (format!("k{i}"), format!("v{i}"))).collect();
+            let m: HashMap<String, String> = (0..50)
+                .rev()
+                .map(|i| (format!("k{i}"), format!("v{i}")))
+                .collect();
             assert_eq!(to_canonical_vec(&m).unwrap(), first);
         }
     }

@@ -15,7 +15,11 @@ use kiln::pack::{Compression, PackOptions};
 use kiln::store::{OciLayout, Store};
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "Reproducible builds packed into deterministic OCI images")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Reproducible builds packed into deterministic OCI images"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -57,7 +61,8 @@ struct PackArgs {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -76,7 +81,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Pack(a) => pack(a),
         Command::Validate { layout } => {
             let r = kiln::validate::validate_layout(&layout)?;
-            eprintln!("ok: {} manifests, {} layers, {} blobs", r.manifests, r.layers, r.blobs);
+            eprintln!(
+                "ok: {} manifests, {} layers, {} blobs",
+                r.manifests, r.layers, r.blobs
+            );
             Ok(())
         }
     }
@@ -84,10 +92,9 @@ fn run(cli: Cli) -> Result<()> {
 
 fn epoch_from_env() -> Result<u64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a non-negative integer of seconds")),
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().with_context(|| {
+            format!("SOURCE_DATE_EPOCH={v:?} is not a non-negative integer of seconds")
+        }),
         _ => Ok(0),
     }
 }
@@ -114,7 +121,11 @@ fn pack(a: PackArgs) -> Result<()> {
     let started = Instant::now();
     let progress = |e: &Event| match e {
         Event::PackScanned { entries, bytes } => {
-            eprintln!("packing {} ({entries} entries, {})", a.dir.display(), human(*bytes))
+            eprintln!(
+                "packing {} ({entries} entries, {})",
+                a.dir.display(),
+                human(*bytes)
+            )
         }
         Event::LayerWritten { digest, size, .. } => eprintln!("layer {digest} ({})", human(*size)),
         _ => {}
@@ -127,9 +138,12 @@ fn pack(a: PackArgs) -> Result<()> {
         epoch,
         run: RunConfig::default(),
         annotations: BTreeMap::new(),
-        created_by: format!("kiln pack ({})", compression.describe(opts.level.unwrap_or(compression.default_level()))),
+        created_by: format!(
+            "kiln pack ({})",
+            compression.describe(opts.level.unwrap_or(compression.default_level()))
+        ),
     };
-    let manifest = kiln::image::write_image(&layout, &[layer.clone()], &spec)?;
+    let manifest = kiln::image::write_image(&layout, std::slice::from_ref(&layer), &spec)?;
     layout.tag(a.tag.as_deref(), &manifest)?;
     eprintln!(
         "packed {} entries, {} -> {} ({compression}) in {:.2}s",
@@ -150,5 +164,9 @@ fn human(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }

@@ -34,12 +34,24 @@ pub struct ValidationError {
 
 /// Validate the layout at `root`.
 pub fn validate_layout(root: &Path) -> Result<Report, ValidationError> {
-    let mut v = Validator { root: root.to_owned(), problems: Vec::new(), report: Report::default(), seen: BTreeSet::new() };
+    let mut v = Validator {
+        root: root.to_owned(),
+        problems: Vec::new(),
+        report: Report::default(),
+        seen: BTreeSet::new(),
+    };
     match OciLayout::open(root) {
         Ok(layout) => v.run(&layout),
         Err(e) => v.problems.push(e.to_string()),
     }
-    if v.problems.is_empty() { Ok(v.report) } else { Err(ValidationError { path: root.to_owned(), problems: v.problems }) }
+    if v.problems.is_empty() {
+        Ok(v.report)
+    } else {
+        Err(ValidationError {
+            path: root.to_owned(),
+            problems: v.problems,
+        })
+    }
 }
 
 struct Validator {
@@ -65,12 +77,17 @@ impl Validator {
                 MediaType::ImageIndex => {
                     if let Some(bytes) = self.blob_bytes(layout, d, "nested index") {
                         match serde_json::from_slice::<ImageIndex>(&bytes) {
-                            Ok(i) => self.index(layout, &i, &d.digest().to_string()),
-                            Err(e) => self.problems.push(format!("index {}: does not parse: {e}", d.digest())),
+                            Ok(i) => self.index(layout, &i, d.digest().as_ref()),
+                            Err(e) => self
+                                .problems
+                                .push(format!("index {}: does not parse: {e}", d.digest())),
                         }
                     }
                 }
-                other => self.problems.push(format!("{at}: entry {} has unexpected media type {other}", d.digest())),
+                other => self.problems.push(format!(
+                    "{at}: entry {} has unexpected media type {other}",
+                    d.digest()
+                )),
             }
         }
     }
@@ -92,26 +109,46 @@ impl Validator {
             }
         };
         if bytes.len() as u64 != d.size() {
-            self.problems.push(format!("{what} {digest}: size is {} but the descriptor says {}", bytes.len(), d.size()));
+            self.problems.push(format!(
+                "{what} {digest}: size is {} but the descriptor says {}",
+                bytes.len(),
+                d.size()
+            ));
         }
         if Digest::of(&bytes) != digest {
-            self.problems.push(format!("{what} {digest}: content hashes to {}", Digest::of(&bytes)));
+            self.problems.push(format!(
+                "{what} {digest}: content hashes to {}",
+                Digest::of(&bytes)
+            ));
         }
         Some(bytes)
     }
 
     fn manifest(&mut self, layout: &OciLayout, d: &Descriptor) {
         self.report.manifests += 1;
-        let Some(bytes) = self.blob_bytes(layout, d, "manifest") else { return };
+        let Some(bytes) = self.blob_bytes(layout, d, "manifest") else {
+            return;
+        };
         let m: ImageManifest = match serde_json::from_slice(&bytes) {
             Ok(m) => m,
-            Err(e) => return self.problems.push(format!("manifest {}: does not parse: {e}", d.digest())),
+            Err(e) => {
+                return self
+                    .problems
+                    .push(format!("manifest {}: does not parse: {e}", d.digest()));
+            }
         };
-        let Some(cbytes) = self.blob_bytes(layout, m.config(), "config") else { return };
+        let Some(cbytes) = self.blob_bytes(layout, m.config(), "config") else {
+            return;
+        };
         let diff_ids: Vec<String> = if *m.config().media_type() == MediaType::ImageConfig {
             match serde_json::from_slice::<ImageConfiguration>(&cbytes) {
                 Ok(c) => c.rootfs().diff_ids().clone(),
-                Err(e) => return self.problems.push(format!("config {}: does not parse: {e}", m.config().digest())),
+                Err(e) => {
+                    return self.problems.push(format!(
+                        "config {}: does not parse: {e}",
+                        m.config().digest()
+                    ));
+                }
             }
         } else {
             Vec::new()
@@ -127,7 +164,11 @@ impl Validator {
         }
         for (i, l) in m.layers().iter().enumerate() {
             self.report.layers += 1;
-            let expected = if is_image { diff_ids.get(i).map(String::as_str) } else { None };
+            let expected = if is_image {
+                diff_ids.get(i).map(String::as_str)
+            } else {
+                None
+            };
             self.layer(layout, l, expected);
         }
     }
@@ -137,41 +178,29 @@ impl Validator {
             Ok(x) => x,
             Err(e) => return self.problems.push(format!("layer: {e}")),
         };
-        let path = layout.blob_path(&digest);
-        let check = || -> Result<(Digest, u64, Option<(Digest, u64)>), String> {
-            let (actual, size) = hash_reader(File::open(&path).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-            let f = BufReader::new(File::open(&path).map_err(|e| e.to_string())?);
-            let tar: Option<Box<dyn Read>> = match d.media_type().to_string().as_str() {
-                "application/vnd.oci.image.layer.v1.tar+gzip" => Some(Box::new(flate2::read::GzDecoder::new(f))),
-                "application/vnd.oci.image.layer.v1.tar+zstd" => {
-                    Some(Box::new(zstd::stream::read::Decoder::new(File::open(&path).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?))
-                }
-                "application/vnd.oci.image.layer.v1.tar" => Some(Box::new(f)),
-                _ => None,
-            };
-            let untarred = match tar {
-                Some(r) => Some(tar_digest(r).map_err(|e| format!("not a readable tar: {e}"))?),
-                None => None,
-            };
-            Ok((actual, size, untarred))
+        let c = match check_layer(&layout.blob_path(&digest), d.media_type().as_ref()) {
+            Ok(c) => c,
+            Err(e) => return self.problems.push(format!("layer {digest}: {e}")),
         };
-        match check() {
-            Err(e) => self.problems.push(format!("layer {digest}: {e}")),
-            Ok((actual, size, untarred)) => {
-                if actual == digest {
-                    self.seen.insert(digest);
-                } else {
-                    self.problems.push(format!("layer {digest}: content hashes to {actual}"));
-                }
-                if size != d.size() {
-                    self.problems.push(format!("layer {digest}: size is {size} but the descriptor says {}", d.size()));
-                }
-                if let (Some(want), Some((got, _))) = (diff_id, untarred) {
-                    if want != got.to_string() {
-                        self.problems.push(format!("layer {digest}: uncompressed digest is {got} but diff_id says {want}"));
-                    }
-                }
-            }
+        if c.digest == digest {
+            self.seen.insert(digest);
+        } else {
+            self.problems
+                .push(format!("layer {digest}: content hashes to {}", c.digest));
+        }
+        if c.size != d.size() {
+            self.problems.push(format!(
+                "layer {digest}: size is {} but the descriptor says {}",
+                c.size,
+                d.size()
+            ));
+        }
+        if let (Some(want), Some(got)) = (diff_id, c.diff_id)
+            && want != got.to_string()
+        {
+            self.problems.push(format!(
+                "layer {digest}: uncompressed digest is {got} but diff_id says {want}"
+            ));
         }
     }
 
@@ -186,7 +215,8 @@ impl Validator {
             let digest: Digest = match format!("sha256:{name}").parse() {
                 Ok(d) => d,
                 Err(_) => {
-                    self.problems.push(format!("blobs/sha256/{name}: not a sha256 digest name"));
+                    self.problems
+                        .push(format!("blobs/sha256/{name}: not a sha256 digest name"));
                     continue;
                 }
             };
@@ -196,16 +226,58 @@ impl Validator {
             self.report.blobs += 1;
             match File::open(item.path()).and_then(hash_reader) {
                 Ok((actual, _)) if actual == digest => {}
-                Ok((actual, _)) => self.problems.push(format!("blobs/sha256/{name}: content hashes to {actual}")),
+                Ok((actual, _)) => self
+                    .problems
+                    .push(format!("blobs/sha256/{name}: content hashes to {actual}")),
                 Err(e) => self.problems.push(format!("blobs/sha256/{name}: {e}")),
             }
         }
     }
 }
 
+/// What a layer blob turned out to be.
+struct LayerCheck {
+    digest: Digest,
+    size: u64,
+    /// The uncompressed tar's digest, for the layer media types kiln knows.
+    diff_id: Option<Digest>,
+}
+
+fn check_layer(path: &Path, media_type: &str) -> Result<LayerCheck, String> {
+    let open = || File::open(path).map_err(|e| e.to_string());
+    let (digest, size) = hash_reader(open()?).map_err(|e| e.to_string())?;
+    let tar: Option<Box<dyn Read>> = match media_type {
+        "application/vnd.oci.image.layer.v1.tar+gzip" => Some(Box::new(
+            flate2::read::GzDecoder::new(BufReader::new(open()?)),
+        )),
+        "application/vnd.oci.image.layer.v1.tar+zstd" => Some(Box::new(
+            zstd::stream::read::Decoder::new(open()?).map_err(|e| e.to_string())?,
+        )),
+        "application/vnd.oci.image.layer.v1.tar" => Some(Box::new(BufReader::new(open()?))),
+        _ => None,
+    };
+    let diff_id = match tar {
+        Some(r) => Some(
+            tar_digest(r)
+                .map_err(|e| format!("not a readable tar: {e}"))?
+                .0,
+        ),
+        None => None,
+    };
+    Ok(LayerCheck {
+        digest,
+        size,
+        diff_id,
+    })
+}
+
 /// Read a tar stream entry by entry (so it must be well formed) while hashing every byte.
 fn tar_digest(r: impl Read) -> io::Result<(Digest, u64)> {
-    let mut hr = HashingReader { inner: r, hasher: Sha256::new(), count: 0 };
+    let mut hr = HashingReader {
+        inner: r,
+        hasher: Sha256::new(),
+        count: 0,
+    };
     {
         let mut archive = tar::Archive::new(&mut hr);
         for entry in archive.entries()? {

@@ -27,8 +27,12 @@ impl Kind {
     pub fn mode(&self) -> u32 {
         match self {
             Kind::Dir => 0o755,
-            Kind::File { executable: true, .. } => 0o755,
-            Kind::File { executable: false, .. } => 0o644,
+            Kind::File {
+                executable: true, ..
+            } => 0o755,
+            Kind::File {
+                executable: false, ..
+            } => 0o644,
             Kind::Symlink { .. } => 0o777,
         }
     }
@@ -45,10 +49,10 @@ pub fn headers(path: &[u8], kind: &Kind, mtime: u64) -> (Option<(Header, Vec<u8>
     if name.len() > NAME_LEN {
         pax.push(("path", &name));
     }
-    if let Kind::Symlink { target } = kind {
-        if target.len() > NAME_LEN {
-            pax.push(("linkpath", target));
-        }
+    if let Kind::Symlink { target } = kind
+        && target.len() > NAME_LEN
+    {
+        pax.push(("linkpath", target));
     }
     let size = match kind {
         Kind::File { size, .. } => *size,
@@ -130,14 +134,41 @@ mod tests {
     #[test]
     fn modes_follow_the_owner_exec_bit_only() {
         assert_eq!(Kind::Dir.mode(), 0o755);
-        assert_eq!(Kind::File { size: 1, executable: true }.mode(), 0o755);
-        assert_eq!(Kind::File { size: 1, executable: false }.mode(), 0o644);
-        assert_eq!(Kind::Symlink { target: b"x".to_vec() }.mode(), 0o777);
+        assert_eq!(
+            Kind::File {
+                size: 1,
+                executable: true
+            }
+            .mode(),
+            0o755
+        );
+        assert_eq!(
+            Kind::File {
+                size: 1,
+                executable: false
+            }
+            .mode(),
+            0o644
+        );
+        assert_eq!(
+            Kind::Symlink {
+                target: b"x".to_vec()
+            }
+            .mode(),
+            0o777
+        );
     }
 
     #[test]
     fn short_entries_are_plain_ustar_with_normalized_fields() {
-        let (ext, h) = headers(b"usr/bin/app", &Kind::File { size: 42, executable: true }, 1_700_000_000);
+        let (ext, h) = headers(
+            b"usr/bin/app",
+            &Kind::File {
+                size: 42,
+                executable: true,
+            },
+            1_700_000_000,
+        );
         assert!(ext.is_none());
         assert_eq!(&h.as_bytes()[257..263], b"ustar\0");
         assert_eq!(h.path_bytes().as_ref(), b"usr/bin/app");
@@ -155,16 +186,33 @@ mod tests {
     #[test]
     fn long_names_and_targets_go_to_pax_records() {
         let long = vec![b'a'; 300];
-        let (ext, h) = headers(&long, &Kind::Symlink { target: vec![b'b'; 150] }, 5);
+        let (ext, h) = headers(
+            &long,
+            &Kind::Symlink {
+                target: vec![b'b'; 150],
+            },
+            5,
+        );
         let (x, data) = ext.expect("pax header");
         assert_eq!(x.entry_type(), EntryType::XHeader);
         assert_eq!(x.size().unwrap(), data.len() as u64);
         let text = data.clone();
-        assert!(text.starts_with(b"310 path=aaaa"), "{:?}", String::from_utf8_lossy(&text));
+        assert!(
+            text.starts_with(b"310 path=aaaa"),
+            "{:?}",
+            String::from_utf8_lossy(&text)
+        );
         assert!(text.ends_with(&[b"164 linkpath=".as_slice(), &[b'b'; 150], b"\n"].concat()));
         assert_eq!(h.as_old().name.len(), 100);
         // A 100-byte path still fits in the ustar name field.
-        let (ext, _) = headers(&[b'c'; 100], &Kind::File { size: 0, executable: false }, 0);
+        let (ext, _) = headers(
+            &[b'c'; 100],
+            &Kind::File {
+                size: 0,
+                executable: false,
+            },
+            0,
+        );
         assert!(ext.is_none());
         // ...but a 100-byte directory name needs the trailing slash, so it does not.
         let (ext, _) = headers(&[b'c'; 100], &Kind::Dir, 0);
@@ -173,25 +221,49 @@ mod tests {
 
     #[test]
     fn pax_record_lengths_count_themselves() {
-        for n in [0usize, 1, 5, 89, 90, 91, 95, 96, 97, 990, 995, 996, 997, 1000] {
+        for n in [
+            0usize, 1, 5, 89, 90, 91, 95, 96, 97, 990, 995, 996, 997, 1000,
+        ] {
             let v = vec![b'x'; n];
             let rec = pax_records(&[("path", &v)]);
             let (len, _) = rec.split_at(rec.iter().position(|&b| b == b' ').unwrap());
-            assert_eq!(std::str::from_utf8(len).unwrap().parse::<usize>().unwrap(), rec.len(), "n={n}");
+            assert_eq!(
+                std::str::from_utf8(len).unwrap().parse::<usize>().unwrap(),
+                rec.len(),
+                "n={n}"
+            );
         }
     }
 
     #[test]
     fn non_utf8_names_are_kept_byte_for_byte() {
         let name = b"caf\xe9/\xff\xfe";
-        let (_, h) = headers(name, &Kind::File { size: 0, executable: false }, 0);
+        let (_, h) = headers(
+            name,
+            &Kind::File {
+                size: 0,
+                executable: false,
+            },
+            0,
+        );
         assert_eq!(h.path_bytes().as_ref(), name);
     }
 
     #[test]
     fn huge_sizes_get_a_pax_size() {
-        let (ext, _) = headers(b"big", &Kind::File { size: USTAR_MAX + 1, executable: false }, 0);
+        let (ext, _) = headers(
+            b"big",
+            &Kind::File {
+                size: USTAR_MAX + 1,
+                executable: false,
+            },
+            0,
+        );
         let (_, data) = ext.unwrap();
-        assert!(String::from_utf8(data).unwrap().contains(&format!("size={}", USTAR_MAX + 1)));
+        assert!(
+            String::from_utf8(data)
+                .unwrap()
+                .contains(&format!("size={}", USTAR_MAX + 1))
+        );
     }
 }

@@ -62,7 +62,10 @@ impl Compression {
                 "gzip level {level}, {} KiB parallel blocks, zlib-rs",
                 pgzip::BLOCK_SIZE / 1024
             ),
-            Compression::Zstd => format!("zstd level {level}, libzstd {}", zstd::zstd_safe::version_string()),
+            Compression::Zstd => format!(
+                "zstd level {level}, libzstd {}",
+                zstd::zstd_safe::version_string()
+            ),
             Compression::None => "none".to_owned(),
         }
     }
@@ -85,7 +88,9 @@ impl FromStr for Compression {
             "gzip" => Ok(Compression::Gzip),
             "zstd" => Ok(Compression::Zstd),
             "none" => Ok(Compression::None),
-            other => Err(format!("unknown compression {other:?}: expected gzip, zstd or none")),
+            other => Err(format!(
+                "unknown compression {other:?}: expected gzip, zstd or none"
+            )),
         }
     }
 }
@@ -113,7 +118,8 @@ impl PackOptions {
     }
 
     fn level(&self) -> u32 {
-        self.level.unwrap_or_else(|| self.compression.default_level())
+        self.level
+            .unwrap_or_else(|| self.compression.default_level())
     }
 }
 
@@ -142,7 +148,11 @@ pub enum PackError {
     #[error("{} is {what}; layers hold only regular files, directories and symlinks", path.display())]
     Unsupported { path: PathBuf, what: &'static str },
     #[error("{} changed while it was being packed (expected {expected} bytes, read {actual})", path.display())]
-    Changed { path: PathBuf, expected: u64, actual: u64 },
+    Changed {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
     #[error("source date epoch {0} is out of range (at most {max})", max = USTAR_MAX)]
     EpochOutOfRange(u64),
     #[error("invalid tar stream: {0}")]
@@ -186,7 +196,10 @@ pub fn pack_dir(
             _ => 0,
         })
         .sum();
-    observer.event(&Event::PackScanned { entries: entries.len() as u64, bytes: total });
+    observer.event(&Event::PackScanned {
+        entries: entries.len() as u64,
+        bytes: total,
+    });
 
     let upload = sink.begin_blob()?;
     let mut out = HashingWriter::new(Compressor::new(upload, opts)?);
@@ -227,7 +240,11 @@ pub fn pack_dir(
         entries: entries.len() as u64,
         uncompressed_size,
     };
-    observer.event(&Event::LayerWritten { digest: layer.digest, size: layer.size, diff_id });
+    observer.event(&Event::LayerWritten {
+        digest: layer.digest,
+        size: layer.size,
+        diff_id,
+    });
     Ok(layer)
 }
 
@@ -245,7 +262,10 @@ pub fn pack_tar(
     let dir = tempfile::Builder::new()
         .prefix("kiln-untar-")
         .tempdir_in(scratch)
-        .map_err(|source| PackError::Read { path: scratch.to_owned(), source })?;
+        .map_err(|source| PackError::Read {
+            path: scratch.to_owned(),
+            source,
+        })?;
     untar::unpack(stream, dir.path(), cancel)?;
     pack_dir(dir.path(), opts, sink, cancel, observer)
 }
@@ -262,7 +282,10 @@ fn copy_file(
     buf: &mut [u8],
     cancel: &CancellationToken,
 ) -> Result<(), PackError> {
-    let mut f = File::open(path).map_err(|source| PackError::Read { path: path.to_owned(), source })?;
+    let mut f = File::open(path).map_err(|source| PackError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     let mut left = size;
     while left > 0 {
         if cancel.is_cancelled() {
@@ -271,11 +294,20 @@ fn copy_file(
         let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
         let n = match f.read(&mut buf[..want]) {
             Ok(0) => {
-                return Err(PackError::Changed { path: path.to_owned(), expected: size, actual: size - left });
+                return Err(PackError::Changed {
+                    path: path.to_owned(),
+                    expected: size,
+                    actual: size - left,
+                });
             }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(source) => return Err(PackError::Read { path: path.to_owned(), source }),
+            Err(source) => {
+                return Err(PackError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
         };
         out.write_all(&buf[..n]).map_err(PackError::Write)?;
         left -= n as u64;
@@ -294,12 +326,16 @@ impl Compressor {
     fn new(upload: Box<dyn BlobUpload>, opts: &PackOptions) -> Result<Self, PackError> {
         let level = opts.level();
         Ok(match opts.compression {
-            Compression::Gzip => Compressor::Gzip(pgzip::ParGzEncoder::new(upload, level.min(9), opts.threads)),
+            Compression::Gzip => {
+                Compressor::Gzip(pgzip::ParGzEncoder::new(upload, level.min(9), opts.threads))
+            }
             Compression::Zstd => {
-                let mut z = zstd::stream::write::Encoder::new(upload, level as i32).map_err(PackError::Write)?;
+                let mut z = zstd::stream::write::Encoder::new(upload, level as i32)
+                    .map_err(PackError::Write)?;
                 // Multi-threaded zstd output does not depend on the worker count (>= 1), so
                 // always use the multi-threaded mode, with at least one worker.
-                z.multithread(opts.threads.max(1) as u32).map_err(PackError::Write)?;
+                z.multithread(opts.threads.max(1) as u32)
+                    .map_err(PackError::Write)?;
                 Compressor::Zstd(z)
             }
             Compression::None => Compressor::None(upload),

@@ -82,7 +82,10 @@ impl<W: Write + Send + 'static> ParGzEncoder<W> {
     }
 
     fn submit(&mut self, last: bool) -> io::Result<()> {
-        let data = Arc::new(std::mem::replace(&mut self.buf, Vec::with_capacity(BLOCK_SIZE)));
+        let data = Arc::new(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(BLOCK_SIZE),
+        ));
         let dict = self.prev.take();
         self.prev = (!last).then(|| Arc::clone(&data));
         let (reply, result) = mpsc::sync_channel(1);
@@ -90,10 +93,20 @@ impl<W: Write + Send + 'static> ParGzEncoder<W> {
             return Err(io::Error::other("gzip encoder already finished"));
         };
         // The writer thread stops early only on an I/O error; finish() reports it.
-        if order.send(result).is_err() || jobs.send(Job { data, dict, last, reply }).is_err() {
-            return Err(self.shutdown().err().unwrap_or_else(|| {
-                io::Error::other("gzip pipeline stopped unexpectedly")
-            }));
+        if order.send(result).is_err()
+            || jobs
+                .send(Job {
+                    data,
+                    dict,
+                    last,
+                    reply,
+                })
+                .is_err()
+        {
+            return Err(self
+                .shutdown()
+                .err()
+                .unwrap_or_else(|| io::Error::other("gzip pipeline stopped unexpectedly")));
         }
         Ok(())
     }
@@ -147,7 +160,6 @@ impl<W: Write + Send + 'static> Drop for ParGzEncoder<W> {
 }
 
 fn worker(jobs: Arc<Mutex<Receiver<Job>>>, level: u32) {
-    let mut z = Compress::new(Compression::new(level), false);
     loop {
         let job = match jobs.lock() {
             Ok(rx) => match rx.recv() {
@@ -156,7 +168,11 @@ fn worker(jobs: Arc<Mutex<Receiver<Job>>>, level: u32) {
             },
             Err(_) => return,
         };
-        let result = deflate_block(&mut z, &job.data, job.dict.as_deref().map(|d| &d[d.len() - DICT_SIZE.min(d.len())..]), job.last);
+        let dict = job
+            .dict
+            .as_deref()
+            .map(|d| &d[d.len() - DICT_SIZE.min(d.len())..]);
+        let result = deflate_block(level, &job.data, dict, job.last);
         let _ = job.reply.send(result.map(|deflated| {
             let mut crc = Crc::new();
             crc.update(&job.data);
@@ -165,12 +181,19 @@ fn worker(jobs: Arc<Mutex<Receiver<Job>>>, level: u32) {
     }
 }
 
-fn deflate_block(z: &mut Compress, input: &[u8], dict: Option<&[u8]>, last: bool) -> io::Result<Vec<u8>> {
-    z.reset();
+fn deflate_block(level: u32, input: &[u8], dict: Option<&[u8]>, last: bool) -> io::Result<Vec<u8>> {
+    // A fresh deflate state per block, never `reset()`: with zlib-rs, a reset stream's output
+    // still depends on the blocks it compressed before, which would make the bytes depend on
+    // which thread took which block. (Caught by `thread_count_does_not_change_the_bytes`.)
+    let z = &mut Compress::new(Compression::new(level), false);
     if let Some(dict) = dict {
         z.set_dictionary(dict).map_err(io::Error::other)?;
     }
-    let flush = if last { FlushCompress::Finish } else { FlushCompress::Sync };
+    let flush = if last {
+        FlushCompress::Finish
+    } else {
+        FlushCompress::Sync
+    };
     let mut out = Vec::with_capacity(input.len() / 2 + 1024);
     let start = z.total_in();
     loop {
@@ -178,7 +201,9 @@ fn deflate_block(z: &mut Compress, input: &[u8], dict: Option<&[u8]>, last: bool
             out.reserve(out.capacity().max(4096));
         }
         let consumed = (z.total_in() - start) as usize;
-        let status = z.compress_vec(&input[consumed..], &mut out, flush).map_err(io::Error::other)?;
+        let status = z
+            .compress_vec(&input[consumed..], &mut out, flush)
+            .map_err(io::Error::other)?;
         let consumed = (z.total_in() - start) as usize;
         match status {
             Status::StreamEnd => return Ok(out),
@@ -189,7 +214,11 @@ fn deflate_block(z: &mut Compress, input: &[u8], dict: Option<&[u8]>, last: bool
     }
 }
 
-fn write_blocks<W: Write>(mut out: W, level: u32, order: Receiver<Receiver<io::Result<Block>>>) -> io::Result<W> {
+fn write_blocks<W: Write>(
+    mut out: W,
+    level: u32,
+    order: Receiver<Receiver<io::Result<Block>>>,
+) -> io::Result<W> {
     // XFL as gzip sets it: 2 for the slowest level, 4 for the fastest.
     let xfl = match level {
         9 => 2,
@@ -219,13 +248,14 @@ mod tests {
     use std::io::Read;
 
     fn sample(len: usize) -> Vec<u8> {
-        // Compressible but not trivial: text-like with a slow drift.
+        // Compressible but not trivial: numbers from a xorshift generator, as text.
         let mut v = Vec::with_capacity(len);
-        let mut x: u32 = 12345;
+        let mut x: u64 = 88172645463325252;
         while v.len() < len {
-            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-            let word = ["kiln ", "layer ", "tar ", "digest ", "oci ", "\n"][(x >> 16) as usize % 6];
-            v.extend_from_slice(word.as_bytes());
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            v.extend_from_slice(format!("{} ", x % 10_000).as_bytes());
         }
         v.truncate(len);
         v
@@ -242,7 +272,14 @@ mod tests {
 
     #[test]
     fn round_trips_and_ignores_threads_and_write_sizes() {
-        for len in [0, 1, BLOCK_SIZE - 1, BLOCK_SIZE, BLOCK_SIZE + 1, 5 * BLOCK_SIZE + 77] {
+        for len in [
+            0,
+            1,
+            BLOCK_SIZE - 1,
+            BLOCK_SIZE,
+            BLOCK_SIZE + 1,
+            17 * BLOCK_SIZE + 77,
+        ] {
             let data = sample(len);
             let a = gz(&data, 1, 4096);
             let b = gz(&data, 3, 1000);
@@ -251,7 +288,9 @@ mod tests {
             assert_eq!(a, c, "len {len}");
             assert_eq!(&a[..10], &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255]);
             let mut back = Vec::new();
-            flate2::read::GzDecoder::new(&a[..]).read_to_end(&mut back).unwrap();
+            flate2::read::GzDecoder::new(&a[..])
+                .read_to_end(&mut back)
+                .unwrap();
             assert_eq!(back, data, "len {len}");
         }
     }
@@ -263,6 +302,9 @@ mod tests {
         let mut single = flate2::write::GzEncoder::new(Vec::new(), Compression::new(6));
         single.write_all(&data).unwrap();
         let single = single.finish().unwrap().len();
-        assert!((par as f64) < single as f64 * 1.02, "parallel {par} vs single {single}");
+        assert!(
+            (par as f64) < single as f64 * 1.02,
+            "parallel {par} vs single {single}"
+        );
     }
 }

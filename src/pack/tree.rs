@@ -26,10 +26,18 @@ pub struct Entry {
 ///
 /// Hardlinks are not detected: each path is stored as a regular file with its own contents,
 /// so a layer never depends on which of several linked names comes first.
-pub fn walk(root: &Path, cancel: &tokio_util::sync::CancellationToken) -> Result<Vec<Entry>, PackError> {
-    let meta = fs::metadata(root).map_err(|source| PackError::Read { path: root.to_owned(), source })?;
+pub fn walk(
+    root: &Path,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<Vec<Entry>, PackError> {
+    let meta = fs::metadata(root).map_err(|source| PackError::Read {
+        path: root.to_owned(),
+        source,
+    })?;
     if !meta.is_dir() {
-        return Err(PackError::NotADirectory { path: root.to_owned() });
+        return Err(PackError::NotADirectory {
+            path: root.to_owned(),
+        });
     }
     let mut out = Vec::new();
     let mut stack = vec![(root.to_owned(), Vec::new())];
@@ -37,25 +45,42 @@ pub fn walk(root: &Path, cancel: &tokio_util::sync::CancellationToken) -> Result
         if cancel.is_cancelled() {
             return Err(PackError::Cancelled);
         }
-        let rd = fs::read_dir(&dir).map_err(|source| PackError::Read { path: dir.clone(), source })?;
+        let rd = fs::read_dir(&dir).map_err(|source| PackError::Read {
+            path: dir.clone(),
+            source,
+        })?;
         for item in rd {
-            let item = item.map_err(|source| PackError::Read { path: dir.clone(), source })?;
+            let item = item.map_err(|source| PackError::Read {
+                path: dir.clone(),
+                source,
+            })?;
             let source = item.path();
             let mut path: Vec<u8> = prefix.clone();
             if !path.is_empty() {
                 path.push(b'/');
             }
             path.extend_from_slice(item.file_name().as_bytes());
-            let md = fs::symlink_metadata(&source).map_err(|e| PackError::Read { path: source.clone(), source: e })?;
+            let md = fs::symlink_metadata(&source).map_err(|e| PackError::Read {
+                path: source.clone(),
+                source: e,
+            })?;
             let ft = md.file_type();
             let kind = if ft.is_dir() {
                 stack.push((source.clone(), path.clone()));
                 Kind::Dir
             } else if ft.is_file() {
-                Kind::File { size: md.len(), executable: md.permissions().mode() & 0o100 != 0 }
+                Kind::File {
+                    size: md.len(),
+                    executable: md.permissions().mode() & 0o100 != 0,
+                }
             } else if ft.is_symlink() {
-                let target = fs::read_link(&source).map_err(|e| PackError::Read { path: source.clone(), source: e })?;
-                Kind::Symlink { target: target.into_os_string().into_encoded_bytes() }
+                let target = fs::read_link(&source).map_err(|e| PackError::Read {
+                    path: source.clone(),
+                    source: e,
+                })?;
+                Kind::Symlink {
+                    target: target.into_os_string().into_encoded_bytes(),
+                }
             } else {
                 let what = if ft.is_fifo() {
                     "a fifo"

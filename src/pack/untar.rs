@@ -22,22 +22,38 @@ pub fn unpack(stream: impl Read, dst: &Path, cancel: &CancellationToken) -> Resu
     archive.set_preserve_mtime(false);
     archive.set_unpack_xattrs(false);
     archive.set_overwrite(true);
-    let entries = archive.entries().map_err(|e| PackError::BadTar(e.to_string()))?;
+    let entries = archive
+        .entries()
+        .map_err(|e| PackError::BadTar(e.to_string()))?;
     for entry in entries {
         if cancel.is_cancelled() {
             return Err(PackError::Cancelled);
         }
         let mut entry = entry.map_err(|e| PackError::BadTar(e.to_string()))?;
-        let path = entry.path().map_err(|e| PackError::BadTar(e.to_string()))?.into_owned();
+        let path = entry
+            .path()
+            .map_err(|e| PackError::BadTar(e.to_string()))?
+            .into_owned();
         let shown = path.display().to_string();
         let bad = |reason: &str| PackError::BadTar(format!("entry {shown:?}: {reason}"));
-        if path.components().any(|c| matches!(c, Component::ParentDir | Component::RootDir | Component::Prefix(_))) {
+        if path.components().any(|c| {
+            matches!(
+                c,
+                Component::ParentDir | Component::RootDir | Component::Prefix(_)
+            )
+        }) {
             return Err(bad("path leaves the output directory"));
         }
         let ty = entry.header().entry_type();
         match ty {
-            EntryType::Regular | EntryType::Continuous | EntryType::Directory | EntryType::Symlink | EntryType::Link => {}
-            EntryType::Char | EntryType::Block => return Err(bad("device files are not allowed in layers")),
+            EntryType::Regular
+            | EntryType::Continuous
+            | EntryType::Directory
+            | EntryType::Symlink
+            | EntryType::Link => {}
+            EntryType::Char | EntryType::Block => {
+                return Err(bad("device files are not allowed in layers"));
+            }
             EntryType::Fifo => return Err(bad("fifos are not allowed in layers")),
             // Extension headers (PAX, GNU long names) are consumed by the tar crate.
             other => return Err(bad(&format!("unsupported entry type {other:?}"))),
@@ -47,7 +63,10 @@ pub fn unpack(stream: impl Read, dst: &Path, cancel: &CancellationToken) -> Resu
                 .link_name()
                 .map_err(|e| PackError::BadTar(e.to_string()))?
                 .ok_or_else(|| bad("hardlink without a target"))?;
-            if target.components().any(|c| matches!(c, Component::ParentDir | Component::RootDir)) {
+            if target
+                .components()
+                .any(|c| matches!(c, Component::ParentDir | Component::RootDir))
+            {
                 return Err(bad("hardlink target leaves the output directory"));
             }
         }
@@ -61,12 +80,18 @@ pub fn unpack(stream: impl Read, dst: &Path, cancel: &CancellationToken) -> Resu
         let on_disk = dst.join(&path);
         let mode = match ty {
             EntryType::Directory => Some(0o755),
-            EntryType::Regular | EntryType::Continuous => Some(if executable { 0o755 } else { 0o644 }),
+            EntryType::Regular | EntryType::Continuous => {
+                Some(if executable { 0o755 } else { 0o644 })
+            }
             _ => None,
         };
         if let Some(mode) = mode {
-            fs::set_permissions(&on_disk, fs::Permissions::from_mode(mode))
-                .map_err(|source| PackError::Read { path: on_disk.clone(), source })?;
+            fs::set_permissions(&on_disk, fs::Permissions::from_mode(mode)).map_err(|source| {
+                PackError::Read {
+                    path: on_disk.clone(),
+                    source,
+                }
+            })?;
         }
     }
     Ok(())

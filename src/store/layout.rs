@@ -28,7 +28,11 @@ pub struct OciLayout {
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io { op, path: path.to_owned(), source }
+    move |source| StoreError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 impl OciLayout {
@@ -40,14 +44,17 @@ impl OciLayout {
             path: root.clone(),
             reason: format!("cannot read {LAYOUT_FILE}: {e}"),
         })?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| StoreError::NotALayout {
-            path: root.clone(),
-            reason: format!("{LAYOUT_FILE} is not JSON: {e}"),
-        })?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| StoreError::NotALayout {
+                path: root.clone(),
+                reason: format!("{LAYOUT_FILE} is not JSON: {e}"),
+            })?;
         if v.get("imageLayoutVersion").and_then(|v| v.as_str()) != Some(LAYOUT_VERSION) {
             return Err(StoreError::NotALayout {
                 path: root,
-                reason: format!("{LAYOUT_FILE} does not declare imageLayoutVersion {LAYOUT_VERSION}"),
+                reason: format!(
+                    "{LAYOUT_FILE} does not declare imageLayoutVersion {LAYOUT_VERSION}"
+                ),
             });
         }
         Ok(OciLayout { root })
@@ -69,15 +76,20 @@ impl OciLayout {
             }
         }
         let layout = OciLayout { root };
-        fs::create_dir_all(layout.blob_dir()).map_err(io_err("create directory", &layout.blob_dir()))?;
-        fs::create_dir_all(layout.tmp_dir()).map_err(io_err("create directory", &layout.tmp_dir()))?;
+        fs::create_dir_all(layout.blob_dir())
+            .map_err(io_err("create directory", &layout.blob_dir()))?;
+        fs::create_dir_all(layout.tmp_dir())
+            .map_err(io_err("create directory", &layout.tmp_dir()))?;
         let _lock = layout.lock()?;
         if !layout.root.join("index.json").exists() {
             let empty = ImageIndex::default();
             layout.write_index(&empty)?;
         }
         // oci-layout last: its presence marks a complete layout.
-        layout.write_atomic(&layout.root.join(LAYOUT_FILE), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        layout.write_atomic(
+            &layout.root.join(LAYOUT_FILE),
+            br#"{"imageLayoutVersion":"1.0.0"}"#,
+        )?;
         Ok(layout)
     }
 
@@ -107,7 +119,11 @@ impl OciLayout {
         let p = self.blob_path(digest);
         fs::read(&p).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => StoreError::BlobNotFound { digest: *digest },
-            _ => StoreError::Io { op: "read blob", path: p.clone(), source: e },
+            _ => StoreError::Io {
+                op: "read blob",
+                path: p.clone(),
+                source: e,
+            },
         })
     }
 
@@ -115,14 +131,22 @@ impl OciLayout {
     pub fn index(&self) -> Result<ImageIndex, StoreError> {
         let p = self.root.join("index.json");
         let bytes = fs::read(&p).map_err(io_err("read", &p))?;
-        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt { path: p, reason: e.to_string() })
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            path: p,
+            reason: e.to_string(),
+        })
     }
 
     fn lock(&self) -> Result<File, StoreError> {
         let dir = self.root.join(".kiln");
         fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
         let p = dir.join("lock");
-        let f = OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(io_err("open", &p))?;
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(io_err("open", &p))?;
         f.lock().map_err(io_err("lock", &p))?;
         Ok(f)
     }
@@ -137,7 +161,11 @@ impl OciLayout {
             .map_err(io_err("create temporary file in", &tmp_dir))?;
         tmp.write_all(bytes).map_err(io_err("write", tmp.path()))?;
         tmp.as_file().sync_all().map_err(io_err("sync", path))?;
-        tmp.persist(path).map_err(|e| StoreError::Io { op: "rename into", path: path.to_owned(), source: e.error })?;
+        tmp.persist(path).map_err(|e| StoreError::Io {
+            op: "rename into",
+            path: path.to_owned(),
+            source: e.error,
+        })?;
         sync_dir(path.parent().unwrap_or(&self.root));
         Ok(())
     }
@@ -145,8 +173,10 @@ impl OciLayout {
     fn write_index(&self, index: &ImageIndex) -> Result<(), StoreError> {
         let mut index = index.clone();
         index.set_media_type(Some(MediaType::ImageIndex));
-        let bytes = crate::json::to_canonical_vec(&index)
-            .map_err(|e| StoreError::Corrupt { path: self.root.join("index.json"), reason: e.to_string() })?;
+        let bytes = crate::json::to_canonical_vec(&index).map_err(|e| StoreError::Corrupt {
+            path: self.root.join("index.json"),
+            reason: e.to_string(),
+        })?;
         self.write_atomic(&self.root.join("index.json"), &bytes)
     }
 }
@@ -159,7 +189,10 @@ fn sync_dir(dir: &Path) {
 }
 
 fn ref_name(d: &Descriptor) -> Option<&str> {
-    d.annotations().as_ref().and_then(|a| a.get(REF_NAME)).map(String::as_str)
+    d.annotations()
+        .as_ref()
+        .and_then(|a| a.get(REF_NAME))
+        .map(String::as_str)
 }
 
 struct LayoutUpload {
@@ -190,8 +223,14 @@ impl BlobUpload for LayoutUpload {
             // Content-addressed: the same digest is the same bytes. Drop ours.
             return Ok(BlobInfo { digest, size });
         }
-        tmp.as_file().sync_all().map_err(io_err("sync", tmp.path()))?;
-        tmp.persist(&target).map_err(|e| StoreError::Io { op: "rename into", path: target.clone(), source: e.error })?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(io_err("sync", tmp.path()))?;
+        tmp.persist(&target).map_err(|e| StoreError::Io {
+            op: "rename into",
+            path: target.clone(),
+            source: e.error,
+        })?;
         sync_dir(&self.blob_dir);
         Ok(BlobInfo { digest, size })
     }
@@ -240,22 +279,34 @@ impl Store for OciLayout {
         }
         // A stable order keeps index.json byte-identical for the same set of tags.
         entries.sort_by(|a, b| {
-            (ref_name(a).unwrap_or(""), a.digest().as_ref()).cmp(&(ref_name(b).unwrap_or(""), b.digest().as_ref()))
+            (ref_name(a).unwrap_or(""), a.digest().as_ref())
+                .cmp(&(ref_name(b).unwrap_or(""), b.digest().as_ref()))
         });
         index.set_manifests(entries);
         self.write_index(&index)
     }
 
     fn resolve(&self, tag: &str) -> Result<Option<Descriptor>, StoreError> {
-        Ok(self.index()?.manifests().iter().find(|d| ref_name(d) == Some(tag)).cloned())
+        Ok(self
+            .index()?
+            .manifests()
+            .iter()
+            .find(|d| ref_name(d) == Some(tag))
+            .cloned())
     }
 
     fn open_blob(&self, digest: &Digest) -> Result<Box<dyn Read + Send>, StoreError> {
         let p = self.blob_path(digest);
         match File::open(&p) {
             Ok(f) => Ok(Box::new(f)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::BlobNotFound { digest: *digest }),
-            Err(e) => Err(StoreError::Io { op: "open blob", path: p, source: e }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(StoreError::BlobNotFound { digest: *digest })
+            }
+            Err(e) => Err(StoreError::Io {
+                op: "open blob",
+                path: p,
+                source: e,
+            }),
         }
     }
 }
@@ -265,7 +316,11 @@ mod tests {
     use super::*;
 
     fn desc(bytes: &[u8]) -> Descriptor {
-        Descriptor::new(MediaType::ImageManifest, bytes.len() as u64, Digest::of(bytes).to_oci())
+        Descriptor::new(
+            MediaType::ImageManifest,
+            bytes.len() as u64,
+            Digest::of(bytes).to_oci(),
+        )
     }
 
     #[test]
@@ -296,7 +351,11 @@ mod tests {
         layout.tag(None, &m1).unwrap();
         assert_eq!(layout.index().unwrap().manifests().len(), 1);
         layout.tag(Some("v1"), &m1).unwrap();
-        assert_eq!(layout.index().unwrap().manifests().len(), 1, "tag supersedes untagged entry");
+        assert_eq!(
+            layout.index().unwrap().manifests().len(),
+            1,
+            "tag supersedes untagged entry"
+        );
         layout.tag(Some("v1"), &m2).unwrap();
         layout.tag(Some("v2"), &m2).unwrap();
         let idx = layout.index().unwrap();

@@ -48,7 +48,11 @@ pub trait BlobSink: Send + Sync {
 pub trait Store: BlobSink {
     /// Point `tag` at `manifest` (moving it if it pointed elsewhere). Without a tag, the
     /// manifest is recorded untagged, once.
-    fn tag(&self, tag: Option<&str>, manifest: &oci_spec::image::Descriptor) -> Result<(), StoreError>;
+    fn tag(
+        &self,
+        tag: Option<&str>,
+        manifest: &oci_spec::image::Descriptor,
+    ) -> Result<(), StoreError>;
 
     /// The manifest descriptor a tag points at, if any.
     fn resolve(&self, tag: &str) -> Result<Option<oci_spec::image::Descriptor>, StoreError>;
@@ -71,7 +75,9 @@ pub enum StoreError {
     NotALayout { path: PathBuf, reason: String },
     #[error("{} is corrupt: {reason}", path.display())]
     Corrupt { path: PathBuf, reason: String },
-    #[error("invalid tag {tag:?}: tags are 1-128 characters of [A-Za-z0-9_.-], not starting with '.' or '-'")]
+    #[error(
+        "invalid tag {tag:?}: tags are 1-128 characters of [A-Za-z0-9_.-], not starting with '.' or '-'"
+    )]
     InvalidTag { tag: String },
     #[error("blob {digest} is not in the store")]
     BlobNotFound { digest: Digest },
@@ -94,7 +100,15 @@ impl StoreError {
 pub fn validate_tag(tag: &str) -> Result<(), StoreError> {
     let ok = !tag.is_empty()
         && tag.len() <= 128
-        && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
         && !tag.starts_with(['.', '-']);
-    if ok { Ok(()) } else { Err(StoreError::InvalidTag { tag: tag.to_owned() }) }
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidTag {
+            tag: tag.to_owned(),
+        })
+    }
 }
