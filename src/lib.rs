@@ -14,6 +14,7 @@ pub mod events;
 pub mod image;
 pub mod json;
 pub mod pack;
+pub mod recipe;
 pub mod store;
 pub mod validate;
 
