@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "hello from kiln (built reproducibly from a commit made at @EPOCH@)"
