@@ -15,6 +15,14 @@ pub enum Event {
         size: u64,
         diff_id: Digest,
     },
+    /// A build step started (1-based `index` of `total`).
+    StepStarted {
+        index: usize,
+        total: usize,
+        command: String,
+    },
+    /// Output from the running step, as it arrives.
+    StepOutput { bytes: Vec<u8> },
     /// An image manifest was written (and tagged, if a tag was given).
     ImageWritten { digest: Digest, tag: Option<String> },
 }

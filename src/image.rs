@@ -242,6 +242,105 @@ pub fn write_image(
     ))
 }
 
+/// The OCI "empty" config of artifacts: `{}`.
+pub const EMPTY_CONFIG: &[u8] = b"{}";
+
+/// Write a generic artifact: a manifest with `artifactType`, the empty config, and `layers`.
+pub fn write_artifact(
+    sink: &dyn BlobSink,
+    layers: &[Layer],
+    artifact_type: &str,
+    epoch: u64,
+    annotations: &BTreeMap<String, String>,
+) -> Result<Descriptor, ImageError> {
+    let created = rfc3339(epoch).ok_or(ImageError::Epoch(epoch))?;
+    let config = sink.put_blob(EMPTY_CONFIG)?;
+    let mut ann: HashMap<String, String> = annotations
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    ann.insert(ANNOTATION_CREATED.to_owned(), created);
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .artifact_type(MediaType::from(artifact_type))
+        .config(Descriptor::new(
+            MediaType::EmptyJSON,
+            config.size,
+            config.digest.to_oci(),
+        ))
+        .layers(
+            layers
+                .iter()
+                .map(|l| Descriptor::new(MediaType::from(l.media_type), l.size, l.digest.to_oci()))
+                .collect::<Vec<_>>(),
+        )
+        .annotations(ann)
+        .build()
+        .map_err(spec_err("manifest"))?;
+    let bytes = crate::json::to_canonical_vec(&manifest).map_err(|source| ImageError::Json {
+        what: "manifest",
+        source,
+    })?;
+    let blob = sink.put_blob(&bytes)?;
+    let mut d = Descriptor::new(MediaType::ImageManifest, blob.size, blob.digest.to_oci());
+    d.set_artifact_type(Some(MediaType::from(artifact_type)));
+    Ok(d)
+}
+
+/// Write an image from `layout` as a `docker save` archive (what `docker load` reads on every
+/// engine version), tagged `repo_tag`. Layers are copied as they are; the engine decompresses
+/// them and checks them against the config's diff_ids.
+pub fn write_docker_archive(
+    layout: &crate::store::OciLayout,
+    manifest: &Digest,
+    repo_tag: &str,
+    out: impl std::io::Write,
+) -> Result<(), ImageError> {
+    let m: oci_spec::image::ImageManifest = serde_json::from_slice(&layout.read_blob(manifest)?)
+        .map_err(|source| ImageError::Json {
+            what: "manifest",
+            source,
+        })?;
+    let blob_name = |d: &Descriptor| format!("blobs/sha256/{}", d.digest().digest());
+    let index = serde_json::json!([{
+        "Config": blob_name(m.config()),
+        "RepoTags": [repo_tag],
+        "Layers": m.layers().iter().map(blob_name).collect::<Vec<_>>(),
+    }]);
+    let index = serde_json::to_vec(&index).map_err(|source| ImageError::Json {
+        what: "docker manifest",
+        source,
+    })?;
+    let mut tar = tar::Builder::new(out);
+    let io_err = |e: std::io::Error| {
+        ImageError::Store(StoreError::Io {
+            op: "write docker archive",
+            path: layout.root().to_owned(),
+            source: e,
+        })
+    };
+    let mut add = |name: &str, size: u64, data: &mut dyn std::io::Read| -> Result<(), ImageError> {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        tar.append_data(&mut h, name, data).map_err(io_err)
+    };
+    add("manifest.json", index.len() as u64, &mut &index[..])?;
+    for d in std::iter::once(m.config()).chain(m.layers().iter()) {
+        let digest = Digest::from_oci(d.digest()).map_err(|e| {
+            ImageError::Store(StoreError::Corrupt {
+                path: layout.root().to_owned(),
+                reason: e.to_string(),
+            })
+        })?;
+        let mut blob = crate::store::Store::open_blob(layout, &digest)?;
+        add(&blob_name(d), d.size(), &mut blob)?;
+    }
+    tar.finish().map_err(io_err)
+}
+
 /// The digest of a descriptor, which kiln always writes as sha256.
 pub fn descriptor_digest(d: &Descriptor) -> Result<Digest, crate::digest::DigestParseError> {
     Digest::from_oci(d.digest())

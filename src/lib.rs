@@ -9,12 +9,15 @@
 //! The CLI and the daemon only compose them. Stages take a cancellation token, report
 //! progress as [`events`], and return typed errors that say whether a retry can help.
 
+pub mod build;
 pub mod digest;
 pub mod events;
 pub mod image;
 pub mod json;
 pub mod pack;
+pub mod pipeline;
 pub mod recipe;
+pub mod source;
 pub mod store;
 pub mod validate;
 

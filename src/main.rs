@@ -29,11 +29,55 @@ struct Cli {
 enum Command {
     /// Pack a directory into a single-layer image in a local OCI layout, deterministically.
     Pack(PackArgs),
+    /// Build a project's recipe in a container and store its artifacts in a local OCI layout.
+    Build(BuildArgs),
+    /// Recipe tools.
+    #[command(subcommand)]
+    Recipe(RecipeCommand),
     /// Check every blob, digest, size and diff_id in a local OCI layout.
     Validate {
         /// The OCI image layout directory.
         layout: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum RecipeCommand {
+    /// Check a recipe without building: every problem, with its line.
+    Check {
+        /// The recipe file, or a directory holding kiln.toml.
+        #[arg(default_value = ".")]
+        path: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct BuildArgs {
+    /// The project directory: a git work tree (its committed HEAD is built) or a plain directory.
+    #[arg(default_value = ".")]
+    dir: PathBuf,
+    /// Use this recipe instead of the committed DIR/kiln.toml.
+    #[arg(long, value_name = "FILE")]
+    recipe: Option<PathBuf>,
+    /// The OCI image layout to write (created if missing).
+    #[arg(long, short)]
+    output: PathBuf,
+    /// Print one JSON document describing the result on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Load image artifacts into the local Docker engine as kiln/<name>:<short sha>.
+    #[arg(long)]
+    load: bool,
+    /// Build a git tree with uncommitted changes to tracked files (the result is marked dirty).
+    #[arg(long)]
+    allow_dirty: bool,
+    /// Timestamp for a plain directory (git trees use the commit time). Defaults to
+    /// $SOURCE_DATE_EPOCH for plain directories.
+    #[arg(long, value_name = "SECS")]
+    source_date_epoch: Option<u64>,
+    /// Layer compression.
+    #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd", "none"])]
+    compression: String,
 }
 
 #[derive(clap::Args)]
@@ -58,6 +102,9 @@ struct PackArgs {
     platform: Option<String>,
 }
 
+/// Exit status after Ctrl-C, as shells report it.
+const EXIT_INTERRUPTED: u8 = 130;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -68,7 +115,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("kiln: error: {e:#}");
             ExitCode::FAILURE
@@ -76,16 +123,37 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Pack(a) => pack(a),
+        Command::Pack(a) => pack(a).map(|()| ExitCode::SUCCESS),
+        Command::Build(a) => build(a),
+        Command::Recipe(RecipeCommand::Check { path }) => {
+            let file = if path.is_dir() {
+                path.join("kiln.toml")
+            } else {
+                path
+            };
+            let r = kiln::recipe::Recipe::load(&file)?;
+            eprintln!(
+                "{}: ok ({} step{}, artifacts: {})",
+                file.display(),
+                r.build.steps.len(),
+                if r.build.steps.len() == 1 { "" } else { "s" },
+                r.artifacts
+                    .iter()
+                    .map(|a| a.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Validate { layout } => {
             let r = kiln::validate::validate_layout(&layout)?;
             eprintln!(
                 "ok: {} manifests, {} layers, {} blobs",
                 r.manifests, r.layers, r.blobs
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -154,6 +222,81 @@ fn pack(a: PackArgs) -> Result<()> {
     );
     println!("{}", manifest.digest());
     Ok(())
+}
+
+fn build(a: BuildArgs) -> Result<ExitCode> {
+    let epoch = match a.source_date_epoch {
+        Some(e) => Some(e),
+        None if std::env::var_os("SOURCE_DATE_EPOCH").is_some() => Some(epoch_from_env()?),
+        None => None,
+    };
+    let plan = kiln::pipeline::BuildPlan {
+        dir: a.dir.clone(),
+        recipe: a.recipe.clone(),
+        layout: a.output.clone(),
+        source: kiln::source::SourceOptions {
+            allow_dirty: a.allow_dirty,
+            epoch: a.source_date_epoch.or(epoch),
+        },
+        compression: a.compression.parse().map_err(anyhow::Error::msg)?,
+        load: a.load,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let cancel = CancellationToken::new();
+        let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            let (cancel, interrupted) = (cancel.clone(), interrupted.clone());
+            tokio::spawn(async move {
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+                }
+                interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
+                eprintln!("kiln: interrupted; stopping the build and removing its container");
+                cancel.cancel();
+            });
+        }
+        let runner = kiln::build::DockerRunner::connect().await?;
+        let observer: std::sync::Arc<dyn kiln::events::Observer + Send + Sync> = std::sync::Arc::new(|e: &Event| {
+            use std::io::Write;
+            match e {
+                Event::StepStarted { index, total, command } => eprintln!("==> step {index}/{total}: {command}"),
+                Event::StepOutput { bytes } => {
+                    let _ = std::io::stderr().write_all(bytes);
+                }
+                Event::ImageWritten { digest, tag } => {
+                    eprintln!("==> stored {} {digest}", tag.as_deref().unwrap_or(""))
+                }
+                _ => {}
+            }
+        });
+        match kiln::pipeline::build(&plan, &runner, &cancel, observer).await {
+            Ok(result) => {
+                if a.json {
+                    println!("{}", serde_json::to_string_pretty(&result)?);
+                } else {
+                    for art in &result.artifacts {
+                        match &art.loaded_as {
+                            Some(t) => println!("{} {} {} (loaded as {t})", art.name, art.kind, art.digest),
+                            None => println!("{} {} {}", art.name, art.kind, art.digest),
+                        }
+                    }
+                }
+                eprintln!("build log: {}", result.log.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) if e.is_cancelled() || interrupted.load(std::sync::atomic::Ordering::SeqCst) => {
+                eprintln!("kiln: build interrupted");
+                Ok(ExitCode::from(EXIT_INTERRUPTED))
+            }
+            Err(e) => Err(e.into()),
+        }
+    })
 }
 
 fn human(n: u64) -> String {

@@ -203,32 +203,13 @@ pub fn pack_dir(
 
     let upload = sink.begin_blob()?;
     let mut out = HashingWriter::new(Compressor::new(upload, opts)?);
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut done: u64 = 0;
     let mut next_report: u64 = 0;
-    for e in &entries {
-        if cancel.is_cancelled() {
-            return Err(PackError::Cancelled);
+    write_entries(&entries, opts.epoch, &mut out, cancel, |done| {
+        if done >= next_report {
+            observer.event(&Event::PackProgress { bytes: done, total });
+            next_report = done + 16 * 1024 * 1024;
         }
-        let (ext, h) = header::headers(&e.path, &e.kind, opts.epoch);
-        if let Some((x, data)) = ext {
-            out.write_all(x.as_bytes()).map_err(PackError::Write)?;
-            out.write_all(&data).map_err(PackError::Write)?;
-            pad(&mut out, data.len() as u64)?;
-        }
-        out.write_all(h.as_bytes()).map_err(PackError::Write)?;
-        if let Kind::File { size, .. } = e.kind {
-            copy_file(&e.source, size, &mut out, &mut buf, cancel)?;
-            pad(&mut out, size)?;
-            done += size;
-            if done >= next_report {
-                observer.event(&Event::PackProgress { bytes: done, total });
-                next_report = done + 16 * 1024 * 1024;
-            }
-        }
-    }
-    // End of archive: two zero blocks.
-    out.write_all(&[0u8; 1024]).map_err(PackError::Write)?;
+    })?;
     let (diff_id, uncompressed_size, compressor) = out.finish();
     let upload = compressor.finish().map_err(PackError::Write)?;
     let blob = upload.commit()?;
@@ -246,6 +227,94 @@ pub fn pack_dir(
         diff_id,
     });
     Ok(layer)
+}
+
+/// Write the entries (sorted by path) as a tar stream, ending with the two zero blocks.
+fn write_entries(
+    entries: &[tree::Entry],
+    epoch: u64,
+    out: &mut impl Write,
+    cancel: &CancellationToken,
+    mut progress: impl FnMut(u64),
+) -> Result<(), PackError> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut done: u64 = 0;
+    for e in entries {
+        if cancel.is_cancelled() {
+            return Err(PackError::Cancelled);
+        }
+        let (ext, h) = header::headers(&e.path, &e.kind, epoch);
+        if let Some((x, data)) = ext {
+            out.write_all(x.as_bytes()).map_err(PackError::Write)?;
+            out.write_all(&data).map_err(PackError::Write)?;
+            pad(out, data.len() as u64)?;
+        }
+        out.write_all(h.as_bytes()).map_err(PackError::Write)?;
+        if let Kind::File { size, .. } = e.kind {
+            copy_file(&e.source, size, out, &mut buf, cancel)?;
+            pad(out, size)?;
+            done += size;
+            progress(done);
+        }
+    }
+    out.write_all(&[0u8; 1024]).map_err(PackError::Write)
+}
+
+/// Write directory `root` as an uncompressed deterministic tar (the same rules as a layer)
+/// with every path under `prefix` (for example `src` for a container's `/src`), plus empty
+/// directories `extra_dirs`; every parent directory gets its own entry. Returns the number
+/// of entries. Used to copy a source tree into a build container.
+pub fn write_tree_tar(
+    root: &Path,
+    prefix: &str,
+    extra_dirs: &[&str],
+    epoch: u64,
+    out: &mut impl Write,
+    cancel: &CancellationToken,
+) -> Result<u64, PackError> {
+    if epoch > USTAR_MAX {
+        return Err(PackError::EpochOutOfRange(epoch));
+    }
+    let mut entries = tree::walk(root, cancel)?;
+    let prefix = prefix.trim_matches('/');
+    if !prefix.is_empty() {
+        for e in &mut entries {
+            let mut p = prefix.as_bytes().to_vec();
+            p.push(b'/');
+            p.extend_from_slice(&e.path);
+            e.path = p;
+        }
+    }
+    let mut dirs: Vec<&str> = extra_dirs.iter().map(|d| d.trim_matches('/')).collect();
+    dirs.push(prefix);
+    for d in dirs {
+        let mut at = String::new();
+        for part in d.split('/').filter(|p| !p.is_empty()) {
+            if !at.is_empty() {
+                at.push('/');
+            }
+            at.push_str(part);
+            entries.push(tree::Entry {
+                path: at.as_bytes().to_vec(),
+                source: PathBuf::new(),
+                kind: Kind::Dir,
+            });
+        }
+    }
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    entries.dedup_by(|a, b| a.path == b.path);
+    write_entries(&entries, epoch, out, cancel, |_| {})?;
+    Ok(entries.len() as u64)
+}
+
+/// Unpack an untrusted tar stream into `dst`: only files, directories, symlinks and
+/// hardlinks, nothing outside `dst`, no owners, times or xattrs.
+pub fn unpack_tar(
+    stream: impl Read,
+    dst: &Path,
+    cancel: &CancellationToken,
+) -> Result<(), PackError> {
+    untar::unpack(stream, dst, cancel)
 }
 
 /// Pack a tar stream (for example a container's output) the same way as a directory: the

@@ -45,6 +45,10 @@ pub fn unpack(stream: impl Read, dst: &Path, cancel: &CancellationToken) -> Resu
             return Err(bad("path leaves the output directory"));
         }
         let ty = entry.header().entry_type();
+        if ty == EntryType::XGlobalHeader {
+            // e.g. the commit id `git archive` records; metadata only.
+            continue;
+        }
         match ty {
             EntryType::Regular
             | EntryType::Continuous

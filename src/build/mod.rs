@@ -1,0 +1,134 @@
+//! The build stage: run a recipe's steps in a container on an exact source tree, and hand
+//! back the output directory. Knows nothing of layers or registries.
+
+mod docker;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use docker::DockerRunner;
+
+use crate::recipe::BuildSection;
+
+/// Label on every container kiln creates, so leftovers can be found:
+/// `docker ps -a --filter label=dev.kiln.build`.
+pub const LABEL_BUILD: &str = "dev.kiln.build";
+
+/// What to build.
+pub struct BuildRequest<'a> {
+    pub build: &'a BuildSection,
+    /// The exact tree copied to the recipe's `workdir`.
+    pub source: &'a Path,
+    /// SOURCE_DATE_EPOCH, set in the container and used for the copied tree's mtimes.
+    pub epoch: u64,
+    /// Unique per build: names the container and the log.
+    pub build_id: &'a str,
+    /// Extra container labels (revision, ...), besides [`LABEL_BUILD`].
+    pub labels: BTreeMap<String, String>,
+    /// The per-build log file: every step's command and output.
+    pub log: &'a Path,
+    /// Where to spool the source tar and the outputs.
+    pub scratch: &'a Path,
+}
+
+/// The builder image as the engine resolved it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuilderImage {
+    /// The reference from the recipe.
+    pub reference: String,
+    /// The engine's content-addressed image ID (`sha256:` of its config).
+    pub id: String,
+    /// Registry digests the engine knows for it, if it was pulled.
+    pub repo_digests: Vec<String>,
+}
+
+/// A finished build: the output directory, spooled to local disk.
+pub struct BuildOutput {
+    dir: tempfile::TempDir,
+    root: PathBuf,
+    pub builder: BuilderImage,
+}
+
+impl BuildOutput {
+    /// The collected output directory (the recipe's `output`).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the spool lives (removed on drop).
+    pub fn spool(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Why a build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot talk to the Docker engine ({op}): {source}")]
+    Engine {
+        op: &'static str,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error(
+        "builder image {image:?} is not available: it is not in the local engine and pulling it failed ({reason}).\n\
+         On a host without registry access, preload it: `docker save {image} -o builder.tar` on a \
+         connected host, then `docker load -i builder.tar` here (or build it locally with `docker import`/`docker build` and tag it {image})"
+    )]
+    ImageUnavailable { image: String, reason: String },
+    #[error(
+        "step {index} of {total} failed with exit code {code}: {command}\n--- last output ---\n{tail}"
+    )]
+    StepFailed {
+        index: usize,
+        total: usize,
+        command: String,
+        code: i64,
+        tail: String,
+    },
+    #[error("the build exceeded its timeout of {}; the container was killed", humantime(*after))]
+    Timeout { after: Duration },
+    #[error("the build did not produce its output directory {path}")]
+    NoOutput { path: String },
+    #[error("collecting the output: {0}")]
+    Output(#[from] crate::pack::PackError),
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the build was cancelled")]
+    Cancelled,
+}
+
+impl BuildError {
+    /// Whether running the same build again could succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            // The engine may be restarting or briefly overloaded.
+            BuildError::Engine { source, .. } => !matches!(
+                source,
+                bollard::errors::Error::DockerResponseServerError {
+                    status_code: 400..=499,
+                    ..
+                }
+            ),
+            BuildError::Io { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+fn humantime(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, (s % 3600) / 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, 0, 0) => format!("{h}h"),
+        (h, m, s) => format!("{h}h{m}m{s}s"),
+    }
+}

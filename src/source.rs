@@ -1,0 +1,311 @@
+//! The source stage: the exact tree a build sees, and what identifies it.
+//!
+//! In a git work tree that is the committed tree at HEAD (tracked files only) of the given
+//! directory, which may be a subdirectory of the repository; its commit time is the
+//! SOURCE_DATE_EPOCH and its SHA the revision. A plain directory is used as it is, with an
+//! epoch the caller provides.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+/// What identifies a source, as recorded in annotations and `--json` output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SourceInfo {
+    /// The commit SHA, for git sources.
+    pub revision: Option<String>,
+    /// The `origin` remote, normalized and without credentials.
+    pub url: Option<String>,
+    /// SOURCE_DATE_EPOCH: the commit time, or the caller's epoch for a plain directory.
+    pub epoch: u64,
+    /// Built from uncommitted changes (`--allow-dirty`).
+    pub dirty: bool,
+}
+
+/// A source ready to build: its info and the directory holding exactly the tree to build.
+pub struct Checkout {
+    pub info: SourceInfo,
+    tree: Tree,
+}
+
+enum Tree {
+    /// Extracted from git; removed on drop.
+    Extracted(tempfile::TempDir),
+    /// A plain directory, used in place.
+    InPlace(PathBuf),
+}
+
+impl Checkout {
+    /// The directory holding the tree to build.
+    pub fn tree(&self) -> &Path {
+        match &self.tree {
+            Tree::Extracted(t) => t.path(),
+            Tree::InPlace(p) => p,
+        }
+    }
+}
+
+/// How to open a source.
+#[derive(Clone, Debug, Default)]
+pub struct SourceOptions {
+    /// Build a git tree with uncommitted changes to tracked files (marks the result dirty).
+    pub allow_dirty: bool,
+    /// An explicit epoch: overrides the commit time; required for a plain directory.
+    pub epoch: Option<u64>,
+}
+
+/// Why a source could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{} has uncommitted changes to tracked files:\n{changes}\ncommit them, or pass --allow-dirty to build them anyway (the result is marked dirty)", dir.display())]
+    Dirty { dir: PathBuf, changes: String },
+    #[error("{} is not a git work tree, so it needs --source-date-epoch or $SOURCE_DATE_EPOCH for its timestamps", dir.display())]
+    NoEpoch { dir: PathBuf },
+    #[error("{} is in a git repository without any commit yet", dir.display())]
+    NoCommit { dir: PathBuf },
+    #[error("`git {args}` failed in {}: {message}", dir.display())]
+    Git {
+        dir: PathBuf,
+        args: String,
+        message: String,
+    },
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("extracting the committed tree: {0}")]
+    Extract(#[from] crate::pack::PackError),
+}
+
+impl SourceError {
+    /// Whether trying again could help: none of these fix themselves.
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<String, SourceError> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| SourceError::Git {
+            dir: dir.to_owned(),
+            args: args.join(" "),
+            message: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(SourceError::Git {
+            dir: dir.to_owned(),
+            args: args.join(" "),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .trim_end_matches('\n')
+        .to_owned())
+}
+
+fn is_work_tree(dir: &Path) -> bool {
+    matches!(
+        git(dir, &["rev-parse", "--is-inside-work-tree"]).as_deref(),
+        Ok("true")
+    )
+}
+
+/// Open the source at `dir`; a git tree is extracted under `scratch`.
+pub fn open(
+    dir: &Path,
+    opts: &SourceOptions,
+    scratch: &Path,
+    cancel: &CancellationToken,
+) -> Result<Checkout, SourceError> {
+    let meta = std::fs::metadata(dir).map_err(|source| SourceError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    if !meta.is_dir() {
+        return Err(SourceError::Io {
+            path: dir.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+        });
+    }
+    if !is_work_tree(dir) {
+        let epoch = opts.epoch.ok_or_else(|| SourceError::NoEpoch {
+            dir: dir.to_owned(),
+        })?;
+        return Ok(Checkout {
+            info: SourceInfo {
+                revision: None,
+                url: None,
+                epoch,
+                dirty: false,
+            },
+            tree: Tree::InPlace(dir.to_owned()),
+        });
+    }
+    let revision =
+        git(dir, &["rev-parse", "--verify", "--quiet", "HEAD^{commit}"]).map_err(|_| {
+            SourceError::NoCommit {
+                dir: dir.to_owned(),
+            }
+        })?;
+    let prefix = git(dir, &["rev-parse", "--show-prefix"])?;
+    let top = PathBuf::from(git(dir, &["rev-parse", "--show-toplevel"])?);
+    let commit_time: u64 = git(dir, &["log", "-1", "--format=%ct", "HEAD"])?
+        .trim()
+        .parse()
+        .map_err(|_| SourceError::Git {
+            dir: dir.to_owned(),
+            args: "log -1 --format=%ct HEAD".into(),
+            message: "not an integer commit time".into(),
+        })?;
+    let changes = git(
+        dir,
+        &["status", "--porcelain", "--untracked-files=no", "--", "."],
+    )?;
+    let dirty = !changes.trim().is_empty();
+    if dirty && !opts.allow_dirty {
+        return Err(SourceError::Dirty {
+            dir: dir.to_owned(),
+            changes,
+        });
+    }
+    // A dirty build takes the tracked files as they are on disk: `git stash create` makes a
+    // commit of them without touching the work tree or the stash list.
+    let commit = if dirty {
+        git(dir, &["stash", "create"])?
+    } else {
+        revision.clone()
+    };
+    let commit = if commit.is_empty() {
+        revision.clone()
+    } else {
+        commit
+    };
+    let url = git(dir, &["remote", "get-url", "origin"])
+        .ok()
+        .map(|u| normalize_remote(&u));
+
+    let extracted = tempfile::Builder::new()
+        .prefix("kiln-source-")
+        .tempdir_in(scratch)
+        .map_err(|source| SourceError::Io {
+            path: scratch.to_owned(),
+            source,
+        })?;
+    let treeish = format!("{commit}:{prefix}");
+    // From the top level: `<commit>:<prefix>` names the subdirectory's tree only there.
+    let mut child = Command::new("git")
+        .arg("-C")
+        .arg(&top)
+        .args(["archive", "--format=tar", &treeish])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| SourceError::Git {
+            dir: dir.to_owned(),
+            args: format!("archive {treeish}"),
+            message: e.to_string(),
+        })?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let unpacked = crate::pack::unpack_tar(stdout, extracted.path(), cancel);
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let status = child.wait().map_err(|e| SourceError::Git {
+        dir: dir.to_owned(),
+        args: format!("archive {treeish}"),
+        message: e.to_string(),
+    })?;
+    if !status.success() {
+        return Err(SourceError::Git {
+            dir: dir.to_owned(),
+            args: format!("archive {treeish}"),
+            message: stderr.trim().to_owned(),
+        });
+    }
+    unpacked?;
+    Ok(Checkout {
+        info: SourceInfo {
+            revision: Some(revision),
+            url,
+            epoch: opts.epoch.unwrap_or(commit_time),
+            dirty,
+        },
+        tree: Tree::Extracted(extracted),
+    })
+}
+
+/// GitHub remotes in any form become `https://github.com/<owner>/<repo>`; other URLs keep their
+/// form minus any credentials (`user:password@`) in their authority.
+pub fn normalize_remote(url: &str) -> String {
+    let url = url.trim();
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (Some(s), r),
+        None => (None, url),
+    };
+    // host and path, for URL forms and scp-like `user@host:path`
+    let (authority, path) = match scheme {
+        Some(_) => rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p)),
+        None => match rest.split_once(':') {
+            Some((a, p)) if !a.contains('/') => (a, p),
+            _ => return url.to_owned(),
+        },
+    };
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = host_port.split(':').next().unwrap_or(host_port);
+    if host.eq_ignore_ascii_case("github.com") || host.eq_ignore_ascii_case("www.github.com") {
+        let path = path.trim_matches('/');
+        let path = path.strip_suffix(".git").unwrap_or(path);
+        return format!("https://github.com/{path}");
+    }
+    match scheme {
+        Some(s) => format!("{s}://{host_port}/{path}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn github_remotes_are_normalized() {
+        for u in [
+            "git@github.com:o/r.git",
+            "https://github.com/o/r.git",
+            "https://github.com/o/r",
+            "ssh://git@github.com/o/r.git",
+            "https://x-access-token:ghs_secret@github.com/o/r.git",
+            "git://github.com/o/r.git",
+        ] {
+            assert_eq!(normalize_remote(u), "https://github.com/o/r", "{u}");
+        }
+    }
+
+    #[test]
+    fn other_remotes_lose_credentials_only() {
+        assert_eq!(
+            normalize_remote("https://user:pw@git.example.com:8443/team/app.git"),
+            "https://git.example.com:8443/team/app.git"
+        );
+        assert_eq!(
+            normalize_remote("https://git.example.com/team/app"),
+            "https://git.example.com/team/app"
+        );
+        assert_eq!(
+            normalize_remote("git@gitlab.example.com:team/app.git"),
+            "git@gitlab.example.com:team/app.git"
+        );
+        assert_eq!(normalize_remote("/srv/git/app.git"), "/srv/git/app.git");
+    }
+}
