@@ -190,3 +190,116 @@ pub fn run_measuring_rss(cmd: &mut Command) -> (std::process::ExitStatus, i64, V
     );
     (st, ru.ru_maxrss, out)
 }
+
+/// Fail (never skip) when no Docker engine answers.
+pub fn require_docker() {
+    require("docker");
+    let ok = Command::new("docker")
+        .arg("info")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "a running Docker engine is required for this test (`docker info` failed); .ci/run starts one"
+    );
+}
+
+/// Make (once per test process) a local builder image with tests/support/builder-image.sh.
+pub fn builder_image(kind: &str) -> String {
+    use std::sync::{Mutex, OnceLock};
+    static MADE: OnceLock<Mutex<BTreeMap<String, String>>> = OnceLock::new();
+    require_docker();
+    let mut made = MADE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(tag) = made.get(kind) {
+        return tag.clone();
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/builder-image.sh");
+    let out = run_ok(Command::new("sh").arg(script).arg(kind));
+    let tag = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    made.insert(kind.to_owned(), tag.clone());
+    tag
+}
+
+/// A fixed commit time for test repositories: 2024-01-02T03:04:05Z.
+pub const COMMIT_TIME: u64 = 1_704_164_645;
+
+/// Create a git repository at `dir` with `files` committed at [`COMMIT_TIME`] and `origin`
+/// set to `remote`; returns the commit SHA.
+pub fn git_repo(dir: &Path, files: &[(&str, &[u8])], remote: Option<&str>) -> String {
+    fs::create_dir_all(dir).unwrap();
+    let git = |args: &[&str]| {
+        let out = run_ok(
+            Command::new("git")
+                .arg("-C")
+                .arg(dir)
+                .args(args)
+                .env("GIT_AUTHOR_DATE", format!("@{COMMIT_TIME} +0000"))
+                .env("GIT_COMMITTER_DATE", format!("@{COMMIT_TIME} +0000"))
+                .env("GIT_AUTHOR_NAME", "kiln test")
+                .env("GIT_AUTHOR_EMAIL", "test@kiln.invalid")
+                .env("GIT_COMMITTER_NAME", "kiln test")
+                .env("GIT_COMMITTER_EMAIL", "test@kiln.invalid"),
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    git(&["init", "-q", "-b", "main"]);
+    for (path, content) in files {
+        let p = dir.join(path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, content).unwrap();
+        if path.ends_with(".sh") {
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "test commit"]);
+    if let Some(r) = remote {
+        git(&["remote", "add", "origin", r]);
+    }
+    git(&["rev-parse", "HEAD"])
+}
+
+/// Names of containers kiln left behind for builds of `revision`.
+pub fn leftover_containers(revision: &str) -> Vec<String> {
+    let out = run_ok(Command::new("docker").args([
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=dev.kiln.revision={revision}"),
+        "--format",
+        "{{.Names}}",
+    ]));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Files of the single layer of `tag`, by path: content for files, `->target` for symlinks.
+pub fn layer_files(layout: &Path, tag: &str) -> BTreeMap<String, Vec<u8>> {
+    let bytes = layer_tar(layout, tag);
+    let mut ar = tar::Archive::new(&bytes[..]);
+    let mut out = BTreeMap::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+        let value = match e.header().entry_type() {
+            tar::EntryType::Symlink => {
+                format!("->{}", e.link_name().unwrap().unwrap().display()).into_bytes()
+            }
+            tar::EntryType::Directory => continue,
+            _ => {
+                let mut v = Vec::new();
+                e.read_to_end(&mut v).unwrap();
+                v
+            }
+        };
+        out.insert(path, value);
+    }
+    out
+}

@@ -20,7 +20,7 @@ busybox)
   have "$image" && { echo "$image"; exit 0; }
   bb=$(command -v busybox || true)
   [ -n "$bb" ] || { echo "busybox not found: apt-get install busybox-static" >&2; exit 1; }
-  file -L "$bb" 2>/dev/null | grep -q 'statically linked' || ldd "$bb" 2>&1 | grep -q 'not a dynamic' ||
+  ldd "$bb" 2>&1 | grep -q 'not a dynamic' ||
     { echo "$bb is not statically linked: apt-get install busybox-static" >&2; exit 1; }
   root=$(mktemp -d)
   trap 'rm -rf "$root"' EXIT

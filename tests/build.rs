@@ -1,0 +1,544 @@
+//! `kiln build` against the real Docker engine, with locally made builder images.
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const HELLO_SH: &[u8] = include_bytes!("../examples/hello/hello.sh");
+const HELLO_TOML: &[u8] = include_bytes!("../examples/hello/kiln.toml");
+
+/// A repository holding the hello example plus a marker that makes its commit unique to the
+/// calling test (so leftover-container checks see only this test's builds).
+fn hello_repo(dir: &Path, marker: &str, recipe: &[u8]) -> String {
+    builder_image("busybox");
+    git_repo(
+        dir,
+        &[
+            ("hello.sh", HELLO_SH),
+            ("kiln.toml", recipe),
+            ("marker.txt", marker.as_bytes()),
+        ],
+        Some("git@github.com:acme/hello.git"),
+    )
+}
+
+fn recipe(steps: &[&str], extra_build: &str, artifacts: &str) -> Vec<u8> {
+    let steps: Vec<String> = steps.iter().map(|s| format!("  {s:?},")).collect();
+    format!(
+        "[build]\nimage = \"kiln-builder/busybox:latest\"\nsteps = [\n{}\n]\n{extra_build}\n{artifacts}",
+        steps.join("\n")
+    )
+    .into_bytes()
+}
+
+fn build_json(dir: &Path, layout: &Path, extra: &[&str]) -> serde_json::Value {
+    let out = run_ok(
+        kiln()
+            .arg("build")
+            .arg(dir)
+            .arg("--output")
+            .arg(layout)
+            .arg("--json")
+            .args(extra),
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON document ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+#[test]
+fn hello_builds_runs_and_reproduces() {
+    require("skopeo");
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("hello");
+    let sha = hello_repo(&repo, "hello_builds_runs_and_reproduces", HELLO_TOML);
+    let first = build_json(&repo, &t.path().join("l1"), &["--load"]);
+    assert_eq!(first["source"]["revision"], sha.as_str());
+    assert_eq!(first["source"]["url"], "https://github.com/acme/hello");
+    assert_eq!(first["source"]["epoch"], COMMIT_TIME);
+    assert_eq!(first["source"]["dirty"], false);
+    let art = &first["artifacts"][0];
+    assert_eq!(art["name"], "hello");
+    assert_eq!(art["kind"], "image");
+    assert_eq!(
+        art["media_type"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert!(art["size"].as_u64().unwrap() > 0);
+    let digest = art["digest"].as_str().unwrap().to_owned();
+    assert!(is_digest(&digest));
+
+    // It runs, under the tag --load promised.
+    let tag = format!("kiln/hello:{}", &sha[..12]);
+    assert_eq!(art["loaded_as"], tag.as_str());
+    let run = run_ok(Command::new("docker").args(["run", "--rm", &tag]));
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout).trim(),
+        format!("hello from kiln (built reproducibly from a commit made at {COMMIT_TIME})")
+    );
+
+    // A second build, into another layout, gives the same digest.
+    let second = build_json(&repo, &t.path().join("l2"), &[]);
+    assert_eq!(second["artifacts"][0]["digest"], digest.as_str());
+    validate(&t.path().join("l1"));
+
+    // Annotations and config, as an independent client sees them.
+    let raw = run_ok(
+        Command::new("skopeo")
+            .args(["inspect", "--raw"])
+            .arg(format!("oci:{}:hello", t.path().join("l1").display())),
+    );
+    let m: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    let ann = &m["annotations"];
+    assert_eq!(ann["org.opencontainers.image.revision"], sha.as_str());
+    assert_eq!(
+        ann["org.opencontainers.image.source"],
+        "https://github.com/acme/hello"
+    );
+    assert_eq!(
+        ann["org.opencontainers.image.created"],
+        "2024-01-02T03:04:05Z"
+    );
+    assert!(is_digest(ann["dev.kiln.recipe.digest"].as_str().unwrap()));
+    assert!(
+        ann["dev.kiln.builder.digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    let cfg = run_ok(
+        Command::new("skopeo")
+            .args(["inspect", "--config"])
+            .arg(format!("oci:{}:hello", t.path().join("l1").display())),
+    );
+    let c: serde_json::Value = serde_json::from_slice(&cfg.stdout).unwrap();
+    assert_eq!(c["created"], "2024-01-02T03:04:05Z");
+    assert_eq!(c["config"]["Entrypoint"][0], "/bin/hello");
+
+    // Symlinks stay symlinks.
+    let files = layer_files(&t.path().join("l1"), "hello");
+    assert_eq!(files["bin/sh"], b"->busybox");
+    assert!(leftover_containers(&sha).is_empty());
+    // The build log was kept.
+    let logs: Vec<_> = fs::read_dir(t.path().join("l1/.kiln/logs"))
+        .unwrap()
+        .collect();
+    assert_eq!(logs.len(), 1);
+    let log = fs::read_to_string(logs[0].as_ref().unwrap().path()).unwrap();
+    assert!(log.contains("$ mkdir -p /out/bin"), "{log}");
+}
+
+#[test]
+fn builds_are_offline_and_see_the_commit_time() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("probe");
+    let r = recipe(
+        &[
+            "mkdir -p /out",
+            "ls /sys/class/net > /out/interfaces",
+            "echo \"$SOURCE_DATE_EPOCH\" > /out/epoch",
+            "echo \"$GREETING\" > /out/env",
+            "pwd > /out/pwd",
+            "ls > /out/source-files",
+        ],
+        "env = { GREETING = \"hi there\" }",
+        "[[artifact]]\nname = \"probe\"\nkind = \"files\"\n",
+    );
+    let sha = hello_repo(&repo, "offline", &r);
+    let res = build_json(&repo, &t.path().join("l"), &[]);
+    assert_eq!(res["artifacts"][0]["kind"], "files");
+    let files = layer_files(&t.path().join("l"), "probe");
+    assert_eq!(
+        String::from_utf8_lossy(&files["interfaces"]).trim(),
+        "lo",
+        "the build had a network"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&files["epoch"]).trim(),
+        COMMIT_TIME.to_string()
+    );
+    assert_eq!(String::from_utf8_lossy(&files["env"]).trim(), "hi there");
+    assert_eq!(String::from_utf8_lossy(&files["pwd"]).trim(), "/src");
+    // Exactly the committed files: no .git, nothing untracked.
+    assert_eq!(
+        String::from_utf8_lossy(&files["source-files"])
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["hello.sh", "kiln.toml", "marker.txt"]
+    );
+    // A generic artifact: artifactType and the empty config.
+    let l = kiln::store::OciLayout::open(t.path().join("l")).unwrap();
+    let d = kiln::store::Store::resolve(&l, "probe").unwrap().unwrap();
+    let m: serde_json::Value =
+        serde_json::from_slice(&l.read_blob(&d.digest().as_ref().parse().unwrap()).unwrap())
+            .unwrap();
+    assert_eq!(m["artifactType"], "application/vnd.kiln.files.v1");
+    assert_eq!(
+        m["config"]["mediaType"],
+        "application/vnd.oci.empty.v1+json"
+    );
+    validate(&t.path().join("l"));
+    assert!(leftover_containers(&sha).is_empty());
+}
+
+#[test]
+fn failing_step_names_the_step_code_and_output() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("fail");
+    let r = recipe(
+        &[
+            "echo first step ran",
+            "echo compiling; echo 'error: boom' >&2; exit 3",
+            "echo never runs > /tmp/x",
+        ],
+        "",
+        "[[artifact]]\nname = \"x\"\n",
+    );
+    let sha = hello_repo(&repo, "failing", &r);
+    let out = kiln()
+        .arg("build")
+        .arg(&repo)
+        .arg("--output")
+        .arg(t.path().join("l"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("step 2 of 3 failed with exit code 3"), "{err}");
+    assert!(err.contains("error: boom"), "{err}");
+    assert!(err.contains("first step ran"), "output streams live: {err}");
+    assert!(!err.contains("never runs"), "{err}");
+    assert!(err.contains("full build log"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(leftover_containers(&sha).is_empty());
+}
+
+#[test]
+fn timeout_kills_the_build() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("slow");
+    let r = recipe(
+        &["echo starting", "sleep 60"],
+        "timeout = \"3s\"",
+        "[[artifact]]\nname = \"x\"\n",
+    );
+    let sha = hello_repo(&repo, "timeout", &r);
+    let started = Instant::now();
+    let out = kiln()
+        .arg("build")
+        .arg(&repo)
+        .arg("--output")
+        .arg(t.path().join("l"))
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("exceeded its timeout of 3s"), "{err}");
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    assert!(leftover_containers(&sha).is_empty());
+}
+
+#[test]
+fn interrupt_exits_130_and_removes_the_container() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("interrupt");
+    let r = recipe(
+        &["echo waiting-for-signal", "sleep 120"],
+        "",
+        "[[artifact]]\nname = \"x\"\n",
+    );
+    let sha = hello_repo(&repo, "interrupt", &r);
+    let mut child = kiln()
+        .arg("build")
+        .arg(&repo)
+        .arg("--output")
+        .arg(t.path().join("l"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !seen.contains("==> step 2/2") {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "kiln ended early: {seen}"
+        );
+        seen.push_str(&line);
+        assert!(
+            Instant::now() < deadline,
+            "the build never reached its second step: {seen}"
+        );
+    }
+    assert_eq!(
+        leftover_containers(&sha).len(),
+        1,
+        "the build container is running"
+    );
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert_eq!(status.code(), Some(130), "{seen}{rest}");
+    assert!(rest.contains("interrupted"), "{rest}");
+    assert!(
+        leftover_containers(&sha).is_empty(),
+        "the container was left behind"
+    );
+}
+
+#[test]
+fn dirty_trees_need_allow_dirty_and_are_marked() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("dirty");
+    hello_repo(&repo, "dirty", HELLO_TOML);
+    fs::write(repo.join("hello.sh"), b"#!/bin/sh\necho uncommitted\n").unwrap();
+    fs::write(repo.join("untracked.txt"), b"not part of any build").unwrap();
+    let out = kiln()
+        .arg("build")
+        .arg(&repo)
+        .arg("--output")
+        .arg(t.path().join("l"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("uncommitted changes")
+            && err.contains("--allow-dirty")
+            && err.contains("hello.sh"),
+        "{err}"
+    );
+    let res = build_json(&repo, &t.path().join("l"), &["--allow-dirty"]);
+    assert_eq!(res["source"]["dirty"], true);
+    let files = layer_files(&t.path().join("l"), "hello");
+    assert_eq!(files["bin/hello"], b"#!/bin/sh\necho uncommitted\n");
+    let l = kiln::store::OciLayout::open(t.path().join("l")).unwrap();
+    let d = kiln::store::Store::resolve(&l, "hello").unwrap().unwrap();
+    let m: serde_json::Value =
+        serde_json::from_slice(&l.read_blob(&d.digest().as_ref().parse().unwrap()).unwrap())
+            .unwrap();
+    assert_eq!(m["annotations"]["dev.kiln.dirty"], "true");
+}
+
+#[test]
+fn plain_directories_need_an_epoch() {
+    builder_image("busybox");
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("plain");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("hello.sh"), HELLO_SH).unwrap();
+    fs::write(dir.join("kiln.toml"), HELLO_TOML).unwrap();
+    let out = kiln()
+        .arg("build")
+        .arg(&dir)
+        .arg("--output")
+        .arg(t.path().join("l"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--source-date-epoch"));
+    let a = build_json(
+        &dir,
+        &t.path().join("l"),
+        &["--source-date-epoch", "1700000000"],
+    );
+    assert_eq!(a["source"]["revision"], serde_json::Value::Null);
+    assert_eq!(a["source"]["epoch"], 1_700_000_000);
+    let b = run_ok(
+        kiln()
+            .arg("build")
+            .arg(&dir)
+            .arg("--output")
+            .arg(t.path().join("l2"))
+            .arg("--json")
+            .env("SOURCE_DATE_EPOCH", "1700000000"),
+    );
+    let b: serde_json::Value = serde_json::from_slice(&b.stdout).unwrap();
+    assert_eq!(a["artifacts"][0]["digest"], b["artifacts"][0]["digest"]);
+}
+
+#[test]
+fn outputs_are_mapped_checked_and_hostile_ones_rejected() {
+    let t = tempfile::tempdir().unwrap();
+    // files mappings: a subdirectory to another place, a single file.
+    let repo = t.path().join("map");
+    let r = recipe(
+        &[
+            "mkdir -p /out/bin /out/share/doc",
+            "echo tool > /out/bin/tool",
+            "chmod 755 /out/bin/tool",
+            "echo readme > /out/share/doc/README",
+            "ln -s /etc/passwd /out/escape",
+        ],
+        "",
+        "[[artifact]]\nname = \"tool\"\nfiles = [{ from = \"bin\", to = \"/usr/local/bin\" }, { from = \"share/doc/README\", to = \"/README\" }]\n\
+         [[artifact]]\nname = \"sneaky\"\nkind = \"files\"\nfiles = [{ from = \"escape/..\", to = \"/\" }]\n",
+    );
+    let sha = hello_repo(&repo, "mapping", &r);
+    let out = kiln()
+        .arg("build")
+        .arg(&repo)
+        .arg("--output")
+        .arg(t.path().join("l"))
+        .output()
+        .unwrap();
+    // "escape/.." normalizes to "." (allowed), so both artifacts build; check the mapping.
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let files = layer_files(&t.path().join("l"), "tool");
+    assert_eq!(
+        files.keys().collect::<Vec<_>>(),
+        ["README", "usr/local/bin/tool"]
+    );
+    assert_eq!(files["usr/local/bin/tool"], b"tool\n");
+
+    // A `from` through a symlink would read the host: refused.
+    let repo2 = t.path().join("escape");
+    let r2 = recipe(
+        &["mkdir -p /out", "ln -s /etc /out/etc"],
+        "",
+        "[[artifact]]\nname = \"e\"\nfiles = [{ from = \"etc/passwd\", to = \"/passwd\" }]\n",
+    );
+    let sha2 = hello_repo(&repo2, "escape", &r2);
+    let out = kiln()
+        .arg("build")
+        .arg(&repo2)
+        .arg("--output")
+        .arg(t.path().join("l2"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("symlink"), "{err}");
+
+    // Device nodes in the output are rejected by name.
+    let repo3 = t.path().join("device");
+    let r3 = recipe(
+        &["mkdir -p /out", "mknod /out/null c 1 3"],
+        "",
+        "[[artifact]]\nname = \"d\"\n",
+    );
+    let sha3 = hello_repo(&repo3, "device", &r3);
+    let out = kiln()
+        .arg("build")
+        .arg(&repo3)
+        .arg("--output")
+        .arg(t.path().join("l3"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("null") && err.contains("device"), "{err}");
+    for s in [sha, sha2, sha3] {
+        assert!(leftover_containers(&s).is_empty());
+    }
+}
+
+#[test]
+fn missing_builder_image_says_how_to_provide_it() {
+    require_docker();
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("noimage");
+    let r = b"[build]\nimage = \"kiln-test/not-here:1\"\nsteps = [\"true\"]\n[[artifact]]\nname = \"x\"\n";
+    git_repo(&repo, &[("kiln.toml", r)], None);
+    let out = kiln()
+        .arg("build")
+        .arg(&repo)
+        .arg("--output")
+        .arg(t.path().join("l"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("kiln-test/not-here:1")
+            && err.contains("not available")
+            && err.contains("docker load"),
+        "{err}"
+    );
+}
+
+#[test]
+fn recipe_check_reports_every_problem() {
+    let t = tempfile::tempdir().unwrap();
+    let bad = t.path().join("kiln.toml");
+    fs::write(
+        &bad,
+        "[build]\nsteps = [\"make\"]\ntimeout = \"soon\"\nmystery = 1\n\n[[artifact]]\nname = \"Bad Name\"\nfiles = [{ from = \"../../etc\", to = \"/etc\" }]\n",
+    )
+    .unwrap();
+    let out = kiln()
+        .args(["recipe", "check"])
+        .arg(t.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "kiln.toml:1: build.image: missing",
+        "kiln.toml:3: build.timeout: invalid duration \"soon\"",
+        "kiln.toml:4: build.mystery: unknown key",
+        "kiln.toml:7: artifact[0].name: invalid name \"Bad Name\"",
+        "kiln.toml:8: artifact[0].files[0].from: \"../../etc\" leaves the output directory",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    let good = run_ok(
+        kiln()
+            .args(["recipe", "check"])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello/kiln.toml")),
+    );
+    assert!(String::from_utf8_lossy(&good.stderr).contains("ok"));
+}
+
+/// A real compiled program, bit for bit: C with gcc in a debootstrap'd Debian builder.
+#[test]
+fn c_program_is_bit_for_bit_reproducible() {
+    let image = builder_image("debian-gcc");
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("c");
+    let recipe = format!(
+        "[build]\nimage = \"{image}\"\nsteps = [\n  \"mkdir -p /out\",\n  \"gcc -O2 -static -ffile-prefix-map=/src=. -o /out/hello hello.c\",\n]\n\
+         [[artifact]]\nname = \"hello-c\"\nentrypoint = [\"/hello\"]\n"
+    );
+    let src = b"#include <stdio.h>\nint main(void) { printf(\"hello from C, built by kiln\\n\"); return 0; }\n";
+    let sha = git_repo(
+        &repo,
+        &[("kiln.toml", recipe.as_bytes()), ("hello.c", src)],
+        None,
+    );
+    let a = build_json(&repo, &t.path().join("a"), &["--load"]);
+    let b = build_json(&repo, &t.path().join("b"), &[]);
+    assert_eq!(a["artifacts"][0]["digest"], b["artifacts"][0]["digest"]);
+    assert_eq!(
+        layer_files(&t.path().join("a"), "hello-c")["hello"],
+        layer_files(&t.path().join("b"), "hello-c")["hello"]
+    );
+    let run = run_ok(Command::new("docker").args([
+        "run",
+        "--rm",
+        a["artifacts"][0]["loaded_as"].as_str().unwrap(),
+    ]));
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout).trim(),
+        "hello from C, built by kiln"
+    );
+    assert!(leftover_containers(&sha).is_empty());
+}
