@@ -225,9 +225,8 @@ fn pack(a: PackArgs) -> Result<()> {
 }
 
 fn build(a: BuildArgs) -> Result<ExitCode> {
-    let epoch = match a.source_date_epoch {
-        Some(e) => Some(e),
-        None if std::env::var_os("SOURCE_DATE_EPOCH").is_some() => Some(epoch_from_env()?),
+    let plain_epoch = match std::env::var_os("SOURCE_DATE_EPOCH") {
+        Some(_) => Some(epoch_from_env()?),
         None => None,
     };
     let plan = kiln::pipeline::BuildPlan {
@@ -236,7 +235,8 @@ fn build(a: BuildArgs) -> Result<ExitCode> {
         layout: a.output.clone(),
         source: kiln::source::SourceOptions {
             allow_dirty: a.allow_dirty,
-            epoch: a.source_date_epoch.or(epoch),
+            epoch: a.source_date_epoch,
+            plain_epoch,
         },
         compression: a.compression.parse().map_err(anyhow::Error::msg)?,
         load: a.load,

@@ -53,8 +53,11 @@ impl Checkout {
 pub struct SourceOptions {
     /// Build a git tree with uncommitted changes to tracked files (marks the result dirty).
     pub allow_dirty: bool,
-    /// An explicit epoch: overrides the commit time; required for a plain directory.
+    /// An explicit epoch: overrides the commit time.
     pub epoch: Option<u64>,
+    /// The epoch for a plain directory when no explicit one is given (`$SOURCE_DATE_EPOCH`);
+    /// never used for a git tree, whose commit time is authoritative.
+    pub plain_epoch: Option<u64>,
 }
 
 /// Why a source could not be opened.
@@ -137,9 +140,12 @@ pub fn open(
         });
     }
     if !is_work_tree(dir) {
-        let epoch = opts.epoch.ok_or_else(|| SourceError::NoEpoch {
-            dir: dir.to_owned(),
-        })?;
+        let epoch = opts
+            .epoch
+            .or(opts.plain_epoch)
+            .ok_or_else(|| SourceError::NoEpoch {
+                dir: dir.to_owned(),
+            })?;
         return Ok(Checkout {
             info: SourceInfo {
                 revision: None,

@@ -61,7 +61,17 @@ fn hello_builds_runs_and_reproduces() {
     let t = tempfile::tempdir().unwrap();
     let repo = t.path().join("hello");
     let sha = hello_repo(&repo, "hello_builds_runs_and_reproduces", HELLO_TOML);
-    let first = build_json(&repo, &t.path().join("l1"), &["--load"]);
+    // $SOURCE_DATE_EPOCH does not override a commit's time.
+    let first = run_ok(
+        kiln()
+            .arg("build")
+            .arg(&repo)
+            .arg("--output")
+            .arg(t.path().join("l1"))
+            .args(["--json", "--load"])
+            .env("SOURCE_DATE_EPOCH", "5"),
+    );
+    let first: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
     assert_eq!(first["source"]["revision"], sha.as_str());
     assert_eq!(first["source"]["url"], "https://github.com/acme/hello");
     assert_eq!(first["source"]["epoch"], COMMIT_TIME);
