@@ -7,12 +7,32 @@
 # busybox: a rootfs holding the host's static busybox (Debian's busybox-static) and a link per
 # applet. debian-gcc: a debootstrap'd Debian bookworm with gcc and libc6-dev; its rootfs tar is
 # cached in $KILN_CACHE (default /var/cache/kiln-test) so later runs only re-import it.
-# Each is imported once: an existing image is left as it is.
+# Each is loaded once: an existing image is left as it is.
+#
+# Images are loaded from a `docker save`-format archive built here with a fixed creation time,
+# not with `docker import` (which stamps the current time): the same rootfs then gives the same
+# image ID on every host, and so the same builder digest in what kiln builds with it.
 set -eu
 kind=${1:?usage: builder-image.sh busybox|debian-gcc}
 cache=${KILN_CACHE:-/var/cache/kiln-test}
 
 have() { docker image inspect "$1" >/dev/null 2>&1; }
+
+# load_rootfs ROOTFS_TAR IMAGE PATH_ENV: docker load a one-layer image made of ROOTFS_TAR.
+load_rootfs() {
+  arch=$(uname -m); case "$arch" in x86_64) arch=amd64 ;; aarch64) arch=arm64 ;; esac
+  dir=$(mktemp -d)
+  layer=$(sha256sum "$1" | cut -d' ' -f1)
+  mkdir "$dir/$layer"
+  ln -s "$(realpath "$1")" "$dir/$layer/layer.tar" 2>/dev/null || cp "$1" "$dir/$layer/layer.tar"
+  printf '{"architecture":"%s","config":{"Env":["PATH=%s"]},"created":"1970-01-01T00:00:00Z","os":"linux","rootfs":{"diff_ids":["sha256:%s"],"type":"layers"}}' \
+    "$arch" "$3" "$layer" >"$dir/config.json"
+  config=$(sha256sum "$dir/config.json" | cut -d' ' -f1)
+  mv "$dir/config.json" "$dir/$config.json"
+  printf '[{"Config":"%s.json","RepoTags":["%s"],"Layers":["%s/layer.tar"]}]' "$config" "$2" "$layer" >"$dir/manifest.json"
+  tar --dereference --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$dir" -cf - . | docker load -q >/dev/null
+  rm -rf "$dir"
+}
 
 case "$kind" in
 busybox)
@@ -32,8 +52,12 @@ busybox)
   done
   echo 'root:x:0:0:root:/root:/bin/sh' >"$root/etc/passwd"
   echo 'root:x:0:' >"$root/etc/group"
-  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$root" -cf - . |
-    docker import --change 'ENV PATH=/bin' - "$image" >/dev/null
+  chmod 755 "$root" "$root/bin" "$root/etc" "$root/root"
+  chmod 644 "$root/etc/passwd" "$root/etc/group"
+  chmod 755 "$root/bin/busybox"
+  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$root" -cf "$root.tar" .
+  load_rootfs "$root.tar" "$image" /bin
+  rm -f "$root.tar"
   ;;
 debian-gcc)
   image=kiln-builder/debian-gcc:bookworm
@@ -47,11 +71,10 @@ debian-gcc)
     mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
     debootstrap --variant=minbase --include=gcc,libc6-dev bookworm "$root" "$mirror" >&2
     rm -rf "$root/var/cache/apt/archives/"*.deb "$root/var/lib/apt/lists/"*
-    tar --sort=name --numeric-owner -C "$root" -cf "$tarball.tmp" .
+    tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$root" -cf "$tarball.tmp" .
     mv "$tarball.tmp" "$tarball"
   fi
-  docker import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-    "$tarball" "$image" >/dev/null
+  load_rootfs "$tarball" "$image" /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
   ;;
 *)
   echo "unknown builder image kind: $kind" >&2
