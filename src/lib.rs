@@ -17,6 +17,7 @@ pub mod json;
 pub mod pack;
 pub mod pipeline;
 pub mod recipe;
+pub mod registry;
 pub mod source;
 pub mod store;
 pub mod validate;

@@ -31,6 +31,8 @@ enum Command {
     Pack(PackArgs),
     /// Build a project's recipe in a container and store its artifacts in a local OCI layout.
     Build(BuildArgs),
+    /// Push an image or artifact from a local OCI layout to a registry.
+    Push(PushArgs),
     /// Recipe tools.
     #[command(subcommand)]
     Recipe(RecipeCommand),
@@ -80,6 +82,39 @@ struct BuildArgs {
     compression: String,
 }
 
+/// How to reach registries.
+#[derive(clap::Args, Clone)]
+struct RegistryArgs {
+    /// An extra CA certificate (PEM) to trust for the registry, besides the system roots.
+    #[arg(long, value_name = "FILE")]
+    registry_ca: Option<PathBuf>,
+    /// Use plain HTTP (allowed without this only for loopback registries).
+    #[arg(long)]
+    insecure: bool,
+}
+
+impl RegistryArgs {
+    fn options(&self) -> kiln::registry::RegistryOptions {
+        kiln::registry::RegistryOptions {
+            ca_file: self.registry_ca.clone(),
+            insecure: self.insecure,
+            retry: None,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct PushArgs {
+    /// The local layout, with the tag to push if it holds more than one image.
+    #[arg(value_name = "LAYOUT[:TAG]")]
+    source: String,
+    /// Where to push: host[:port]/repository[:tag]. Without a tag, the layout's tag is used.
+    #[arg(value_name = "REF")]
+    reference: String,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
 #[derive(clap::Args)]
 struct PackArgs {
     /// The directory whose contents become the layer's `/`.
@@ -127,6 +162,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Pack(a) => pack(a).map(|()| ExitCode::SUCCESS),
         Command::Build(a) => build(a),
+        Command::Push(a) => push(a),
         Command::Recipe(RecipeCommand::Check { path }) => {
             let file = if path.is_dir() {
                 path.join("kiln.toml")
@@ -297,6 +333,73 @@ fn build(a: BuildArgs) -> Result<ExitCode> {
             Err(e) => Err(e.into()),
         }
     })
+}
+
+/// `LAYOUT[:TAG]`: a tag only when what follows the last ':' is one and the rest is a layout.
+fn split_layout_tag(s: &str) -> (PathBuf, Option<String>) {
+    if let Some((path, tag)) = s.rsplit_once(':')
+        && kiln::store::validate_tag(tag).is_ok()
+        && !tag.contains('/')
+        && std::path::Path::new(path).join("oci-layout").is_file()
+    {
+        return (PathBuf::from(path), Some(tag.to_owned()));
+    }
+    (PathBuf::from(s), None)
+}
+
+/// The manifest a `LAYOUT[:TAG]` names: the tag's, or the only one.
+fn resolve_in_layout(layout: &OciLayout, tag: Option<&str>) -> Result<(oci_spec::image::Descriptor, Option<String>)> {
+    match tag {
+        Some(t) => {
+            let d = layout.resolve(t)?.with_context(|| format!("no tag {t:?} in {}", layout.root().display()))?;
+            Ok((d, Some(t.to_owned())))
+        }
+        None => {
+            let index = layout.index()?;
+            let tagged: Vec<_> = index
+                .manifests()
+                .iter()
+                .filter(|d| d.annotations().as_ref().is_some_and(|a| a.contains_key(kiln::store::REF_NAME)))
+                .collect();
+            match tagged.as_slice() {
+                [one] => {
+                    let t = one.annotations().as_ref().and_then(|a| a.get(kiln::store::REF_NAME)).cloned();
+                    Ok(((*one).clone(), t))
+                }
+                [] => bail!("{} has no tagged image", layout.root().display()),
+                _ => bail!("{} holds several images: name one as LAYOUT:TAG", layout.root().display()),
+            }
+        }
+    }
+}
+
+fn push(a: PushArgs) -> Result<ExitCode> {
+    let (path, tag) = split_layout_tag(&a.source);
+    let layout = OciLayout::open(&path)?;
+    let (desc, layout_tag) = resolve_in_layout(&layout, tag.as_deref())?;
+    let reference: kiln::registry::Reference = a.reference.parse()?;
+    if reference.digest.is_some() {
+        bail!("push to a tag, not a digest: {reference}");
+    }
+    let tag = reference.tag.clone().or(layout_tag).unwrap_or_else(|| "latest".to_owned());
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let started = Instant::now();
+    let report = rt.block_on(async {
+        let client = kiln::registry::RegistryClient::for_reference(&reference, &a.registry.options())?;
+        let pusher = kiln::registry::Pusher::new(&client, &layout, &reference.repository);
+        anyhow::Ok(pusher.push(&desc, std::slice::from_ref(&tag)).await?)
+    })?;
+    eprintln!(
+        "pushed {}:{tag} in {:.2}s: {} blobs uploaded ({}), {} mounted, {} already there",
+        format_args!("{}/{}", reference.registry, reference.repository),
+        started.elapsed().as_secs_f64(),
+        report.uploaded.len(),
+        human(report.bytes_uploaded),
+        report.mounted.len(),
+        report.skipped.len()
+    );
+    println!("{}", desc.digest());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn human(n: u64) -> String {

@@ -9,7 +9,7 @@ mod layout;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
-pub use layout::OciLayout;
+pub use layout::{OciLayout, REF_NAME};
 
 use crate::digest::Digest;
 

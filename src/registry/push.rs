@@ -1,0 +1,479 @@
+//! Pushing from a local layout to a registry: blobs first (skipped when present, mounted when
+//! their source repository is known, streamed from the store otherwise), then the manifest by
+//! digest, then tags. A failure at any point leaves no tag on an incomplete image.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode};
+
+use super::client::{Body, RegistryClient, RegistryError};
+use crate::digest::Digest;
+use crate::store::OciLayout;
+
+/// Blobs up to this size go in one PUT; larger ones in chunks that can resume.
+pub const MONOLITHIC_MAX: u64 = 32 * 1024 * 1024;
+/// Chunk size for large blobs (raised to the registry's `OCI-Chunk-Min-Length`).
+pub const CHUNK_SIZE: u64 = 32 * 1024 * 1024;
+/// Blobs uploaded at once.
+const CONCURRENCY: usize = 4;
+
+/// Why a push failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("the registry reported digest {got} for {what}, expected {want}")]
+    DigestMismatch {
+        what: String,
+        want: Digest,
+        got: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl PushError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            PushError::Registry(e) => e.retryable,
+            _ => false,
+        }
+    }
+}
+
+/// What a push did.
+#[derive(Clone, Debug, Default)]
+pub struct PushReport {
+    pub digest: Option<Digest>,
+    /// Blobs uploaded, mounted from another repository, or already there.
+    pub uploaded: Vec<Digest>,
+    pub mounted: Vec<Digest>,
+    pub skipped: Vec<Digest>,
+    pub bytes_uploaded: u64,
+}
+
+/// Pushes into one repository of one registry.
+pub struct Pusher<'a> {
+    pub client: &'a RegistryClient,
+    pub layout: &'a OciLayout,
+    pub repository: String,
+    /// Blobs known to exist in another repository of the same registry (for mounts).
+    pub mount_from: HashMap<Digest, String>,
+    pub chunk_size: u64,
+    pub monolithic_max: u64,
+}
+
+fn scope(repo: &str, actions: &str) -> String {
+    format!("repository:{repo}:{actions}")
+}
+
+impl<'a> Pusher<'a> {
+    pub fn new(client: &'a RegistryClient, layout: &'a OciLayout, repository: &str) -> Self {
+        Pusher {
+            client,
+            layout,
+            repository: repository.to_owned(),
+            mount_from: HashMap::new(),
+            chunk_size: CHUNK_SIZE,
+            monolithic_max: MONOLITHIC_MAX,
+        }
+    }
+
+    fn scopes(&self) -> Vec<String> {
+        vec![scope(&self.repository, "pull,push")]
+    }
+
+    /// Push the manifest `desc` (an image manifest or an index, with everything it references)
+    /// and then point `tags` at it.
+    pub async fn push(&self, desc: &Descriptor, tags: &[String]) -> Result<PushReport, PushError> {
+        let mut report = PushReport::default();
+        let digest =
+            Digest::from_oci(desc.digest()).map_err(|e| PushError::Invalid(e.to_string()))?;
+        self.push_tree(desc, &mut report).await?;
+        let bytes = Bytes::from(self.layout.read_blob(&digest)?);
+        for tag in tags {
+            crate::store::validate_tag(tag)?;
+            self.put_manifest(tag, desc.media_type(), bytes.clone(), &digest)
+                .await?;
+        }
+        report.digest = Some(digest);
+        Ok(report)
+    }
+
+    /// Blobs, children, then the manifest itself by digest.
+    fn push_tree<'b>(
+        &'b self,
+        desc: &'b Descriptor,
+        report: &'b mut PushReport,
+    ) -> futures_util::future::BoxFuture<'b, Result<(), PushError>> {
+        Box::pin(async move {
+            let digest =
+                Digest::from_oci(desc.digest()).map_err(|e| PushError::Invalid(e.to_string()))?;
+            let bytes = self.layout.read_blob(&digest)?;
+            match desc.media_type() {
+                MediaType::ImageIndex => {
+                    let index: ImageIndex = serde_json::from_slice(&bytes)
+                        .map_err(|e| PushError::Invalid(format!("index {digest}: {e}")))?;
+                    for child in index.manifests() {
+                        self.push_tree(child, report).await?;
+                    }
+                }
+                _ => {
+                    let m: ImageManifest = serde_json::from_slice(&bytes)
+                        .map_err(|e| PushError::Invalid(format!("manifest {digest}: {e}")))?;
+                    let blobs: Vec<Descriptor> = std::iter::once(m.config().clone())
+                        .chain(m.layers().iter().cloned())
+                        .collect();
+                    let results: Vec<(Digest, BlobOutcome, u64)> =
+                        futures_util::stream::iter(blobs.into_iter().map(|b| async move {
+                            let d = Digest::from_oci(b.digest())
+                                .map_err(|e| PushError::Invalid(e.to_string()))?;
+                            let outcome = self.push_blob(&d, b.size()).await?;
+                            Ok::<_, PushError>((d, outcome, b.size()))
+                        }))
+                        .buffer_unordered(CONCURRENCY)
+                        .try_collect()
+                        .await?;
+                    for (d, outcome, size) in results {
+                        match outcome {
+                            BlobOutcome::Uploaded => {
+                                report.uploaded.push(d);
+                                report.bytes_uploaded += size;
+                            }
+                            BlobOutcome::Mounted => report.mounted.push(d),
+                            BlobOutcome::Present => report.skipped.push(d),
+                        }
+                    }
+                }
+            }
+            self.put_manifest(
+                &digest.to_string(),
+                desc.media_type(),
+                Bytes::from(bytes),
+                &digest,
+            )
+            .await
+        })
+    }
+
+    /// PUT a manifest under `reference` (a digest or a tag) and check the digest the registry
+    /// computed.
+    pub async fn put_manifest(
+        &self,
+        reference: &str,
+        media_type: &MediaType,
+        bytes: Bytes,
+        digest: &Digest,
+    ) -> Result<(), PushError> {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_str(media_type.as_ref())
+                .map_err(|e| PushError::Invalid(e.to_string()))?,
+        );
+        let url = format!("/v2/{}/manifests/{reference}", self.repository);
+        let resp = self
+            .client
+            .send(
+                "PUT manifest",
+                Method::PUT,
+                &url,
+                h,
+                &Body::Bytes(bytes),
+                &self.scopes(),
+                &[StatusCode::CREATED, StatusCode::OK, StatusCode::ACCEPTED],
+            )
+            .await?;
+        check_digest(&resp, digest, &format!("manifest {reference}"))
+    }
+
+    /// Make sure the registry has a blob; returns what it took.
+    pub async fn push_blob(&self, digest: &Digest, size: u64) -> Result<BlobOutcome, PushError> {
+        let url = format!("/v2/{}/blobs/{digest}", self.repository);
+        let head = self
+            .client
+            .send(
+                "HEAD blob",
+                Method::HEAD,
+                &url,
+                HeaderMap::new(),
+                &Body::Empty,
+                &self.scopes(),
+                &[StatusCode::OK, StatusCode::NOT_FOUND],
+            )
+            .await?;
+        if head.status() == StatusCode::OK {
+            return Ok(BlobOutcome::Present);
+        }
+        let path = self.layout.blob_path(digest);
+        if !path.is_file() {
+            return Err(crate::store::StoreError::BlobNotFound { digest: *digest }.into());
+        }
+        if let Some(from) = self.mount_from.get(digest)
+            && from != &self.repository
+        {
+            let url = format!(
+                "/v2/{}/blobs/uploads/?mount={digest}&from={from}",
+                self.repository
+            );
+            let scopes = vec![scope(&self.repository, "pull,push"), scope(from, "pull")];
+            let resp = self
+                .client
+                .send(
+                    "mount blob",
+                    Method::POST,
+                    &url,
+                    HeaderMap::new(),
+                    &Body::Empty,
+                    &scopes,
+                    &[StatusCode::CREATED, StatusCode::ACCEPTED],
+                )
+                .await?;
+            if resp.status() == StatusCode::CREATED {
+                return Ok(BlobOutcome::Mounted);
+            }
+            // 202: the registry wants the bytes after all; the session it opened is abandoned.
+        }
+        if size <= self.monolithic_max {
+            self.upload_monolithic(digest, size, &path).await?;
+        } else {
+            self.upload_chunked(digest, size, &path).await?;
+        }
+        Ok(BlobOutcome::Uploaded)
+    }
+
+    async fn start_upload(&self) -> Result<(String, u64), PushError> {
+        let url = format!("/v2/{}/blobs/uploads/", self.repository);
+        let resp = self
+            .client
+            .send(
+                "start upload",
+                Method::POST,
+                &url,
+                HeaderMap::new(),
+                &Body::Empty,
+                &self.scopes(),
+                &[StatusCode::ACCEPTED],
+            )
+            .await?;
+        let min = resp
+            .headers()
+            .get("oci-chunk-min-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Ok((self.location(&resp)?, min))
+    }
+
+    fn location(&self, resp: &reqwest::Response) -> Result<String, PushError> {
+        let loc = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                PushError::Invalid("the registry answered an upload without a Location".into())
+            })?;
+        Ok(
+            if loc.starts_with("http://") || loc.starts_with("https://") {
+                loc.to_owned()
+            } else {
+                format!("{}{}", self.client.base(), loc)
+            },
+        )
+    }
+
+    /// One PUT with the whole blob. A connection lost mid-body leaves the session in an
+    /// unknown state, so a retry starts a fresh session.
+    async fn upload_monolithic(
+        &self,
+        digest: &Digest,
+        size: u64,
+        path: &std::path::Path,
+    ) -> Result<(), PushError> {
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let (loc, _) = self.start_upload().await?;
+            let url = with_query(&loc, &format!("digest={digest}"));
+            let mut h = HeaderMap::new();
+            h.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            let body = Body::File {
+                path: path.to_owned(),
+                offset: 0,
+                len: size,
+            };
+            match self
+                .client
+                .send_once(
+                    "upload blob",
+                    Method::PUT,
+                    &url,
+                    h,
+                    &body,
+                    &self.scopes(),
+                    &[StatusCode::CREATED],
+                )
+                .await
+            {
+                Ok(resp) => return check_digest(&resp, digest, &format!("blob {digest}")),
+                Err(e) if e.retryable && started.elapsed() < Duration::from_secs(300) => {
+                    tracing::info!(%digest, attempt, error = %e, "blob upload failed; starting over");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt.min(20))))
+                        .await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// PATCH chunks with `Content-Range`; after a failed chunk, ask the registry how much it
+    /// has (`GET <location>`, `Range: 0-N`) and resume from there.
+    async fn upload_chunked(
+        &self,
+        digest: &Digest,
+        size: u64,
+        path: &std::path::Path,
+    ) -> Result<(), PushError> {
+        let (mut loc, min) = self.start_upload().await?;
+        let chunk = self.chunk_size.max(min).max(1);
+        let mut offset = 0u64;
+        let started = Instant::now();
+        let mut failures = 0u32;
+        while offset < size {
+            let len = chunk.min(size - offset);
+            let mut h = HeaderMap::new();
+            h.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            h.insert(
+                "content-range",
+                HeaderValue::from_str(&format!("{offset}-{}", offset + len - 1)).expect("ascii"),
+            );
+            let body = Body::File {
+                path: path.to_owned(),
+                offset,
+                len,
+            };
+            match self
+                .client
+                .send_once(
+                    "upload chunk",
+                    Method::PATCH,
+                    &loc,
+                    h,
+                    &body,
+                    &self.scopes(),
+                    &[StatusCode::ACCEPTED, StatusCode::NO_CONTENT],
+                )
+                .await
+            {
+                Ok(resp) => {
+                    loc = self.location(&resp).unwrap_or(loc);
+                    offset += len;
+                }
+                Err(e)
+                    if (e.retryable || e.status == Some(416))
+                        && started.elapsed() < Duration::from_secs(600) =>
+                {
+                    failures += 1;
+                    tracing::info!(%digest, offset, error = %e, "chunk failed; asking the registry where to resume");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(20))))
+                        .await;
+                    let resp = self
+                        .client
+                        .send(
+                            "upload status",
+                            Method::GET,
+                            &loc,
+                            HeaderMap::new(),
+                            &Body::Empty,
+                            &self.scopes(),
+                            &[StatusCode::NO_CONTENT, StatusCode::OK],
+                        )
+                        .await?;
+                    offset = resp
+                        .headers()
+                        .get(reqwest::header::RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|r| r.rsplit('-').next()?.trim().parse::<u64>().ok())
+                        .map_or(0, |end| end + 1);
+                    loc = self.location(&resp).unwrap_or(loc);
+                    if offset > size {
+                        return Err(PushError::Invalid(format!(
+                            "the registry claims {offset} bytes of a {size}-byte blob"
+                        )));
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let url = with_query(&loc, &format!("digest={digest}"));
+        let resp = self
+            .client
+            .send(
+                "finish upload",
+                Method::PUT,
+                &url,
+                HeaderMap::new(),
+                &Body::Empty,
+                &self.scopes(),
+                &[StatusCode::CREATED],
+            )
+            .await?;
+        check_digest(&resp, digest, &format!("blob {digest}"))
+    }
+}
+
+/// What it took to get a blob into the repository.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobOutcome {
+    Present,
+    Mounted,
+    Uploaded,
+}
+
+fn with_query(url: &str, q: &str) -> String {
+    if url.contains('?') {
+        format!("{url}&{q}")
+    } else {
+        format!("{url}?{q}")
+    }
+}
+
+fn check_digest(resp: &reqwest::Response, want: &Digest, what: &str) -> Result<(), PushError> {
+    match resp
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(got) if got != want.to_string() => Err(PushError::DigestMismatch {
+            what: what.to_owned(),
+            want: *want,
+            got: got.chars().take(100).collect(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Counts bytes for progress (shared by concurrent uploads).
+#[derive(Default)]
+pub struct Progress(pub AtomicU64);
+
+impl Progress {
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+}
