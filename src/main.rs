@@ -33,6 +33,8 @@ enum Command {
     Build(BuildArgs),
     /// Push an image or artifact from a local OCI layout to a registry.
     Push(PushArgs),
+    /// Show what a pushed artifact records: source, revision, created, base, recipe, provenance.
+    Inspect(InspectArgs),
     /// Recipe tools.
     #[command(subcommand)]
     Recipe(RecipeCommand),
@@ -80,6 +82,30 @@ struct BuildArgs {
     /// Layer compression.
     #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd", "none"])]
     compression: String,
+    /// Push each artifact to PREFIX/<artifact name>, tagged with the full commit SHA.
+    #[arg(long, value_name = "PREFIX")]
+    push: Option<String>,
+    /// An extra tag for --push (repeatable).
+    #[arg(long = "tag", value_name = "TAG", requires = "push")]
+    tags: Vec<String>,
+    /// This build host's identity in provenance. Defaults to $KILN_BUILDER_ID, else
+    /// kiln://<hostname>.
+    #[arg(long, value_name = "URI")]
+    builder_id: Option<String>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+#[derive(clap::Args)]
+struct InspectArgs {
+    /// host[:port]/repository[:tag|@digest]
+    #[arg(value_name = "REF")]
+    reference: String,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    registry: RegistryArgs,
 }
 
 /// How to reach registries.
@@ -163,6 +189,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Pack(a) => pack(a).map(|()| ExitCode::SUCCESS),
         Command::Build(a) => build(a),
         Command::Push(a) => push(a),
+        Command::Inspect(a) => inspect(a),
         Command::Recipe(RecipeCommand::Check { path }) => {
             let file = if path.is_dir() {
                 path.join("kiln.toml")
@@ -276,6 +303,20 @@ fn build(a: BuildArgs) -> Result<ExitCode> {
         },
         compression: a.compression.parse().map_err(anyhow::Error::msg)?,
         load: a.load,
+        builder_id: a
+            .builder_id
+            .clone()
+            .or_else(|| {
+                std::env::var("KILN_BUILDER_ID")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            })
+            .unwrap_or_else(default_builder_id),
+        push: a.push.as_ref().map(|prefix| kiln::pipeline::PushPlan {
+            prefix: prefix.clone(),
+            tags: a.tags.clone(),
+            options: a.registry.options(),
+        }),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -317,6 +358,9 @@ fn build(a: BuildArgs) -> Result<ExitCode> {
                     println!("{}", serde_json::to_string_pretty(&result)?);
                 } else {
                     for art in &result.artifacts {
+                        if let Some(p) = &art.pushed_to {
+                            eprintln!("==> pushed {} to {p}", art.name);
+                        }
                         match &art.loaded_as {
                             Some(t) => println!("{} {} {} (loaded as {t})", art.name, art.kind, art.digest),
                             None => println!("{} {} {}", art.name, art.kind, art.digest),
@@ -348,10 +392,15 @@ fn split_layout_tag(s: &str) -> (PathBuf, Option<String>) {
 }
 
 /// The manifest a `LAYOUT[:TAG]` names: the tag's, or the only one.
-fn resolve_in_layout(layout: &OciLayout, tag: Option<&str>) -> Result<(oci_spec::image::Descriptor, Option<String>)> {
+fn resolve_in_layout(
+    layout: &OciLayout,
+    tag: Option<&str>,
+) -> Result<(oci_spec::image::Descriptor, Option<String>)> {
     match tag {
         Some(t) => {
-            let d = layout.resolve(t)?.with_context(|| format!("no tag {t:?} in {}", layout.root().display()))?;
+            let d = layout
+                .resolve(t)?
+                .with_context(|| format!("no tag {t:?} in {}", layout.root().display()))?;
             Ok((d, Some(t.to_owned())))
         }
         None => {
@@ -359,15 +408,26 @@ fn resolve_in_layout(layout: &OciLayout, tag: Option<&str>) -> Result<(oci_spec:
             let tagged: Vec<_> = index
                 .manifests()
                 .iter()
-                .filter(|d| d.annotations().as_ref().is_some_and(|a| a.contains_key(kiln::store::REF_NAME)))
+                .filter(|d| {
+                    d.annotations()
+                        .as_ref()
+                        .is_some_and(|a| a.contains_key(kiln::store::REF_NAME))
+                })
                 .collect();
             match tagged.as_slice() {
                 [one] => {
-                    let t = one.annotations().as_ref().and_then(|a| a.get(kiln::store::REF_NAME)).cloned();
+                    let t = one
+                        .annotations()
+                        .as_ref()
+                        .and_then(|a| a.get(kiln::store::REF_NAME))
+                        .cloned();
                     Ok(((*one).clone(), t))
                 }
                 [] => bail!("{} has no tagged image", layout.root().display()),
-                _ => bail!("{} holds several images: name one as LAYOUT:TAG", layout.root().display()),
+                _ => bail!(
+                    "{} holds several images: name one as LAYOUT:TAG",
+                    layout.root().display()
+                ),
             }
         }
     }
@@ -381,11 +441,19 @@ fn push(a: PushArgs) -> Result<ExitCode> {
     if reference.digest.is_some() {
         bail!("push to a tag, not a digest: {reference}");
     }
-    let tag = reference.tag.clone().or(layout_tag).unwrap_or_else(|| "latest".to_owned());
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let tag = reference
+        .tag
+        .clone()
+        .or(layout_tag)
+        .unwrap_or_else(|| "latest".to_owned());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     let started = Instant::now();
     let report = rt.block_on(async {
-        let client = kiln::registry::RegistryClient::for_reference(&reference, &a.registry.options())?;
+        let client =
+            kiln::registry::RegistryClient::for_reference(&reference, &a.registry.options())?;
         let pusher = kiln::registry::Pusher::new(&client, &layout, &reference.repository);
         anyhow::Ok(pusher.push(&desc, std::slice::from_ref(&tag)).await?)
     })?;
@@ -399,6 +467,27 @@ fn push(a: PushArgs) -> Result<ExitCode> {
         report.skipped.len()
     );
     println!("{}", desc.digest());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn default_builder_id() -> String {
+    let host =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
+    format!("kiln://{}", host.trim())
+}
+
+fn inspect(a: InspectArgs) -> Result<ExitCode> {
+    let reference: kiln::registry::Reference = a.reference.parse()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let report = rt.block_on(kiln::inspect::inspect(&reference, &a.registry.options()))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.text());
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -46,6 +46,20 @@ pub struct BuildPlan {
     pub compression: Compression,
     /// Load image artifacts into the engine as `kiln/<name>:<tag>`.
     pub load: bool,
+    /// Who is building, for provenance: a stable identity of this build host.
+    pub builder_id: String,
+    /// Push each artifact to a registry after it is stored.
+    pub push: Option<PushPlan>,
+}
+
+/// `--push PREFIX [--tag T]...`.
+#[derive(Clone, Debug)]
+pub struct PushPlan {
+    /// `host[:port]/path`: artifact `name` goes to `PREFIX/name`.
+    pub prefix: String,
+    /// Tags besides the full commit SHA.
+    pub tags: Vec<String>,
+    pub options: crate::registry::RegistryOptions,
 }
 
 /// One stored artifact, as `--json` reports it.
@@ -62,6 +76,12 @@ pub struct ArtifactResult {
     /// Where `--load` put it in the engine.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loaded_as: Option<String>,
+    /// Where `--push` put it: `host/repo@sha256:...`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pushed_to: Option<String>,
+    /// The provenance referrer's manifest digest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<String>,
 }
 
 /// A finished build.
@@ -93,6 +113,13 @@ pub enum PipelineError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("pushing {target}: {source}")]
+    Push {
+        target: String,
+        source: Box<crate::registry::PushError>,
+    },
+    #[error("{0}")]
+    Usage(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -108,6 +135,7 @@ impl PipelineError {
             PipelineError::Build { source, .. } => source.is_retryable(),
             PipelineError::Pack { source, .. } => source.is_retryable(),
             PipelineError::Store(e) => e.is_retryable(),
+            PipelineError::Push { source, .. } => source.is_retryable(),
             _ => false,
         }
     }
@@ -142,6 +170,12 @@ pub async fn build(
     cancel: &CancellationToken,
     observer: Arc<dyn Observer + Send + Sync>,
 ) -> Result<BuildResult, PipelineError> {
+    let started = unix_now();
+    if let Some(p) = &plan.push {
+        for t in &p.tags {
+            crate::store::validate_tag(t)?;
+        }
+    }
     let layout = OciLayout::open_or_create(&plan.layout)?;
     let scratch = layout.root().join(".kiln").join("tmp");
     fs::create_dir_all(&scratch).map_err(|source| StoreError::Io {
@@ -269,6 +303,32 @@ pub async fn build(
                 .map_err(|e| PipelineError::Internal(e.to_string()))?,
             tag: Some(artifact.name.clone()),
         });
+        let recipe_path = match &plan.recipe {
+            Some(p) => p.display().to_string(),
+            None => format!("{}kiln.toml", info.subdir),
+        };
+        let prov = crate::provenance::Provenance {
+            name: artifact.name.clone(),
+            digest: crate::digest::Digest::from_oci(desc.digest())
+                .map_err(|e| PipelineError::Internal(e.to_string()))?,
+            source_url: info.url.clone(),
+            revision: info.revision.clone(),
+            git_ref: info.git_ref.clone(),
+            recipe_path,
+            recipe_digest: recipe.digest,
+            dirty: info.dirty,
+            compression: plan.compression.to_string(),
+            compressor: plan.compression.describe(plan.compression.default_level()),
+            level: plan.compression.default_level(),
+            builder_image: output.builder.reference.clone(),
+            builder_image_id: output.builder.id.clone(),
+            base: None,
+            builder_id: plan.builder_id.clone(),
+            invocation_id: build_id.clone(),
+            started,
+            finished: unix_now(),
+        };
+        let referrer = crate::provenance::attach(&layout, &desc, &prov.statement(), prov.finished)?;
         artifacts.push(ArtifactResult {
             name: artifact.name.clone(),
             kind: artifact.kind.to_string(),
@@ -276,6 +336,8 @@ pub async fn build(
             size: desc.size(),
             media_type: desc.media_type().to_string(),
             loaded_as: None,
+            pushed_to: None,
+            provenance: Some(referrer.digest().to_string()),
         });
     }
 
@@ -319,11 +381,65 @@ pub async fn build(
             r.loaded_as = Some(tag);
         }
     }
+    if let Some(p) = &plan.push {
+        let mut tags: Vec<String> = info.revision.iter().cloned().collect();
+        tags.extend(p.tags.iter().cloned());
+        if tags.is_empty() {
+            return Err(PipelineError::Usage(
+                "a plain directory has no commit to tag with: pass --tag".into(),
+            ));
+        }
+        for (a, r) in recipe.artifacts.iter().zip(artifacts.iter_mut()) {
+            let target = format!("{}/{}", p.prefix.trim_end_matches('/'), a.name);
+            let pushed = push_artifact(&layout, &r.digest, &target, &tags, &p.options)
+                .await
+                .map_err(|source| PipelineError::Push {
+                    target: target.clone(),
+                    source: Box::new(source),
+                })?;
+            r.pushed_to = Some(pushed);
+        }
+    }
     Ok(BuildResult {
         source: info,
         artifacts,
         log,
     })
+}
+
+/// Push the manifest `digest` from `layout` to `target` (`host/repo`) with `tags`; returns
+/// `host/repo@digest`.
+pub async fn push_artifact(
+    layout: &OciLayout,
+    digest: &str,
+    target: &str,
+    tags: &[String],
+    options: &crate::registry::RegistryOptions,
+) -> Result<String, crate::registry::PushError> {
+    use crate::registry::PushError;
+    let reference: crate::registry::Reference = target
+        .parse()
+        .map_err(|e: crate::registry::ReferenceError| PushError::Invalid(e.to_string()))?;
+    let client = crate::registry::RegistryClient::for_reference(&reference, options)?;
+    let pusher = crate::registry::Pusher::new(&client, layout, &reference.repository);
+    let d: crate::digest::Digest = digest
+        .parse()
+        .map_err(|e: crate::digest::DigestParseError| PushError::Invalid(e.to_string()))?;
+    let bytes = layout.read_blob(&d)?;
+    let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v["mediaType"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| oci_spec::image::MediaType::ImageManifest.to_string());
+    let desc = oci_spec::image::Descriptor::new(
+        oci_spec::image::MediaType::from(media_type.as_str()),
+        bytes.len() as u64,
+        d.to_oci(),
+    );
+    pusher.push(&desc, tags).await?;
+    Ok(format!(
+        "{}/{}@{d}",
+        reference.registry, reference.repository
+    ))
 }
 
 /// The engine tag for `--load`: the short commit, else the short manifest digest.

@@ -23,6 +23,12 @@ pub struct SourceInfo {
     pub epoch: u64,
     /// Built from uncommitted changes (`--allow-dirty`).
     pub dirty: bool,
+    /// The symbolic ref HEAD pointed at (`refs/heads/main`), for provenance.
+    #[serde(skip)]
+    pub git_ref: Option<String>,
+    /// The built directory's path inside the repository (`""` at the root, `app/` below it).
+    #[serde(skip)]
+    pub subdir: String,
 }
 
 /// A source ready to build: its info and the directory holding exactly the tree to build.
@@ -150,6 +156,8 @@ pub fn open(
             info: SourceInfo {
                 revision: None,
                 url: None,
+                git_ref: None,
+                subdir: String::new(),
                 epoch,
                 dirty: false,
             },
@@ -198,6 +206,9 @@ pub fn open(
     let url = git(dir, &["remote", "get-url", "origin"])
         .ok()
         .map(|u| normalize_remote(&u));
+    let git_ref = git(dir, &["symbolic-ref", "-q", "HEAD"])
+        .ok()
+        .filter(|r| !r.is_empty());
 
     let extracted = tempfile::Builder::new()
         .prefix("kiln-source-")
@@ -246,6 +257,8 @@ pub fn open(
             url,
             epoch: opts.epoch.unwrap_or(commit_time),
             dirty,
+            git_ref,
+            subdir: prefix,
         },
         tree: Tree::Extracted(extracted),
     })

@@ -670,6 +670,11 @@ fn parse_challenge(h: &str) -> (String, HashMap<String, String>) {
     (scheme.to_owned(), params)
 }
 
+/// A few random milliseconds, for spreading retries.
+pub fn jitter_ms() -> u64 {
+    random_u64() % 1000
+}
+
 fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();

@@ -3,7 +3,6 @@
 //! digest, then tags. A failure at any point leaves no tag on an incomplete image.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,6 +19,8 @@ use crate::store::OciLayout;
 pub const MONOLITHIC_MAX: u64 = 32 * 1024 * 1024;
 /// Chunk size for large blobs (raised to the registry's `OCI-Chunk-Min-Length`).
 pub const CHUNK_SIZE: u64 = 32 * 1024 * 1024;
+/// Manifests are small; anything larger is refused.
+const MANIFEST_CAP: usize = 4 * 1024 * 1024;
 /// Blobs uploaded at once.
 const CONCURRENCY: usize = 4;
 
@@ -99,6 +100,8 @@ impl<'a> Pusher<'a> {
             Digest::from_oci(desc.digest()).map_err(|e| PushError::Invalid(e.to_string()))?;
         self.push_tree(desc, &mut report).await?;
         let bytes = Bytes::from(self.layout.read_blob(&digest)?);
+        // Provenance and other referrers go before the tags, so a tag implies them.
+        self.push_referrers(&digest, &mut report).await?;
         for tag in tags {
             crate::store::validate_tag(tag)?;
             self.put_manifest(tag, desc.media_type(), bytes.clone(), &digest)
@@ -161,6 +164,7 @@ impl<'a> Pusher<'a> {
                 &digest,
             )
             .await
+            .map(|_| ())
         })
     }
 
@@ -172,7 +176,7 @@ impl<'a> Pusher<'a> {
         media_type: &MediaType,
         bytes: Bytes,
         digest: &Digest,
-    ) -> Result<(), PushError> {
+    ) -> Result<bool, PushError> {
         let mut h = HeaderMap::new();
         h.insert(
             CONTENT_TYPE,
@@ -192,7 +196,286 @@ impl<'a> Pusher<'a> {
                 &[StatusCode::CREATED, StatusCode::OK, StatusCode::ACCEPTED],
             )
             .await?;
-        check_digest(&resp, digest, &format!("manifest {reference}"))
+        check_digest(&resp, digest, &format!("manifest {reference}"))?;
+        Ok(resp.headers().contains_key("oci-subject"))
+    }
+
+    /// GET a manifest or index: its bytes, media type and ETag; `None` if the registry does not
+    /// have it. The body is read with a cap and, when `reference` is a digest, verified.
+    pub async fn get_manifest(
+        &self,
+        reference: &str,
+    ) -> Result<Option<(Bytes, String, Option<String>)>, PushError> {
+        let mut h = HeaderMap::new();
+        h.insert(
+            reqwest::header::ACCEPT,
+            HeaderValue::from_static(
+                "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, \
+                 application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json",
+            ),
+        );
+        let url = format!("/v2/{}/manifests/{reference}", self.repository);
+        let scopes = vec![scope(&self.repository, "pull")];
+        let resp = self
+            .client
+            .send(
+                "GET manifest",
+                Method::GET,
+                &url,
+                h,
+                &Body::Empty,
+                &scopes,
+                &[StatusCode::OK, StatusCode::NOT_FOUND],
+            )
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let media_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let etag = resp
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = super::client::read_capped(resp, MANIFEST_CAP)
+            .await
+            .map_err(|m| PushError::Invalid(format!("reading manifest {reference}: {m}")))?;
+        if bytes.len() >= MANIFEST_CAP {
+            return Err(PushError::Invalid(format!(
+                "manifest {reference} is larger than {MANIFEST_CAP} bytes"
+            )));
+        }
+        if let Ok(want) = reference.parse::<Digest>()
+            && Digest::of(&bytes) != want
+        {
+            return Err(PushError::DigestMismatch {
+                what: format!("manifest {reference}"),
+                want,
+                got: Digest::of(&bytes).to_string(),
+            });
+        }
+        Ok(Some((Bytes::from(bytes), media_type, etag)))
+    }
+
+    /// GET a small blob (a config, a statement), verified against its digest.
+    pub async fn get_blob(&self, digest: &Digest, cap: usize) -> Result<Bytes, PushError> {
+        let url = format!("/v2/{}/blobs/{digest}", self.repository);
+        let scopes = vec![scope(&self.repository, "pull")];
+        let resp = self
+            .client
+            .send(
+                "GET blob",
+                Method::GET,
+                &url,
+                HeaderMap::new(),
+                &Body::Empty,
+                &scopes,
+                &[StatusCode::OK],
+            )
+            .await?;
+        let bytes = super::client::read_capped(resp, cap)
+            .await
+            .map_err(|m| PushError::Invalid(format!("reading blob {digest}: {m}")))?;
+        if Digest::of(&bytes) != *digest {
+            return Err(PushError::DigestMismatch {
+                what: format!("blob {digest}"),
+                want: *digest,
+                got: Digest::of(&bytes).to_string(),
+            });
+        }
+        Ok(Bytes::from(bytes))
+    }
+
+    /// The referrers of `subject`: through the referrers API where the registry has it, else
+    /// through the fallback tag `sha256-<hex>`.
+    pub async fn referrers(&self, subject: &Digest) -> Result<Vec<Descriptor>, PushError> {
+        let url = format!("/v2/{}/referrers/{subject}", self.repository);
+        let scopes = vec![scope(&self.repository, "pull")];
+        let resp = self
+            .client
+            .send(
+                "GET referrers",
+                Method::GET,
+                &url,
+                HeaderMap::new(),
+                &Body::Empty,
+                &scopes,
+                &[StatusCode::OK, StatusCode::NOT_FOUND],
+            )
+            .await?;
+        if resp.status() == StatusCode::OK {
+            let bytes = super::client::read_capped(resp, MANIFEST_CAP)
+                .await
+                .map_err(PushError::Invalid)?;
+            if let Ok(index) = serde_json::from_slice::<ImageIndex>(&bytes) {
+                return Ok(index.manifests().clone());
+            }
+        }
+        match self.get_manifest(&fallback_tag(subject)).await? {
+            Some((bytes, _, _)) => {
+                let index: ImageIndex = serde_json::from_slice(&bytes).map_err(|e| {
+                    PushError::Invalid(format!(
+                        "referrers index {}: malformed: {e}",
+                        fallback_tag(subject)
+                    ))
+                })?;
+                Ok(index.manifests().clone())
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Push the referrers of `subject` recorded in the layout, and make them findable.
+    pub async fn push_referrers(
+        &self,
+        subject: &Digest,
+        report: &mut PushReport,
+    ) -> Result<usize, PushError> {
+        let referrers = crate::provenance::local_referrers(self.layout, subject)?;
+        for r in &referrers {
+            let mut clean = Descriptor::new(r.media_type().clone(), r.size(), r.digest().clone());
+            clean.set_artifact_type(r.artifact_type().clone());
+            let acknowledged = self.push_tree_acknowledged(&clean, report).await?;
+            if !acknowledged && !self.referrers_api().await? {
+                self.add_to_fallback_index(subject, &clean).await?;
+            }
+        }
+        Ok(referrers.len())
+    }
+
+    async fn push_tree_acknowledged(
+        &self,
+        desc: &Descriptor,
+        report: &mut PushReport,
+    ) -> Result<bool, PushError> {
+        let digest =
+            Digest::from_oci(desc.digest()).map_err(|e| PushError::Invalid(e.to_string()))?;
+        let bytes = Bytes::from(self.layout.read_blob(&digest)?);
+        let m: ImageManifest = serde_json::from_slice(&bytes)
+            .map_err(|e| PushError::Invalid(format!("manifest {digest}: {e}")))?;
+        for b in std::iter::once(m.config()).chain(m.layers().iter()) {
+            let d = Digest::from_oci(b.digest()).map_err(|e| PushError::Invalid(e.to_string()))?;
+            match self.push_blob(&d, b.size()).await? {
+                BlobOutcome::Uploaded => {
+                    report.uploaded.push(d);
+                    report.bytes_uploaded += b.size();
+                }
+                BlobOutcome::Mounted => report.mounted.push(d),
+                BlobOutcome::Present => report.skipped.push(d),
+            }
+        }
+        self.put_manifest(&digest.to_string(), desc.media_type(), bytes, &digest)
+            .await
+    }
+
+    async fn referrers_api(&self) -> Result<bool, PushError> {
+        let probe = Digest::of(b"kiln referrers API probe");
+        let url = format!("/v2/{}/referrers/{probe}", self.repository);
+        let scopes = vec![scope(&self.repository, "pull")];
+        let ok = [
+            StatusCode::OK,
+            StatusCode::NOT_FOUND,
+            StatusCode::BAD_REQUEST,
+            StatusCode::METHOD_NOT_ALLOWED,
+        ];
+        let resp = self
+            .client
+            .send(
+                "GET referrers",
+                Method::GET,
+                &url,
+                HeaderMap::new(),
+                &Body::Empty,
+                &scopes,
+                &ok,
+            )
+            .await?;
+        Ok(resp.status() == StatusCode::OK)
+    }
+
+    /// Read-modify-write of the fallback referrers index, conditional on its ETag where the
+    /// registry gives one, and re-read after writing: a concurrent writer that overwrote our
+    /// entry is detected and our entry added again.
+    pub async fn add_to_fallback_index(
+        &self,
+        subject: &Digest,
+        referrer: &Descriptor,
+    ) -> Result<(), PushError> {
+        let tag = fallback_tag(subject);
+        for attempt in 0..20u32 {
+            let current = self.get_manifest(&tag).await?;
+            let (mut entries, etag) = match &current {
+                Some((bytes, _, etag)) => {
+                    let index: ImageIndex = serde_json::from_slice(bytes).map_err(|e| {
+                        PushError::Invalid(format!("referrers index {tag}: malformed: {e}"))
+                    })?;
+                    (index.manifests().clone(), etag.clone())
+                }
+                None => (Vec::new(), None),
+            };
+            if entries.iter().any(|d| d.digest() == referrer.digest()) {
+                return Ok(());
+            }
+            entries.push(referrer.clone());
+            let mut index = ImageIndex::default();
+            index.set_media_type(Some(MediaType::ImageIndex));
+            index.set_manifests(entries);
+            let bytes = Bytes::from(
+                crate::json::to_canonical_vec(&index)
+                    .map_err(|e| PushError::Invalid(e.to_string()))?,
+            );
+            let mut h = HeaderMap::new();
+            h.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
+            );
+            if let Some(e) = &etag
+                && let Ok(v) = HeaderValue::from_str(e)
+            {
+                h.insert(reqwest::header::IF_MATCH, v);
+            }
+            let url = format!("/v2/{}/manifests/{tag}", self.repository);
+            let ok = [
+                StatusCode::CREATED,
+                StatusCode::OK,
+                StatusCode::PRECONDITION_FAILED,
+            ];
+            let resp = self
+                .client
+                .send(
+                    "PUT referrers index",
+                    Method::PUT,
+                    &url,
+                    h,
+                    &Body::Bytes(bytes),
+                    &self.scopes(),
+                    &ok,
+                )
+                .await?;
+            if resp.status() != StatusCode::PRECONDITION_FAILED {
+                // Re-read: another writer may have replaced the index after our read.
+                if let Some((bytes, _, _)) = self.get_manifest(&tag).await?
+                    && let Ok(index) = serde_json::from_slice::<ImageIndex>(&bytes)
+                    && index
+                        .manifests()
+                        .iter()
+                        .any(|d| d.digest() == referrer.digest())
+                {
+                    return Ok(());
+                }
+            }
+            // Back off a varying while so two writers do not keep colliding.
+            let pause = 20 + u64::from(attempt) * 30 + (super::client::jitter_ms() % 100);
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        Err(PushError::Invalid(format!(
+            "could not update the referrers index {tag}: it kept changing under concurrent writers"
+        )))
     }
 
     /// Make sure the registry has a blob; returns what it took.
@@ -468,12 +751,7 @@ fn check_digest(resp: &reqwest::Response, want: &Digest, what: &str) -> Result<(
     }
 }
 
-/// Counts bytes for progress (shared by concurrent uploads).
-#[derive(Default)]
-pub struct Progress(pub AtomicU64);
-
-impl Progress {
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
+/// The tag of the referrers fallback index for `subject`.
+pub fn fallback_tag(subject: &Digest) -> String {
+    format!("sha256-{}", subject.hex())
 }

@@ -93,6 +93,14 @@ impl OciLayout {
         Ok(layout)
     }
 
+    /// A layout value with no directory behind it, for registry operations that need no local
+    /// store (reads): every local read fails.
+    pub fn detached() -> Self {
+        OciLayout {
+            root: PathBuf::from("/nonexistent/kiln-detached-layout"),
+        }
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -249,6 +257,37 @@ impl BlobSink for OciLayout {
             file: HashingWriter::new(BufWriter::with_capacity(256 * 1024, tmp)),
             blob_dir: self.blob_dir(),
         }))
+    }
+}
+
+impl OciLayout {
+    /// Record `referrer` (annotated with its subject) in the index, dropping earlier referrers
+    /// of the same subject with the same `artifactType`.
+    pub fn replace_referrer(
+        &self,
+        subject: &Descriptor,
+        referrer: &Descriptor,
+    ) -> Result<(), StoreError> {
+        let _lock = self.lock()?;
+        let mut index = self.index()?;
+        let key = crate::provenance::REFERRER_SUBJECT;
+        let subject = subject.digest().to_string();
+        let mut entries: Vec<Descriptor> = index
+            .manifests()
+            .iter()
+            .filter(|d| {
+                !(d.annotations().as_ref().and_then(|a| a.get(key)) == Some(&subject)
+                    && d.artifact_type() == referrer.artifact_type())
+            })
+            .cloned()
+            .collect();
+        entries.push(referrer.clone());
+        entries.sort_by(|a, b| {
+            (ref_name(a).unwrap_or(""), a.digest().as_ref())
+                .cmp(&(ref_name(b).unwrap_or(""), b.digest().as_ref()))
+        });
+        index.set_manifests(entries);
+        self.write_index(&index)
     }
 }
 

@@ -1,0 +1,195 @@
+//! `kiln inspect`: what a pushed artifact records about where it came from.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::digest::Digest;
+use crate::pipeline::annotations;
+use crate::registry::{PushError, Pusher, Reference, RegistryClient, RegistryOptions};
+
+/// Everything `kiln inspect` shows.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Inspection {
+    pub reference: String,
+    pub digest: String,
+    pub media_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    pub source: Option<String>,
+    pub revision: Option<String>,
+    pub created: Option<String>,
+    pub base: Option<BaseInfo>,
+    pub recipe_digest: Option<String>,
+    pub builder_image: Option<String>,
+    pub provenance: Option<ProvenanceInfo>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BaseInfo {
+    pub name: Option<String>,
+    pub digest: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProvenanceInfo {
+    /// The referrer manifest holding the statement.
+    pub digest: String,
+    pub summary: BTreeMap<String, String>,
+    /// Whether the statement's subject is this artifact.
+    pub subject_matches: bool,
+}
+
+impl Inspection {
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        let none = "-".to_owned();
+        let _ = writeln!(s, "reference:  {}", self.reference);
+        let _ = writeln!(s, "digest:     {}", self.digest);
+        let _ = writeln!(
+            s,
+            "media type: {}",
+            self.artifact_type.as_ref().unwrap_or(&self.media_type)
+        );
+        let _ = writeln!(s, "source:     {}", self.source.as_ref().unwrap_or(&none));
+        let _ = writeln!(s, "revision:   {}", self.revision.as_ref().unwrap_or(&none));
+        let _ = writeln!(s, "created:    {}", self.created.as_ref().unwrap_or(&none));
+        match &self.base {
+            Some(b) => {
+                let _ = writeln!(
+                    s,
+                    "base:       {} {}",
+                    b.name.as_ref().unwrap_or(&none),
+                    b.digest.as_ref().unwrap_or(&none)
+                );
+            }
+            None => {
+                let _ = writeln!(s, "base:       scratch");
+            }
+        }
+        let _ = writeln!(
+            s,
+            "recipe:     {}",
+            self.recipe_digest.as_ref().unwrap_or(&none)
+        );
+        let _ = writeln!(
+            s,
+            "builder:    {}",
+            self.builder_image.as_ref().unwrap_or(&none)
+        );
+        match &self.provenance {
+            Some(p) => {
+                let _ = writeln!(
+                    s,
+                    "provenance: {} (subject {})",
+                    p.digest,
+                    if p.subject_matches {
+                        "matches"
+                    } else {
+                        "DOES NOT MATCH"
+                    }
+                );
+                for (k, v) in &p.summary {
+                    let _ = writeln!(s, "  {k}: {v}");
+                }
+            }
+            None => {
+                let _ = writeln!(s, "provenance: none found");
+            }
+        }
+        s
+    }
+}
+
+/// Fetch and summarize what `reference` points at.
+pub async fn inspect(
+    reference: &Reference,
+    options: &RegistryOptions,
+) -> Result<Inspection, PushError> {
+    let client = RegistryClient::for_reference(reference, options)?;
+    let layout_dummy = crate::store::OciLayout::detached();
+    let repo = Pusher::new(&client, &layout_dummy, &reference.repository);
+    let target = reference.target();
+    let (bytes, media_type, _) = repo
+        .get_manifest(&target)
+        .await?
+        .ok_or_else(|| PushError::Invalid(format!("{reference} does not exist")))?;
+    let digest = Digest::of(&bytes);
+    let m: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+        PushError::Invalid(format!(
+            "{reference}: the registry returned a malformed manifest: {e}"
+        ))
+    })?;
+    let ann = |k: &str| m["annotations"][k].as_str().map(str::to_owned);
+    let mut out = Inspection {
+        reference: reference.to_string(),
+        digest: digest.to_string(),
+        media_type: if media_type.is_empty() {
+            m["mediaType"].as_str().unwrap_or("").to_owned()
+        } else {
+            media_type
+        },
+        artifact_type: m["artifactType"].as_str().map(str::to_owned),
+        source: ann(annotations::SOURCE),
+        revision: ann(annotations::REVISION),
+        created: ann(crate::image::ANNOTATION_CREATED),
+        base: None,
+        recipe_digest: ann(annotations::RECIPE_DIGEST),
+        builder_image: ann(annotations::BUILDER_IMAGE),
+        provenance: None,
+    };
+    let (base_name, base_digest) = (
+        ann("org.opencontainers.image.base.name"),
+        ann("org.opencontainers.image.base.digest"),
+    );
+    if base_name.is_some() || base_digest.is_some() {
+        out.base = Some(BaseInfo {
+            name: base_name,
+            digest: base_digest,
+        });
+    }
+    if out.created.is_none()
+        && m["config"]["mediaType"] == "application/vnd.oci.image.config.v1+json"
+        && let Some(cd) = m["config"]["digest"]
+            .as_str()
+            .and_then(|d| d.parse::<Digest>().ok())
+    {
+        let cfg = repo.get_blob(&cd, 4 << 20).await?;
+        if let Ok(c) = serde_json::from_slice::<serde_json::Value>(&cfg) {
+            out.created = c["created"].as_str().map(str::to_owned);
+        }
+    }
+    for r in repo.referrers(&digest).await? {
+        if r.artifact_type().as_ref().map(|t| t.to_string()).as_deref()
+            != Some(crate::provenance::IN_TOTO_MEDIA_TYPE)
+        {
+            continue;
+        }
+        let rd = Digest::from_oci(r.digest()).map_err(|e| PushError::Invalid(e.to_string()))?;
+        let Some((rbytes, _, _)) = repo.get_manifest(&rd.to_string()).await? else {
+            continue;
+        };
+        let rm: serde_json::Value = serde_json::from_slice(&rbytes)
+            .map_err(|e| PushError::Invalid(format!("provenance manifest {rd}: malformed: {e}")))?;
+        let Some(layer) = rm["layers"][0]["digest"]
+            .as_str()
+            .and_then(|d| d.parse::<Digest>().ok())
+        else {
+            continue;
+        };
+        let stmt = repo.get_blob(&layer, 4 << 20).await?;
+        let stmt: serde_json::Value = serde_json::from_slice(&stmt).map_err(|e| {
+            PushError::Invalid(format!("provenance statement {layer}: malformed: {e}"))
+        })?;
+        let summary = crate::provenance::summary(&stmt);
+        let subject_matches = summary.get("subject") == Some(&digest.to_string())
+            && rm["subject"]["digest"].as_str() == Some(digest.to_string().as_str());
+        out.provenance = Some(ProvenanceInfo {
+            digest: rd.to_string(),
+            summary,
+            subject_matches,
+        });
+    }
+    Ok(out)
+}
