@@ -176,7 +176,12 @@ struct Token {
 /// A client for one registry host.
 pub struct RegistryClient {
     http: reqwest::Client,
-    base: String,
+    /// `host[:port]`.
+    registry: String,
+    /// Plain HTTP is allowed (loopback, or `--insecure`); HTTPS is still tried first.
+    plain_allowed: bool,
+    /// `https://host` or `http://host`, settled on first use.
+    base: tokio::sync::OnceCell<String>,
     credential: Option<Credential>,
     tokens: Mutex<HashMap<String, Token>>,
     /// Registries that answered with a Basic challenge get credentials up front.
@@ -214,8 +219,7 @@ impl RegistryClient {
         opts: &RegistryOptions,
         credential: Option<Credential>,
     ) -> Result<Self, RegistryError> {
-        let plain = opts.insecure || super::reference::is_loopback_host(registry);
-        let scheme = if plain { "http" } else { "https" };
+        let plain_allowed = opts.insecure || super::reference::is_loopback_host(registry);
         let mut b = reqwest::Client::builder()
             .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(15))
@@ -233,7 +237,9 @@ impl RegistryClient {
             .map_err(|e| err("create HTTP client", registry, e.to_string(), false))?;
         Ok(RegistryClient {
             http,
-            base: format!("{scheme}://{registry}"),
+            registry: registry.to_owned(),
+            plain_allowed,
+            base: tokio::sync::OnceCell::new(),
             credential,
             tokens: Mutex::new(HashMap::new()),
             basic: Mutex::new(false),
@@ -246,9 +252,25 @@ impl RegistryClient {
         Self::new(&r.registry, opts)
     }
 
-    /// `scheme://host[:port]`.
-    pub fn base(&self) -> &str {
-        &self.base
+    /// `scheme://host[:port]`: HTTPS, unless plain HTTP is allowed and the registry does not
+    /// speak TLS (as Docker does for loopback and insecure registries).
+    pub async fn base(&self) -> &str {
+        self.base
+            .get_or_init(|| async {
+                let https = format!("https://{}", self.registry);
+                if !self.plain_allowed {
+                    return https;
+                }
+                let probe = self.http.get(format!("{https}/v2/")).timeout(Duration::from_secs(10)).send().await;
+                match probe {
+                    Ok(_) => https,
+                    Err(e) => {
+                        tracing::debug!(registry = %self.registry, error = %error_chain(&e), "no TLS; using plain HTTP");
+                        format!("http://{}", self.registry)
+                    }
+                }
+            })
+            .await
     }
 
     /// Like [`send`](Self::send) but without retrying failures (authentication challenges are
@@ -298,7 +320,7 @@ impl RegistryClient {
         ok: &[StatusCode],
         retry: bool,
     ) -> Result<reqwest::Response, RegistryError> {
-        let url = self.absolute(url);
+        let url = self.absolute(url).await;
         let shown = strip_query_secrets(&url);
         let started = Instant::now();
         let mut attempt: u32 = 0;
@@ -392,11 +414,11 @@ impl RegistryClient {
         }
     }
 
-    fn absolute(&self, url: &str) -> String {
+    async fn absolute(&self, url: &str) -> String {
         if url.starts_with("http://") || url.starts_with("https://") {
             url.to_owned()
         } else {
-            format!("{}{url}", self.base)
+            format!("{}{url}", self.base().await)
         }
     }
 
@@ -440,7 +462,7 @@ impl RegistryClient {
                 if !matches!(self.credential, Some(Credential::Basic { .. })) {
                     return Err(err(
                         "authenticate",
-                        &self.base,
+                        &self.registry,
                         "the registry wants a username and password and none was found in the Docker config",
                         false,
                     ));
@@ -452,7 +474,7 @@ impl RegistryClient {
                 let realm = params.get("realm").ok_or_else(|| {
                     err(
                         "authenticate",
-                        &self.base,
+                        &self.registry,
                         "bearer challenge without a realm",
                         false,
                     )
@@ -527,7 +549,7 @@ impl RegistryClient {
             }
             other => Err(err(
                 "authenticate",
-                &self.base,
+                &self.registry,
                 format!("unsupported auth scheme {other:?}"),
                 false,
             )),

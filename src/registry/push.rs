@@ -399,15 +399,23 @@ impl<'a> Pusher<'a> {
     }
 
     /// Read-modify-write of the fallback referrers index, conditional on its ETag where the
-    /// registry gives one, and re-read after writing: a concurrent writer that overwrote our
-    /// entry is detected and our entry added again.
+    /// registry gives one (`If-Match`; a 412 means re-read and merge again).
+    ///
+    /// Registries without conditional manifest writes (the CNCF distribution registry among
+    /// them) cannot stop two writers that read the same index from overwriting each other. So
+    /// after writing, kiln confirms its entry over a few randomly spaced re-reads: a writer
+    /// whose entry was overwritten sees it missing and merges it back in.
     pub async fn add_to_fallback_index(
         &self,
         subject: &Digest,
         referrer: &Descriptor,
     ) -> Result<(), PushError> {
+        /// Re-reads that must all still show our entry after a write of ours.
+        const CONFIRMATIONS: u32 = 3;
         let tag = fallback_tag(subject);
-        for attempt in 0..20u32 {
+        let mut confirmed = 0u32;
+        let mut wrote = false;
+        for attempt in 0..40u32 {
             let current = self.get_manifest(&tag).await?;
             let (mut entries, etag) = match &current {
                 Some((bytes, _, etag)) => {
@@ -419,8 +427,24 @@ impl<'a> Pusher<'a> {
                 None => (Vec::new(), None),
             };
             if entries.iter().any(|d| d.digest() == referrer.digest()) {
-                return Ok(());
+                // Already there before we wrote anything (a re-push): nothing can be lost.
+                if !wrote {
+                    return Ok(());
+                }
+                confirmed += 1;
+                if confirmed >= CONFIRMATIONS {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(
+                    100 + super::client::jitter_ms() % 300,
+                ))
+                .await;
+                continue;
             }
+            if wrote {
+                tracing::info!(%tag, "our referrer was overwritten by a concurrent writer; merging it back");
+            }
+            confirmed = 0;
             entries.push(referrer.clone());
             let mut index = ImageIndex::default();
             index.set_media_type(Some(MediaType::ImageIndex));
@@ -457,21 +481,13 @@ impl<'a> Pusher<'a> {
                     &ok,
                 )
                 .await?;
-            if resp.status() != StatusCode::PRECONDITION_FAILED {
-                // Re-read: another writer may have replaced the index after our read.
-                if let Some((bytes, _, _)) = self.get_manifest(&tag).await?
-                    && let Ok(index) = serde_json::from_slice::<ImageIndex>(&bytes)
-                    && index
-                        .manifests()
-                        .iter()
-                        .any(|d| d.digest() == referrer.digest())
-                {
-                    return Ok(());
-                }
+            if resp.status() == StatusCode::PRECONDITION_FAILED {
+                // Someone else wrote first: back off a varying while, then merge again.
+                let pause = 20 + u64::from(attempt) * 30 + super::client::jitter_ms() % 100;
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            } else {
+                wrote = true;
             }
-            // Back off a varying while so two writers do not keep colliding.
-            let pause = 20 + u64::from(attempt) * 30 + (super::client::jitter_ms() % 100);
-            tokio::time::sleep(Duration::from_millis(pause)).await;
         }
         Err(PushError::Invalid(format!(
             "could not update the referrers index {tag}: it kept changing under concurrent writers"
@@ -553,10 +569,10 @@ impl<'a> Pusher<'a> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        Ok((self.location(&resp)?, min))
+        Ok((self.location(&resp).await?, min))
     }
 
-    fn location(&self, resp: &reqwest::Response) -> Result<String, PushError> {
+    async fn location(&self, resp: &reqwest::Response) -> Result<String, PushError> {
         let loc = resp
             .headers()
             .get(reqwest::header::LOCATION)
@@ -568,7 +584,7 @@ impl<'a> Pusher<'a> {
             if loc.starts_with("http://") || loc.starts_with("https://") {
                 loc.to_owned()
             } else {
-                format!("{}{}", self.client.base(), loc)
+                format!("{}{}", self.client.base().await, loc)
             },
         )
     }
@@ -664,7 +680,7 @@ impl<'a> Pusher<'a> {
                 .await
             {
                 Ok(resp) => {
-                    loc = self.location(&resp).unwrap_or(loc);
+                    loc = self.location(&resp).await.unwrap_or(loc);
                     offset += len;
                 }
                 Err(e)
@@ -675,7 +691,7 @@ impl<'a> Pusher<'a> {
                     tracing::info!(%digest, offset, error = %e, "chunk failed; asking the registry where to resume");
                     tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(20))))
                         .await;
-                    let resp = self
+                    let status = self
                         .client
                         .send(
                             "upload status",
@@ -686,14 +702,27 @@ impl<'a> Pusher<'a> {
                             &self.scopes(),
                             &[StatusCode::NO_CONTENT, StatusCode::OK],
                         )
-                        .await?;
-                    offset = resp
-                        .headers()
-                        .get(reqwest::header::RANGE)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|r| r.rsplit('-').next()?.trim().parse::<u64>().ok())
-                        .map_or(0, |end| end + 1);
-                    loc = self.location(&resp).unwrap_or(loc);
+                        .await;
+                    match status {
+                        Ok(resp) => {
+                            offset = resp
+                                .headers()
+                                .get(reqwest::header::RANGE)
+                                .and_then(|v| v.to_str().ok())
+                                .and_then(|r| r.rsplit('-').next()?.trim().parse::<u64>().ok())
+                                .map_or(0, |end| end + 1);
+                            loc = self.location(&resp).await.unwrap_or(loc);
+                        }
+                        // Some registries (the CNCF distribution registry among them) drop a
+                        // session whose chunk broke off: start a new one from the beginning.
+                        Err(e) if matches!(e.status, Some(400..=499)) => {
+                            tracing::info!(%digest, error = %e, "the upload session is gone; starting a new one");
+                            let (new_loc, _) = self.start_upload().await?;
+                            loc = new_loc;
+                            offset = 0;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                     if offset > size {
                         return Err(PushError::Invalid(format!(
                             "the registry claims {offset} bytes of a {size}-byte blob"

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod net;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;

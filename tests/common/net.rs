@@ -1,0 +1,360 @@
+//! Real network peers for registry tests: the CNCF distribution registry on a free loopback
+//! port (plain, or TLS with htpasswd), and small in-test HTTP servers where the behaviour to
+//! test cannot be had from a real registry (injected faults, nonsense answers).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use super::{require, run_ok};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `docker-registry`, killed on drop.
+pub struct Registry {
+    child: Child,
+    pub addr: String,
+    pub dir: tempfile::TempDir,
+}
+
+/// TLS material made with openssl: a CA and a server certificate for 127.0.0.1.
+pub struct Tls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Tls {
+    pub fn make(dir: &Path) -> Tls {
+        require("openssl");
+        let o = |args: &[&str]| {
+            run_ok(
+                Command::new("openssl")
+                    .current_dir(dir)
+                    .args(args)
+                    .stdin(Stdio::null()),
+            )
+        };
+        o(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=kiln-test-ca",
+        ]);
+        o(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .unwrap();
+        o(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        Tls {
+            ca: dir.join("ca.crt"),
+            cert: dir.join("server.crt"),
+            key: dir.join("server.key"),
+        }
+    }
+}
+
+impl Registry {
+    /// A plain-HTTP registry on a free loopback port.
+    pub fn start() -> Registry {
+        Registry::start_with(|_, _| String::new())
+    }
+
+    /// `extra(dir, addr)` returns more YAML for the `http:` section's siblings (auth, ...) and
+    /// may write files into `dir`.
+    pub fn start_with(extra: impl FnOnce(&Path, &str) -> String) -> Registry {
+        Registry::start_full(None, extra)
+    }
+
+    pub fn start_full(tls: Option<&Tls>, extra: impl FnOnce(&Path, &str) -> String) -> Registry {
+        require("docker-registry");
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let more = extra(dir.path(), &addr);
+        let tls_yaml = tls.map_or(String::new(), |t| {
+            format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                t.cert.display(),
+                t.key.display()
+            )
+        });
+        let config = format!(
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{tls_yaml}{more}",
+            dir.path().join("data").display()
+        );
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start docker-registry");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the registry did not start: {}",
+                std::fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Registry { child, addr, dir }
+    }
+
+    /// Everything the registry logged (it logs every request).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Docker config directory with credentials for `registry`.
+pub fn docker_config(dir: &Path, registry: &str, user: &str, password: &str) -> PathBuf {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let d = dir.join("docker-config");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("config.json"),
+        format!(r#"{{"auths": {{"{registry}": {{"auth": "{auth}"}}}}}}"#),
+    )
+    .unwrap();
+    d
+}
+
+/// Faults a [`FaultProxy`] injected.
+#[derive(Default)]
+pub struct FaultStats {
+    pub unavailable: AtomicUsize,
+    pub too_many: AtomicUsize,
+    pub resets: AtomicUsize,
+    pub connections: AtomicUsize,
+    /// Request bytes forwarded so far, over all connections.
+    pub forwarded: AtomicUsize,
+}
+
+/// Where (in forwarded request bytes) the proxy resets a connection.
+const RESET_AT: [usize; 2] = [6 << 20, 22 << 20];
+
+/// A TCP proxy in front of a registry that breaks things: some new connections get a 503 or
+/// a 429 with `Retry-After: 1`, and the connection carrying the request bytes past 6 MiB and
+/// past 22 MiB (in total) is reset on the spot, mid-upload.
+pub struct FaultProxy {
+    pub addr: String,
+    pub stats: Arc<FaultStats>,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: &str) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stats = Arc::new(FaultStats::default());
+        let (st, up) = (stats.clone(), upstream.to_owned());
+        std::thread::spawn(move || {
+            for (k, conn) in listener.incoming().enumerate() {
+                let Ok(client) = conn else { continue };
+                st.connections.fetch_add(1, Ordering::SeqCst);
+                let (st, up) = (st.clone(), up.clone());
+                std::thread::spawn(move || match k % 6 {
+                    1 => canned(client, "503 Service Unavailable", "", &st.unavailable),
+                    3 => canned(
+                        client,
+                        "429 Too Many Requests",
+                        "Retry-After: 1\r\n",
+                        &st.too_many,
+                    ),
+                    _ => pipe(client, &up, &st),
+                });
+            }
+        });
+        FaultProxy { addr, stats }
+    }
+}
+
+fn read_head(s: &mut TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => break,
+        }
+    }
+    head
+}
+
+fn canned(mut client: TcpStream, status: &str, extra: &str, counter: &AtomicUsize) {
+    let _ = read_head(&mut client);
+    counter.fetch_add(1, Ordering::SeqCst);
+    let _ = write!(
+        client,
+        "HTTP/1.1 {status}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let _ = client.flush();
+}
+
+fn pipe(client: TcpStream, upstream: &str, stats: &FaultStats) {
+    let Ok(server) = TcpStream::connect(upstream) else {
+        return;
+    };
+    let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    let back = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut s2, &mut c2);
+        let _ = c2.shutdown(std::net::Shutdown::Write);
+    });
+    let (mut c, mut s) = (client, server);
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match c.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if s.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        let before = stats.forwarded.fetch_add(n, Ordering::SeqCst);
+        if RESET_AT.iter().any(|&at| before < at && before + n >= at) {
+            stats.resets.fetch_add(1, Ordering::SeqCst);
+            // An abrupt close (RST), as a dying proxy or a dropped link gives.
+            // Shut both sockets down first: the reader thread holds duplicates of them.
+            let _ = socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO));
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+            let _ = c.shutdown(std::net::Shutdown::Both);
+            let _ = s.shutdown(std::net::Shutdown::Both);
+            let _ = back.join();
+            return;
+        }
+    }
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let _ = back.join();
+}
+
+/// A response from a [`FakeServer`] handler.
+pub struct Reply {
+    pub status: &'static str,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn new(status: &'static str) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+    pub fn header(mut self, k: &str, v: &str) -> Reply {
+        self.headers.push((k.to_owned(), v.to_owned()));
+        self
+    }
+    pub fn body(mut self, b: impl Into<Vec<u8>>) -> Reply {
+        self.body = b.into();
+        self
+    }
+}
+
+/// A tiny HTTP/1.1 server: one request per connection, answered by `handler(method, path)`.
+pub struct FakeServer {
+    pub addr: String,
+}
+
+impl FakeServer {
+    pub fn start(handler: impl Fn(&str, &str) -> Reply + Send + Sync + 'static) -> FakeServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let handler = Arc::new(handler);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut s) = conn else { continue };
+                let handler = handler.clone();
+                std::thread::spawn(move || {
+                    let head = String::from_utf8_lossy(&read_head(&mut s)).into_owned();
+                    let mut lines = head.lines();
+                    let mut first = lines.next().unwrap_or("").split_whitespace();
+                    let (method, path) = (
+                        first.next().unwrap_or("").to_owned(),
+                        first.next().unwrap_or("").to_owned(),
+                    );
+                    // Drain a request body so the client sees our answer, not a reset.
+                    let len: usize = lines
+                        .filter_map(|l| l.split_once(':'))
+                        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                        .and_then(|(_, v)| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    let _ = std::io::copy(&mut (&mut s).take(len as u64), &mut std::io::sink());
+                    let r = handler(&method, &path);
+                    let mut out = format!(
+                        "HTTP/1.1 {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+                        r.status,
+                        r.body.len()
+                    );
+                    for (k, v) in &r.headers {
+                        out.push_str(&format!("{k}: {v}\r\n"));
+                    }
+                    out.push_str("\r\n");
+                    let _ = s.write_all(out.as_bytes());
+                    let _ = s.write_all(&r.body);
+                    let _ = s.flush();
+                });
+            }
+        });
+        FakeServer { addr }
+    }
+}

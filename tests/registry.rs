@@ -1,0 +1,486 @@
+//! Publishing against the real CNCF distribution registry (Debian's docker-registry), with
+//! in-test servers only for what a real registry will not do on demand (faults, nonsense).
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::net::{FakeServer, FaultProxy, Registry, Reply, Tls, docker_config};
+use common::*;
+
+const HELLO_SH: &[u8] = include_bytes!("../examples/hello/hello.sh");
+const HELLO_TOML: &[u8] = include_bytes!("../examples/hello/kiln.toml");
+
+fn hello_repo(dir: &Path, marker: &str) -> String {
+    builder_image("busybox");
+    git_repo(
+        dir,
+        &[
+            ("hello.sh", HELLO_SH),
+            ("kiln.toml", HELLO_TOML),
+            ("marker.txt", marker.as_bytes()),
+        ],
+        Some("https://github.com/acme/hello.git"),
+    )
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn uploads_in(log: &str, repo: &str) -> usize {
+    log.matches(&format!("\"PUT /v2/{repo}/blobs/uploads/"))
+        .count()
+        + log
+            .matches(&format!("\"PATCH /v2/{repo}/blobs/uploads/"))
+            .count()
+}
+
+#[test]
+fn build_push_pull_run_and_find_the_provenance() {
+    require("skopeo");
+    let reg = Registry::start();
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("hello");
+    let sha = hello_repo(&repo, "push");
+    let prefix = format!("{}/acme", reg.addr);
+    let out = run_ok(
+        kiln()
+            .arg("build")
+            .arg(&repo)
+            .arg("--output")
+            .arg(t.path().join("l"))
+            .args(["--json", "--push", &prefix, "--tag", "v1"]),
+    );
+    let res: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let digest = res["artifacts"][0]["digest"].as_str().unwrap().to_owned();
+    assert_eq!(
+        res["artifacts"][0]["pushed_to"],
+        format!("{}/acme/hello@{digest}", reg.addr).as_str()
+    );
+
+    // A real client pulls and runs it, by the commit tag and by the extra tag.
+    for tag in [sha.as_str(), "v1"] {
+        let image = format!("{}/acme/hello:{tag}", reg.addr);
+        run_ok(Command::new("docker").args(["pull", "-q", &image]));
+        let run = run_ok(Command::new("docker").args(["run", "--rm", &image]));
+        assert!(String::from_utf8_lossy(&run.stdout).contains("hello from kiln"));
+        let _ = Command::new("docker").args(["rmi", &image]).output();
+    }
+    let raw = run_ok(
+        Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false", "--raw"])
+            .arg(format!("docker://{}/acme/hello:{sha}", reg.addr)),
+    );
+    let m: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(
+        m["annotations"]["org.opencontainers.image.revision"],
+        sha.as_str()
+    );
+    assert_eq!(
+        m["annotations"]["org.opencontainers.image.source"],
+        "https://github.com/acme/hello"
+    );
+    assert_eq!(
+        m["annotations"]["org.opencontainers.image.created"],
+        "2024-01-02T03:04:05Z"
+    );
+    assert_eq!(
+        kiln::Digest::of(&raw.stdout).to_string(),
+        digest,
+        "the registry serves the exact bytes"
+    );
+
+    // The provenance is reachable through the fallback tag and names this commit.
+    let fallback = format!("sha256-{}", &digest[7..]);
+    let idx = run_ok(
+        Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false", "--raw"])
+            .arg(format!("docker://{}/acme/hello:{fallback}", reg.addr)),
+    );
+    let idx: serde_json::Value = serde_json::from_slice(&idx.stdout).unwrap();
+    assert_eq!(
+        idx["manifests"][0]["artifactType"],
+        "application/vnd.in-toto+json"
+    );
+    let inspect = run_ok(
+        kiln()
+            .args(["inspect", "--json"])
+            .arg(format!("{}/acme/hello:v1", reg.addr)),
+    );
+    let info: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(info["digest"], digest.as_str());
+    assert_eq!(info["revision"], sha.as_str());
+    assert_eq!(info["source"], "https://github.com/acme/hello");
+    assert_eq!(info["created"], "2024-01-02T03:04:05Z");
+    assert!(is_digest(info["recipe_digest"].as_str().unwrap()));
+    let prov = &info["provenance"];
+    assert_eq!(prov["subject_matches"], true);
+    assert_eq!(prov["summary"]["revision"], sha.as_str());
+    assert_eq!(
+        prov["summary"]["predicateType"],
+        "https://slsa.dev/provenance/v1"
+    );
+    assert_eq!(prov["summary"]["subject"], digest.as_str());
+    let text = run_ok(
+        kiln()
+            .arg("inspect")
+            .arg(format!("{}/acme/hello:v1", reg.addr)),
+    );
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&sha) && text.contains("subject matches"),
+        "{text}"
+    );
+
+    // The statement itself, fetched and checked independently of kiln inspect.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let statement = rt.block_on(async {
+        let client = kiln::registry::RegistryClient::new(&reg.addr, &Default::default()).unwrap();
+        let detached = kiln::store::OciLayout::detached();
+        let r = kiln::registry::Pusher::new(&client, &detached, "acme/hello");
+        let referrer = prov["digest"].as_str().unwrap();
+        let (bytes, _, _) = r.get_manifest(referrer).await.unwrap().unwrap();
+        let rm: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(rm["subject"]["digest"], digest.as_str());
+        assert_eq!(rm["artifactType"], "application/vnd.in-toto+json");
+        let layer: kiln::Digest = rm["layers"][0]["digest"].as_str().unwrap().parse().unwrap();
+        serde_json::from_slice::<serde_json::Value>(&r.get_blob(&layer, 1 << 20).await.unwrap())
+            .unwrap()
+    });
+    assert_eq!(statement["_type"], "https://in-toto.io/Statement/v1");
+    assert_eq!(statement["subject"][0]["digest"]["sha256"], &digest[7..]);
+    let deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+        .as_array()
+        .unwrap();
+    assert!(
+        deps.iter()
+            .any(|d| d["digest"]["gitCommit"] == sha.as_str()),
+        "{statement}"
+    );
+    assert!(deps.iter().any(|d| d["name"] == "builder"), "{statement}");
+    let ext = &statement["predicate"]["buildDefinition"]["externalParameters"];
+    assert_eq!(ext["source"], "https://github.com/acme/hello");
+    assert_eq!(ext["ref"], "refs/heads/main");
+    assert_eq!(ext["recipe"], "kiln.toml");
+    assert!(
+        statement["predicate"]["buildDefinition"]["internalParameters"]["compressor"]
+            .as_str()
+            .unwrap()
+            .contains("zlib-rs")
+    );
+
+    // A re-push of the unchanged image uploads no blob.
+    let before = uploads_in(&reg.log(), "acme/hello");
+    let again = run_ok(
+        kiln()
+            .arg("push")
+            .arg(format!("{}:hello", t.path().join("l").display()))
+            .arg(format!("{}/acme/hello:v1", reg.addr)),
+    );
+    assert!(
+        stderr_of(&again).contains(" 0 blobs uploaded"),
+        "{}",
+        stderr_of(&again)
+    );
+    assert_eq!(
+        uploads_in(&reg.log(), "acme/hello"),
+        before,
+        "no blob upload on re-push"
+    );
+}
+
+#[test]
+fn tls_and_htpasswd_with_docker_config_and_no_secret_in_trace_logs() {
+    require("htpasswd");
+    let t = tempfile::tempdir().unwrap();
+    let tls = Tls::make(t.path());
+    let password = "kiln-s3cret-pw-7788";
+    let reg = Registry::start_full(Some(&tls), |dir, _| {
+        let out = run_ok(Command::new("htpasswd").args(["-Bbn", "builder", password]));
+        fs::write(dir.join("htpasswd"), out.stdout).unwrap();
+        format!(
+            "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
+            dir.join("htpasswd").display()
+        )
+    });
+    let src = t.path().join("src");
+    fs::create_dir_all(src.join("bin")).unwrap();
+    fs::write(src.join("bin/app"), b"#!/bin/sh\necho secure\n").unwrap();
+    let layout = t.path().join("l");
+    pack(
+        &src,
+        &layout,
+        &["--tag", "app", "--source-date-epoch", "1700000000"],
+    );
+    let target = format!("{}/secure/app:v1", reg.addr);
+
+    // No credentials: a clear refusal.
+    let empty = t.path().join("empty-docker-config");
+    fs::create_dir_all(&empty).unwrap();
+    let out = kiln()
+        .arg("push")
+        .arg(&layout)
+        .arg(&target)
+        .arg("--registry-ca")
+        .arg(&tls.ca)
+        .env("DOCKER_CONFIG", &empty)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("401") || err.contains("username and password"),
+        "{err}"
+    );
+
+    // Without the CA, TLS verification fails.
+    let cfg = docker_config(t.path(), &reg.addr, "builder", password);
+    let out = kiln()
+        .arg("push")
+        .arg(&layout)
+        .arg(&target)
+        .env("DOCKER_CONFIG", &cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "pushed without trusting the CA");
+
+    // With credentials from DOCKER_CONFIG and the CA: pushed, with nothing secret in trace logs.
+    let out = kiln()
+        .arg("push")
+        .arg(&layout)
+        .arg(&target)
+        .arg("--registry-ca")
+        .arg(&tls.ca)
+        .env("DOCKER_CONFIG", &cfg)
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr_of(&out)
+    );
+    assert!(out.status.success(), "{all}");
+    assert!(all.len() > 1000, "trace logging was on");
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("builder:{password}"));
+    assert!(
+        !all.contains(password),
+        "the password leaked into the output"
+    );
+    assert!(
+        !all.contains(&b64),
+        "the basic auth header leaked into the output"
+    );
+    assert!(
+        !all.contains(&b64[..20]),
+        "part of the basic auth header leaked into the output"
+    );
+
+    // An independent client sees it, with the same credentials.
+    let certs = t.path().join("certs");
+    fs::create_dir_all(&certs).unwrap();
+    fs::copy(&tls.ca, certs.join("ca.crt")).unwrap();
+    let raw = run_ok(
+        Command::new("skopeo")
+            .args([
+                "inspect",
+                "--raw",
+                "--creds",
+                &format!("builder:{password}"),
+            ])
+            .arg("--cert-dir")
+            .arg(&certs)
+            .arg(format!("docker://{target}")),
+    );
+    assert!(
+        String::from_utf8_lossy(&raw.stdout).contains("application/vnd.oci.image.manifest.v1+json")
+    );
+}
+
+#[test]
+fn pushes_survive_503s_429s_and_resets() {
+    require("skopeo");
+    let reg = Registry::start();
+    let proxy = FaultProxy::start(&reg.addr);
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    // Incompressible data: a layer larger than one monolithic upload, so it goes in chunks.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let big: Vec<u8> = (0..40 * 1024 * 1024 / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    fs::write(src.join("random.bin"), &big).unwrap();
+    fs::write(src.join("small.txt"), b"small").unwrap();
+    let layout = t.path().join("l");
+    let digest = pack(
+        &src,
+        &layout,
+        &["--tag", "app", "--source-date-epoch", "1700000000"],
+    );
+    let out = kiln()
+        .arg("push")
+        .arg(&layout)
+        .arg(format!("{}/faulty/app:v1", proxy.addr))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), digest);
+    let s = &proxy.stats;
+    use std::sync::atomic::Ordering::SeqCst;
+    let (a, b, c) = (
+        s.unavailable.load(SeqCst),
+        s.too_many.load(SeqCst),
+        s.resets.load(SeqCst),
+    );
+    eprintln!(
+        "faults injected: {a} x 503, {b} x 429, {c} resets over {} connections",
+        s.connections.load(SeqCst)
+    );
+    assert!(
+        a >= 1 && b >= 1 && c >= 1,
+        "every kind of fault was injected: {a} {b} {c}"
+    );
+
+    // Straight from the registry, an independent client verifies every blob.
+    let copy = t.path().join("copy");
+    run_ok(
+        Command::new("skopeo")
+            .args(["copy", "--src-tls-verify=false"])
+            .arg(format!("docker://{}/faulty/app:v1", reg.addr))
+            .arg(format!("oci:{}:v1", copy.display())),
+    );
+    validate(&copy);
+    assert_eq!(layer_files(&copy, "v1")["random.bin"], big);
+}
+
+#[test]
+fn nonsense_answers_give_clear_errors() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    let layout = t.path().join("l");
+    pack(&src, &layout, &["--tag", "app"]);
+
+    let check = |server: &FakeServer, cmd: &str, needles: &[&str]| {
+        let mut c = kiln();
+        match cmd {
+            "push" => c
+                .arg("push")
+                .arg(&layout)
+                .arg(format!("{}/x/app:v1", server.addr)),
+            _ => c.arg("inspect").arg(format!("{}/x/app:v1", server.addr)),
+        };
+        let out = c.output().unwrap();
+        let err = stderr_of(&out);
+        assert!(!out.status.success(), "{cmd} succeeded against nonsense");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(
+            err.len() < 4096,
+            "the error is short even for a huge body: {} bytes",
+            err.len()
+        );
+        for n in needles {
+            assert!(err.contains(n), "missing {n:?} in {err}");
+        }
+    };
+
+    // A registry that stores the blob under another digest.
+    let wrong = FakeServer::start(|method, path| match (method, path) {
+        ("HEAD", _) => Reply::new("404 Not Found"),
+        ("POST", _) => Reply::new("202 Accepted").header("Location", "/v2/x/app/blobs/uploads/1"),
+        ("PUT", p) if p.contains("/blobs/uploads/") => Reply::new("201 Created").header(
+            "Docker-Content-Digest",
+            "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ),
+        _ => Reply::new("200 OK"),
+    });
+    check(&wrong, "push", &["reported digest", "sha256:0000"]);
+
+    // A huge error body: read with a cap, summarized.
+    let huge = FakeServer::start(|method, _| match method {
+        "HEAD" => Reply::new("404 Not Found"),
+        _ => Reply::new("400 Bad Request").body(vec![b'A'; 30 * 1024 * 1024]),
+    });
+    check(&huge, "push", &["HTTP 400"]);
+
+    // Malformed JSON where a manifest should be, and in an error body.
+    let malformed = FakeServer::start(|_, path| {
+        if path.contains("/manifests/") {
+            Reply::new("200 OK")
+                .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+                .body("{\"schemaVersion\": 2, \"layers\": [")
+        } else {
+            Reply::new("500 Internal Server Error").body("{\"errors\": [")
+        }
+    });
+    check(&malformed, "inspect", &["malformed manifest"]);
+}
+
+#[test]
+fn concurrent_provenance_pushes_both_land_in_the_fallback_index() {
+    let reg = Registry::start();
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("hello");
+    hello_repo(&repo, "concurrent");
+    // Two builds of one commit: the same image, two provenance statements (different times).
+    let a = build_json_ok(&repo, &t.path().join("a"));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let b = build_json_ok(&repo, &t.path().join("b"));
+    assert_eq!(a["artifacts"][0]["digest"], b["artifacts"][0]["digest"]);
+    assert_ne!(
+        a["artifacts"][0]["provenance"],
+        b["artifacts"][0]["provenance"]
+    );
+    let target = format!("{}/acme/hello:v1", reg.addr);
+    let spawn = |l: &str| {
+        kiln()
+            .arg("push")
+            .arg(format!("{}:hello", t.path().join(l).display()))
+            .arg(&target)
+            .spawn()
+            .unwrap()
+    };
+    let (mut pa, mut pb) = (spawn("a"), spawn("b"));
+    assert!(pa.wait().unwrap().success() && pb.wait().unwrap().success());
+    let digest = a["artifacts"][0]["digest"].as_str().unwrap();
+    let idx = run_ok(
+        Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false", "--raw"])
+            .arg(format!(
+                "docker://{}/acme/hello:sha256-{}",
+                reg.addr,
+                &digest[7..]
+            )),
+    );
+    let idx = String::from_utf8_lossy(&idx.stdout);
+    for p in [&a, &b] {
+        let d = p["artifacts"][0]["provenance"].as_str().unwrap();
+        assert!(
+            idx.contains(d),
+            "{d} missing from the referrers index: {idx}"
+        );
+    }
+}
+
+fn build_json_ok(repo: &Path, layout: &Path) -> serde_json::Value {
+    let out = run_ok(
+        kiln()
+            .arg("build")
+            .arg(repo)
+            .arg("--output")
+            .arg(layout)
+            .arg("--json"),
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
