@@ -310,15 +310,7 @@ fn pushes_survive_503s_429s_and_resets() {
     let src = t.path().join("src");
     fs::create_dir_all(&src).unwrap();
     // Incompressible data: a layer larger than one monolithic upload, so it goes in chunks.
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let big: Vec<u8> = (0..40 * 1024 * 1024 / 8)
-        .flat_map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()
-        })
-        .collect();
+    let big = random_bytes(40 << 20, 0x9e37_79b9_7f4a_7c15);
     fs::write(src.join("random.bin"), &big).unwrap();
     fs::write(src.join("small.txt"), b"small").unwrap();
     let layout = t.path().join("l");
@@ -483,4 +475,152 @@ fn build_json_ok(repo: &Path, layout: &Path) -> serde_json::Value {
             .arg("--json"),
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The registry's `auth: token` mode, with an in-test token server that signs JWTs (RS256,
+/// x5c) with a test certificate. Tokens say they live a minute but expire after three seconds,
+/// so they run out in the middle of a slow push: kiln must notice (401), get a new one, and
+/// finish.
+#[test]
+fn token_auth_with_tokens_expiring_mid_push() {
+    use base64::Engine as _;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().to_owned();
+    run_ok(Command::new("openssl").current_dir(&dir).args([
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "token.key",
+        "-out",
+        "token.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=kiln-test-token-signer",
+    ]));
+    let der = run_ok(Command::new("openssl").current_dir(&dir).args([
+        "x509",
+        "-in",
+        "token.crt",
+        "-outform",
+        "DER",
+    ]))
+    .stdout;
+    let x5c = base64::engine::general_purpose::STANDARD.encode(der);
+    let issued = std::sync::Arc::new(AtomicUsize::new(0));
+    let (issued2, key) = (issued.clone(), dir.join("token.key"));
+    let token_server = FakeServer::start_full(move |req| {
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("builder:tok3n-pw")
+        );
+        if req.header("authorization") != Some(expected.as_str()) {
+            return Reply::new("401 Unauthorized").body("{\"details\":\"bad credentials\"}");
+        }
+        let query = req.path.split_once('?').map_or("", |(_, q)| q);
+        let mut access = Vec::new();
+        for (k, v) in query.split('&').filter_map(|kv| kv.split_once('=')) {
+            if k == "scope" {
+                let v = v
+                    .replace("%3A", ":")
+                    .replace("%2F", "/")
+                    .replace("%2C", ",");
+                let parts: Vec<&str> = v.splitn(3, ':').collect();
+                if parts.len() == 3 {
+                    access.push(serde_json::json!({"type": parts[0], "name": parts[1], "actions": parts[2].split(',').collect::<Vec<_>>()}));
+                }
+            }
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let n = issued2.fetch_add(1, Ordering::SeqCst);
+        let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
+        let claims = serde_json::json!({
+            "iss": "kiln-test-issuer", "sub": "builder", "aud": "kiln-test-registry",
+            // The registry allows 60 s of clock skew: this token is good for about 3 s.
+            "exp": now - 57, "nbf": now - 70, "iat": now - 70, "jti": format!("t{n}"), "access": access,
+        });
+        let input = format!(
+            "{}.{}",
+            b64(claims_bytes(&header).as_slice()),
+            b64(claims_bytes(&claims).as_slice())
+        );
+        let mut sign = Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(&key)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(sign.stdin.as_mut().unwrap(), input.as_bytes()).unwrap();
+        let sig = sign.wait_with_output().unwrap().stdout;
+        let token = format!("{input}.{}", b64(&sig));
+        // Claim a minute: the client must cope with the registry rejecting it sooner.
+        Reply::new("200 OK")
+            .header("Content-Type", "application/json")
+            .body(serde_json::json!({"token": token, "expires_in": 60}).to_string())
+    });
+    let realm = format!("http://{}/token", token_server.addr);
+    let crt = dir.join("token.crt");
+    let reg = Registry::start_with(move |_, _| {
+        format!(
+            "auth:\n  token:\n    realm: {realm}\n    service: kiln-test-registry\n    issuer: kiln-test-issuer\n    rootcertbundle: {}\n",
+            crt.display()
+        )
+    });
+    // Slow the uploads down so the push outlives a token.
+    let slow = common::net::SlowProxy::start(&reg.addr, std::time::Duration::from_millis(20));
+    let src = t.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("random.bin"), random_bytes(16 << 20, 7)).unwrap();
+    let layout = t.path().join("l");
+    let digest = pack(
+        &src,
+        &layout,
+        &["--tag", "app", "--source-date-epoch", "1700000000"],
+    );
+    let cfg = docker_config(t.path(), &slow.addr, "builder", "tok3n-pw");
+    let started = std::time::Instant::now();
+    let out = kiln()
+        .arg("push")
+        .arg(&layout)
+        .arg(format!("{}/tok/app:v1", slow.addr))
+        .env("DOCKER_CONFIG", &cfg)
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), digest);
+    let n = issued.load(Ordering::SeqCst);
+    eprintln!("push took {took:?} with {n} tokens issued");
+    assert!(
+        took > std::time::Duration::from_secs(3),
+        "the push must outlive a token ({took:?})"
+    );
+    assert!(
+        n >= 2,
+        "a new token was fetched when the first expired ({n} issued)"
+    );
+    // kiln believed the first token good for 54 s: a second one means the registry rejected
+    // the first as expired mid-push and kiln fetched a new one.
+    let log = reg.log();
+    let rejected = log
+        .lines()
+        .filter(|l| l.contains("invalid token") || l.contains("token not to be used"))
+        .count();
+    assert!(
+        rejected >= 1,
+        "the registry never rejected an expired token:\n{log}"
+    );
+}
+
+fn claims_bytes(v: &serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap()
 }

@@ -200,6 +200,50 @@ pub struct FaultProxy {
     pub stats: Arc<FaultStats>,
 }
 
+/// A TCP proxy that only slows request bytes down (a slow link), to make a push last.
+pub struct SlowProxy {
+    pub addr: String,
+}
+
+impl SlowProxy {
+    pub fn start(upstream: &str, per_64k: Duration) -> SlowProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let up = upstream.to_owned();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut c) = conn else { continue };
+                let up = up.clone();
+                std::thread::spawn(move || {
+                    let Ok(mut s) = TcpStream::connect(&up) else {
+                        return;
+                    };
+                    let (mut c2, mut s2) = (c.try_clone().unwrap(), s.try_clone().unwrap());
+                    let back = std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut s2, &mut c2);
+                        let _ = c2.shutdown(std::net::Shutdown::Write);
+                    });
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        match c.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if s.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                                std::thread::sleep(per_64k);
+                            }
+                        }
+                    }
+                    let _ = s.shutdown(std::net::Shutdown::Write);
+                    let _ = back.join();
+                });
+            }
+        });
+        SlowProxy { addr }
+    }
+}
+
 impl FaultProxy {
     pub fn start(upstream: &str) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -310,13 +354,34 @@ impl Reply {
     }
 }
 
-/// A tiny HTTP/1.1 server: one request per connection, answered by `handler(method, path)`.
+/// A request as a [`FakeServer`] handler sees it.
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A tiny HTTP/1.1 server: one request per connection, answered by `handler`.
 pub struct FakeServer {
     pub addr: String,
 }
 
 impl FakeServer {
+    /// Answer by method and path only.
     pub fn start(handler: impl Fn(&str, &str) -> Reply + Send + Sync + 'static) -> FakeServer {
+        FakeServer::start_full(move |r: &Request| handler(&r.method, &r.path))
+    }
+
+    pub fn start_full(handler: impl Fn(&Request) -> Reply + Send + Sync + 'static) -> FakeServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let handler = Arc::new(handler);
@@ -332,14 +397,22 @@ impl FakeServer {
                         first.next().unwrap_or("").to_owned(),
                         first.next().unwrap_or("").to_owned(),
                     );
-                    // Drain a request body so the client sees our answer, not a reset.
-                    let len: usize = lines
+                    let headers: Vec<(String, String)> = lines
                         .filter_map(|l| l.split_once(':'))
-                        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                        .and_then(|(_, v)| v.trim().parse().ok())
+                        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                        .collect();
+                    let req = Request {
+                        method,
+                        path,
+                        headers,
+                    };
+                    // Drain a request body so the client sees our answer, not a reset.
+                    let len: u64 = req
+                        .header("content-length")
+                        .and_then(|v| v.parse().ok())
                         .unwrap_or(0);
-                    let _ = std::io::copy(&mut (&mut s).take(len as u64), &mut std::io::sink());
-                    let r = handler(&method, &path);
+                    let _ = std::io::copy(&mut (&mut s).take(len), &mut std::io::sink());
+                    let r = handler(&req);
                     let mut out = format!(
                         "HTTP/1.1 {}\r\nContent-Length: {}\r\nConnection: close\r\n",
                         r.status,
