@@ -102,7 +102,15 @@ pub struct ImageSpec {
     pub annotations: BTreeMap<String, String>,
     /// `created_by` in each layer's history entry.
     pub created_by: String,
+    /// A base image whose layers (and history) come first.
+    pub base: Option<crate::base::BaseImage>,
 }
+
+/// `org.opencontainers.image.base.name` and `.base.digest`.
+pub const ANNOTATION_BASE_NAME: &str = "org.opencontainers.image.base.name";
+pub const ANNOTATION_BASE_DIGEST: &str = "org.opencontainers.image.base.digest";
+/// How many of the first layers come from the base (so a push can mount them).
+pub const ANNOTATION_BASE_LAYERS: &str = "dev.kiln.base.layers";
 
 /// Why an image could not be assembled.
 #[derive(Debug, thiserror::Error)]
@@ -167,7 +175,12 @@ pub fn write_image(
                 .collect::<HashMap<_, _>>(),
         );
     }
-    let history = layers
+    let base_layers: &[Layer] = spec.base.as_ref().map_or(&[], |b| &b.layers);
+    let mut history: Vec<oci_spec::image::History> = spec
+        .base
+        .as_ref()
+        .map_or_else(Vec::new, |b| b.history.clone());
+    let ours = layers
         .iter()
         .map(|_| {
             HistoryBuilder::default()
@@ -177,6 +190,9 @@ pub fn write_image(
                 .map_err(spec_err("history"))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    history.extend(ours);
+    let layers: Vec<Layer> = base_layers.iter().chain(layers.iter()).cloned().collect();
+    let layers = &layers[..];
     let rootfs = RootFsBuilder::default()
         .typ("layers")
         .diff_ids(
@@ -212,6 +228,14 @@ pub fn write_image(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     annotations.insert(ANNOTATION_CREATED.to_owned(), created);
+    if let Some(b) = &spec.base {
+        annotations.insert(ANNOTATION_BASE_NAME.to_owned(), b.name.clone());
+        annotations.insert(ANNOTATION_BASE_DIGEST.to_owned(), b.digest.to_string());
+        annotations.insert(
+            ANNOTATION_BASE_LAYERS.to_owned(),
+            b.layers.len().to_string(),
+        );
+    }
     let manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
@@ -401,6 +425,7 @@ mod tests {
             },
             annotations: (0..20).map(|i| (format!("a{i}"), format!("{i}"))).collect(),
             created_by: "kiln pack".into(),
+            base: None,
         }
     }
 

@@ -9,6 +9,7 @@
 //! The CLI and the daemon only compose them. Stages take a cancellation token, report
 //! progress as [`events`], and return typed errors that say whether a retry can help.
 
+pub mod base;
 pub mod build;
 pub mod digest;
 pub mod events;

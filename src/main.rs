@@ -269,6 +269,7 @@ fn pack(a: PackArgs) -> Result<()> {
         epoch,
         run: RunConfig::default(),
         annotations: BTreeMap::new(),
+        base: None,
         created_by: format!(
             "kiln pack ({})",
             compression.describe(opts.level.unwrap_or(compression.default_level()))
@@ -312,6 +313,7 @@ fn build(a: BuildArgs) -> Result<ExitCode> {
                     .filter(|s| !s.is_empty())
             })
             .unwrap_or_else(default_builder_id),
+        registry: a.registry.options(),
         push: a.push.as_ref().map(|prefix| kiln::pipeline::PushPlan {
             prefix: prefix.clone(),
             tags: a.tags.clone(),

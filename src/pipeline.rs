@@ -50,6 +50,8 @@ pub struct BuildPlan {
     pub builder_id: String,
     /// Push each artifact to a registry after it is stored.
     pub push: Option<PushPlan>,
+    /// How to reach registries for base images.
+    pub registry: crate::registry::RegistryOptions,
 }
 
 /// `--push PREFIX [--tag T]...`.
@@ -268,6 +270,18 @@ pub async fn build(
 
     let mut artifacts = Vec::new();
     for artifact in &recipe.artifacts {
+        let base = match &artifact.base {
+            Some(name) => Some(
+                crate::base::fetch(name, &Platform::host(), &layout, &plan.registry)
+                    .await
+                    .map_err(|source| PipelineError::Push {
+                        target: format!("base image {name}"),
+                        source: Box::new(source),
+                    })?,
+            ),
+            None => None,
+        };
+        let base_ref = base.as_ref().map(|b| (b.name.clone(), b.digest));
         let desc = {
             let (artifact, layout, root, spool) = (
                 artifact.clone(),
@@ -284,6 +298,7 @@ pub async fn build(
             );
             blocking(move || {
                 store_artifact(
+                    base,
                     &artifact,
                     &layout,
                     &root,
@@ -322,7 +337,7 @@ pub async fn build(
             level: plan.compression.default_level(),
             builder_image: output.builder.reference.clone(),
             builder_image_id: output.builder.id.clone(),
-            base: None,
+            base: base_ref,
             builder_id: plan.builder_id.clone(),
             invocation_id: build_id.clone(),
             started,
@@ -421,7 +436,7 @@ pub async fn push_artifact(
         .parse()
         .map_err(|e: crate::registry::ReferenceError| PushError::Invalid(e.to_string()))?;
     let client = crate::registry::RegistryClient::for_reference(&reference, options)?;
-    let pusher = crate::registry::Pusher::new(&client, layout, &reference.repository);
+    let mut pusher = crate::registry::Pusher::new(&client, layout, &reference.repository);
     let d: crate::digest::Digest = digest
         .parse()
         .map_err(|e: crate::digest::DigestParseError| PushError::Invalid(e.to_string()))?;
@@ -435,11 +450,45 @@ pub async fn push_artifact(
         bytes.len() as u64,
         d.to_oci(),
     );
+    pusher.mount_from = base_mounts(&bytes, &reference);
     pusher.push(&desc, tags).await?;
     Ok(format!(
         "{}/{}@{d}",
         reference.registry, reference.repository
     ))
+}
+
+/// Base layers that can be mounted from the base's repository: when the base lives in the
+/// registry being pushed to, its layers (the first `dev.kiln.base.layers`) need no upload.
+pub fn base_mounts(
+    manifest: &[u8],
+    target: &crate::registry::Reference,
+) -> std::collections::HashMap<crate::digest::Digest, String> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(m) = serde_json::from_slice::<serde_json::Value>(manifest) else {
+        return out;
+    };
+    let ann = &m["annotations"];
+    let (Some(name), Some(n)) = (
+        ann[crate::image::ANNOTATION_BASE_NAME].as_str(),
+        ann[crate::image::ANNOTATION_BASE_LAYERS]
+            .as_str()
+            .and_then(|n| n.parse::<usize>().ok()),
+    ) else {
+        return out;
+    };
+    let Ok(base) = name.parse::<crate::registry::Reference>() else {
+        return out;
+    };
+    if base.registry != target.registry {
+        return out;
+    }
+    for l in m["layers"].as_array().into_iter().flatten().take(n) {
+        if let Some(d) = l["digest"].as_str().and_then(|d| d.parse().ok()) {
+            out.insert(d, base.repository.clone());
+        }
+    }
+    out
 }
 
 /// The engine tag for `--load`: the short commit, else the short manifest digest.
@@ -458,6 +507,7 @@ fn unix_now() -> u64 {
 
 #[allow(clippy::too_many_arguments)]
 fn store_artifact(
+    base: Option<crate::base::BaseImage>,
     artifact: &Artifact,
     layout: &OciLayout,
     output: &Path,
@@ -500,21 +550,27 @@ fn store_artifact(
     ann.insert(annotations::TITLE.to_owned(), artifact.name.clone());
     let desc = match artifact.kind {
         ArtifactKind::Image => {
+            let ours = RunConfig {
+                entrypoint: artifact.entrypoint.clone(),
+                cmd: artifact.cmd.clone(),
+                env: artifact
+                    .env
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect(),
+                working_dir: artifact.workdir.clone(),
+                user: artifact.user.clone(),
+                labels: artifact.labels.clone(),
+            };
+            let run = match &base {
+                Some(b) => crate::base::merge_run(&b.run, &ours),
+                None => ours,
+            };
             let spec = ImageSpec {
                 platform: Platform::host(),
                 epoch: info.epoch,
-                run: RunConfig {
-                    entrypoint: artifact.entrypoint.clone(),
-                    cmd: artifact.cmd.clone(),
-                    env: artifact
-                        .env
-                        .iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect(),
-                    working_dir: artifact.workdir.clone(),
-                    user: artifact.user.clone(),
-                    labels: artifact.labels.clone(),
-                },
+                run,
+                base,
                 annotations: ann,
                 created_by: format!(
                     "kiln build ({})",

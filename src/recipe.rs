@@ -583,10 +583,13 @@ impl Checker<'_> {
         let base = match self.string(t, &p, "base") {
             None => None,
             Some((b, _)) if b == "scratch" => None,
-            Some((_, a)) => {
-                self.problem(a, &format!("{p}.base"), "only \"scratch\" is supported so far (registry base images are not implemented yet)");
-                None
-            }
+            Some((b, a)) => match b.parse::<crate::registry::Reference>() {
+                Ok(_) => Some(b),
+                Err(e) => {
+                    self.problem(a, &format!("{p}.base"), e.to_string());
+                    None
+                }
+            },
         };
         let files = self.files(t, &p);
         let entrypoint = self.strings(t, &p, "entrypoint").map(|v| v.0);

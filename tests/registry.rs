@@ -624,3 +624,162 @@ fn token_auth_with_tokens_expiring_mid_push() {
 fn claims_bytes(v: &serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(v).unwrap()
 }
+
+/// A base image from the registry: resolved by tag to a digest, its layer reused as it is
+/// (mounted, never re-uploaded or re-compressed), and the result runs.
+#[test]
+fn builds_on_a_registry_base_image_and_reuses_its_layers() {
+    require("skopeo");
+    let busybox = builder_image("busybox");
+    let reg = Registry::start();
+    let base = format!("{}/base/busybox:1", reg.addr);
+    run_ok(
+        Command::new("skopeo")
+            .args(["copy", "-q", "--dest-tls-verify=false"])
+            .arg(format!("docker-daemon:{busybox}"))
+            .arg(format!("docker://{base}")),
+    );
+    let base_raw = run_ok(
+        Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{base}")),
+    )
+    .stdout;
+    let base_manifest: serde_json::Value = serde_json::from_slice(&base_raw).unwrap();
+    let base_layer = base_manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("onbase");
+    let recipe = format!(
+        "[build]\nimage = \"{busybox}\"\nsteps = [\"mkdir -p /out && cp hello.sh /out/hello.sh\"]\n\
+         [[artifact]]\nname = \"onbase\"\nbase = \"{base}\"\nentrypoint = [\"/bin/sh\", \"/hello.sh\"]\nenv = {{ GREETING = \"on a base\" }}\n"
+    );
+    let sha = git_repo(
+        &repo,
+        &[
+            ("kiln.toml", recipe.as_bytes()),
+            ("hello.sh", b"echo \"hello $GREETING\"\n"),
+        ],
+        None,
+    );
+    let out = run_ok(
+        kiln()
+            .arg("build")
+            .arg(&repo)
+            .arg("--output")
+            .arg(t.path().join("l"))
+            .args(["--json", "--push", &format!("{}/acme", reg.addr)]),
+    );
+    let res: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let digest = res["artifacts"][0]["digest"].as_str().unwrap().to_owned();
+    validate(&t.path().join("l"));
+
+    let image = format!("{}/acme/onbase:{sha}", reg.addr);
+    let raw = run_ok(
+        Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{image}")),
+    )
+    .stdout;
+    let m: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(m["layers"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        m["layers"][0]["digest"],
+        base_layer.as_str(),
+        "the base layer is reused byte for byte"
+    );
+    assert_eq!(
+        m["annotations"]["org.opencontainers.image.base.name"],
+        base.as_str()
+    );
+    assert_eq!(
+        m["annotations"]["org.opencontainers.image.base.digest"],
+        kiln::Digest::of(&base_raw).to_string().as_str()
+    );
+    let cfg = run_ok(
+        Command::new("skopeo")
+            .args(["inspect", "--config", "--tls-verify=false"])
+            .arg(format!("docker://{image}")),
+    )
+    .stdout;
+    let cfg: serde_json::Value = serde_json::from_slice(&cfg).unwrap();
+    assert_eq!(cfg["rootfs"]["diff_ids"].as_array().unwrap().len(), 2);
+    let env = cfg["config"]["Env"].to_string();
+    assert!(
+        env.contains("PATH=/bin") && env.contains("GREETING=on a base"),
+        "base and artifact env merged: {env}"
+    );
+
+    // Mounted from the base repository, never uploaded again.
+    let log = reg.log();
+    let hex = &base_layer[7..];
+    assert!(
+        log.contains(&format!("mount=sha256:{hex}"))
+            || log.contains(&format!("mount=sha256%3A{hex}")),
+        "the base layer was mounted"
+    );
+    let uploads_of_base = log
+        .lines()
+        .filter(|l| l.contains("\"PUT /v2/acme/onbase/blobs/uploads/") && (l.contains(hex)))
+        .count();
+    assert_eq!(uploads_of_base, 0, "the base layer was uploaded again");
+
+    run_ok(Command::new("docker").args(["pull", "-q", &image]));
+    let run = run_ok(Command::new("docker").args(["run", "--rm", &image]));
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout).trim(),
+        "hello on a base"
+    );
+    let _ = Command::new("docker").args(["rmi", &image]).output();
+    let info = run_ok(kiln().args(["inspect", "--json", &image]));
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["base"]["name"], base.as_str());
+    assert_eq!(info["digest"], digest.as_str());
+    assert_eq!(info["provenance"]["subject_matches"], true);
+
+    // A base given as a multi-platform index (pushed by kiln itself) resolves to the host's
+    // platform manifest.
+    let idx_layout = t.path().join("multi");
+    run_ok(
+        Command::new("skopeo")
+            .args(["copy", "-q", "--src-tls-verify=false"])
+            .arg(format!("docker://{base}"))
+            .arg(format!("oci:{}:one", idx_layout.display())),
+    );
+    let l = kiln::store::OciLayout::open(&idx_layout).unwrap();
+    let one = kiln::store::Store::resolve(&l, "one").unwrap().unwrap();
+    let entry = |arch: &str| serde_json::json!({"mediaType": one.media_type().to_string(), "digest": one.digest().to_string(), "size": one.size(), "platform": {"os": "linux", "architecture": arch}});
+    let index = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [entry("s390x"), entry("amd64"), entry("arm64")]});
+    let bytes = serde_json::to_vec(&index).unwrap();
+    let blob = kiln::store::BlobSink::put_blob(&l, &bytes).unwrap();
+    let idx_desc = oci_spec::image::Descriptor::new(
+        oci_spec::image::MediaType::ImageIndex,
+        blob.size,
+        blob.digest.to_oci(),
+    );
+    kiln::store::Store::tag(&l, Some("multi"), &idx_desc).unwrap();
+    run_ok(
+        kiln()
+            .arg("push")
+            .arg(format!("{}:multi", idx_layout.display()))
+            .arg(format!("{}/base/multi:1", reg.addr)),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let resolved = rt
+        .block_on(kiln::base::fetch(
+            &format!("{}/base/multi:1", reg.addr),
+            &kiln::image::Platform::host(),
+            &kiln::store::OciLayout::open_or_create(t.path().join("fetch")).unwrap(),
+            &Default::default(),
+        ))
+        .unwrap();
+    assert_eq!(
+        resolved.digest.to_string(),
+        one.digest().to_string(),
+        "the index resolved to the host's manifest"
+    );
+    assert_eq!(resolved.layers[0].digest.to_string(), base_layer);
+}

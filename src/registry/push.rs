@@ -262,6 +262,59 @@ impl<'a> Pusher<'a> {
         Ok(Some((Bytes::from(bytes), media_type, etag)))
     }
 
+    /// Copy a blob from the registry into the local layout, streaming, verified against its
+    /// digest and size. A blob the layout already has is not fetched.
+    pub async fn fetch_blob(&self, digest: &Digest, size: u64) -> Result<(), PushError> {
+        use crate::store::BlobSink;
+        use std::io::Write;
+        if self.layout.has_blob(digest) {
+            return Ok(());
+        }
+        let url = format!("/v2/{}/blobs/{digest}", self.repository);
+        let scopes = vec![scope(&self.repository, "pull")];
+        let mut resp = self
+            .client
+            .send(
+                "GET blob",
+                Method::GET,
+                &url,
+                HeaderMap::new(),
+                &Body::Empty,
+                &scopes,
+                &[StatusCode::OK],
+            )
+            .await?;
+        let mut up = self.layout.begin_blob()?;
+        let mut got = 0u64;
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| PushError::Invalid(format!("downloading blob {digest}: {e}")))?
+        {
+            got += chunk.len() as u64;
+            if got > size {
+                return Err(PushError::Invalid(format!(
+                    "blob {digest} is larger than its descriptor's {size} bytes"
+                )));
+            }
+            up.write_all(&chunk)
+                .map_err(|e| PushError::Invalid(format!("storing blob {digest}: {e}")))?;
+        }
+        // Commit hashes what arrived and stores it under that digest (never under the expected
+        // one); if it is not what we asked for, it is dropped and the fetch fails.
+        let check = self.layout.clone();
+        let info = up.commit()?;
+        if info.digest != *digest || info.size != size {
+            let _ = std::fs::remove_file(check.blob_path(&info.digest));
+            return Err(PushError::DigestMismatch {
+                what: format!("blob {digest}"),
+                want: *digest,
+                got: info.digest.to_string(),
+            });
+        }
+        Ok(())
+    }
+
     /// GET a small blob (a config, a statement), verified against its digest.
     pub async fn get_blob(&self, digest: &Digest, cap: usize) -> Result<Bytes, PushError> {
         let url = format!("/v2/{}/blobs/{digest}", self.repository);

@@ -1,0 +1,259 @@
+//! Registry base images: resolved to a digest, the host's platform picked from an index, and
+//! their config and layers copied into the local layout as they are (never re-compressed), so
+//! kiln's layers can be appended and the result stays a complete image.
+
+use oci_spec::image::History;
+use serde_json::Value;
+
+use crate::digest::Digest;
+use crate::image::{Platform, RunConfig};
+use crate::pack::Layer;
+use crate::registry::{PushError, Pusher, Reference, RegistryClient, RegistryOptions};
+use crate::store::{BlobSink, OciLayout};
+
+/// A base image, ready to build on.
+#[derive(Clone, Debug)]
+pub struct BaseImage {
+    /// The reference as the recipe gave it.
+    pub name: String,
+    /// The digest of the (platform) image manifest the layers come from.
+    pub digest: Digest,
+    pub registry: String,
+    pub repository: String,
+    /// Its layers, with OCI media types (Docker's are renamed; the bytes are the same).
+    pub layers: Vec<Layer>,
+    pub history: Vec<History>,
+    /// Its runtime config (Env, Entrypoint, Cmd, WorkingDir, User, Labels).
+    pub run: RunConfig,
+}
+
+fn invalid(m: String) -> PushError {
+    PushError::Invalid(m)
+}
+
+/// The OCI media type for a layer media type a base may use.
+pub fn oci_layer_type(t: &str) -> Option<&'static str> {
+    match t {
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+        | "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+            Some(crate::pack::Compression::Gzip.media_type())
+        }
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+        | "application/vnd.docker.image.rootfs.diff.tar.zstd" => {
+            Some(crate::pack::Compression::Zstd.media_type())
+        }
+        "application/vnd.oci.image.layer.v1.tar"
+        | "application/vnd.docker.image.rootfs.diff.tar" => {
+            Some(crate::pack::Compression::None.media_type())
+        }
+        _ => None,
+    }
+}
+
+/// Resolve `name` for `platform` and copy its config and layers into `layout`.
+pub async fn fetch(
+    name: &str,
+    platform: &Platform,
+    layout: &OciLayout,
+    options: &RegistryOptions,
+) -> Result<BaseImage, PushError> {
+    let reference: Reference = name
+        .parse()
+        .map_err(|e: crate::registry::ReferenceError| invalid(e.to_string()))?;
+    let client = RegistryClient::for_reference(&reference, options)?;
+    let repo = Pusher::new(&client, layout, &reference.repository);
+    let (bytes, media_type, _) = repo
+        .get_manifest(&reference.target())
+        .await?
+        .ok_or_else(|| invalid(format!("base image {name} does not exist")))?;
+    let mut manifest: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| invalid(format!("base image {name}: malformed manifest: {e}")))?;
+    let mut digest = Digest::of(&bytes);
+    let is_index = media_type.contains("index")
+        || media_type.contains("manifest.list")
+        || manifest.get("manifests").is_some();
+    if is_index {
+        let entries = manifest["manifests"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let pick = entries
+            .iter()
+            .find(|m| {
+                let p = &m["platform"];
+                p["os"] == platform.os.as_str()
+                    && p["architecture"] == platform.architecture.as_str()
+                    && platform
+                        .variant
+                        .as_deref()
+                        .is_none_or(|v| p["variant"] == v)
+            })
+            .ok_or_else(|| invalid(format!("base image {name} has no {platform} image")))?;
+        let d = pick["digest"]
+            .as_str()
+            .ok_or_else(|| invalid(format!("base image {name}: index entry without a digest")))?;
+        let (b, _, _) = repo
+            .get_manifest(d)
+            .await?
+            .ok_or_else(|| invalid(format!("base image {name}: {d} is missing")))?;
+        manifest = serde_json::from_slice(&b)
+            .map_err(|e| invalid(format!("base image {name}: malformed manifest {d}: {e}")))?;
+        digest = Digest::of(&b);
+    }
+    // The config, verified and stored.
+    let cfg_digest: Digest = manifest["config"]["digest"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .ok_or_else(|| {
+            invalid(format!(
+                "base image {name}: manifest without a config digest"
+            ))
+        })?;
+    let cfg_bytes = repo.get_blob(&cfg_digest, 16 << 20).await?;
+    layout.put_blob(&cfg_bytes)?;
+    let config: Value = serde_json::from_slice(&cfg_bytes)
+        .map_err(|e| invalid(format!("base image {name}: malformed config: {e}")))?;
+    let diff_ids: Vec<Digest> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|d| d.as_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    let layer_descs = manifest["layers"].as_array().cloned().unwrap_or_default();
+    if layer_descs.len() != diff_ids.len() {
+        return Err(invalid(format!(
+            "base image {name}: {} layers but {} diff_ids",
+            layer_descs.len(),
+            diff_ids.len()
+        )));
+    }
+    let mut layers = Vec::new();
+    for (l, diff_id) in layer_descs.iter().zip(diff_ids) {
+        let mt = l["mediaType"].as_str().unwrap_or("");
+        let media_type = oci_layer_type(mt)
+            .ok_or_else(|| invalid(format!("base image {name}: unsupported layer type {mt:?}")))?;
+        let d: Digest = l["digest"]
+            .as_str()
+            .and_then(|d| d.parse().ok())
+            .ok_or_else(|| invalid(format!("base image {name}: layer without a digest")))?;
+        let size = l["size"]
+            .as_u64()
+            .ok_or_else(|| invalid(format!("base image {name}: layer without a size")))?;
+        repo.fetch_blob(&d, size).await?;
+        layers.push(Layer {
+            digest: d,
+            size,
+            diff_id,
+            media_type,
+            entries: 0,
+            uncompressed_size: 0,
+        });
+    }
+    let history: Vec<History> = config["history"].as_array().map_or_else(Vec::new, |h| {
+        h.iter()
+            .filter_map(|e| serde_json::from_value(e.clone()).ok())
+            .collect()
+    });
+    let c = &config["config"];
+    let strings = |v: &Value| {
+        v.as_array().map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect::<Vec<_>>()
+        })
+    };
+    let run = RunConfig {
+        entrypoint: strings(&c["Entrypoint"]),
+        cmd: strings(&c["Cmd"]),
+        env: strings(&c["Env"]).unwrap_or_default(),
+        working_dir: c["WorkingDir"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned),
+        user: c["User"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned),
+        labels: c["Labels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    Ok(BaseImage {
+        name: name.to_owned(),
+        digest,
+        registry: reference.registry,
+        repository: reference.repository,
+        layers,
+        history,
+        run,
+    })
+}
+
+/// The artifact's config on top of the base's: the artifact's values win; environment
+/// variables and labels merge by name.
+pub fn merge_run(base: &RunConfig, ours: &RunConfig) -> RunConfig {
+    let mut env: Vec<String> = base.env.clone();
+    for e in &ours.env {
+        let key = e.split('=').next().unwrap_or("");
+        env.retain(|b| b.split('=').next().unwrap_or("") != key);
+        env.push(e.clone());
+    }
+    let mut labels = base.labels.clone();
+    labels.extend(ours.labels.clone());
+    RunConfig {
+        // As in a Dockerfile: a new entrypoint drops the base's cmd unless a cmd is given.
+        cmd: match (&ours.entrypoint, &ours.cmd) {
+            (_, Some(c)) => Some(c.clone()),
+            (Some(_), None) => None,
+            (None, None) => base.cmd.clone(),
+        },
+        entrypoint: ours.entrypoint.clone().or_else(|| base.entrypoint.clone()),
+        env,
+        working_dir: ours
+            .working_dir
+            .clone()
+            .or_else(|| base.working_dir.clone()),
+        user: ours.user.clone().or_else(|| base.user.clone()),
+        labels,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifact_config_wins_and_env_merges() {
+        let base = RunConfig {
+            entrypoint: None,
+            cmd: Some(vec!["sh".into()]),
+            env: vec!["PATH=/bin".into(), "A=1".into()],
+            working_dir: Some("/".into()),
+            user: None,
+            labels: [("x".to_owned(), "1".to_owned())].into(),
+        };
+        let ours = RunConfig {
+            entrypoint: Some(vec!["/app".into()]),
+            env: vec!["A=2".into()],
+            labels: [("y".to_owned(), "2".to_owned())].into(),
+            ..Default::default()
+        };
+        let m = merge_run(&base, &ours);
+        assert_eq!(m.entrypoint, Some(vec!["/app".to_owned()]));
+        assert_eq!(m.cmd, None);
+        assert_eq!(m.env, vec!["PATH=/bin".to_owned(), "A=2".to_owned()]);
+        assert_eq!(m.working_dir.as_deref(), Some("/"));
+        assert_eq!(m.labels.len(), 2);
+        assert_eq!(
+            oci_layer_type("application/vnd.docker.image.rootfs.diff.tar.gzip"),
+            Some("application/vnd.oci.image.layer.v1.tar+gzip")
+        );
+        assert_eq!(
+            oci_layer_type("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"),
+            None
+        );
+    }
+}
