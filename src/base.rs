@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::digest::Digest;
 use crate::image::{Platform, RunConfig};
 use crate::pack::Layer;
-use crate::registry::{PushError, Pusher, Reference, RegistryClient, RegistryOptions};
+use crate::registry::{PushError, Reference, RegistryClient, RegistryOptions, Repository};
 use crate::store::{BlobSink, OciLayout};
 
 /// A base image, ready to build on.
@@ -61,7 +61,7 @@ pub async fn fetch(
         .parse()
         .map_err(|e: crate::registry::ReferenceError| invalid(e.to_string()))?;
     let client = RegistryClient::for_reference(&reference, options)?;
-    let repo = Pusher::new(&client, layout, &reference.repository);
+    let repo = Repository::new(&client, &reference.repository);
     let (bytes, media_type, _) = repo
         .get_manifest(&reference.target())
         .await?
@@ -137,7 +137,7 @@ pub async fn fetch(
         let size = l["size"]
             .as_u64()
             .ok_or_else(|| invalid(format!("base image {name}: layer without a size")))?;
-        repo.fetch_blob(&d, size).await?;
+        repo.fetch_blob(layout, &d, size).await?;
         layers.push(Layer {
             digest: d,
             size,

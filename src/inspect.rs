@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::digest::Digest;
 use crate::pipeline::annotations;
-use crate::registry::{PushError, Pusher, Reference, RegistryClient, RegistryOptions};
+use crate::registry::{PushError, Reference, RegistryClient, RegistryOptions, Repository};
 
 /// Everything `kiln inspect` shows.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -108,8 +108,7 @@ pub async fn inspect(
     options: &RegistryOptions,
 ) -> Result<Inspection, PushError> {
     let client = RegistryClient::for_reference(reference, options)?;
-    let layout_dummy = crate::store::OciLayout::detached();
-    let repo = Pusher::new(&client, &layout_dummy, &reference.repository);
+    let repo = Repository::new(&client, &reference.repository);
     let target = reference.target();
     let (bytes, media_type, _) = repo
         .get_manifest(&target)

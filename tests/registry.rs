@@ -139,8 +139,7 @@ fn build_push_pull_run_and_find_the_provenance() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let statement = rt.block_on(async {
         let client = kiln::registry::RegistryClient::new(&reg.addr, &Default::default()).unwrap();
-        let detached = kiln::store::OciLayout::detached();
-        let r = kiln::registry::Pusher::new(&client, &detached, "acme/hello");
+        let r = kiln::registry::Repository::new(&client, "acme/hello");
         let referrer = prov["digest"].as_str().unwrap();
         let (bytes, _, _) = r.get_manifest(referrer).await.unwrap().unwrap();
         let rm: serde_json::Value = serde_json::from_slice(&bytes).unwrap();

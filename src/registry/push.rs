@@ -61,11 +61,17 @@ pub struct PushReport {
     pub bytes_uploaded: u64,
 }
 
-/// Pushes into one repository of one registry.
-pub struct Pusher<'a> {
+/// One repository of one registry: reads, manifests, referrers.
+pub struct Repository<'a> {
     pub client: &'a RegistryClient,
-    pub layout: &'a OciLayout,
+    /// The repository path, e.g. `team/app`.
     pub repository: String,
+}
+
+/// Pushes from a local layout into one repository: a [`Repository`] plus where the blobs are.
+pub struct Pusher<'a> {
+    repo: Repository<'a>,
+    pub layout: &'a OciLayout,
     /// Blobs known to exist in another repository of the same registry (for mounts).
     pub mount_from: HashMap<Digest, String>,
     pub chunk_size: u64,
@@ -76,96 +82,16 @@ fn scope(repo: &str, actions: &str) -> String {
     format!("repository:{repo}:{actions}")
 }
 
-impl<'a> Pusher<'a> {
-    pub fn new(client: &'a RegistryClient, layout: &'a OciLayout, repository: &str) -> Self {
-        Pusher {
+impl<'a> Repository<'a> {
+    pub fn new(client: &'a RegistryClient, repository: &str) -> Self {
+        Repository {
             client,
-            layout,
             repository: repository.to_owned(),
-            mount_from: HashMap::new(),
-            chunk_size: CHUNK_SIZE,
-            monolithic_max: MONOLITHIC_MAX,
         }
     }
 
-    fn scopes(&self) -> Vec<String> {
+    pub fn scopes(&self) -> Vec<String> {
         vec![scope(&self.repository, "pull,push")]
-    }
-
-    /// Push the manifest `desc` (an image manifest or an index, with everything it references)
-    /// and then point `tags` at it.
-    pub async fn push(&self, desc: &Descriptor, tags: &[String]) -> Result<PushReport, PushError> {
-        let mut report = PushReport::default();
-        let digest =
-            Digest::from_oci(desc.digest()).map_err(|e| PushError::Invalid(e.to_string()))?;
-        self.push_tree(desc, &mut report).await?;
-        let bytes = Bytes::from(self.layout.read_blob(&digest)?);
-        // Provenance and other referrers go before the tags, so a tag implies them.
-        self.push_referrers(&digest, &mut report).await?;
-        for tag in tags {
-            crate::store::validate_tag(tag)?;
-            self.put_manifest(tag, desc.media_type(), bytes.clone(), &digest)
-                .await?;
-        }
-        report.digest = Some(digest);
-        Ok(report)
-    }
-
-    /// Blobs, children, then the manifest itself by digest.
-    fn push_tree<'b>(
-        &'b self,
-        desc: &'b Descriptor,
-        report: &'b mut PushReport,
-    ) -> futures_util::future::BoxFuture<'b, Result<(), PushError>> {
-        Box::pin(async move {
-            let digest =
-                Digest::from_oci(desc.digest()).map_err(|e| PushError::Invalid(e.to_string()))?;
-            let bytes = self.layout.read_blob(&digest)?;
-            match desc.media_type() {
-                MediaType::ImageIndex => {
-                    let index: ImageIndex = serde_json::from_slice(&bytes)
-                        .map_err(|e| PushError::Invalid(format!("index {digest}: {e}")))?;
-                    for child in index.manifests() {
-                        self.push_tree(child, report).await?;
-                    }
-                }
-                _ => {
-                    let m: ImageManifest = serde_json::from_slice(&bytes)
-                        .map_err(|e| PushError::Invalid(format!("manifest {digest}: {e}")))?;
-                    let blobs: Vec<Descriptor> = std::iter::once(m.config().clone())
-                        .chain(m.layers().iter().cloned())
-                        .collect();
-                    let results: Vec<(Digest, BlobOutcome, u64)> =
-                        futures_util::stream::iter(blobs.into_iter().map(|b| async move {
-                            let d = Digest::from_oci(b.digest())
-                                .map_err(|e| PushError::Invalid(e.to_string()))?;
-                            let outcome = self.push_blob(&d, b.size()).await?;
-                            Ok::<_, PushError>((d, outcome, b.size()))
-                        }))
-                        .buffer_unordered(CONCURRENCY)
-                        .try_collect()
-                        .await?;
-                    for (d, outcome, size) in results {
-                        match outcome {
-                            BlobOutcome::Uploaded => {
-                                report.uploaded.push(d);
-                                report.bytes_uploaded += size;
-                            }
-                            BlobOutcome::Mounted => report.mounted.push(d),
-                            BlobOutcome::Present => report.skipped.push(d),
-                        }
-                    }
-                }
-            }
-            self.put_manifest(
-                &digest.to_string(),
-                desc.media_type(),
-                Bytes::from(bytes),
-                &digest,
-            )
-            .await
-            .map(|_| ())
-        })
     }
 
     /// PUT a manifest under `reference` (a digest or a tag) and check the digest the registry
@@ -264,10 +190,15 @@ impl<'a> Pusher<'a> {
 
     /// Copy a blob from the registry into the local layout, streaming, verified against its
     /// digest and size. A blob the layout already has is not fetched.
-    pub async fn fetch_blob(&self, digest: &Digest, size: u64) -> Result<(), PushError> {
+    pub async fn fetch_blob(
+        &self,
+        layout: &OciLayout,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), PushError> {
         use crate::store::BlobSink;
         use std::io::Write;
-        if self.layout.has_blob(digest) {
+        if layout.has_blob(digest) {
             return Ok(());
         }
         let url = format!("/v2/{}/blobs/{digest}", self.repository);
@@ -284,7 +215,7 @@ impl<'a> Pusher<'a> {
                 &[StatusCode::OK],
             )
             .await?;
-        let mut up = self.layout.begin_blob()?;
+        let mut up = layout.begin_blob()?;
         let mut got = 0u64;
         while let Some(chunk) = resp
             .chunk()
@@ -302,7 +233,7 @@ impl<'a> Pusher<'a> {
         }
         // Commit hashes what arrived and stores it under that digest (never under the expected
         // one); if it is not what we asked for, it is dropped and the fetch fails.
-        let check = self.layout.clone();
+        let check = layout.clone();
         let info = up.commit()?;
         if info.digest != *digest || info.size != size {
             let _ = std::fs::remove_file(check.blob_path(&info.digest));
@@ -381,49 +312,6 @@ impl<'a> Pusher<'a> {
             }
             None => Ok(Vec::new()),
         }
-    }
-
-    /// Push the referrers of `subject` recorded in the layout, and make them findable.
-    pub async fn push_referrers(
-        &self,
-        subject: &Digest,
-        report: &mut PushReport,
-    ) -> Result<usize, PushError> {
-        let referrers = crate::provenance::local_referrers(self.layout, subject)?;
-        for r in &referrers {
-            let mut clean = Descriptor::new(r.media_type().clone(), r.size(), r.digest().clone());
-            clean.set_artifact_type(r.artifact_type().clone());
-            let acknowledged = self.push_tree_acknowledged(&clean, report).await?;
-            if !acknowledged && !self.referrers_api().await? {
-                self.add_to_fallback_index(subject, &clean).await?;
-            }
-        }
-        Ok(referrers.len())
-    }
-
-    async fn push_tree_acknowledged(
-        &self,
-        desc: &Descriptor,
-        report: &mut PushReport,
-    ) -> Result<bool, PushError> {
-        let digest =
-            Digest::from_oci(desc.digest()).map_err(|e| PushError::Invalid(e.to_string()))?;
-        let bytes = Bytes::from(self.layout.read_blob(&digest)?);
-        let m: ImageManifest = serde_json::from_slice(&bytes)
-            .map_err(|e| PushError::Invalid(format!("manifest {digest}: {e}")))?;
-        for b in std::iter::once(m.config()).chain(m.layers().iter()) {
-            let d = Digest::from_oci(b.digest()).map_err(|e| PushError::Invalid(e.to_string()))?;
-            match self.push_blob(&d, b.size()).await? {
-                BlobOutcome::Uploaded => {
-                    report.uploaded.push(d);
-                    report.bytes_uploaded += b.size();
-                }
-                BlobOutcome::Mounted => report.mounted.push(d),
-                BlobOutcome::Present => report.skipped.push(d),
-            }
-        }
-        self.put_manifest(&digest.to_string(), desc.media_type(), bytes, &digest)
-            .await
     }
 
     async fn referrers_api(&self) -> Result<bool, PushError> {
@@ -547,6 +435,177 @@ impl<'a> Pusher<'a> {
         )))
     }
 
+    async fn start_upload(&self) -> Result<(String, u64), PushError> {
+        let url = format!("/v2/{}/blobs/uploads/", self.repository);
+        let resp = self
+            .client
+            .send(
+                "start upload",
+                Method::POST,
+                &url,
+                HeaderMap::new(),
+                &Body::Empty,
+                &self.scopes(),
+                &[StatusCode::ACCEPTED],
+            )
+            .await?;
+        let min = resp
+            .headers()
+            .get("oci-chunk-min-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Ok((self.location(&resp).await?, min))
+    }
+
+    async fn location(&self, resp: &reqwest::Response) -> Result<String, PushError> {
+        let loc = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                PushError::Invalid("the registry answered an upload without a Location".into())
+            })?;
+        Ok(
+            if loc.starts_with("http://") || loc.starts_with("https://") {
+                loc.to_owned()
+            } else {
+                format!("{}{}", self.client.base().await, loc)
+            },
+        )
+    }
+}
+
+impl<'a> Pusher<'a> {
+    pub fn new(client: &'a RegistryClient, layout: &'a OciLayout, repository: &str) -> Self {
+        Pusher {
+            repo: Repository::new(client, repository),
+            layout,
+            mount_from: HashMap::new(),
+            chunk_size: CHUNK_SIZE,
+            monolithic_max: MONOLITHIC_MAX,
+        }
+    }
+
+    /// Push the manifest `desc` (an image manifest or an index, with everything it references)
+    /// and then point `tags` at it.
+    pub async fn push(&self, desc: &Descriptor, tags: &[String]) -> Result<PushReport, PushError> {
+        let mut report = PushReport::default();
+        let digest =
+            Digest::from_oci(desc.digest()).map_err(|e| PushError::Invalid(e.to_string()))?;
+        self.push_tree(desc, &mut report).await?;
+        let bytes = Bytes::from(self.layout.read_blob(&digest)?);
+        // Provenance and other referrers go before the tags, so a tag implies them.
+        self.push_referrers(&digest, &mut report).await?;
+        for tag in tags {
+            crate::store::validate_tag(tag)?;
+            self.put_manifest(tag, desc.media_type(), bytes.clone(), &digest)
+                .await?;
+        }
+        report.digest = Some(digest);
+        Ok(report)
+    }
+
+    /// Blobs, children, then the manifest itself by digest.
+    fn push_tree<'b>(
+        &'b self,
+        desc: &'b Descriptor,
+        report: &'b mut PushReport,
+    ) -> futures_util::future::BoxFuture<'b, Result<(), PushError>> {
+        Box::pin(async move {
+            let digest =
+                Digest::from_oci(desc.digest()).map_err(|e| PushError::Invalid(e.to_string()))?;
+            let bytes = self.layout.read_blob(&digest)?;
+            match desc.media_type() {
+                MediaType::ImageIndex => {
+                    let index: ImageIndex = serde_json::from_slice(&bytes)
+                        .map_err(|e| PushError::Invalid(format!("index {digest}: {e}")))?;
+                    for child in index.manifests() {
+                        self.push_tree(child, report).await?;
+                    }
+                }
+                _ => {
+                    let m: ImageManifest = serde_json::from_slice(&bytes)
+                        .map_err(|e| PushError::Invalid(format!("manifest {digest}: {e}")))?;
+                    let blobs: Vec<Descriptor> = std::iter::once(m.config().clone())
+                        .chain(m.layers().iter().cloned())
+                        .collect();
+                    let results: Vec<(Digest, BlobOutcome, u64)> =
+                        futures_util::stream::iter(blobs.into_iter().map(|b| async move {
+                            let d = Digest::from_oci(b.digest())
+                                .map_err(|e| PushError::Invalid(e.to_string()))?;
+                            let outcome = self.push_blob(&d, b.size()).await?;
+                            Ok::<_, PushError>((d, outcome, b.size()))
+                        }))
+                        .buffer_unordered(CONCURRENCY)
+                        .try_collect()
+                        .await?;
+                    for (d, outcome, size) in results {
+                        match outcome {
+                            BlobOutcome::Uploaded => {
+                                report.uploaded.push(d);
+                                report.bytes_uploaded += size;
+                            }
+                            BlobOutcome::Mounted => report.mounted.push(d),
+                            BlobOutcome::Present => report.skipped.push(d),
+                        }
+                    }
+                }
+            }
+            self.put_manifest(
+                &digest.to_string(),
+                desc.media_type(),
+                Bytes::from(bytes),
+                &digest,
+            )
+            .await
+            .map(|_| ())
+        })
+    }
+
+    /// Push the referrers of `subject` recorded in the layout, and make them findable.
+    pub async fn push_referrers(
+        &self,
+        subject: &Digest,
+        report: &mut PushReport,
+    ) -> Result<usize, PushError> {
+        let referrers = crate::provenance::local_referrers(self.layout, subject)?;
+        for r in &referrers {
+            let mut clean = Descriptor::new(r.media_type().clone(), r.size(), r.digest().clone());
+            clean.set_artifact_type(r.artifact_type().clone());
+            let acknowledged = self.push_tree_acknowledged(&clean, report).await?;
+            if !acknowledged && !self.referrers_api().await? {
+                self.add_to_fallback_index(subject, &clean).await?;
+            }
+        }
+        Ok(referrers.len())
+    }
+
+    async fn push_tree_acknowledged(
+        &self,
+        desc: &Descriptor,
+        report: &mut PushReport,
+    ) -> Result<bool, PushError> {
+        let digest =
+            Digest::from_oci(desc.digest()).map_err(|e| PushError::Invalid(e.to_string()))?;
+        let bytes = Bytes::from(self.layout.read_blob(&digest)?);
+        let m: ImageManifest = serde_json::from_slice(&bytes)
+            .map_err(|e| PushError::Invalid(format!("manifest {digest}: {e}")))?;
+        for b in std::iter::once(m.config()).chain(m.layers().iter()) {
+            let d = Digest::from_oci(b.digest()).map_err(|e| PushError::Invalid(e.to_string()))?;
+            match self.push_blob(&d, b.size()).await? {
+                BlobOutcome::Uploaded => {
+                    report.uploaded.push(d);
+                    report.bytes_uploaded += b.size();
+                }
+                BlobOutcome::Mounted => report.mounted.push(d),
+                BlobOutcome::Present => report.skipped.push(d),
+            }
+        }
+        self.put_manifest(&digest.to_string(), desc.media_type(), bytes, &digest)
+            .await
+    }
+
     /// Make sure the registry has a blob; returns what it took.
     pub async fn push_blob(&self, digest: &Digest, size: u64) -> Result<BlobOutcome, PushError> {
         let url = format!("/v2/{}/blobs/{digest}", self.repository);
@@ -600,46 +659,6 @@ impl<'a> Pusher<'a> {
             self.upload_chunked(digest, size, &path).await?;
         }
         Ok(BlobOutcome::Uploaded)
-    }
-
-    async fn start_upload(&self) -> Result<(String, u64), PushError> {
-        let url = format!("/v2/{}/blobs/uploads/", self.repository);
-        let resp = self
-            .client
-            .send(
-                "start upload",
-                Method::POST,
-                &url,
-                HeaderMap::new(),
-                &Body::Empty,
-                &self.scopes(),
-                &[StatusCode::ACCEPTED],
-            )
-            .await?;
-        let min = resp
-            .headers()
-            .get("oci-chunk-min-length")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        Ok((self.location(&resp).await?, min))
-    }
-
-    async fn location(&self, resp: &reqwest::Response) -> Result<String, PushError> {
-        let loc = resp
-            .headers()
-            .get(reqwest::header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                PushError::Invalid("the registry answered an upload without a Location".into())
-            })?;
-        Ok(
-            if loc.starts_with("http://") || loc.starts_with("https://") {
-                loc.to_owned()
-            } else {
-                format!("{}{}", self.client.base().await, loc)
-            },
-        )
     }
 
     /// One PUT with the whole blob. A connection lost mid-body leaves the session in an
@@ -799,6 +818,13 @@ impl<'a> Pusher<'a> {
             )
             .await?;
         check_digest(&resp, digest, &format!("blob {digest}"))
+    }
+}
+
+impl<'a> std::ops::Deref for Pusher<'a> {
+    type Target = Repository<'a>;
+    fn deref(&self) -> &Repository<'a> {
+        &self.repo
     }
 }
 

@@ -93,14 +93,6 @@ impl OciLayout {
         Ok(layout)
     }
 
-    /// A layout value with no directory behind it, for registry operations that need no local
-    /// store (reads): every local read fails.
-    pub fn detached() -> Self {
-        OciLayout {
-            root: PathBuf::from("/nonexistent/kiln-detached-layout"),
-        }
-    }
-
     pub fn root(&self) -> &Path {
         &self.root
     }
