@@ -37,6 +37,21 @@ fn recipe(steps: &[&str], extra_build: &str, artifacts: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// `kiln build DIR --output LAYOUT`, which must fail: its stderr.
+fn build_fails(dir: &Path, layout: &Path) -> String {
+    let out = kiln()
+        .arg("build")
+        .arg(dir)
+        .arg("--output")
+        .arg(layout)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "the build should have failed: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
 fn build_json(dir: &Path, layout: &Path, extra: &[&str]) -> serde_json::Value {
     let out = run_ok(
         kiln()
@@ -317,15 +332,7 @@ fn dirty_trees_need_allow_dirty_and_are_marked() {
     hello_repo(&repo, "dirty", HELLO_TOML);
     fs::write(repo.join("hello.sh"), b"#!/bin/sh\necho uncommitted\n").unwrap();
     fs::write(repo.join("untracked.txt"), b"not part of any build").unwrap();
-    let out = kiln()
-        .arg("build")
-        .arg(&repo)
-        .arg("--output")
-        .arg(t.path().join("l"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = build_fails(&repo, &t.path().join("l"));
     assert!(
         err.contains("uncommitted changes")
             && err.contains("--allow-dirty")
@@ -427,15 +434,7 @@ fn outputs_are_mapped_checked_and_hostile_ones_rejected() {
         "[[artifact]]\nname = \"e\"\nfiles = [{ from = \"etc/passwd\", to = \"/passwd\" }]\n",
     );
     let sha2 = hello_repo(&repo2, "escape", &r2);
-    let out = kiln()
-        .arg("build")
-        .arg(&repo2)
-        .arg("--output")
-        .arg(t.path().join("l2"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = build_fails(&repo2, &t.path().join("l2"));
     assert!(err.contains("symlink"), "{err}");
 
     // Device nodes in the output are rejected by name.
@@ -446,15 +445,7 @@ fn outputs_are_mapped_checked_and_hostile_ones_rejected() {
         "[[artifact]]\nname = \"d\"\n",
     );
     let sha3 = hello_repo(&repo3, "device", &r3);
-    let out = kiln()
-        .arg("build")
-        .arg(&repo3)
-        .arg("--output")
-        .arg(t.path().join("l3"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = build_fails(&repo3, &t.path().join("l3"));
     assert!(err.contains("null") && err.contains("device"), "{err}");
     for s in [sha, sha2, sha3] {
         assert!(leftover_containers(&s).is_empty());
@@ -468,15 +459,7 @@ fn missing_builder_image_says_how_to_provide_it() {
     let repo = t.path().join("noimage");
     let r = b"[build]\nimage = \"kiln-test/not-here:1\"\nsteps = [\"true\"]\n[[artifact]]\nname = \"x\"\n";
     git_repo(&repo, &[("kiln.toml", r)], None);
-    let out = kiln()
-        .arg("build")
-        .arg(&repo)
-        .arg("--output")
-        .arg(t.path().join("l"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = build_fails(&repo, &t.path().join("l"));
     assert!(
         err.contains("kiln-test/not-here:1")
             && err.contains("not available")

@@ -201,20 +201,7 @@ impl<'a> Repository<'a> {
         if layout.has_blob(digest) {
             return Ok(());
         }
-        let url = format!("/v2/{}/blobs/{digest}", self.repository);
-        let scopes = vec![scope(&self.repository, "pull")];
-        let mut resp = self
-            .client
-            .send(
-                "GET blob",
-                Method::GET,
-                &url,
-                HeaderMap::new(),
-                &Body::Empty,
-                &scopes,
-                &[StatusCode::OK],
-            )
-            .await?;
+        let mut resp = self.blob_response(digest).await?;
         let mut up = layout.begin_blob()?;
         let mut got = 0u64;
         while let Some(chunk) = resp
@@ -231,12 +218,11 @@ impl<'a> Repository<'a> {
             up.write_all(&chunk)
                 .map_err(|e| PushError::Invalid(format!("storing blob {digest}: {e}")))?;
         }
-        // Commit hashes what arrived and stores it under that digest (never under the expected
-        // one); if it is not what we asked for, it is dropped and the fetch fails.
-        let check = layout.clone();
+        // Commit hashes what arrived and stores it under *that* digest, never under the one we
+        // asked for: wrong bytes cannot pose as the right blob. (They are not deleted either: the
+        // same bytes may already be in the layout as a legitimate blob.)
         let info = up.commit()?;
         if info.digest != *digest || info.size != size {
-            let _ = std::fs::remove_file(check.blob_path(&info.digest));
             return Err(PushError::DigestMismatch {
                 what: format!("blob {digest}"),
                 want: *digest,
@@ -246,11 +232,11 @@ impl<'a> Repository<'a> {
         Ok(())
     }
 
-    /// GET a small blob (a config, a statement), verified against its digest.
-    pub async fn get_blob(&self, digest: &Digest, cap: usize) -> Result<Bytes, PushError> {
+    async fn blob_response(&self, digest: &Digest) -> Result<reqwest::Response, PushError> {
         let url = format!("/v2/{}/blobs/{digest}", self.repository);
         let scopes = vec![scope(&self.repository, "pull")];
-        let resp = self
+        let ok = [StatusCode::OK];
+        Ok(self
             .client
             .send(
                 "GET blob",
@@ -259,9 +245,14 @@ impl<'a> Repository<'a> {
                 HeaderMap::new(),
                 &Body::Empty,
                 &scopes,
-                &[StatusCode::OK],
+                &ok,
             )
-            .await?;
+            .await?)
+    }
+
+    /// GET a small blob (a config, a statement), verified against its digest.
+    pub async fn get_blob(&self, digest: &Digest, cap: usize) -> Result<Bytes, PushError> {
+        let resp = self.blob_response(digest).await?;
         let bytes = super::client::read_capped(resp, cap)
             .await
             .map_err(|m| PushError::Invalid(format!("reading blob {digest}: {m}")))?;
