@@ -23,6 +23,18 @@ pub enum Event {
     },
     /// Output from the running step, as it arrives.
     StepOutput { bytes: Vec<u8> },
+    /// A blob is in the registry: `how` is "uploaded", "mounted" or "present".
+    BlobPushed {
+        digest: Digest,
+        size: u64,
+        how: &'static str,
+    },
+    /// Bytes of a large blob uploaded so far.
+    UploadProgress {
+        digest: Digest,
+        done: u64,
+        total: u64,
+    },
     /// An image manifest was written (and tagged, if a tag was given).
     ImageWritten { digest: Digest, tag: Option<String> },
 }

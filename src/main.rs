@@ -348,6 +348,7 @@ fn build(a: BuildArgs) -> Result<ExitCode> {
                 Event::StepOutput { bytes } => {
                     let _ = std::io::stderr().write_all(bytes);
                 }
+                Event::BlobPushed { .. } | Event::UploadProgress { .. } => kiln::events::Observer::event(&PushProgress, e),
                 Event::ImageWritten { digest, tag } => {
                     eprintln!("==> stored {} {digest}", tag.as_deref().unwrap_or(""))
                 }
@@ -456,7 +457,8 @@ fn push(a: PushArgs) -> Result<ExitCode> {
     let report = rt.block_on(async {
         let client =
             kiln::registry::RegistryClient::for_reference(&reference, &a.registry.options())?;
-        let pusher = kiln::registry::Pusher::new(&client, &layout, &reference.repository);
+        let mut pusher = kiln::registry::Pusher::new(&client, &layout, &reference.repository);
+        pusher.observer = &PushProgress;
         anyhow::Ok(pusher.push(&desc, std::slice::from_ref(&tag)).await?)
     })?;
     eprintln!(
@@ -470,6 +472,27 @@ fn push(a: PushArgs) -> Result<ExitCode> {
     );
     println!("{}", desc.digest());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints push progress to stderr.
+struct PushProgress;
+
+impl kiln::events::Observer for PushProgress {
+    fn event(&self, e: &Event) {
+        match e {
+            Event::BlobPushed { digest, size, how } if *how != "present" => {
+                eprintln!("  {how} {digest} ({})", human(*size))
+            }
+            Event::UploadProgress {
+                digest,
+                done,
+                total,
+            } => {
+                eprintln!("  {digest}: {} of {}", human(*done), human(*total))
+            }
+            _ => {}
+        }
+    }
 }
 
 fn default_builder_id() -> String {

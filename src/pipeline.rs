@@ -406,12 +406,19 @@ pub async fn build(
         }
         for (a, r) in recipe.artifacts.iter().zip(artifacts.iter_mut()) {
             let target = format!("{}/{}", p.prefix.trim_end_matches('/'), a.name);
-            let pushed = push_artifact(&layout, &r.digest, &target, &tags, &p.options)
-                .await
-                .map_err(|source| PipelineError::Push {
-                    target: target.clone(),
-                    source: Box::new(source),
-                })?;
+            let pushed = push_artifact(
+                &layout,
+                &r.digest,
+                &target,
+                &tags,
+                &p.options,
+                observer.as_ref(),
+            )
+            .await
+            .map_err(|source| PipelineError::Push {
+                target: target.clone(),
+                source: Box::new(source),
+            })?;
             r.pushed_to = Some(pushed);
         }
     }
@@ -430,6 +437,7 @@ pub async fn push_artifact(
     target: &str,
     tags: &[String],
     options: &crate::registry::RegistryOptions,
+    observer: &(dyn Observer + Send + Sync),
 ) -> Result<String, crate::registry::PushError> {
     use crate::registry::PushError;
     let reference: crate::registry::Reference = target
@@ -451,6 +459,7 @@ pub async fn push_artifact(
         d.to_oci(),
     );
     pusher.mount_from = base_mounts(&bytes, &reference);
+    pusher.observer = observer;
     pusher.push(&desc, tags).await?;
     Ok(format!(
         "{}/{}@{d}",

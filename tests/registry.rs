@@ -279,6 +279,45 @@ fn tls_and_htpasswd_with_docker_config_and_no_secret_in_trace_logs() {
         "part of the basic auth header leaked into the output"
     );
 
+    // The same credentials through a credential helper (`credHelpers`), as Docker runs them:
+    // `docker-credential-<name> get` with the server on stdin, JSON on stdout.
+    let helpers = t.path().join("helpers");
+    fs::create_dir_all(&helpers).unwrap();
+    let helper = helpers.join("docker-credential-kilntest");
+    fs::write(
+        &helper,
+        format!("#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\nprintf '{{\"ServerURL\":\"%s\",\"Username\":\"builder\",\"Secret\":\"{password}\"}}' \"$server\"\n"),
+    )
+    .unwrap();
+    fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let helper_cfg = t.path().join("helper-config");
+    fs::create_dir_all(&helper_cfg).unwrap();
+    fs::write(
+        helper_cfg.join("config.json"),
+        format!(r#"{{"credHelpers": {{"{}": "kilntest"}}}}"#, reg.addr),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        helpers.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = kiln()
+        .arg("push")
+        .arg(&layout)
+        .arg(format!("{}/secure/app:via-helper", reg.addr))
+        .arg("--registry-ca")
+        .arg(&tls.ca)
+        .env("DOCKER_CONFIG", &helper_cfg)
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "push with a credential helper: {}",
+        stderr_of(&out)
+    );
+
     // An independent client sees it, with the same credentials.
     let certs = t.path().join("certs");
     fs::create_dir_all(&certs).unwrap();

@@ -72,6 +72,8 @@ pub struct Repository<'a> {
 pub struct Pusher<'a> {
     repo: Repository<'a>,
     pub layout: &'a OciLayout,
+    /// Where progress goes.
+    pub observer: &'a (dyn crate::events::Observer + Send + Sync),
     /// Blobs known to exist in another repository of the same registry (for mounts).
     pub mount_from: HashMap<Digest, String>,
     pub chunk_size: u64,
@@ -472,6 +474,7 @@ impl<'a> Pusher<'a> {
         Pusher {
             repo: Repository::new(client, repository),
             layout,
+            observer: &crate::events::Quiet,
             mount_from: HashMap::new(),
             chunk_size: CHUNK_SIZE,
             monolithic_max: MONOLITHIC_MAX,
@@ -599,6 +602,21 @@ impl<'a> Pusher<'a> {
 
     /// Make sure the registry has a blob; returns what it took.
     pub async fn push_blob(&self, digest: &Digest, size: u64) -> Result<BlobOutcome, PushError> {
+        let outcome = self.push_blob_inner(digest, size).await?;
+        let how = match outcome {
+            BlobOutcome::Present => "present",
+            BlobOutcome::Mounted => "mounted",
+            BlobOutcome::Uploaded => "uploaded",
+        };
+        self.observer.event(&crate::events::Event::BlobPushed {
+            digest: *digest,
+            size,
+            how,
+        });
+        Ok(outcome)
+    }
+
+    async fn push_blob_inner(&self, digest: &Digest, size: u64) -> Result<BlobOutcome, PushError> {
         let url = format!("/v2/{}/blobs/{digest}", self.repository);
         let head = self
             .client
@@ -745,6 +763,11 @@ impl<'a> Pusher<'a> {
                 Ok(resp) => {
                     loc = self.location(&resp).await.unwrap_or(loc);
                     offset += len;
+                    self.observer.event(&crate::events::Event::UploadProgress {
+                        digest: *digest,
+                        done: offset,
+                        total: size,
+                    });
                 }
                 Err(e)
                     if (e.retryable || e.status == Some(416))
