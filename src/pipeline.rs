@@ -196,6 +196,15 @@ pub async fn build(
         blocking(move || crate::source::open(&dir, &opts, &scratch, &cancel)).await??
     };
     let info = checkout.info.clone();
+    // Refuse before building what could not be pushed.
+    if let Some(p) = &plan.push
+        && info.revision.is_none()
+        && p.tags.is_empty()
+    {
+        return Err(PipelineError::Usage(
+            "a plain directory has no commit to tag with: pass --tag".into(),
+        ));
+    }
     let recipe_path = plan
         .recipe
         .clone()
@@ -399,11 +408,6 @@ pub async fn build(
     if let Some(p) = &plan.push {
         let mut tags: Vec<String> = info.revision.iter().cloned().collect();
         tags.extend(p.tags.iter().cloned());
-        if tags.is_empty() {
-            return Err(PipelineError::Usage(
-                "a plain directory has no commit to tag with: pass --tag".into(),
-            ));
-        }
         for (a, r) in recipe.artifacts.iter().zip(artifacts.iter_mut()) {
             let target = format!("{}/{}", p.prefix.trim_end_matches('/'), a.name);
             let pushed = push_artifact(
