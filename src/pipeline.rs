@@ -115,6 +115,11 @@ pub enum PipelineError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("fetching base image {name}: {source}")]
+    Base {
+        name: String,
+        source: Box<crate::registry::PushError>,
+    },
     #[error("pushing {target}: {source}")]
     Push {
         target: String,
@@ -127,7 +132,11 @@ pub enum PipelineError {
 }
 
 fn build_message(e: &BuildError, log: &Path) -> String {
-    format!("{e}\n(full build log: {})", log.display())
+    if log.is_file() {
+        format!("{e}\n(full build log: {})", log.display())
+    } else {
+        e.to_string()
+    }
 }
 
 impl PipelineError {
@@ -137,7 +146,9 @@ impl PipelineError {
             PipelineError::Build { source, .. } => source.is_retryable(),
             PipelineError::Pack { source, .. } => source.is_retryable(),
             PipelineError::Store(e) => e.is_retryable(),
-            PipelineError::Push { source, .. } => source.is_retryable(),
+            PipelineError::Push { source, .. } | PipelineError::Base { source, .. } => {
+                source.is_retryable()
+            }
             _ => false,
         }
     }
@@ -283,8 +294,8 @@ pub async fn build(
             Some(name) => Some(
                 crate::base::fetch(name, &Platform::host(), &layout, &plan.registry)
                     .await
-                    .map_err(|source| PipelineError::Push {
-                        target: format!("base image {name}"),
+                    .map_err(|source| PipelineError::Base {
+                        name: name.clone(),
                         source: Box::new(source),
                     })?,
             ),
@@ -406,7 +417,13 @@ pub async fn build(
         }
     }
     if let Some(p) = &plan.push {
-        let mut tags: Vec<String> = info.revision.iter().cloned().collect();
+        // A dirty build never takes its commit's tag: that belongs to the committed tree.
+        let suffix = if info.dirty { "-dirty" } else { "" };
+        let mut tags: Vec<String> = info
+            .revision
+            .iter()
+            .map(|r| format!("{r}{suffix}"))
+            .collect();
         tags.extend(p.tags.iter().cloned());
         for (a, r) in recipe.artifacts.iter().zip(artifacts.iter_mut()) {
             let target = format!("{}/{}", p.prefix.trim_end_matches('/'), a.name);
@@ -629,6 +646,21 @@ fn stage(output: &Path, files: &[FileMapping], dst: &Path) -> Result<(), String>
                 m.from
             ));
         }
+        // An earlier mapping may have staged a symlink on this one's way: never write through it.
+        let mut at = dst.to_owned();
+        for part in
+            m.to.trim_start_matches('/')
+                .split('/')
+                .filter(|p| !p.is_empty())
+        {
+            at.push(part);
+            if fs::symlink_metadata(&at).is_ok_and(|md| md.file_type().is_symlink()) {
+                return Err(format!(
+                    "files.to {:?} passes through a symlink staged by another mapping",
+                    m.to
+                ));
+            }
+        }
         let target = dst.join(m.to.trim_start_matches('/'));
         copy_tree(&src, &target).map_err(|e| format!("staging {:?} at {:?}: {e}", m.from, m.to))?;
     }
@@ -644,6 +676,12 @@ fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
         let _ = fs::remove_file(dst);
         std::os::unix::fs::symlink(fs::read_link(src)?, dst)
     } else if md.is_dir() {
+        if fs::symlink_metadata(dst).is_ok_and(|d| d.file_type().is_symlink()) {
+            return Err(std::io::Error::other(format!(
+                "{} is a symlink staged by another mapping",
+                dst.display()
+            )));
+        }
         fs::create_dir_all(dst)?;
         for e in fs::read_dir(src)? {
             let e = e?;

@@ -219,9 +219,11 @@ pub fn open(
         })?;
     let treeish = format!("{commit}:{prefix}");
     // From the top level: `<commit>:<prefix>` names the subdirectory's tree only there.
+    // The committed bytes, not this host's idea of line endings.
     let mut child = Command::new("git")
         .arg("-C")
         .arg(&top)
+        .args(["-c", "core.autocrlf=false", "-c", "core.eol=lf"])
         .args(["archive", "--format=tar", &treeish])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -243,6 +245,9 @@ pub fn open(
         args: format!("archive {treeish}"),
         message: e.to_string(),
     })?;
+    // An extraction that stopped (cancelled, a bad entry) makes git die of a broken pipe:
+    // report why extraction stopped, not git's exit.
+    unpacked?;
     if !status.success() {
         return Err(SourceError::Git {
             dir: dir.to_owned(),
@@ -250,7 +255,6 @@ pub fn open(
             message: stderr.trim().to_owned(),
         });
     }
-    unpacked?;
     Ok(Checkout {
         info: SourceInfo {
             revision: Some(revision),

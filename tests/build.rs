@@ -437,6 +437,33 @@ fn outputs_are_mapped_checked_and_hostile_ones_rejected() {
     let err = build_fails(&repo2, &t.path().join("l2"));
     assert!(err.contains("symlink"), "{err}");
 
+    // An output directory replaced by a symlink to the host is not followed.
+    let repo4 = t.path().join("outlink");
+    let r4 = recipe(
+        &["rm -rf /out", "ln -s /etc /out"],
+        "",
+        "[[artifact]]\nname = \"o\"\n",
+    );
+    let sha4 = hello_repo(&repo4, "outlink", &r4);
+    let err = build_fails(&repo4, &t.path().join("l4"));
+    assert!(err.contains("symlink") && err.contains("/out"), "{err}");
+    assert!(leftover_containers(&sha4).is_empty());
+
+    // A mapping staged as a symlink is not written through by a later mapping.
+    let repo5 = t.path().join("stagelink");
+    let r5 = recipe(
+        &[
+            "mkdir -p /out/real",
+            "ln -s /tmp /out/link",
+            "echo x > /out/real/f",
+        ],
+        "",
+        "[[artifact]]\nname = \"s\"\nfiles = [{ from = \"link\", to = \"/usr/lib\" }, { from = \"real\", to = \"/usr/lib/app\" }]\n",
+    );
+    hello_repo(&repo5, "stagelink", &r5);
+    let err = build_fails(&repo5, &t.path().join("l5"));
+    assert!(err.contains("passes through a symlink"), "{err}");
+
     // Device nodes in the output are rejected by name.
     let repo3 = t.path().join("device");
     let r3 = recipe(

@@ -91,9 +91,15 @@ impl DockerRunner {
             image: reference.to_owned(),
             reason,
         };
-        let opts = CreateImageOptionsBuilder::default()
-            .from_image(reference)
-            .build();
+        // Without a tag the engine would pull every tag of the repository.
+        let untagged = reference
+            .parse::<crate::registry::Reference>()
+            .is_ok_and(|r| r.tag.is_none() && r.digest.is_none());
+        let mut opts = CreateImageOptionsBuilder::default().from_image(reference);
+        if untagged {
+            opts = opts.tag("latest");
+        }
+        let opts = opts.build();
         let pull = self
             .docker
             .create_image(Some(opts), None, None)
@@ -284,13 +290,19 @@ impl DockerRunner {
                 }
                 StartExecResults::Detached => {}
             }
-            let code = self
-                .docker
-                .inspect_exec(&exec)
-                .await
-                .map_err(engine("inspect a step"))?
-                .exit_code
-                .unwrap_or(-1);
+            // The output stream can end before the exec is reaped (a step that closed its
+            // stdio): wait until the engine says it is done.
+            let code = loop {
+                let info = self
+                    .docker
+                    .inspect_exec(&exec)
+                    .await
+                    .map_err(engine("inspect a step"))?;
+                match (info.running, info.exit_code) {
+                    (Some(false), Some(code)) | (None, Some(code)) => break code,
+                    _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                }
+            };
             if code != 0 {
                 let _ = writeln!(log, "kiln: step {index} exited with code {code}");
                 return Err(BuildError::StepFailed {
@@ -344,10 +356,20 @@ impl DockerRunner {
             .map(|n| n.to_owned())
             .unwrap_or_default();
         let root = out_dir.join(base);
-        if !root.is_dir() {
-            return Err(BuildError::NoOutput {
-                path: b.output.clone(),
-            });
+        // Never follow a symlink here: a step that replaced the output directory with a link
+        // to, say, /home would otherwise have kiln pack the host's files.
+        match std::fs::symlink_metadata(&root) {
+            Ok(m) if m.is_dir() => {}
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(BuildError::OutputIsSymlink {
+                    path: b.output.clone(),
+                });
+            }
+            _ => {
+                return Err(BuildError::NoOutput {
+                    path: b.output.clone(),
+                });
+            }
         }
         Ok((spool, root))
     }

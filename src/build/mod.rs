@@ -91,6 +91,8 @@ pub enum BuildError {
     Timeout { after: Duration },
     #[error("the build did not produce its output directory {path}")]
     NoOutput { path: String },
+    #[error("the build replaced its output directory {path} with a symlink; refusing to follow it")]
+    OutputIsSymlink { path: String },
     #[error("collecting the output: {0}")]
     Output(#[from] crate::pack::PackError),
     #[error("{op} {}: {source}", path.display())]

@@ -381,7 +381,19 @@ fn copy_file(
         out.write_all(&buf[..n]).map_err(PackError::Write)?;
         left -= n as u64;
     }
-    Ok(())
+    // A file that grew after the walk would be cut short in the layer: refuse it too.
+    match f.read(&mut buf[..1]) {
+        Ok(0) => Ok(()),
+        Ok(_) => Err(PackError::Changed {
+            path: path.to_owned(),
+            expected: size,
+            actual: size + 1,
+        }),
+        Err(source) => Err(PackError::Read {
+            path: path.to_owned(),
+            source,
+        }),
+    }
 }
 
 /// The compression stage, writing into the store's upload.

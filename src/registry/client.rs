@@ -265,7 +265,7 @@ impl RegistryClient {
                 match probe {
                     Ok(_) => https,
                     Err(e) => {
-                        tracing::debug!(registry = %self.registry, error = %error_chain(&e), "no TLS; using plain HTTP");
+                        tracing::debug!(registry = %self.registry, error = %reqwest_chain(e), "no TLS; using plain HTTP");
                         format!("http://{}", self.registry)
                     }
                 }
@@ -344,7 +344,11 @@ impl RegistryClient {
                     .header(reqwest::header::CONTENT_LENGTH, len)
                     .body(req_body);
             }
-            if let Some(auth) = self.authorization(scopes) {
+            // Credentials go only to the registry itself: never to another host an upload
+            // Location or redirect names (a CDN, a load balancer speaking plain HTTP).
+            if same_origin(&url, self.base().await)
+                && let Some(auth) = self.authorization(scopes)
+            {
                 req = req.header(AUTHORIZATION, auth);
             }
             tracing::debug!(op, url = %shown, attempt, "registry request");
@@ -372,7 +376,8 @@ impl RegistryClient {
                         return Err(e);
                     }
                     if status == StatusCode::UNAUTHORIZED {
-                        // A token that expired between our refresh and this request: once more.
+                        // Rejected even after a fresh challenge: drop cached tokens so a later request
+                        // authenticates afresh; this one fails below (401 is not retryable).
                         self.tokens
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
@@ -390,7 +395,7 @@ impl RegistryClient {
                         || e.is_request()
                         || e.is_body()
                         || e.is_decode();
-                    let e = err(op, &shown, error_chain(&e), retryable);
+                    let e = err(op, &shown, reqwest_chain(e), retryable);
                     if !retryable || !retry {
                         return Err(e);
                     }
@@ -479,6 +484,15 @@ impl RegistryClient {
                         false,
                     )
                 })?;
+                if realm.starts_with("http://") && self.credential.is_some() && !self.plain_allowed
+                {
+                    return Err(err(
+                        "authenticate",
+                        realm,
+                        "the token service is plain HTTP; refusing to send credentials to it (use --insecure to allow)",
+                        false,
+                    ));
+                }
                 let mut query: Vec<(&str, String)> = Vec::new();
                 if let Some(s) = params.get("service") {
                     query.push(("service", s.clone()));
@@ -508,7 +522,7 @@ impl RegistryClient {
                 let resp = req
                     .send()
                     .await
-                    .map_err(|e| err("get a token from", realm, error_chain(&e), true))?;
+                    .map_err(|e| err("get a token from", realm, reqwest_chain(e), true))?;
                 if !resp.status().is_success() {
                     return Err(self.failure("get a token from", realm, resp).await);
                 }
@@ -611,7 +625,7 @@ fn basic_header(user: &str, password: &str) -> HeaderValue {
 /// Read at most `cap` bytes of a body.
 pub async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| error_chain(&e))? {
+    while let Some(chunk) = resp.chunk().await.map_err(reqwest_chain)? {
         let room = cap.saturating_sub(out.len());
         out.extend_from_slice(&chunk[..chunk.len().min(room)]);
         if out.len() >= cap {
@@ -619,6 +633,16 @@ pub async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<
         }
     }
     Ok(out)
+}
+
+/// Whether `url` is on `base` (same scheme, host and port).
+fn same_origin(url: &str, base: &str) -> bool {
+    url == base || url.starts_with(&format!("{base}/")) || url.starts_with(&format!("{base}?"))
+}
+
+/// A reqwest error's message without its URL: upload and blob URLs can carry signed queries.
+fn reqwest_chain(e: reqwest::Error) -> String {
+    error_chain(&e.without_url())
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

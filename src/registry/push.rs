@@ -258,6 +258,11 @@ impl<'a> Repository<'a> {
         let bytes = super::client::read_capped(resp, cap)
             .await
             .map_err(|m| PushError::Invalid(format!("reading blob {digest}: {m}")))?;
+        if bytes.len() >= cap {
+            return Err(PushError::Invalid(format!(
+                "blob {digest} is larger than the {cap} bytes kiln accepts for a config or statement"
+            )));
+        }
         if Digest::of(&bytes) != *digest {
             return Err(PushError::DigestMismatch {
                 what: format!("blob {digest}"),
@@ -459,11 +464,18 @@ impl<'a> Repository<'a> {
             .ok_or_else(|| {
                 PushError::Invalid("the registry answered an upload without a Location".into())
             })?;
+        let base = self.client.base().await;
+        if loc.starts_with("http://") && base.starts_with("https://") {
+            return Err(PushError::Invalid(format!(
+                "the registry sent the upload to a plain-HTTP location ({}); refusing to downgrade",
+                loc.split('?').next().unwrap_or(loc)
+            )));
+        }
         Ok(
             if loc.starts_with("http://") || loc.starts_with("https://") {
                 loc.to_owned()
             } else {
-                format!("{}{}", self.client.base().await, loc)
+                format!("{base}{loc}")
             },
         )
     }
@@ -769,10 +781,14 @@ impl<'a> Pusher<'a> {
                         total: size,
                     });
                 }
-                Err(e)
-                    if (e.retryable || e.status == Some(416))
-                        && started.elapsed() < Duration::from_secs(600) =>
-                {
+                // The registry and kiln disagree on the offset: start over in a new session.
+                Err(e) if e.status == Some(416) && started.elapsed() < Duration::from_secs(600) => {
+                    tracing::info!(%digest, offset, error = %e, "the registry rejected the chunk's range; starting a new session");
+                    let (new_loc, _) = self.start_upload().await?;
+                    loc = new_loc;
+                    offset = 0;
+                }
+                Err(e) if e.retryable && started.elapsed() < Duration::from_secs(600) => {
                     failures += 1;
                     tracing::info!(%digest, offset, error = %e, "chunk failed; asking the registry where to resume");
                     tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(20))))
@@ -795,8 +811,7 @@ impl<'a> Pusher<'a> {
                                 .headers()
                                 .get(reqwest::header::RANGE)
                                 .and_then(|v| v.to_str().ok())
-                                .and_then(|r| r.rsplit('-').next()?.trim().parse::<u64>().ok())
-                                .map_or(0, |end| end + 1);
+                                .map_or(0, received_bytes);
                             loc = self.location(&resp).await.unwrap_or(loc);
                         }
                         // Some registries (the CNCF distribution registry among them) drop a
@@ -818,20 +833,46 @@ impl<'a> Pusher<'a> {
                 Err(e) => return Err(e.into()),
             }
         }
+        // Not retried as is: the first PUT uses the session up. If its answer was lost, the blob
+        // may well be there: ask before giving up.
         let url = with_query(&loc, &format!("digest={digest}"));
-        let resp = self
+        let ok = [StatusCode::CREATED];
+        match self
             .client
-            .send(
+            .send_once(
                 "finish upload",
                 Method::PUT,
                 &url,
                 HeaderMap::new(),
                 &Body::Empty,
                 &self.scopes(),
-                &[StatusCode::CREATED],
+                &ok,
             )
-            .await?;
-        check_digest(&resp, digest, &format!("blob {digest}"))
+            .await
+        {
+            Ok(resp) => check_digest(&resp, digest, &format!("blob {digest}")),
+            Err(e) => {
+                let head_url = format!("/v2/{}/blobs/{digest}", self.repository);
+                let ok = [StatusCode::OK, StatusCode::NOT_FOUND];
+                let head = self
+                    .client
+                    .send(
+                        "HEAD blob",
+                        Method::HEAD,
+                        &head_url,
+                        HeaderMap::new(),
+                        &Body::Empty,
+                        &self.scopes(),
+                        &ok,
+                    )
+                    .await?;
+                if head.status() == StatusCode::OK {
+                    Ok(())
+                } else {
+                    Err(e.into())
+                }
+            }
+        }
     }
 }
 
@@ -848,6 +889,20 @@ pub enum BlobOutcome {
     Present,
     Mounted,
     Uploaded,
+}
+
+/// Bytes a registry holds, from its `Range: 0-<last>` answer. Distribution answers `0-0` for
+/// an empty session (and for one byte): read as nothing received, which at worst re-sends a byte
+/// the registry then rejects with 416, handled by starting a new session.
+fn received_bytes(range: &str) -> u64 {
+    let end = range.trim().strip_prefix("bytes=").unwrap_or(range.trim());
+    match end
+        .split_once('-')
+        .map(|(a, b)| (a.trim().parse::<u64>(), b.trim().parse::<u64>()))
+    {
+        Some((Ok(0), Ok(last))) if last > 0 => last + 1,
+        _ => 0,
+    }
 }
 
 fn with_query(url: &str, q: &str) -> String {
@@ -876,4 +931,19 @@ fn check_digest(resp: &reqwest::Response, want: &Digest, what: &str) -> Result<(
 /// The tag of the referrers fallback index for `subject`.
 pub fn fallback_tag(subject: &Digest) -> String {
     format!("sha256-{}", subject.hex())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_read_conservatively() {
+        assert_eq!(received_bytes("0-0"), 0);
+        assert_eq!(received_bytes("0-1023"), 1024);
+        assert_eq!(received_bytes("bytes=0-99"), 100);
+        assert_eq!(received_bytes("0--1"), 0);
+        assert_eq!(received_bytes("garbage"), 0);
+        assert_eq!(received_bytes("5-10"), 0);
+    }
 }
