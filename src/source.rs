@@ -6,6 +6,7 @@
 //! epoch the caller provides.
 
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -219,42 +220,7 @@ pub fn open(
         })?;
     let treeish = format!("{commit}:{prefix}");
     // From the top level: `<commit>:<prefix>` names the subdirectory's tree only there.
-    // The committed bytes, not this host's idea of line endings.
-    let mut child = Command::new("git")
-        .arg("-C")
-        .arg(&top)
-        .args(["-c", "core.autocrlf=false", "-c", "core.eol=lf"])
-        .args(["archive", "--format=tar", &treeish])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| SourceError::Git {
-            dir: dir.to_owned(),
-            args: format!("archive {treeish}"),
-            message: e.to_string(),
-        })?;
-    let stdout = child.stdout.take().expect("piped stdout");
-    let unpacked = crate::pack::unpack_tar(stdout, extracted.path(), cancel);
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut stderr);
-    }
-    let status = child.wait().map_err(|e| SourceError::Git {
-        dir: dir.to_owned(),
-        args: format!("archive {treeish}"),
-        message: e.to_string(),
-    })?;
-    // An extraction that stopped (cancelled, a bad entry) makes git die of a broken pipe:
-    // report why extraction stopped, not git's exit.
-    unpacked?;
-    if !status.success() {
-        return Err(SourceError::Git {
-            dir: dir.to_owned(),
-            args: format!("archive {treeish}"),
-            message: stderr.trim().to_owned(),
-        });
-    }
+    extract_tree(&top, &treeish, extracted.path(), cancel)?;
     Ok(Checkout {
         info: SourceInfo {
             revision: Some(revision),
@@ -266,6 +232,152 @@ pub fn open(
         },
         tree: Tree::Extracted(extracted),
     })
+}
+
+/// Write the tree `treeish` into `dst` from the object database: the committed bytes exactly,
+/// with no checkout filters, line-ending conversion or export attributes of this host (which
+/// `git archive` would apply). Files keep their exec bit, symlinks their target; submodules are
+/// left out. Paths are checked before anything is written.
+fn extract_tree(
+    top: &Path,
+    treeish: &str,
+    dst: &Path,
+    cancel: &CancellationToken,
+) -> Result<(), SourceError> {
+    use std::io::{BufRead, BufReader, Write};
+    let git_err = |args: &str, message: String| SourceError::Git {
+        dir: top.to_owned(),
+        args: args.to_owned(),
+        message,
+    };
+    let listing = Command::new("git")
+        .arg("-C")
+        .arg(top)
+        .args(["ls-tree", "-r", "-z", treeish])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| git_err("ls-tree", e.to_string()))?;
+    if !listing.status.success() {
+        return Err(git_err(
+            "ls-tree",
+            String::from_utf8_lossy(&listing.stderr).trim().to_owned(),
+        ));
+    }
+    // "<mode> <type> <object>\t<path>" records, NUL-terminated.
+    let mut entries: Vec<(String, String, std::ffi::OsString)> = Vec::new();
+    for rec in listing.stdout.split(|&b| b == 0).filter(|r| !r.is_empty()) {
+        let tab = rec
+            .iter()
+            .position(|&b| b == b'\t')
+            .ok_or_else(|| git_err("ls-tree", "malformed output".into()))?;
+        let head = String::from_utf8_lossy(&rec[..tab]).into_owned();
+        let mut parts = head.split(' ');
+        let (mode, kind, oid) = (
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+        );
+        if kind != "blob" {
+            continue; // submodule commits
+        }
+        let path = std::ffi::OsStr::from_bytes(&rec[tab + 1..]).to_owned();
+        let bad = Path::new(&path)
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(n) if n != ".git"));
+        if bad {
+            return Err(git_err(
+                "ls-tree",
+                format!("refusing the path {:?} in the tree", Path::new(&path)),
+            ));
+        }
+        entries.push((mode.to_owned(), oid.to_owned(), path));
+    }
+    let mut child = Command::new("git")
+        .arg("-C")
+        .arg(top)
+        .args(["cat-file", "--batch"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| git_err("cat-file --batch", e.to_string()))?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let oids: Vec<String> = entries.iter().map(|e| e.1.clone()).collect();
+    let feeder = std::thread::spawn(move || {
+        for oid in oids {
+            if writeln!(stdin, "{oid}").is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let result = (|| -> Result<(), SourceError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source: std::io::Error| SourceError::Io { path, source }
+        };
+        for (mode, oid, rel) in &entries {
+            if cancel.is_cancelled() {
+                return Err(SourceError::Extract(crate::pack::PackError::Cancelled));
+            }
+            let mut header = String::new();
+            out.read_line(&mut header)
+                .map_err(|e| git_err("cat-file --batch", e.to_string()))?;
+            let size: u64 = header
+                .trim_end()
+                .strip_prefix(&format!("{oid} blob "))
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| {
+                    git_err(
+                        "cat-file --batch",
+                        format!("unexpected answer {:?} for {oid}", header.trim_end()),
+                    )
+                })?;
+            let target = dst.join(rel);
+            let parent = target.parent().unwrap_or(dst);
+            // No component on the way may be a symlink written earlier.
+            let mut at = dst.to_owned();
+            for c in Path::new(rel)
+                .parent()
+                .into_iter()
+                .flat_map(|p| p.components())
+            {
+                at.push(c);
+                if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+                    return Err(git_err(
+                        "cat-file",
+                        format!("the tree writes through the symlink {:?}", at),
+                    ));
+                }
+            }
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+            let mut body = (&mut out).take(size);
+            if mode == "120000" {
+                let mut link = Vec::new();
+                body.read_to_end(&mut link).map_err(io(&target))?;
+                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&link), &target)
+                    .map_err(io(&target))?;
+            } else {
+                let mut f = std::fs::File::create(&target).map_err(io(&target))?;
+                std::io::copy(&mut body, &mut f).map_err(io(&target))?;
+                let perm = if mode == "100755" { 0o755 } else { 0o644 };
+                std::fs::set_permissions(
+                    &target,
+                    std::os::unix::fs::PermissionsExt::from_mode(perm),
+                )
+                .map_err(io(&target))?;
+            }
+            let mut nl = [0u8; 1];
+            out.read_exact(&mut nl)
+                .map_err(|e| git_err("cat-file --batch", e.to_string()))?;
+        }
+        Ok(())
+    })();
+    drop(out);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = feeder.join();
+    result
 }
 
 /// GitHub remotes in any form become `https://github.com/<owner>/<repo>`; other URLs keep their

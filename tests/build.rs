@@ -562,3 +562,32 @@ fn c_program_is_bit_for_bit_reproducible() {
     );
     assert!(leftover_containers(&sha).is_empty());
 }
+
+/// The build sees the committed bytes, whatever checkout conversions the repository or the
+/// host would apply (here: `.gitattributes` asking for CRLF line endings on checkout, which
+/// `git archive` would honour).
+#[test]
+fn the_source_is_the_committed_bytes() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("eol");
+    let r = recipe(
+        &["mkdir -p /out", "cp notes.txt /out/notes.txt"],
+        "",
+        "[[artifact]]\nname = \"n\"\nkind = \"files\"\n",
+    );
+    builder_image("busybox");
+    git_repo(
+        &repo,
+        &[
+            ("kiln.toml", &r),
+            (".gitattributes", b"*.txt text eol=crlf\n"),
+            ("notes.txt", b"one\ntwo\n"),
+        ],
+        None,
+    );
+    build_json(&repo, &t.path().join("l"), &[]);
+    assert_eq!(
+        layer_files(&t.path().join("l"), "n")["notes.txt"],
+        b"one\ntwo\n"
+    );
+}
