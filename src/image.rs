@@ -244,26 +244,35 @@ pub fn write_image(
             config_blob.size,
             config_blob.digest.to_oci(),
         ))
-        .layers(
-            layers
-                .iter()
-                .map(|l| Descriptor::new(MediaType::from(l.media_type), l.size, l.digest.to_oci()))
-                .collect::<Vec<_>>(),
-        )
+        .layers(layer_descriptors(layers))
         .annotations(annotations)
         .build()
         .map_err(spec_err("manifest"))?;
-    let manifest_bytes =
-        crate::json::to_canonical_vec(&manifest).map_err(|source| ImageError::Json {
-            what: "manifest",
-            source,
-        })?;
-    let blob = sink.put_blob(&manifest_bytes)?;
-    Ok(Descriptor::new(
-        MediaType::ImageManifest,
-        blob.size,
-        blob.digest.to_oci(),
-    ))
+    put_manifest(sink, &manifest)
+}
+
+/// Descriptors for layers, in order.
+fn layer_descriptors(layers: &[Layer]) -> Vec<Descriptor> {
+    layers
+        .iter()
+        .map(|l| Descriptor::new(MediaType::from(l.media_type), l.size, l.digest.to_oci()))
+        .collect()
+}
+
+/// Store a manifest as byte-stable JSON; returns its descriptor (carrying the manifest's
+/// `artifactType`, if it has one, as the spec asks of descriptors of artifacts).
+pub fn put_manifest(
+    sink: &dyn BlobSink,
+    manifest: &oci_spec::image::ImageManifest,
+) -> Result<Descriptor, ImageError> {
+    let bytes = crate::json::to_canonical_vec(manifest).map_err(|source| ImageError::Json {
+        what: "manifest",
+        source,
+    })?;
+    let blob = sink.put_blob(&bytes)?;
+    let mut d = Descriptor::new(MediaType::ImageManifest, blob.size, blob.digest.to_oci());
+    d.set_artifact_type(manifest.artifact_type().clone());
+    Ok(d)
 }
 
 /// The OCI "empty" config of artifacts: `{}`.
@@ -293,23 +302,11 @@ pub fn write_artifact(
             config.size,
             config.digest.to_oci(),
         ))
-        .layers(
-            layers
-                .iter()
-                .map(|l| Descriptor::new(MediaType::from(l.media_type), l.size, l.digest.to_oci()))
-                .collect::<Vec<_>>(),
-        )
+        .layers(layer_descriptors(layers))
         .annotations(ann)
         .build()
         .map_err(spec_err("manifest"))?;
-    let bytes = crate::json::to_canonical_vec(&manifest).map_err(|source| ImageError::Json {
-        what: "manifest",
-        source,
-    })?;
-    let blob = sink.put_blob(&bytes)?;
-    let mut d = Descriptor::new(MediaType::ImageManifest, blob.size, blob.digest.to_oci());
-    d.set_artifact_type(Some(MediaType::from(artifact_type)));
-    Ok(d)
+    put_manifest(sink, &manifest)
 }
 
 /// Write an image from `layout` as a `docker save` archive (what `docker load` reads on every

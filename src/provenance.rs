@@ -160,13 +160,7 @@ pub fn attach(
             what: "provenance manifest",
             source,
         })?;
-    let mbytes = crate::json::to_canonical_vec(&manifest).map_err(|source| ImageError::Json {
-        what: "provenance manifest",
-        source,
-    })?;
-    let m = layout.put_blob(&mbytes)?;
-    let mut d = Descriptor::new(MediaType::ImageManifest, m.size, m.digest.to_oci());
-    d.set_artifact_type(Some(MediaType::from(IN_TOTO_MEDIA_TYPE)));
+    let mut d = crate::image::put_manifest(layout, &manifest)?;
     let mut index_ann = std::collections::HashMap::new();
     index_ann.insert(REFERRER_SUBJECT.to_owned(), subject.digest().to_string());
     d.set_annotations(Some(index_ann));

@@ -41,6 +41,19 @@ pub enum PushError {
     Invalid(String),
 }
 
+impl PushReport {
+    fn record(&mut self, digest: Digest, outcome: BlobOutcome, size: u64) {
+        match outcome {
+            BlobOutcome::Uploaded => {
+                self.uploaded.push(digest);
+                self.bytes_uploaded += size;
+            }
+            BlobOutcome::Mounted => self.mounted.push(digest),
+            BlobOutcome::Present => self.skipped.push(digest),
+        }
+    }
+}
+
 impl PushError {
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -85,6 +98,20 @@ fn scope(repo: &str, actions: &str) -> String {
 }
 
 impl<'a> Repository<'a> {
+    /// A GET or HEAD without a body, retried.
+    async fn bodiless(
+        &self,
+        op: &str,
+        method: Method,
+        url: &str,
+        scopes: &[String],
+        ok: &[StatusCode],
+    ) -> Result<reqwest::Response, RegistryError> {
+        self.client
+            .send(op, method, url, HeaderMap::new(), &Body::Empty, scopes, ok)
+            .await
+    }
+
     pub fn new(client: &'a RegistryClient, repository: &str) -> Self {
         Repository {
             client,
@@ -239,16 +266,7 @@ impl<'a> Repository<'a> {
         let scopes = vec![scope(&self.repository, "pull")];
         let ok = [StatusCode::OK];
         Ok(self
-            .client
-            .send(
-                "GET blob",
-                Method::GET,
-                &url,
-                HeaderMap::new(),
-                &Body::Empty,
-                &scopes,
-                &ok,
-            )
+            .bodiless("GET blob", Method::GET, &url, &scopes, &ok)
             .await?)
     }
 
@@ -279,13 +297,10 @@ impl<'a> Repository<'a> {
         let url = format!("/v2/{}/referrers/{subject}", self.repository);
         let scopes = vec![scope(&self.repository, "pull")];
         let resp = self
-            .client
-            .send(
+            .bodiless(
                 "GET referrers",
                 Method::GET,
                 &url,
-                HeaderMap::new(),
-                &Body::Empty,
                 &scopes,
                 &[StatusCode::OK, StatusCode::NOT_FOUND],
             )
@@ -323,16 +338,7 @@ impl<'a> Repository<'a> {
             StatusCode::METHOD_NOT_ALLOWED,
         ];
         let resp = self
-            .client
-            .send(
-                "GET referrers",
-                Method::GET,
-                &url,
-                HeaderMap::new(),
-                &Body::Empty,
-                &scopes,
-                &ok,
-            )
+            .bodiless("GET referrers", Method::GET, &url, &scopes, &ok)
             .await?;
         Ok(resp.status() == StatusCode::OK)
     }
@@ -517,7 +523,7 @@ impl<'a> Pusher<'a> {
         &'b self,
         desc: &'b Descriptor,
         report: &'b mut PushReport,
-    ) -> futures_util::future::BoxFuture<'b, Result<(), PushError>> {
+    ) -> futures_util::future::BoxFuture<'b, Result<bool, PushError>> {
         Box::pin(async move {
             let digest =
                 Digest::from_oci(desc.digest()).map_err(|e| PushError::Invalid(e.to_string()))?;
@@ -547,14 +553,7 @@ impl<'a> Pusher<'a> {
                         .try_collect()
                         .await?;
                     for (d, outcome, size) in results {
-                        match outcome {
-                            BlobOutcome::Uploaded => {
-                                report.uploaded.push(d);
-                                report.bytes_uploaded += size;
-                            }
-                            BlobOutcome::Mounted => report.mounted.push(d),
-                            BlobOutcome::Present => report.skipped.push(d),
-                        }
+                        report.record(d, outcome, size);
                     }
                 }
             }
@@ -565,7 +564,6 @@ impl<'a> Pusher<'a> {
                 &digest,
             )
             .await
-            .map(|_| ())
         })
     }
 
@@ -576,40 +574,22 @@ impl<'a> Pusher<'a> {
         report: &mut PushReport,
     ) -> Result<usize, PushError> {
         let referrers = crate::provenance::local_referrers(self.layout, subject)?;
+        let mut api: Option<bool> = None;
         for r in &referrers {
             let mut clean = Descriptor::new(r.media_type().clone(), r.size(), r.digest().clone());
             clean.set_artifact_type(r.artifact_type().clone());
-            let acknowledged = self.push_tree_acknowledged(&clean, report).await?;
-            if !acknowledged && !self.referrers_api().await? {
+            if self.push_tree(&clean, report).await? {
+                continue; // the registry indexed the subject itself
+            }
+            let has_api = match api {
+                Some(a) => a,
+                None => *api.insert(self.referrers_api().await?),
+            };
+            if !has_api {
                 self.add_to_fallback_index(subject, &clean).await?;
             }
         }
         Ok(referrers.len())
-    }
-
-    async fn push_tree_acknowledged(
-        &self,
-        desc: &Descriptor,
-        report: &mut PushReport,
-    ) -> Result<bool, PushError> {
-        let digest =
-            Digest::from_oci(desc.digest()).map_err(|e| PushError::Invalid(e.to_string()))?;
-        let bytes = Bytes::from(self.layout.read_blob(&digest)?);
-        let m: ImageManifest = serde_json::from_slice(&bytes)
-            .map_err(|e| PushError::Invalid(format!("manifest {digest}: {e}")))?;
-        for b in std::iter::once(m.config()).chain(m.layers().iter()) {
-            let d = Digest::from_oci(b.digest()).map_err(|e| PushError::Invalid(e.to_string()))?;
-            match self.push_blob(&d, b.size()).await? {
-                BlobOutcome::Uploaded => {
-                    report.uploaded.push(d);
-                    report.bytes_uploaded += b.size();
-                }
-                BlobOutcome::Mounted => report.mounted.push(d),
-                BlobOutcome::Present => report.skipped.push(d),
-            }
-        }
-        self.put_manifest(&digest.to_string(), desc.media_type(), bytes, &digest)
-            .await
     }
 
     /// Make sure the registry has a blob; returns what it took.
@@ -631,13 +611,10 @@ impl<'a> Pusher<'a> {
     async fn push_blob_inner(&self, digest: &Digest, size: u64) -> Result<BlobOutcome, PushError> {
         let url = format!("/v2/{}/blobs/{digest}", self.repository);
         let head = self
-            .client
-            .send(
+            .bodiless(
                 "HEAD blob",
                 Method::HEAD,
                 &url,
-                HeaderMap::new(),
-                &Body::Empty,
                 &self.scopes(),
                 &[StatusCode::OK, StatusCode::NOT_FOUND],
             )
@@ -794,13 +771,10 @@ impl<'a> Pusher<'a> {
                     tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(20))))
                         .await;
                     let status = self
-                        .client
-                        .send(
+                        .bodiless(
                             "upload status",
                             Method::GET,
                             &loc,
-                            HeaderMap::new(),
-                            &Body::Empty,
                             &self.scopes(),
                             &[StatusCode::NO_CONTENT, StatusCode::OK],
                         )
@@ -855,16 +829,7 @@ impl<'a> Pusher<'a> {
                 let head_url = format!("/v2/{}/blobs/{digest}", self.repository);
                 let ok = [StatusCode::OK, StatusCode::NOT_FOUND];
                 let head = self
-                    .client
-                    .send(
-                        "HEAD blob",
-                        Method::HEAD,
-                        &head_url,
-                        HeaderMap::new(),
-                        &Body::Empty,
-                        &self.scopes(),
-                        &ok,
-                    )
+                    .bodiless("HEAD blob", Method::HEAD, &head_url, &self.scopes(), &ok)
                     .await?;
                 if head.status() == StatusCode::OK {
                     Ok(())

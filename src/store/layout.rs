@@ -170,8 +170,16 @@ impl OciLayout {
         Ok(())
     }
 
+    /// Entries are written sorted (by tag, then digest), so `index.json` is byte-identical for
+    /// the same set of entries however they were added.
     fn write_index(&self, index: &ImageIndex) -> Result<(), StoreError> {
         let mut index = index.clone();
+        let mut entries = index.manifests().clone();
+        entries.sort_by(|a, b| {
+            (ref_name(a).unwrap_or(""), a.digest().as_ref())
+                .cmp(&(ref_name(b).unwrap_or(""), b.digest().as_ref()))
+        });
+        index.set_manifests(entries);
         index.set_media_type(Some(MediaType::ImageIndex));
         let bytes = crate::json::to_canonical_vec(&index).map_err(|e| StoreError::Corrupt {
             path: self.root.join("index.json"),
@@ -274,10 +282,6 @@ impl OciLayout {
             .cloned()
             .collect();
         entries.push(referrer.clone());
-        entries.sort_by(|a, b| {
-            (ref_name(a).unwrap_or(""), a.digest().as_ref())
-                .cmp(&(ref_name(b).unwrap_or(""), b.digest().as_ref()))
-        });
         index.set_manifests(entries);
         self.write_index(&index)
     }
@@ -308,11 +312,6 @@ impl Store for OciLayout {
                 }
             }
         }
-        // A stable order keeps index.json byte-identical for the same set of tags.
-        entries.sort_by(|a, b| {
-            (ref_name(a).unwrap_or(""), a.digest().as_ref())
-                .cmp(&(ref_name(b).unwrap_or(""), b.digest().as_ref()))
-        });
         index.set_manifests(entries);
         self.write_index(&index)
     }
