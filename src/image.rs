@@ -90,6 +90,51 @@ pub struct RunConfig {
     pub labels: BTreeMap<String, String>,
 }
 
+/// A base image, ready to build on.
+#[derive(Clone, Debug)]
+pub struct BaseImage {
+    /// The reference as the recipe gave it.
+    pub name: String,
+    /// The digest of the (platform) image manifest the layers come from.
+    pub digest: Digest,
+    pub registry: String,
+    pub repository: String,
+    /// Its layers, with OCI media types (Docker's are renamed; the bytes are the same).
+    pub layers: Vec<Layer>,
+    pub history: Vec<oci_spec::image::History>,
+    /// Its runtime config (Env, Entrypoint, Cmd, WorkingDir, User, Labels).
+    pub run: RunConfig,
+}
+
+/// The artifact's config on top of the base's: the artifact's values win; environment
+/// variables and labels merge by name.
+pub fn merge_run(base: &RunConfig, ours: &RunConfig) -> RunConfig {
+    let mut env: Vec<String> = base.env.clone();
+    for e in &ours.env {
+        let key = e.split('=').next().unwrap_or("");
+        env.retain(|b| b.split('=').next().unwrap_or("") != key);
+        env.push(e.clone());
+    }
+    let mut labels = base.labels.clone();
+    labels.extend(ours.labels.clone());
+    RunConfig {
+        // As in a Dockerfile: a new entrypoint drops the base's cmd unless a cmd is given.
+        cmd: match (&ours.entrypoint, &ours.cmd) {
+            (_, Some(c)) => Some(c.clone()),
+            (Some(_), None) => None,
+            (None, None) => base.cmd.clone(),
+        },
+        entrypoint: ours.entrypoint.clone().or_else(|| base.entrypoint.clone()),
+        env,
+        working_dir: ours
+            .working_dir
+            .clone()
+            .or_else(|| base.working_dir.clone()),
+        user: ours.user.clone().or_else(|| base.user.clone()),
+        labels,
+    }
+}
+
 /// Everything an image is made of besides its layers.
 #[derive(Clone, Debug)]
 pub struct ImageSpec {
@@ -103,7 +148,7 @@ pub struct ImageSpec {
     /// `created_by` in each layer's history entry.
     pub created_by: String,
     /// A base image whose layers (and history) come first.
-    pub base: Option<crate::base::BaseImage>,
+    pub base: Option<BaseImage>,
 }
 
 /// `org.opencontainers.image.base.name` and `.base.digest`.
@@ -474,6 +519,30 @@ mod tests {
         s.epoch += 1;
         let b = write_image(&Mem::default(), &[layer()], &s).unwrap();
         assert_ne!(a.digest(), b.digest());
+    }
+
+    #[test]
+    fn artifact_config_wins_and_env_merges() {
+        let base = RunConfig {
+            entrypoint: None,
+            cmd: Some(vec!["sh".into()]),
+            env: vec!["PATH=/bin".into(), "A=1".into()],
+            working_dir: Some("/".into()),
+            user: None,
+            labels: [("x".to_owned(), "1".to_owned())].into(),
+        };
+        let ours = RunConfig {
+            entrypoint: Some(vec!["/app".into()]),
+            env: vec!["A=2".into()],
+            labels: [("y".to_owned(), "2".to_owned())].into(),
+            ..Default::default()
+        };
+        let m = merge_run(&base, &ours);
+        assert_eq!(m.entrypoint, Some(vec!["/app".to_owned()]));
+        assert_eq!(m.cmd, None);
+        assert_eq!(m.env, vec!["PATH=/bin".to_owned(), "A=2".to_owned()]);
+        assert_eq!(m.working_dir.as_deref(), Some("/"));
+        assert_eq!(m.labels.len(), 2);
     }
 
     #[test]

@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use crate::digest::Digest;
 use crate::pipeline::annotations;
-use crate::registry::{PushError, Reference, RegistryClient, RegistryOptions, Repository};
+use crate::reference::Reference;
+use crate::registry::{PushError, RegistryClient, RegistryOptions, Repository};
 
 /// Everything `kiln inspect` shows.
 #[derive(Clone, Debug, Default, Serialize)]

@@ -9,8 +9,7 @@
 //! The CLI and the daemon only compose them. Stages take a cancellation token, report
 //! progress as [`events`], and return typed errors that say whether a retry can help.
 
-pub mod base;
-pub mod build;
+pub mod check;
 pub mod digest;
 pub mod events;
 pub mod image;
@@ -20,7 +19,9 @@ pub mod pack;
 pub mod pipeline;
 pub mod provenance;
 pub mod recipe;
+pub mod reference;
 pub mod registry;
+pub mod runner;
 pub mod source;
 pub mod store;
 pub mod validate;

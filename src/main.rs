@@ -340,7 +340,7 @@ fn build(a: BuildArgs) -> Result<ExitCode> {
                 cancel.cancel();
             });
         }
-        let runner = kiln::build::DockerRunner::connect().await?;
+        let runner = kiln::runner::DockerRunner::connect().await?;
         let observer: std::sync::Arc<dyn kiln::events::Observer + Send + Sync> = std::sync::Arc::new(|e: &Event| {
             use std::io::Write;
             match e {
@@ -440,7 +440,7 @@ fn push(a: PushArgs) -> Result<ExitCode> {
     let (path, tag) = split_layout_tag(&a.source);
     let layout = OciLayout::open(&path)?;
     let (desc, layout_tag) = resolve_in_layout(&layout, tag.as_deref())?;
-    let reference: kiln::registry::Reference = a.reference.parse()?;
+    let reference: kiln::reference::Reference = a.reference.parse()?;
     if reference.digest.is_some() {
         bail!("push to a tag, not a digest: {reference}");
     }
@@ -502,7 +502,7 @@ fn default_builder_id() -> String {
 }
 
 fn inspect(a: InspectArgs) -> Result<ExitCode> {
-    let reference: kiln::registry::Reference = a.reference.parse()?;
+    let reference: kiln::reference::Reference = a.reference.parse()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

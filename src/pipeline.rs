@@ -10,11 +10,11 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::build::{BuildError, BuildRequest, DockerRunner};
 use crate::events::{Event, Observer};
 use crate::image::{ImageError, ImageSpec, Platform, RunConfig};
 use crate::pack::{Compression, PackError, PackOptions};
 use crate::recipe::{Artifact, ArtifactKind, FileMapping, Recipe, RecipeError};
+use crate::runner::{BuildError, BuildRequest, DockerRunner};
 use crate::source::{SourceError, SourceInfo, SourceOptions};
 use crate::store::{OciLayout, Store, StoreError};
 
@@ -292,7 +292,7 @@ pub async fn build(
     for artifact in &recipe.artifacts {
         let base = match &artifact.base {
             Some(name) => Some(
-                crate::base::fetch(name, &Platform::host(), &layout, &plan.registry)
+                crate::registry::base::fetch(name, &Platform::host(), &layout, &plan.registry)
                     .await
                     .map_err(|source| PipelineError::Base {
                         name: name.clone(),
@@ -461,9 +461,9 @@ pub async fn push_artifact(
     observer: &(dyn Observer + Send + Sync),
 ) -> Result<String, crate::registry::PushError> {
     use crate::registry::PushError;
-    let reference: crate::registry::Reference = target
+    let reference: crate::reference::Reference = target
         .parse()
-        .map_err(|e: crate::registry::ReferenceError| PushError::Invalid(e.to_string()))?;
+        .map_err(|e: crate::reference::ReferenceError| PushError::Invalid(e.to_string()))?;
     let client = crate::registry::RegistryClient::for_reference(&reference, options)?;
     let mut pusher = crate::registry::Pusher::new(&client, layout, &reference.repository);
     let d: crate::digest::Digest = digest
@@ -492,7 +492,7 @@ pub async fn push_artifact(
 /// registry being pushed to, its layers (the first `dev.kiln.base.layers`) need no upload.
 pub fn base_mounts(
     manifest: &[u8],
-    target: &crate::registry::Reference,
+    target: &crate::reference::Reference,
 ) -> std::collections::HashMap<crate::digest::Digest, String> {
     let mut out = std::collections::HashMap::new();
     let Ok(m) = serde_json::from_slice::<serde_json::Value>(manifest) else {
@@ -507,7 +507,7 @@ pub fn base_mounts(
     ) else {
         return out;
     };
-    let Ok(base) = name.parse::<crate::registry::Reference>() else {
+    let Ok(base) = name.parse::<crate::reference::Reference>() else {
         return out;
     };
     if base.registry != target.registry {
@@ -537,7 +537,7 @@ fn unix_now() -> u64 {
 
 #[allow(clippy::too_many_arguments)]
 fn store_artifact(
-    base: Option<crate::base::BaseImage>,
+    base: Option<crate::image::BaseImage>,
     artifact: &Artifact,
     layout: &OciLayout,
     output: &Path,
@@ -593,7 +593,7 @@ fn store_artifact(
                 labels: artifact.labels.clone(),
             };
             let run = match &base {
-                Some(b) => crate::base::merge_run(&b.run, &ours),
+                Some(b) => crate::image::merge_run(&b.run, &ours),
                 None => ours,
             };
             let spec = ImageSpec {

@@ -807,7 +807,7 @@ fn builds_on_a_registry_base_image_and_reuses_its_layers() {
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let resolved = rt
-        .block_on(kiln::base::fetch(
+        .block_on(kiln::registry::base::fetch(
             &format!("{}/base/multi:1", reg.addr),
             &kiln::image::Platform::host(),
             &kiln::store::OciLayout::open_or_create(t.path().join("fetch")).unwrap(),

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode};
 
-use super::Reference;
+use crate::reference::Reference;
 
 /// A string that must never be printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -50,7 +50,7 @@ pub enum Credential {
 /// Where the credentials come from: the Docker config (`$DOCKER_CONFIG/config.json` or
 /// `~/.docker/config.json`: `auths`, `credHelpers`, `credsStore`).
 pub fn docker_credential(registry: &str) -> Option<Credential> {
-    let candidates: Vec<String> = if registry == super::reference::DOCKER_HUB {
+    let candidates: Vec<String> = if registry == crate::reference::DOCKER_HUB {
         vec![
             "https://index.docker.io/v1/".into(),
             "docker.io".into(),
@@ -219,7 +219,7 @@ impl RegistryClient {
         opts: &RegistryOptions,
         credential: Option<Credential>,
     ) -> Result<Self, RegistryError> {
-        let plain_allowed = opts.insecure || super::reference::is_loopback_host(registry);
+        let plain_allowed = opts.insecure || crate::reference::is_loopback_host(registry);
         let mut b = reqwest::Client::builder()
             .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(15))

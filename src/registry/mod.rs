@@ -1,9 +1,8 @@
-//! The publish side: OCI distribution registries.
+//! The publish side: OCI distribution registries (and fetching base images from them).
 
+pub mod base;
 pub mod client;
 pub mod push;
-mod reference;
 
 pub use client::{Credential, RegistryClient, RegistryError, RegistryOptions, RetryPolicy, Secret};
 pub use push::{PushError, PushReport, Pusher, Repository};
-pub use reference::{Reference, ReferenceError, is_loopback_host};

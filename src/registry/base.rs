@@ -1,4 +1,4 @@
-//! Registry base images: resolved to a digest, the host's platform picked from an index, and
+//! Fetching base images from a registry: resolved to a digest, the host's platform picked from an index, and
 //! their config and layers copied into the local layout as they are (never re-compressed), so
 //! kiln's layers can be appended and the result stays a complete image.
 
@@ -6,26 +6,11 @@ use oci_spec::image::History;
 use serde_json::Value;
 
 use crate::digest::Digest;
-use crate::image::{Platform, RunConfig};
+use crate::image::{BaseImage, Platform, RunConfig};
 use crate::pack::Layer;
-use crate::registry::{PushError, Reference, RegistryClient, RegistryOptions, Repository};
+use crate::reference::Reference;
+use crate::registry::{PushError, RegistryClient, RegistryOptions, Repository};
 use crate::store::{BlobSink, OciLayout};
-
-/// A base image, ready to build on.
-#[derive(Clone, Debug)]
-pub struct BaseImage {
-    /// The reference as the recipe gave it.
-    pub name: String,
-    /// The digest of the (platform) image manifest the layers come from.
-    pub digest: Digest,
-    pub registry: String,
-    pub repository: String,
-    /// Its layers, with OCI media types (Docker's are renamed; the bytes are the same).
-    pub layers: Vec<Layer>,
-    pub history: Vec<History>,
-    /// Its runtime config (Env, Entrypoint, Cmd, WorkingDir, User, Labels).
-    pub run: RunConfig,
-}
 
 fn invalid(m: String) -> PushError {
     PushError::Invalid(m)
@@ -59,7 +44,7 @@ pub async fn fetch(
 ) -> Result<BaseImage, PushError> {
     let reference: Reference = name
         .parse()
-        .map_err(|e: crate::registry::ReferenceError| invalid(e.to_string()))?;
+        .map_err(|e: crate::reference::ReferenceError| invalid(e.to_string()))?;
     let client = RegistryClient::for_reference(&reference, options)?;
     let repo = Repository::new(&client, &reference.repository);
     let (bytes, media_type, _) = repo
@@ -192,61 +177,12 @@ pub async fn fetch(
     })
 }
 
-/// The artifact's config on top of the base's: the artifact's values win; environment
-/// variables and labels merge by name.
-pub fn merge_run(base: &RunConfig, ours: &RunConfig) -> RunConfig {
-    let mut env: Vec<String> = base.env.clone();
-    for e in &ours.env {
-        let key = e.split('=').next().unwrap_or("");
-        env.retain(|b| b.split('=').next().unwrap_or("") != key);
-        env.push(e.clone());
-    }
-    let mut labels = base.labels.clone();
-    labels.extend(ours.labels.clone());
-    RunConfig {
-        // As in a Dockerfile: a new entrypoint drops the base's cmd unless a cmd is given.
-        cmd: match (&ours.entrypoint, &ours.cmd) {
-            (_, Some(c)) => Some(c.clone()),
-            (Some(_), None) => None,
-            (None, None) => base.cmd.clone(),
-        },
-        entrypoint: ours.entrypoint.clone().or_else(|| base.entrypoint.clone()),
-        env,
-        working_dir: ours
-            .working_dir
-            .clone()
-            .or_else(|| base.working_dir.clone()),
-        user: ours.user.clone().or_else(|| base.user.clone()),
-        labels,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn artifact_config_wins_and_env_merges() {
-        let base = RunConfig {
-            entrypoint: None,
-            cmd: Some(vec!["sh".into()]),
-            env: vec!["PATH=/bin".into(), "A=1".into()],
-            working_dir: Some("/".into()),
-            user: None,
-            labels: [("x".to_owned(), "1".to_owned())].into(),
-        };
-        let ours = RunConfig {
-            entrypoint: Some(vec!["/app".into()]),
-            env: vec!["A=2".into()],
-            labels: [("y".to_owned(), "2".to_owned())].into(),
-            ..Default::default()
-        };
-        let m = merge_run(&base, &ours);
-        assert_eq!(m.entrypoint, Some(vec!["/app".to_owned()]));
-        assert_eq!(m.cmd, None);
-        assert_eq!(m.env, vec!["PATH=/bin".to_owned(), "A=2".to_owned()]);
-        assert_eq!(m.working_dir.as_deref(), Some("/"));
-        assert_eq!(m.labels.len(), 2);
+    fn docker_layer_types_map_to_oci() {
         assert_eq!(
             oci_layer_type("application/vnd.docker.image.rootfs.diff.tar.gzip"),
             Some("application/vnd.oci.image.layer.v1.tar+gzip")

@@ -93,7 +93,7 @@ impl DockerRunner {
         };
         // Without a tag the engine would pull every tag of the repository.
         let untagged = reference
-            .parse::<crate::registry::Reference>()
+            .parse::<crate::reference::Reference>()
             .is_ok_and(|r| r.tag.is_none() && r.digest.is_none());
         let mut opts = CreateImageOptionsBuilder::default().from_image(reference);
         if untagged {
