@@ -21,6 +21,12 @@ pub enum Event {
         total: usize,
         command: String,
     },
+    /// A build step finished with `exit_code` after `millis`.
+    StepFinished {
+        index: usize,
+        exit_code: i64,
+        millis: u64,
+    },
     /// Output from the running step, as it arrives.
     StepOutput { bytes: Vec<u8> },
     /// A blob is in the registry: `how` is "uploaded", "mounted" or "present".

@@ -107,6 +107,17 @@ impl Inspection {
 pub async fn inspect(
     reference: &Reference,
     options: &RegistryOptions,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<Inspection, PushError> {
+    tokio::select! {
+        r = inspect_inner(reference, options) => r,
+        _ = cancel.cancelled() => Err(PushError::Cancelled),
+    }
+}
+
+async fn inspect_inner(
+    reference: &Reference,
+    options: &RegistryOptions,
 ) -> Result<Inspection, PushError> {
     let client = RegistryClient::for_reference(reference, options)?;
     let repo = Repository::new(&client, &reference.repository);

@@ -27,3 +27,22 @@ pub mod store;
 pub mod validate;
 
 pub use digest::Digest;
+
+/// Whether an I/O error is the kind that can go away on its own (an interrupted call, a reset
+/// connection, a timeout), as opposed to one that repeats until someone acts (no space, no
+/// permission, a missing file).
+pub fn io_retryable(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        Interrupted
+            | WouldBlock
+            | TimedOut
+            | ConnectionReset
+            | ConnectionAborted
+            | ConnectionRefused
+            | BrokenPipe
+            | UnexpectedEof
+            | NotConnected
+    )
+}

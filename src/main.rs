@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -166,6 +168,26 @@ struct PackArgs {
 /// Exit status after Ctrl-C, as shells report it.
 const EXIT_INTERRUPTED: u8 = 130;
 
+/// A token cancelled on Ctrl-C or SIGTERM (saying `what` is being stopped), and whether that
+/// happened. Call inside the runtime.
+fn cancel_on_signals(what: &'static str) -> (CancellationToken, Arc<AtomicBool>) {
+    let cancel = CancellationToken::new();
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let (c, i) = (cancel.clone(), interrupted.clone());
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        i.store(true, Ordering::SeqCst);
+        eprintln!("kiln: interrupted; {what}");
+        c.cancel();
+    });
+    (cancel, interrupted)
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -325,30 +347,23 @@ fn build(a: BuildArgs) -> Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let cancel = CancellationToken::new();
-        let interrupted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        {
-            let (cancel, interrupted) = (cancel.clone(), interrupted.clone());
-            tokio::spawn(async move {
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-                }
-                interrupted.store(true, std::sync::atomic::Ordering::SeqCst);
-                eprintln!("kiln: interrupted; stopping the build and removing its container");
-                cancel.cancel();
-            });
-        }
+        let (cancel, interrupted) =
+            cancel_on_signals("stopping the build and removing its container");
         let runner = kiln::runner::DockerRunner::connect().await?;
-        let observer: std::sync::Arc<dyn kiln::events::Observer + Send + Sync> = std::sync::Arc::new(|e: &Event| {
+        let observer: Arc<dyn kiln::events::Observer + Send + Sync> = Arc::new(|e: &Event| {
             use std::io::Write;
             match e {
-                Event::StepStarted { index, total, command } => eprintln!("==> step {index}/{total}: {command}"),
+                Event::StepStarted {
+                    index,
+                    total,
+                    command,
+                } => eprintln!("==> step {index}/{total}: {command}"),
                 Event::StepOutput { bytes } => {
                     let _ = std::io::stderr().write_all(bytes);
                 }
-                Event::BlobPushed { .. } | Event::UploadProgress { .. } => kiln::events::Observer::event(&PushProgress, e),
+                Event::BlobPushed { .. } | Event::UploadProgress { .. } => {
+                    kiln::events::Observer::event(&PushProgress, e)
+                }
                 Event::ImageWritten { digest, tag } => {
                     eprintln!("==> stored {} {digest}", tag.as_deref().unwrap_or(""))
                 }
@@ -365,7 +380,9 @@ fn build(a: BuildArgs) -> Result<ExitCode> {
                             eprintln!("==> pushed {} to {p}", art.name);
                         }
                         match &art.loaded_as {
-                            Some(t) => println!("{} {} {} (loaded as {t})", art.name, art.kind, art.digest),
+                            Some(t) => {
+                                println!("{} {} {} (loaded as {t})", art.name, art.kind, art.digest)
+                            }
                             None => println!("{} {} {}", art.name, art.kind, art.digest),
                         }
                     }
@@ -373,7 +390,7 @@ fn build(a: BuildArgs) -> Result<ExitCode> {
                 eprintln!("build log: {}", result.log.display());
                 Ok(ExitCode::SUCCESS)
             }
-            Err(e) if e.is_cancelled() || interrupted.load(std::sync::atomic::Ordering::SeqCst) => {
+            Err(e) if e.is_cancelled() || interrupted.load(Ordering::SeqCst) => {
                 eprintln!("kiln: build interrupted");
                 Ok(ExitCode::from(EXIT_INTERRUPTED))
             }
@@ -455,10 +472,12 @@ fn push(a: PushArgs) -> Result<ExitCode> {
         .context("starting the async runtime")?;
     let started = Instant::now();
     let report = rt.block_on(async {
+        let (cancel, _) = cancel_on_signals("stopping the push (no tag was moved)");
         let client =
             kiln::registry::RegistryClient::for_reference(&reference, &a.registry.options())?;
         let mut pusher = kiln::registry::Pusher::new(&client, &layout, &reference.repository);
         pusher.observer = &PushProgress;
+        pusher.cancel = cancel;
         anyhow::Ok(pusher.push(&desc, std::slice::from_ref(&tag)).await?)
     })?;
     eprintln!(
@@ -507,7 +526,10 @@ fn inspect(a: InspectArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let report = rt.block_on(kiln::inspect::inspect(&reference, &a.registry.options()))?;
+    let report = rt.block_on(async {
+        let (cancel, _) = cancel_on_signals("stopping");
+        kiln::inspect::inspect(&reference, &a.registry.options(), &cancel).await
+    })?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -812,6 +812,7 @@ fn builds_on_a_registry_base_image_and_reuses_its_layers() {
             &kiln::image::Platform::host(),
             &kiln::store::OciLayout::open_or_create(t.path().join("fetch")).unwrap(),
             &Default::default(),
+            &Default::default(),
         ))
         .unwrap();
     assert_eq!(

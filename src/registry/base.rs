@@ -35,8 +35,22 @@ pub fn oci_layer_type(t: &str) -> Option<&'static str> {
     }
 }
 
-/// Resolve `name` for `platform` and copy its config and layers into `layout`.
+/// Resolve `name` for `platform` and copy its config and layers into `layout`. Cancelling
+/// drops the transfers; a blob that was not complete is never stored.
 pub async fn fetch(
+    name: &str,
+    platform: &Platform,
+    layout: &OciLayout,
+    options: &RegistryOptions,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<BaseImage, PushError> {
+    tokio::select! {
+        r = fetch_inner(name, platform, layout, options) => r,
+        _ = cancel.cancelled() => Err(PushError::Cancelled),
+    }
+}
+
+async fn fetch_inner(
     name: &str,
     platform: &Platform,
     layout: &OciLayout,

@@ -182,7 +182,9 @@ pub struct RegistryClient {
     plain_allowed: bool,
     /// `https://host` or `http://host`, settled on first use.
     base: tokio::sync::OnceCell<String>,
-    credential: Option<Credential>,
+    /// Looked up on first use, off the async runtime: a Docker credential helper is a process
+    /// that may take its time.
+    credential: tokio::sync::OnceCell<Option<Credential>>,
     tokens: Mutex<HashMap<String, Token>>,
     /// Registries that answered with a Basic challenge get credentials up front.
     basic: Mutex<bool>,
@@ -209,15 +211,29 @@ fn err(op: &str, url: &str, message: impl Into<String>, retryable: bool) -> Regi
 }
 
 impl RegistryClient {
-    /// A client for `registry` (`host[:port]`), with credentials from the Docker config.
+    /// A client for `registry` (`host[:port]`), with credentials from the Docker config
+    /// (looked up when first needed).
     pub fn new(registry: &str, opts: &RegistryOptions) -> Result<Self, RegistryError> {
-        Self::with_credential(registry, opts, docker_credential(registry))
+        Self::build(registry, opts, tokio::sync::OnceCell::new())
     }
 
+    /// A client with the given credentials instead of the Docker config's.
     pub fn with_credential(
         registry: &str,
         opts: &RegistryOptions,
         credential: Option<Credential>,
+    ) -> Result<Self, RegistryError> {
+        Self::build(
+            registry,
+            opts,
+            tokio::sync::OnceCell::new_with(Some(credential)),
+        )
+    }
+
+    fn build(
+        registry: &str,
+        opts: &RegistryOptions,
+        credential: tokio::sync::OnceCell<Option<Credential>>,
     ) -> Result<Self, RegistryError> {
         let plain_allowed = opts.insecure || crate::reference::is_loopback_host(registry);
         let mut b = reqwest::Client::builder()
@@ -245,6 +261,20 @@ impl RegistryClient {
             basic: Mutex::new(false),
             retry: opts.retry.unwrap_or_default(),
         })
+    }
+
+    /// The credential for this registry: the Docker config's, read (and its helper run) on a
+    /// blocking thread the first time.
+    async fn credential(&self) -> Option<&Credential> {
+        self.credential
+            .get_or_init(|| async {
+                let registry = self.registry.clone();
+                tokio::task::spawn_blocking(move || docker_credential(&registry))
+                    .await
+                    .unwrap_or(None)
+            })
+            .await
+            .as_ref()
     }
 
     /// For a reference: a client for its registry.
@@ -322,6 +352,7 @@ impl RegistryClient {
     ) -> Result<reqwest::Response, RegistryError> {
         let url = self.absolute(url).await;
         let shown = strip_query_secrets(&url);
+        let credential = self.credential().await;
         let started = Instant::now();
         let mut attempt: u32 = 0;
         let mut refreshed = false;
@@ -347,7 +378,7 @@ impl RegistryClient {
             // Credentials go only to the registry itself: never to another host an upload
             // Location or redirect names (a CDN, a load balancer speaking plain HTTP).
             if same_origin(&url, self.base().await)
-                && let Some(auth) = self.authorization(scopes)
+                && let Some(auth) = self.authorization(scopes, credential)
             {
                 req = req.header(AUTHORIZATION, auth);
             }
@@ -363,7 +394,7 @@ impl RegistryClient {
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_owned);
                     match challenge {
-                        Some(c) => self.authenticate(&c, scopes).await?,
+                        Some(c) => self.authenticate(&c, scopes, credential).await?,
                         None => return Err(self.failure(op, &shown, resp).await),
                     }
                     continue;
@@ -439,7 +470,11 @@ impl RegistryClient {
         Duration::from_nanos(nanos / 2 + jitter)
     }
 
-    fn authorization(&self, scopes: &[String]) -> Option<HeaderValue> {
+    fn authorization(
+        &self,
+        scopes: &[String],
+        credential: Option<&Credential>,
+    ) -> Option<HeaderValue> {
         let key = scopes.join(" ");
         if let Some(t) = self
             .tokens
@@ -453,18 +488,23 @@ impl RegistryClient {
             return Some(v);
         }
         if *self.basic.lock().unwrap_or_else(|p| p.into_inner())
-            && let Some(Credential::Basic { username, password }) = &self.credential
+            && let Some(Credential::Basic { username, password }) = credential
         {
             return Some(basic_header(username, password.expose()));
         }
         None
     }
 
-    async fn authenticate(&self, challenge: &str, scopes: &[String]) -> Result<(), RegistryError> {
+    async fn authenticate(
+        &self,
+        challenge: &str,
+        scopes: &[String],
+        credential: Option<&Credential>,
+    ) -> Result<(), RegistryError> {
         let (scheme, params) = parse_challenge(challenge);
         match scheme.to_ascii_lowercase().as_str() {
             "basic" => {
-                if !matches!(self.credential, Some(Credential::Basic { .. })) {
+                if !matches!(credential, Some(Credential::Basic { .. })) {
                     return Err(err(
                         "authenticate",
                         &self.registry,
@@ -484,8 +524,7 @@ impl RegistryClient {
                         false,
                     )
                 })?;
-                if realm.starts_with("http://") && self.credential.is_some() && !self.plain_allowed
-                {
+                if realm.starts_with("http://") && credential.is_some() && !self.plain_allowed {
                     return Err(err(
                         "authenticate",
                         realm,
@@ -501,7 +540,7 @@ impl RegistryClient {
                     query.push(("scope", s.clone()));
                 }
                 let mut req = self.http.get(realm).query(&query);
-                match &self.credential {
+                match credential {
                     Some(Credential::Basic { username, password }) => {
                         req = req.header(AUTHORIZATION, basic_header(username, password.expose()));
                     }
@@ -645,7 +684,7 @@ fn reqwest_chain(e: reqwest::Error) -> String {
     error_chain(&e.without_url())
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

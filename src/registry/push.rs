@@ -39,6 +39,8 @@ pub enum PushError {
     },
     #[error("{0}")]
     Invalid(String),
+    #[error("the transfer was cancelled")]
+    Cancelled,
 }
 
 impl PushReport {
@@ -55,9 +57,12 @@ impl PushReport {
 }
 
 impl PushError {
+    /// Whether trying again could help: a registry error that says so, or a store error that
+    /// is transient. A digest mismatch or a malformed answer repeats until someone acts.
     pub fn is_retryable(&self) -> bool {
         match self {
             PushError::Registry(e) => e.retryable,
+            PushError::Store(e) => e.is_retryable(),
             _ => false,
         }
     }
@@ -91,6 +96,9 @@ pub struct Pusher<'a> {
     pub mount_from: HashMap<Digest, String>,
     pub chunk_size: u64,
     pub monolithic_max: u64,
+    /// Stops the push: in-flight requests are dropped (the registry expires their upload
+    /// sessions) and nothing more is written.
+    pub cancel: tokio_util::sync::CancellationToken,
 }
 
 fn scope(repo: &str, actions: &str) -> String {
@@ -218,8 +226,35 @@ impl<'a> Repository<'a> {
     }
 
     /// Copy a blob from the registry into the local layout, streaming, verified against its
-    /// digest and size. A blob the layout already has is not fetched.
+    /// digest and size. A blob the layout already has is not fetched. A connection that drops
+    /// mid-download starts the download again (a few times), and is reported as retryable.
     pub async fn fetch_blob(
+        &self,
+        layout: &OciLayout,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), PushError> {
+        const ATTEMPTS: u32 = 4;
+        if layout.has_blob(digest) {
+            return Ok(());
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.fetch_blob_once(layout, digest, size).await {
+                Err(PushError::Registry(e)) if e.retryable && attempt < ATTEMPTS => {
+                    tracing::info!(%digest, attempt, error = %e, "blob download broke off; starting it again");
+                    tokio::time::sleep(Duration::from_millis(
+                        200 * u64::from(attempt) + super::client::jitter_ms() / 4,
+                    ))
+                    .await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn fetch_blob_once(
         &self,
         layout: &OciLayout,
         digest: &Digest,
@@ -227,25 +262,52 @@ impl<'a> Repository<'a> {
     ) -> Result<(), PushError> {
         use crate::store::BlobSink;
         use std::io::Write;
-        if layout.has_blob(digest) {
-            return Ok(());
-        }
         let mut resp = self.blob_response(digest).await?;
+        let url = format!("/v2/{}/blobs/{digest}", self.repository);
         let mut up = layout.begin_blob()?;
         let mut got = 0u64;
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| PushError::Invalid(format!("downloading blob {digest}: {e}")))?
-        {
+        loop {
+            let chunk = match resp.chunk().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => {
+                    // The body broke off: the connection, not the content. Worth another try.
+                    return Err(PushError::Registry(RegistryError {
+                        op: "GET blob".into(),
+                        url,
+                        status: None,
+                        codes: Vec::new(),
+                        message: format!(
+                            "the download broke off after {got} of {size} bytes: {}",
+                            super::client::error_chain(&e.without_url())
+                        ),
+                        retryable: true,
+                    }));
+                }
+            };
             got += chunk.len() as u64;
             if got > size {
                 return Err(PushError::Invalid(format!(
                     "blob {digest} is larger than its descriptor's {size} bytes"
                 )));
             }
-            up.write_all(&chunk)
-                .map_err(|e| PushError::Invalid(format!("storing blob {digest}: {e}")))?;
+            up.write_all(&chunk).map_err(|e| {
+                PushError::Store(crate::store::StoreError::Io {
+                    op: "write blob",
+                    path: layout.root().to_owned(),
+                    source: e,
+                })
+            })?;
+        }
+        if got < size {
+            return Err(PushError::Registry(RegistryError {
+                op: "GET blob".into(),
+                url,
+                status: None,
+                codes: Vec::new(),
+                message: format!("the download ended after {got} of {size} bytes"),
+                retryable: true,
+            }));
         }
         // Commit hashes what arrived and stores it under *that* digest, never under the one we
         // asked for: wrong bytes cannot pose as the right blob. (They are not deleted either: the
@@ -496,26 +558,53 @@ impl<'a> Pusher<'a> {
             mount_from: HashMap::new(),
             chunk_size: CHUNK_SIZE,
             monolithic_max: MONOLITHIC_MAX,
+            cancel: tokio_util::sync::CancellationToken::new(),
         }
     }
 
     /// Push the manifest `desc` (an image manifest or an index, with everything it references)
     /// and then point `tags` at it.
     pub async fn push(&self, desc: &Descriptor, tags: &[String]) -> Result<PushReport, PushError> {
-        let mut report = PushReport::default();
-        let digest =
-            Digest::from_oci(desc.digest()).map_err(|e| PushError::Invalid(e.to_string()))?;
-        self.push_tree(desc, &mut report).await?;
-        let bytes = Bytes::from(self.layout.read_blob(&digest)?);
-        // Provenance and other referrers go before the tags, so a tag implies them.
-        self.push_referrers(&digest, &mut report).await?;
-        for tag in tags {
-            crate::store::validate_tag(tag)?;
-            self.put_manifest(tag, desc.media_type(), bytes.clone(), &digest)
-                .await?;
-        }
-        report.digest = Some(digest);
+        let report = self.push_content(desc).await?;
+        self.push_tags(desc, tags).await?;
         Ok(report)
+    }
+
+    /// Everything but the tags: blobs, the manifest by digest, then its referrers (provenance),
+    /// so that once a tag points at it, all of it is there.
+    pub async fn push_content(&self, desc: &Descriptor) -> Result<PushReport, PushError> {
+        let work = async {
+            let mut report = PushReport::default();
+            let digest =
+                Digest::from_oci(desc.digest()).map_err(|e| PushError::Invalid(e.to_string()))?;
+            self.push_tree(desc, &mut report).await?;
+            self.push_referrers(&digest, &mut report).await?;
+            report.digest = Some(digest);
+            Ok(report)
+        };
+        tokio::select! {
+            r = work => r,
+            _ = self.cancel.cancelled() => Err(PushError::Cancelled),
+        }
+    }
+
+    /// Point `tags` at `desc`, which [`push_content`](Self::push_content) pushed.
+    pub async fn push_tags(&self, desc: &Descriptor, tags: &[String]) -> Result<(), PushError> {
+        let work = async {
+            let digest =
+                Digest::from_oci(desc.digest()).map_err(|e| PushError::Invalid(e.to_string()))?;
+            let bytes = Bytes::from(self.layout.read_blob(&digest)?);
+            for tag in tags {
+                crate::store::validate_tag(tag)?;
+                self.put_manifest(tag, desc.media_type(), bytes.clone(), &digest)
+                    .await?;
+            }
+            Ok(())
+        };
+        tokio::select! {
+            r = work => r,
+            _ = self.cancel.cancelled() => Err(PushError::Cancelled),
+        }
     }
 
     /// Blobs, children, then the manifest itself by digest.

@@ -17,16 +17,21 @@ use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, DownloadFromContainerOptionsBuilder,
-    ImportImageOptionsBuilder, RemoveContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+    ImportImageOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder,
 };
 use futures_util::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
-use super::{BuildError, BuildOutput, BuildRequest, BuilderImage, LABEL_BUILD};
+use super::{BuildError, BuildOutput, BuildRequest, BuilderImage, LABEL_BUILD, StepRecord};
 use crate::events::{Event, Observer};
 
 /// Lines of output kept for a failed step's error message.
 const TAIL_LINES: usize = 15;
+/// How long a missing builder image may take to pull.
+const PULL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+/// How long the work of a stopped build (output spooling, the source tar) may take to notice.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn engine(op: &'static str) -> impl FnOnce(DockerError) -> BuildError {
     move |source| BuildError::Engine { op, source }
@@ -60,24 +65,32 @@ impl DockerRunner {
     }
 
     /// The builder image as the engine has it, pulling it if it is missing.
-    pub async fn resolve_image(&self, reference: &str) -> Result<BuilderImage, BuildError> {
-        let info = match self.docker.inspect_image(reference).await {
-            Ok(info) => info,
-            Err(DockerError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {
-                self.pull(reference).await?;
-                self.docker
-                    .inspect_image(reference)
-                    .await
-                    .map_err(engine("inspect the builder image"))?
-            }
-            Err(e) => {
-                return Err(BuildError::Engine {
+    pub async fn resolve_image(
+        &self,
+        reference: &str,
+        cancel: &CancellationToken,
+    ) -> Result<BuilderImage, BuildError> {
+        let inspect = async {
+            match self.docker.inspect_image(reference).await {
+                Ok(info) => Ok(info),
+                Err(DockerError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {
+                    self.pull(reference).await?;
+                    self.docker
+                        .inspect_image(reference)
+                        .await
+                        .map_err(engine("inspect the builder image"))
+                }
+                Err(e) => Err(BuildError::Engine {
                     op: "inspect the builder image",
                     source: e,
-                });
+                }),
             }
+        };
+        let info = tokio::select! {
+            r = inspect => r?,
+            _ = cancel.cancelled() => return Err(BuildError::Cancelled),
         };
         Ok(BuilderImage {
             reference: reference.to_owned(),
@@ -104,11 +117,61 @@ impl DockerRunner {
             .docker
             .create_image(Some(opts), None, None)
             .try_collect::<Vec<_>>();
-        match tokio::time::timeout(std::time::Duration::from_secs(300), pull).await {
+        match tokio::time::timeout(PULL_TIMEOUT, pull).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(unavailable(e.to_string())),
-            Err(_) => Err(unavailable("the pull timed out after 5 minutes".into())),
+            Err(_) => Err(BuildError::PullTimeout {
+                image: reference.to_owned(),
+                after: PULL_TIMEOUT,
+            }),
         }
+    }
+
+    /// Remove every container (running or not) carrying `label=value`: what a dead run of
+    /// this host left behind. Returns their names.
+    pub async fn remove_labelled(
+        &self,
+        label: &str,
+        value: &str,
+    ) -> Result<Vec<String>, BuildError> {
+        let mut filters = HashMap::new();
+        filters.insert("label".to_owned(), vec![format!("{label}={value}")]);
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let found = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(engine("list containers"))?;
+        let mut removed = Vec::new();
+        for c in found {
+            let Some(id) = c.id else { continue };
+            let rm = RemoveContainerOptionsBuilder::default()
+                .force(true)
+                .v(true)
+                .build();
+            match self.docker.remove_container(&id, Some(rm)).await {
+                Ok(())
+                | Err(DockerError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => removed.push(
+                    c.names
+                        .and_then(|n| n.first().cloned())
+                        .unwrap_or(id)
+                        .trim_start_matches('/')
+                        .to_owned(),
+                ),
+                Err(e) => {
+                    return Err(BuildError::Engine {
+                        op: "remove a leftover container",
+                        source: e,
+                    });
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Run a build. The container is always removed before this returns.
@@ -118,7 +181,7 @@ impl DockerRunner {
         cancel: &CancellationToken,
         observer: &(dyn Observer + Send + Sync),
     ) -> Result<BuildOutput, BuildError> {
-        let builder = self.resolve_image(&req.build.image).await?;
+        let builder = self.resolve_image(&req.build.image, cancel).await?;
         let b = req.build;
         let mut env = vec![format!("SOURCE_DATE_EPOCH={}", req.epoch)];
         env.extend(b.env.iter().map(|(k, v)| format!("{k}={v}")));
@@ -163,27 +226,59 @@ impl DockerRunner {
             .id;
         tracing::debug!(container = %id, "created build container");
 
-        let drive = self.drive(&id, req, cancel, observer);
-        let result = tokio::select! {
-            r = tokio::time::timeout(b.timeout, drive) => r.unwrap_or(Err(BuildError::Timeout { after: b.timeout })),
+        // The run's own token: a timeout stops the blocking work (tar spooling) too, not
+        // only the futures that are dropped.
+        let run_cancel = cancel.child_token();
+        let drive = self.drive(&id, req, &run_cancel, observer);
+        tokio::pin!(drive);
+        let stopped = tokio::select! {
+            r = &mut drive => Ok(r),
+            _ = tokio::time::sleep(b.timeout) => Err(BuildError::Timeout { after: b.timeout }),
             _ = cancel.cancelled() => Err(BuildError::Cancelled),
+        };
+        let result = match stopped {
+            Ok(r) => r,
+            Err(why) => {
+                // Stop everything: the token for blocking work, the container for the engine
+                // streams; then let the drive unwind (removing its spool) before reporting.
+                run_cancel.cancel();
+                let _ = self
+                    .docker
+                    .kill_container(&id, None::<bollard::query_parameters::KillContainerOptions>)
+                    .await;
+                if tokio::time::timeout(DRAIN, &mut drive).await.is_err() {
+                    tracing::warn!(container = %id, "the stopped build did not unwind within {DRAIN:?}");
+                }
+                Err(why)
+            }
         };
         // Always remove the container (force kills it first), whatever happened above.
         let rm = RemoveContainerOptionsBuilder::default()
             .force(true)
             .v(true)
             .build();
-        if let Err(e) = self.docker.remove_container(&id, Some(rm)).await {
-            tracing::warn!(container = %id, error = %e, "could not remove the build container");
-            if result.is_ok() {
-                return Err(BuildError::Engine {
-                    op: "remove the build container",
-                    source: e,
-                });
+        match self.docker.remove_container(&id, Some(rm)).await {
+            Ok(())
+            | Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => {
+                tracing::warn!(container = %id, error = %e, "could not remove the build container");
+                if result.is_ok() {
+                    return Err(BuildError::Engine {
+                        op: "remove the build container",
+                        source: e,
+                    });
+                }
             }
         }
-        let (dir, root) = result?;
-        Ok(BuildOutput { dir, root, builder })
+        let (dir, root, steps) = result?;
+        Ok(BuildOutput {
+            dir,
+            root,
+            builder,
+            steps,
+        })
     }
 
     async fn drive(
@@ -192,7 +287,7 @@ impl DockerRunner {
         req: &BuildRequest<'_>,
         cancel: &CancellationToken,
         observer: &(dyn Observer + Send + Sync),
-    ) -> Result<(tempfile::TempDir, std::path::PathBuf), BuildError> {
+    ) -> Result<(tempfile::TempDir, std::path::PathBuf, Vec<StepRecord>), BuildError> {
         let b = req.build;
         // The source, as a deterministic tar rooted at the workdir, plus an empty output dir.
         let spool = tempfile::Builder::new()
@@ -242,7 +337,9 @@ impl DockerRunner {
 
         let mut log = File::create(req.log).map_err(io("create the build log", req.log))?;
         let total = b.steps.len();
+        let mut records = Vec::new();
         for (i, step) in b.steps.iter().enumerate() {
+            let step_started = std::time::Instant::now();
             let index = i + 1;
             observer.event(&Event::StepStarted {
                 index,
@@ -303,6 +400,18 @@ impl DockerRunner {
                     _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
                 }
             };
+            let millis = step_started.elapsed().as_millis() as u64;
+            observer.event(&Event::StepFinished {
+                index,
+                exit_code: code,
+                millis,
+            });
+            records.push(StepRecord {
+                index,
+                command: step.clone(),
+                exit_code: code,
+                millis,
+            });
             if code != 0 {
                 let _ = writeln!(log, "kiln: step {index} exited with code {code}");
                 return Err(BuildError::StepFailed {
@@ -371,21 +480,29 @@ impl DockerRunner {
                 });
             }
         }
-        Ok((spool, root))
+        Ok((spool, root, records))
     }
 
-    /// Load a `docker save`-format archive into the engine (`docker load`).
-    pub async fn load_archive(&self, archive: &Path) -> Result<(), BuildError> {
+    /// Load a `docker save`-format archive into the engine (`docker load`). Cancelling drops
+    /// the upload, and the engine discards the partial image.
+    pub async fn load_archive(
+        &self,
+        archive: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<(), BuildError> {
         let file = tokio::fs::File::open(archive)
             .await
             .map_err(io("open", archive))?;
         let body = bollard::body_try_stream(tokio_util::io::ReaderStream::new(file));
         let opts = ImportImageOptionsBuilder::default().quiet(true).build();
-        self.docker
+        let load = self
+            .docker
             .import_image(opts, body, None)
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(engine("load the image"))?;
+            .try_collect::<Vec<_>>();
+        tokio::select! {
+            r = load => { r.map_err(engine("load the image"))?; }
+            _ = cancel.cancelled() => return Err(BuildError::Cancelled),
+        }
         Ok(())
     }
 }

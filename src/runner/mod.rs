@@ -1,5 +1,5 @@
-//! The build stage: run a recipe's steps in a container on an exact source tree, and hand
-//! back the output directory. Knows nothing of layers or registries.
+//! The run stage: a recipe's steps in a container on an exact source tree, handing back the
+//! output directory. Knows nothing of layers or registries; it runs, it never publishes.
 
 mod docker;
 
@@ -22,7 +22,7 @@ pub struct BuildRequest<'a> {
     pub source: &'a Path,
     /// SOURCE_DATE_EPOCH, set in the container and used for the copied tree's mtimes.
     pub epoch: u64,
-    /// Unique per build: names the container and the log.
+    /// Unique per run (a ULID): names the container and labels it.
     pub build_id: &'a str,
     /// Extra container labels (revision, ...), besides [`LABEL_BUILD`].
     pub labels: BTreeMap<String, String>,
@@ -43,11 +43,22 @@ pub struct BuilderImage {
     pub repo_digests: Vec<String>,
 }
 
+/// One step as it ran.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct StepRecord {
+    /// 1-based.
+    pub index: usize,
+    pub command: String,
+    pub exit_code: i64,
+    pub millis: u64,
+}
+
 /// A finished build: the output directory, spooled to local disk.
 pub struct BuildOutput {
     dir: tempfile::TempDir,
     root: PathBuf,
     pub builder: BuilderImage,
+    pub steps: Vec<StepRecord>,
 }
 
 impl BuildOutput {
@@ -77,6 +88,11 @@ pub enum BuildError {
          connected host, then `docker load -i builder.tar` here (or build it locally with `docker import`/`docker build` and tag it {image})"
     )]
     ImageUnavailable { image: String, reason: String },
+    #[error(
+        "pulling builder image {image:?} did not finish within {}; the engine or its registry is slow or unreachable",
+        humantime(*after)
+    )]
+    PullTimeout { image: String, after: Duration },
     #[error(
         "step {index} of {total} failed with exit code {code}: {command}\n--- last output ---\n{tail}"
     )]
@@ -118,7 +134,9 @@ impl BuildError {
                     ..
                 }
             ),
-            BuildError::Io { .. } => true,
+            BuildError::PullTimeout { .. } => true,
+            BuildError::Io { source, .. } => crate::io_retryable(source),
+            BuildError::Output(e) => e.is_retryable(),
             _ => false,
         }
     }

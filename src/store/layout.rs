@@ -261,6 +261,88 @@ impl BlobSink for OciLayout {
 }
 
 impl OciLayout {
+    /// Copy the manifest `desc` (an image manifest or an index, with everything it references)
+    /// and its referrers from `src` into this layout, blobs first and the index last. Blobs
+    /// are hard-linked where both layouts share a filesystem, else copied and checked.
+    pub fn import(&self, src: &OciLayout, desc: &Descriptor) -> Result<(), StoreError> {
+        let digest = Digest::from_oci(desc.digest()).map_err(|e| StoreError::Corrupt {
+            path: src.root.clone(),
+            reason: e.to_string(),
+        })?;
+        self.import_tree(src, &digest, desc.media_type())?;
+        for r in crate::provenance::local_referrers(src, &digest)? {
+            let rd = Digest::from_oci(r.digest()).map_err(|e| StoreError::Corrupt {
+                path: src.root.clone(),
+                reason: e.to_string(),
+            })?;
+            self.import_tree(src, &rd, r.media_type())?;
+            self.replace_referrer(desc, &r)?;
+        }
+        Ok(())
+    }
+
+    fn import_tree(
+        &self,
+        src: &OciLayout,
+        digest: &Digest,
+        media_type: &MediaType,
+    ) -> Result<(), StoreError> {
+        let bytes = src.read_blob(digest)?;
+        let corrupt = |reason: String| StoreError::Corrupt {
+            path: src.blob_path(digest),
+            reason,
+        };
+        let children: Vec<Descriptor> = match media_type {
+            MediaType::ImageIndex => serde_json::from_slice::<ImageIndex>(&bytes)
+                .map_err(|e| corrupt(e.to_string()))?
+                .manifests()
+                .clone(),
+            _ => {
+                let m: oci_spec::image::ImageManifest =
+                    serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+                std::iter::once(m.config().clone())
+                    .chain(m.layers().iter().cloned())
+                    .collect()
+            }
+        };
+        for c in &children {
+            let cd = Digest::from_oci(c.digest()).map_err(|e| corrupt(e.to_string()))?;
+            match c.media_type() {
+                MediaType::ImageIndex | MediaType::ImageManifest => {
+                    self.import_tree(src, &cd, c.media_type())?
+                }
+                _ => self.link_blob(src, &cd)?,
+            }
+        }
+        self.link_blob(src, digest)
+    }
+
+    /// Put `src`'s blob `digest` here: a hard link when possible, else a verified copy.
+    fn link_blob(&self, src: &OciLayout, digest: &Digest) -> Result<(), StoreError> {
+        let dst = self.blob_path(digest);
+        if dst.is_file() {
+            return Ok(());
+        }
+        let from = src.blob_path(digest);
+        match fs::hard_link(&from, &dst) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(_) => {
+                let mut r = File::open(&from).map_err(io_err("open", &from))?;
+                let mut up = self.begin_blob()?;
+                io::copy(&mut r, &mut up).map_err(io_err("copy blob", &from))?;
+                let info = up.commit()?;
+                if info.digest != *digest {
+                    return Err(StoreError::Corrupt {
+                        path: from,
+                        reason: format!("holds {} instead", info.digest),
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Record `referrer` (annotated with its subject) in the index, dropping earlier referrers
     /// of the same subject with the same `artifactType`.
     pub fn replace_referrer(

@@ -5,13 +5,16 @@
 //! SOURCE_DATE_EPOCH and its SHA the revision. A plain directory is used as it is, with an
 //! epoch the caller provides.
 
+pub mod git;
+
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+
+use git::Git;
 
 /// What identifies a source, as recorded in annotations and `--json` output.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -81,6 +84,21 @@ pub enum SourceError {
         dir: PathBuf,
         args: String,
         message: String,
+        /// A network command that may succeed later (a fetch from an unreachable host).
+        retryable: bool,
+    },
+    #[error("git is not installed (or not on PATH), and it is needed to read a git source")]
+    GitMissing,
+    #[error("`git {args}` did not finish within {}s and was killed", after.as_secs())]
+    GitTimeout {
+        args: String,
+        after: std::time::Duration,
+    },
+    #[error("commit {commit} is not in {}: {reason}", repo.display())]
+    NoSuchCommit {
+        repo: PathBuf,
+        commit: String,
+        reason: String,
     },
     #[error("cannot read {}: {source}", path.display())]
     Io {
@@ -89,44 +107,36 @@ pub enum SourceError {
     },
     #[error("extracting the committed tree: {0}")]
     Extract(#[from] crate::pack::PackError),
+    #[error("reading the source was cancelled")]
+    Cancelled,
 }
 
 impl SourceError {
-    /// Whether trying again could help: none of these fix themselves.
+    /// Whether trying again could help: a network fetch that failed or timed out, or a
+    /// transient I/O condition. Bad input (a dirty tree, a missing commit) does not fix itself.
     pub fn is_retryable(&self) -> bool {
-        false
+        match self {
+            SourceError::Git { retryable, .. } => *retryable,
+            SourceError::GitTimeout { .. } => true,
+            SourceError::Io { source, .. } => crate::io_retryable(source),
+            SourceError::Extract(e) => e.is_retryable(),
+            _ => false,
+        }
     }
 }
 
-fn git(dir: &Path, args: &[&str]) -> Result<String, SourceError> {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| SourceError::Git {
-            dir: dir.to_owned(),
-            args: args.join(" "),
-            message: e.to_string(),
-        })?;
-    if !out.status.success() {
-        return Err(SourceError::Git {
-            dir: dir.to_owned(),
-            args: args.join(" "),
-            message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .trim_end_matches('\n')
-        .to_owned())
+fn git(dir: &Path, args: &[&str], cancel: &CancellationToken) -> Result<String, SourceError> {
+    Git::new(dir, args).text(cancel)
 }
 
-fn is_work_tree(dir: &Path) -> bool {
-    matches!(
-        git(dir, &["rev-parse", "--is-inside-work-tree"]).as_deref(),
-        Ok("true")
-    )
+/// Whether `dir` is inside a git repository: it or an ancestor holds `.git`. Then it must be
+/// read through git, and a git that fails ("dubious ownership", a broken repository, git
+/// missing) is an error, never a reason to build the directory as plain files.
+fn in_git_repository(dir: &Path) -> bool {
+    let Ok(abs) = dir.canonicalize() else {
+        return false;
+    };
+    abs.ancestors().any(|a| a.join(".git").exists())
 }
 
 /// Open the source at `dir`; a git tree is extracted under `scratch`.
@@ -146,7 +156,7 @@ pub fn open(
             source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
         });
     }
-    if !is_work_tree(dir) {
+    if !in_git_repository(dir) {
         let epoch = opts
             .epoch
             .or(opts.plain_epoch)
@@ -165,25 +175,35 @@ pub fn open(
             tree: Tree::InPlace(dir.to_owned()),
         });
     }
-    let revision =
-        git(dir, &["rev-parse", "--verify", "--quiet", "HEAD^{commit}"]).map_err(|_| {
-            SourceError::NoCommit {
-                dir: dir.to_owned(),
-            }
-        })?;
-    let prefix = git(dir, &["rev-parse", "--show-prefix"])?;
-    let top = PathBuf::from(git(dir, &["rev-parse", "--show-toplevel"])?);
-    let commit_time: u64 = git(dir, &["log", "-1", "--format=%ct", "HEAD"])?
-        .trim()
-        .parse()
-        .map_err(|_| SourceError::Git {
+    let inside = git(dir, &["rev-parse", "--is-inside-work-tree"], cancel)?;
+    if inside != "true" {
+        return Err(SourceError::Git {
             dir: dir.to_owned(),
-            args: "log -1 --format=%ct HEAD".into(),
-            message: "not an integer commit time".into(),
-        })?;
+            args: "rev-parse --is-inside-work-tree".into(),
+            message: "this is inside a git directory, not a work tree".into(),
+            retryable: false,
+        });
+    }
+    let revision = match git(
+        dir,
+        &["rev-parse", "--verify", "--quiet", "HEAD^{commit}"],
+        cancel,
+    ) {
+        Ok(r) => r,
+        Err(SourceError::Git { .. }) => {
+            return Err(SourceError::NoCommit {
+                dir: dir.to_owned(),
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let prefix = git(dir, &["rev-parse", "--show-prefix"], cancel)?;
+    let top = PathBuf::from(git(dir, &["rev-parse", "--show-toplevel"], cancel)?);
+    let commit_time = commit_time(dir, "HEAD", cancel)?;
     let changes = git(
         dir,
         &["status", "--porcelain", "--untracked-files=no", "--", "."],
+        cancel,
     )?;
     let dirty = !changes.trim().is_empty();
     if dirty && !opts.allow_dirty {
@@ -195,7 +215,7 @@ pub fn open(
     // A dirty build takes the tracked files as they are on disk: `git stash create` makes a
     // commit of them without touching the work tree or the stash list.
     let commit = if dirty {
-        git(dir, &["stash", "create"])?
+        git(dir, &["stash", "create"], cancel)?
     } else {
         revision.clone()
     };
@@ -204,23 +224,13 @@ pub fn open(
     } else {
         commit
     };
-    let url = git(dir, &["remote", "get-url", "origin"])
+    let url = git(dir, &["remote", "get-url", "origin"], cancel)
         .ok()
         .map(|u| normalize_remote(&u));
-    let git_ref = git(dir, &["symbolic-ref", "-q", "HEAD"])
+    let git_ref = git(dir, &["symbolic-ref", "-q", "HEAD"], cancel)
         .ok()
         .filter(|r| !r.is_empty());
-
-    let extracted = tempfile::Builder::new()
-        .prefix("kiln-source-")
-        .tempdir_in(scratch)
-        .map_err(|source| SourceError::Io {
-            path: scratch.to_owned(),
-            source,
-        })?;
-    let treeish = format!("{commit}:{prefix}");
-    // From the top level: `<commit>:<prefix>` names the subdirectory's tree only there.
-    extract_tree(&top, &treeish, extracted.path(), cancel)?;
+    let extracted = extract(&top, &commit, &prefix, scratch, cancel)?;
     Ok(Checkout {
         info: SourceInfo {
             revision: Some(revision),
@@ -232,6 +242,103 @@ pub fn open(
         },
         tree: Tree::Extracted(extracted),
     })
+}
+
+/// An exact commit in a repository kiln keeps (a bare mirror): what the daemon builds.
+#[derive(Clone, Debug)]
+pub struct CommitSource {
+    /// The repository holding the commit (bare or not).
+    pub repo: PathBuf,
+    /// The full commit SHA.
+    pub commit: String,
+    /// The directory to build inside the repository (`""` for the root, else `a/b`).
+    pub subdir: String,
+    /// What to record as the source: the repository's web URL (`https://github.com/o/r`) or
+    /// its path, whatever URL it was fetched from.
+    pub url: String,
+    /// The ref that led to the commit (`refs/heads/main`), for provenance.
+    pub git_ref: Option<String>,
+}
+
+/// Open an exact commit: its tree (or `subdir`'s) extracted under `scratch`, its commit time
+/// as SOURCE_DATE_EPOCH.
+pub fn open_commit(
+    src: &CommitSource,
+    scratch: &Path,
+    cancel: &CancellationToken,
+) -> Result<Checkout, SourceError> {
+    let commit = git(
+        &src.repo,
+        &[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("{}^{{commit}}", src.commit),
+        ],
+        cancel,
+    )
+    .map_err(|e| match e {
+        SourceError::Git { message, .. } => SourceError::NoSuchCommit {
+            repo: src.repo.clone(),
+            commit: src.commit.clone(),
+            reason: if message.is_empty() {
+                "unknown revision".into()
+            } else {
+                message
+            },
+        },
+        e => e,
+    })?;
+    let epoch = commit_time(&src.repo, &commit, cancel)?;
+    let subdir = src.subdir.trim_matches('/');
+    let prefix = if subdir.is_empty() {
+        String::new()
+    } else {
+        format!("{subdir}/")
+    };
+    let extracted = extract(&src.repo, &commit, &prefix, scratch, cancel)?;
+    Ok(Checkout {
+        info: SourceInfo {
+            revision: Some(commit),
+            url: Some(src.url.clone()),
+            epoch,
+            dirty: false,
+            git_ref: src.git_ref.clone(),
+            subdir: prefix,
+        },
+        tree: Tree::Extracted(extracted),
+    })
+}
+
+fn commit_time(repo: &Path, rev: &str, cancel: &CancellationToken) -> Result<u64, SourceError> {
+    git(repo, &["show", "-s", "--format=%ct", rev], cancel)?
+        .trim()
+        .parse()
+        .map_err(|_| SourceError::Git {
+            dir: repo.to_owned(),
+            args: format!("show -s --format=%ct {rev}"),
+            message: "not an integer commit time".into(),
+            retryable: false,
+        })
+}
+
+fn extract(
+    top: &Path,
+    commit: &str,
+    prefix: &str,
+    scratch: &Path,
+    cancel: &CancellationToken,
+) -> Result<tempfile::TempDir, SourceError> {
+    let extracted = tempfile::Builder::new()
+        .prefix("kiln-source-")
+        .tempdir_in(scratch)
+        .map_err(|source| SourceError::Io {
+            path: scratch.to_owned(),
+            source,
+        })?;
+    // From the top level: `<commit>:<prefix>` names the subdirectory's tree only there.
+    extract_tree(top, &format!("{commit}:{prefix}"), extracted.path(), cancel)?;
+    Ok(extracted)
 }
 
 /// Write the tree `treeish` into `dst` from the object database: the committed bytes exactly,
@@ -249,23 +356,12 @@ fn extract_tree(
         dir: top.to_owned(),
         args: args.to_owned(),
         message,
+        retryable: false,
     };
-    let listing = Command::new("git")
-        .arg("-C")
-        .arg(top)
-        .args(["ls-tree", "-r", "-z", treeish])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| git_err("ls-tree", e.to_string()))?;
-    if !listing.status.success() {
-        return Err(git_err(
-            "ls-tree",
-            String::from_utf8_lossy(&listing.stderr).trim().to_owned(),
-        ));
-    }
+    let listing = Git::new(top, ["ls-tree", "-r", "-z", treeish]).output(cancel, false)?;
     // "<mode> <type> <object>\t<path>" records, NUL-terminated.
     let mut entries: Vec<(String, String, std::ffi::OsString)> = Vec::new();
-    for rec in listing.stdout.split(|&b| b == 0).filter(|r| !r.is_empty()) {
+    for rec in listing.split(|&b| b == 0).filter(|r| !r.is_empty()) {
         let tab = rec
             .iter()
             .position(|&b| b == b'\t')
@@ -292,16 +388,11 @@ fn extract_tree(
         }
         entries.push((mode.to_owned(), oid.to_owned(), path));
     }
-    let mut child = Command::new("git")
-        .arg("-C")
-        .arg(top)
-        .args(["cat-file", "--batch"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| git_err("cat-file --batch", e.to_string()))?;
-    let mut stdin = child.stdin.take().expect("piped stdin");
+    let mut batch = Git::new(top, ["cat-file", "--batch"]).spawn_piped(cancel)?;
+    let mut stdin = batch
+        .stdin
+        .take()
+        .ok_or_else(|| git_err("cat-file --batch", "no stdin".into()))?;
     let oids: Vec<String> = entries.iter().map(|e| e.1.clone()).collect();
     let feeder = std::thread::spawn(move || {
         for oid in oids {
@@ -310,7 +401,11 @@ fn extract_tree(
             }
         }
     });
-    let mut out = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let stdout = batch
+        .stdout
+        .take()
+        .ok_or_else(|| git_err("cat-file --batch", "no stdout".into()))?;
+    let mut out = BufReader::new(stdout);
     let result = (|| -> Result<(), SourceError> {
         let io = |path: &Path| {
             let path = path.to_owned();
@@ -318,7 +413,7 @@ fn extract_tree(
         };
         for (mode, oid, rel) in &entries {
             if cancel.is_cancelled() {
-                return Err(SourceError::Extract(crate::pack::PackError::Cancelled));
+                return Err(SourceError::Cancelled);
             }
             let mut header = String::new();
             out.read_line(&mut header)
@@ -373,11 +468,15 @@ fn extract_tree(
         }
         Ok(())
     })();
+    // A read that failed because the watchdog killed git is a cancellation or a timeout.
+    let result = match (result, batch.interrupted()) {
+        (Err(_), Some(why)) => Err(why),
+        (r, _) => r,
+    };
     drop(out);
-    let _ = child.kill();
-    let _ = child.wait();
+    let finished = batch.finish();
     let _ = feeder.join();
-    result
+    result.and(finished)
 }
 
 /// GitHub remotes in any form become `https://github.com/<owner>/<repo>`; other URLs keep their

@@ -1,0 +1,560 @@
+//! The stages themselves. Each is one call taking the [`Build`] and the records of the stages
+//! before it.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use tracing::Instrument;
+
+use super::{ArtifactResult, Build, PipelineError, annotations, base_mounts, unix_now};
+use crate::image::{BaseImage, ImageSpec, Platform, RunConfig};
+use crate::pack::{Compression, Layer, PackOptions};
+use crate::recipe::{Artifact, ArtifactKind, FileMapping, Recipe};
+use crate::registry::{PushError, RegistryOptions};
+use crate::runner::{BuildOutput, BuildRequest, DockerRunner};
+use crate::source::{Checkout, CommitSource, SourceOptions};
+use crate::store::{OciLayout, Store, StoreError};
+
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, PipelineError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| PipelineError::Internal(e.to_string()))
+}
+
+/// Where the source comes from.
+#[derive(Clone, Debug)]
+pub enum SourceSpec {
+    /// A directory: a git work tree (its committed HEAD) or a plain directory.
+    Dir {
+        dir: PathBuf,
+        options: SourceOptions,
+    },
+    /// An exact commit in a repository kiln keeps (the daemon's mirrors).
+    Commit(CommitSource),
+}
+
+/// The source stage's record: the exact tree, what identifies it, and its recipe.
+pub struct Sourced {
+    pub checkout: Checkout,
+    pub recipe: Recipe,
+    /// The recipe as provenance records it: its path in the tree, or the file given instead.
+    pub recipe_path: String,
+}
+
+/// Stage 1: the exact source tree and its recipe (`recipe_file` instead of the tree's
+/// `kiln.toml` when given).
+pub async fn source(
+    b: &Build,
+    spec: &SourceSpec,
+    recipe_file: Option<&Path>,
+) -> Result<Sourced, PipelineError> {
+    let checkout = {
+        let (spec, scratch, cancel) = (spec.clone(), b.scratch.clone(), b.cancel.clone());
+        blocking(move || match &spec {
+            SourceSpec::Dir { dir, options } => {
+                crate::source::open(dir, options, &scratch, &cancel)
+            }
+            SourceSpec::Commit(c) => crate::source::open_commit(c, &scratch, &cancel),
+        })
+        .await??
+    };
+    let (recipe_path, recorded) = match recipe_file {
+        Some(p) => (p.to_owned(), p.display().to_string()),
+        None => (
+            checkout.tree().join("kiln.toml"),
+            format!("{}kiln.toml", checkout.info.subdir),
+        ),
+    };
+    if !recipe_path.is_file() {
+        let shown = match (recipe_file, spec) {
+            (Some(p), _) => p.to_owned(),
+            (None, SourceSpec::Dir { dir, .. }) => dir.join("kiln.toml"),
+            (None, SourceSpec::Commit(_)) => PathBuf::from(&recorded),
+        };
+        return Err(PipelineError::NoRecipe { path: shown });
+    }
+    let recipe = Recipe::load(&recipe_path)?;
+    Ok(Sourced {
+        checkout,
+        recipe,
+        recipe_path: recorded,
+    })
+}
+
+/// Stage 2: run the recipe's steps in a container; the output directory, spooled locally.
+/// `labels` go on the container (besides kiln's own).
+pub async fn run(
+    b: &Build,
+    s: &Sourced,
+    runner: &DockerRunner,
+    labels: BTreeMap<String, String>,
+) -> Result<BuildOutput, PipelineError> {
+    let info = &s.checkout.info;
+    let span = tracing::info_span!("run", build = %b.id, revision = info.revision.as_deref().unwrap_or("-"));
+    let req = BuildRequest {
+        build: &s.recipe.build,
+        source: s.checkout.tree(),
+        epoch: info.epoch,
+        build_id: &b.run_id,
+        labels,
+        log: &b.log,
+        scratch: &b.scratch,
+    };
+    runner
+        .run(&req, &b.cancel, b.observer.as_ref())
+        .instrument(span)
+        .await
+        .map_err(|source| PipelineError::Build {
+            source,
+            log: b.log.clone(),
+        })
+}
+
+/// The pack stage's record: one layer per artifact, in the recipe's order.
+#[derive(Clone, Debug)]
+pub struct Packed {
+    pub artifact: Artifact,
+    pub layer: Layer,
+}
+
+/// Stage 3: each artifact's files (mapped from the output) packed into a deterministic layer
+/// in the build's store.
+pub async fn pack(
+    b: &Build,
+    s: &Sourced,
+    output: &BuildOutput,
+    compression: Compression,
+) -> Result<Vec<Packed>, PipelineError> {
+    let mut out = Vec::new();
+    for artifact in &s.recipe.artifacts {
+        let (artifact, layout, root, spool, epoch, cancel, observer) = (
+            artifact.clone(),
+            b.layout.clone(),
+            output.root().to_owned(),
+            output.spool().to_owned(),
+            s.checkout.info.epoch,
+            b.cancel.clone(),
+            b.observer.clone(),
+        );
+        let layer = blocking(move || {
+            pack_artifact(
+                &artifact,
+                &layout,
+                &root,
+                &spool,
+                epoch,
+                compression,
+                &cancel,
+                observer.as_ref(),
+            )
+            .map(|layer| Packed { artifact, layer })
+        })
+        .await??;
+        out.push(layer);
+    }
+    Ok(out)
+}
+
+/// Resolve every base image the recipe names, once per build (two artifacts on the same base
+/// always get the same digest), copying their layers into the build's store.
+pub async fn resolve_bases(
+    b: &Build,
+    recipe: &Recipe,
+    registry: &RegistryOptions,
+) -> Result<BTreeMap<String, BaseImage>, PipelineError> {
+    let mut out = BTreeMap::new();
+    for name in recipe.artifacts.iter().filter_map(|a| a.base.as_ref()) {
+        if out.contains_key(name) {
+            continue;
+        }
+        let base =
+            crate::registry::base::fetch(name, &Platform::host(), &b.layout, registry, &b.cancel)
+                .await
+                .map_err(|source| PipelineError::Base {
+                    name: name.clone(),
+                    source: Box::new(source),
+                })?;
+        out.insert(name.clone(), base);
+    }
+    Ok(out)
+}
+
+/// Stage 4: configs and manifests around the packed layers (on their bases), with source-linked
+/// annotations, and an SLSA provenance referrer for each. Nothing is tagged.
+pub async fn image(
+    b: &Build,
+    s: &Sourced,
+    output: &BuildOutput,
+    packed: &[Packed],
+    bases: &BTreeMap<String, BaseImage>,
+    compression: Compression,
+    builder_id: &str,
+) -> Result<Vec<ArtifactResult>, PipelineError> {
+    let info = &s.checkout.info;
+    let mut common = BTreeMap::new();
+    if let Some(r) = &info.revision {
+        common.insert(annotations::REVISION.to_owned(), r.clone());
+    }
+    if let Some(u) = &info.url {
+        common.insert(annotations::SOURCE.to_owned(), u.clone());
+    }
+    common.insert(
+        annotations::RECIPE_DIGEST.to_owned(),
+        s.recipe.digest.to_string(),
+    );
+    common.insert(
+        annotations::BUILDER_IMAGE.to_owned(),
+        output.builder.reference.clone(),
+    );
+    common.insert(
+        annotations::BUILDER_DIGEST.to_owned(),
+        output.builder.id.clone(),
+    );
+    if info.dirty {
+        common.insert(annotations::DIRTY.to_owned(), "true".to_owned());
+    }
+    let mut out = Vec::new();
+    for p in packed {
+        let artifact = &p.artifact;
+        let base = artifact.base.as_ref().and_then(|n| bases.get(n)).cloned();
+        let base_ref = base.as_ref().map(|b| (b.name.clone(), b.digest));
+        let (layout, layer, a, inf, common) = (
+            b.layout.clone(),
+            p.layer.clone(),
+            artifact.clone(),
+            info.clone(),
+            common.clone(),
+        );
+        let desc = blocking(move || {
+            write_artifact(base, &a, &layer, &layout, inf.epoch, &common, compression)
+        })
+        .await??;
+        let prov = crate::provenance::Provenance {
+            name: artifact.name.clone(),
+            digest: crate::image::descriptor_digest(&desc)
+                .map_err(|e| PipelineError::Internal(e.to_string()))?,
+            source_url: info.url.clone(),
+            revision: info.revision.clone(),
+            git_ref: info.git_ref.clone(),
+            recipe_path: s.recipe_path.clone(),
+            recipe_digest: s.recipe.digest,
+            dirty: info.dirty,
+            compression: compression.to_string(),
+            compressor: compression.describe(compression.default_level()),
+            level: compression.default_level(),
+            builder_image: output.builder.reference.clone(),
+            builder_image_id: output.builder.id.clone(),
+            base: base_ref,
+            builder_id: builder_id.to_owned(),
+            invocation_id: b.id.clone(),
+            started: b.started,
+            finished: unix_now(),
+        };
+        let referrer =
+            crate::provenance::attach(&b.layout, &desc, &prov.statement(), prov.finished)?;
+        out.push(ArtifactResult {
+            name: artifact.name.clone(),
+            kind: artifact.kind.to_string(),
+            digest: desc.digest().to_string(),
+            size: desc.size(),
+            media_type: desc.media_type().to_string(),
+            loaded_as: None,
+            pushed_to: None,
+            provenance: Some(referrer.digest().to_string()),
+        });
+    }
+    Ok(out)
+}
+
+/// Where published artifacts go: artifact `name` to `<root>/<name>` (an OCI layout per
+/// artifact) or to `<prefix>/<name>` in a registry.
+#[derive(Clone, Debug)]
+pub enum Target {
+    Layout {
+        root: PathBuf,
+    },
+    Registry {
+        prefix: String,
+        options: RegistryOptions,
+    },
+}
+
+impl Target {
+    /// Where artifact `name` goes: a layout directory or `host/repository`.
+    pub fn location(&self, name: &str) -> String {
+        match self {
+            Target::Layout { root } => root.join(name).display().to_string(),
+            Target::Registry { prefix, .. } => format!("{}/{name}", prefix.trim_end_matches('/')),
+        }
+    }
+
+    fn pusher_for<'a>(
+        &self,
+        client: &'a crate::registry::RegistryClient,
+        b: &'a Build,
+        reference: &crate::reference::Reference,
+    ) -> crate::registry::Pusher<'a> {
+        let mut pusher = crate::registry::Pusher::new(client, &b.layout, &reference.repository);
+        pusher.observer = b.observer.as_ref();
+        pusher.cancel = b.cancel.clone();
+        pusher
+    }
+}
+
+fn push_error(target: &str) -> impl FnOnce(PushError) -> PipelineError + '_ {
+    move |source| PipelineError::Push {
+        target: target.to_owned(),
+        source: Box::new(source),
+    }
+}
+
+fn registry_client(
+    location: &str,
+    options: &RegistryOptions,
+) -> Result<(crate::reference::Reference, crate::registry::RegistryClient), PipelineError> {
+    let reference: crate::reference::Reference =
+        location
+            .parse()
+            .map_err(|e: crate::reference::ReferenceError| {
+                push_error(location)(PushError::Invalid(e.to_string()))
+            })?;
+    let client = crate::registry::RegistryClient::for_reference(&reference, options)
+        .map_err(|e| push_error(location)(PushError::Registry(e)))?;
+    Ok((reference, client))
+}
+
+/// Stage 5a: publish everything of `artifact` but its tags: blobs, the manifest by digest and
+/// its provenance. Returns where it went (`host/repo@sha256:...`, or `<layout>@sha256:...`).
+pub async fn publish_content(
+    b: &Build,
+    target: &Target,
+    artifact: &ArtifactResult,
+) -> Result<String, PipelineError> {
+    let desc = artifact.descriptor()?;
+    let location = target.location(&artifact.name);
+    match target {
+        Target::Layout { .. } => {
+            let (src, dst, d) = (b.layout.clone(), PathBuf::from(&location), desc.clone());
+            blocking(move || OciLayout::open_or_create(&dst)?.import(&src, &d)).await??;
+        }
+        Target::Registry { options, .. } => {
+            let (reference, client) = registry_client(&location, options)?;
+            let mut pusher = target.pusher_for(&client, b, &reference);
+            let manifest = b.layout.read_blob(
+                &crate::image::descriptor_digest(&desc)
+                    .map_err(|e| PipelineError::Internal(e.to_string()))?,
+            )?;
+            pusher.mount_from = base_mounts(&manifest, &reference);
+            pusher
+                .push_content(&desc)
+                .await
+                .map_err(push_error(&location))?;
+        }
+    }
+    Ok(format!("{location}@{}", artifact.digest))
+}
+
+/// Stage 5b: point `tags` at `artifact`, published by [`publish_content`].
+pub async fn publish_tags(
+    b: &Build,
+    target: &Target,
+    artifact: &ArtifactResult,
+    tags: &[String],
+) -> Result<(), PipelineError> {
+    let desc = artifact.descriptor()?;
+    let location = target.location(&artifact.name);
+    match target {
+        Target::Layout { .. } => {
+            let (dst, tags) = (PathBuf::from(&location), tags.to_vec());
+            blocking(move || -> Result<(), StoreError> {
+                let layout = OciLayout::open(&dst)?;
+                for t in &tags {
+                    layout.tag(Some(t), &desc)?;
+                }
+                Ok(())
+            })
+            .await??;
+        }
+        Target::Registry { options, .. } => {
+            let (reference, client) = registry_client(&location, options)?;
+            let pusher = target.pusher_for(&client, b, &reference);
+            pusher
+                .push_tags(&desc, tags)
+                .await
+                .map_err(push_error(&location))?;
+        }
+    }
+    Ok(())
+}
+
+/// Stage `artifact`'s files from the build output and pack them into one layer.
+#[allow(clippy::too_many_arguments)]
+fn pack_artifact(
+    artifact: &Artifact,
+    layout: &OciLayout,
+    output: &Path,
+    spool: &Path,
+    epoch: u64,
+    compression: Compression,
+    cancel: &tokio_util::sync::CancellationToken,
+    observer: &(dyn crate::events::Observer + Send + Sync),
+) -> Result<Layer, PipelineError> {
+    let whole =
+        artifact.files.len() == 1 && artifact.files[0].from == "." && artifact.files[0].to == "/";
+    let staged;
+    let root = if whole {
+        output.to_owned()
+    } else {
+        staged = tempfile::Builder::new()
+            .prefix("kiln-stage-")
+            .tempdir_in(spool)
+            .map_err(|e| PipelineError::Files {
+                artifact: artifact.name.clone(),
+                reason: e.to_string(),
+            })?;
+        stage(output, &artifact.files, staged.path()).map_err(|reason| PipelineError::Files {
+            artifact: artifact.name.clone(),
+            reason,
+        })?;
+        staged.path().to_owned()
+    };
+    let mut opts = PackOptions::new(epoch);
+    opts.compression = compression;
+    crate::pack::pack_dir(&root, &opts, layout, cancel, observer).map_err(|source| {
+        PipelineError::Pack {
+            artifact: artifact.name.clone(),
+            source,
+        }
+    })
+}
+
+/// Write the config and manifest of one artifact around its layer.
+fn write_artifact(
+    base: Option<BaseImage>,
+    artifact: &Artifact,
+    layer: &Layer,
+    layout: &OciLayout,
+    epoch: u64,
+    common: &BTreeMap<String, String>,
+    compression: Compression,
+) -> Result<oci_spec::image::Descriptor, PipelineError> {
+    let mut ann = common.clone();
+    ann.insert(annotations::TITLE.to_owned(), artifact.name.clone());
+    let desc = match artifact.kind {
+        ArtifactKind::Image => {
+            let ours = RunConfig {
+                entrypoint: artifact.entrypoint.clone(),
+                cmd: artifact.cmd.clone(),
+                env: artifact
+                    .env
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect(),
+                working_dir: artifact.workdir.clone(),
+                user: artifact.user.clone(),
+                labels: artifact.labels.clone(),
+            };
+            let run = match &base {
+                Some(b) => crate::image::merge_run(&b.run, &ours),
+                None => ours,
+            };
+            let spec = ImageSpec {
+                platform: Platform::host(),
+                epoch,
+                run,
+                base,
+                annotations: ann,
+                created_by: format!(
+                    "kiln build ({})",
+                    compression.describe(compression.default_level())
+                ),
+            };
+            crate::image::write_image(layout, std::slice::from_ref(layer), &spec)?
+        }
+        ArtifactKind::Files => {
+            let t = artifact
+                .artifact_type
+                .as_deref()
+                .unwrap_or(crate::recipe::DEFAULT_FILES_ARTIFACT_TYPE);
+            crate::image::write_artifact(layout, std::slice::from_ref(layer), t, epoch, &ann)?
+        }
+    };
+    Ok(desc)
+}
+
+/// Lay out `files` mappings from `output` into `dst`. Hard links where possible (the packer
+/// reads contents, so links never reach the layer), symlinks recreated as they are. A `from`
+/// must stay inside the output directory: no `..` (checked by the recipe) and no symlinked
+/// directory on the way.
+fn stage(output: &Path, files: &[FileMapping], dst: &Path) -> Result<(), String> {
+    for m in files {
+        let mut src = output.to_owned();
+        if m.from != "." {
+            for part in m.from.split('/') {
+                let md = fs::symlink_metadata(&src)
+                    .map_err(|e| format!("files.from {:?}: {e}", m.from))?;
+                if md.file_type().is_symlink() {
+                    return Err(format!(
+                        "files.from {:?} passes through a symlink and could leave the output directory",
+                        m.from
+                    ));
+                }
+                src.push(part);
+            }
+        }
+        if fs::symlink_metadata(&src).is_err() {
+            return Err(format!(
+                "files.from {:?} does not exist in the build output",
+                m.from
+            ));
+        }
+        // An earlier mapping may have staged a symlink on this one's way: never write through it.
+        let mut at = dst.to_owned();
+        for part in
+            m.to.trim_start_matches('/')
+                .split('/')
+                .filter(|p| !p.is_empty())
+        {
+            at.push(part);
+            if fs::symlink_metadata(&at).is_ok_and(|md| md.file_type().is_symlink()) {
+                return Err(format!(
+                    "files.to {:?} passes through a symlink staged by another mapping",
+                    m.to
+                ));
+            }
+        }
+        let target = dst.join(m.to.trim_start_matches('/'));
+        copy_tree(&src, &target).map_err(|e| format!("staging {:?} at {:?}: {e}", m.from, m.to))?;
+    }
+    Ok(())
+}
+
+fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
+    let md = fs::symlink_metadata(src)?;
+    if let Some(parent) = dst.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    if md.file_type().is_symlink() {
+        let _ = fs::remove_file(dst);
+        std::os::unix::fs::symlink(fs::read_link(src)?, dst)
+    } else if md.is_dir() {
+        if fs::symlink_metadata(dst).is_ok_and(|d| d.file_type().is_symlink()) {
+            return Err(std::io::Error::other(format!(
+                "{} is a symlink staged by another mapping",
+                dst.display()
+            )));
+        }
+        fs::create_dir_all(dst)?;
+        for e in fs::read_dir(src)? {
+            let e = e?;
+            copy_tree(&e.path(), &dst.join(e.file_name()))?;
+        }
+        Ok(())
+    } else {
+        let _ = fs::remove_file(dst);
+        fs::hard_link(src, dst).or_else(|_| fs::copy(src, dst).map(|_| ()))
+    }
+}
