@@ -10,8 +10,10 @@
 //! progress as [`events`], and return typed errors that say whether a retry can help.
 
 pub mod check;
+pub mod daemon;
 pub mod digest;
 pub mod events;
+pub mod http;
 pub mod image;
 pub mod inspect;
 pub mod json;
@@ -23,6 +25,7 @@ pub mod reference;
 pub mod registry;
 pub mod runner;
 pub mod source;
+pub mod state;
 pub mod store;
 pub mod validate;
 

@@ -45,6 +45,18 @@ enum Command {
         /// The OCI image layout directory.
         layout: PathBuf,
     },
+    /// Run the build daemon: watch repositories, build each new commit once, publish, report.
+    Daemon(DaemonArgs),
+}
+
+#[derive(clap::Args)]
+struct DaemonArgs {
+    /// The daemon config.
+    #[arg(long, value_name = "FILE", default_value = kiln::daemon::config::DEFAULT_PATH)]
+    config: PathBuf,
+    /// Check the config and exit: every problem, with its line.
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(Subcommand)]
@@ -189,14 +201,20 @@ fn cancel_on_signals(what: &'static str) -> (CancellationToken, Arc<AtomicBool>)
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The daemon tells what it does at info; one-shot commands only warn.
+    let default = match cli.command {
+        Command::Daemon(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| default.into()),
         )
+        .with_target(false)
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -232,6 +250,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Daemon(a) => daemon(a),
         Command::Validate { layout } => {
             let r = kiln::validate::validate_layout(&layout)?;
             eprintln!(
@@ -397,6 +416,71 @@ fn build(a: BuildArgs) -> Result<ExitCode> {
             Err(e) => Err(e.into()),
         }
     })
+}
+
+/// Exit status for a config that does not check.
+const EXIT_CONFIG: u8 = 2;
+
+fn daemon(a: DaemonArgs) -> Result<ExitCode> {
+    use kiln::daemon::config::{Config, RepoSource};
+    let config = match Config::load(&a.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kiln: error: {e}");
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    if a.check {
+        eprintln!(
+            "{}: ok (host {}, state in {}, listening on {}, {} build{} at once)",
+            a.config.display(),
+            config.host_id,
+            config.state_dir.display(),
+            config.listen,
+            config.concurrency,
+            if config.concurrency == 1 { "" } else { "s" }
+        );
+        for r in &config.repos {
+            let kind = match r.source {
+                RepoSource::GitHub { .. } => "github",
+                RepoSource::Path(_) => "path",
+            };
+            eprintln!(
+                "  {kind} {} (recipe {}; branches {}{})",
+                r.name(),
+                r.recipe_key(),
+                r.branches.join(", "),
+                r.tags
+                    .as_deref()
+                    .map(|t| format!("; tags {t}"))
+                    .unwrap_or_default()
+            );
+        }
+        match &config.registry {
+            Some(r) => eprintln!("  artifacts go to {}/<artifact>", r.url),
+            None => eprintln!(
+                "  artifacts go to the local layouts in {}/layout/<artifact>",
+                config.state_dir.display()
+            ),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+        };
+        kiln::daemon::run(config, &a.config, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `LAYOUT[:TAG]`: a tag only when what follows the last ':' is one and the rest is a layout.

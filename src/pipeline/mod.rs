@@ -24,8 +24,8 @@ use crate::source::{SourceError, SourceInfo, SourceOptions};
 use crate::store::{OciLayout, Store, StoreError};
 
 pub use stage::{
-    Packed, SourceSpec, Sourced, Target, image, pack, publish_content, publish_tags, resolve_bases,
-    run, source,
+    Packed, SourceSpec, Sourced, Target, find_published, image, pack, publish_content,
+    publish_tags, resolve_bases, retag, run, source,
 };
 
 /// Manifest annotations kiln adds to every artifact.

@@ -390,6 +390,135 @@ pub async fn publish_tags(
     Ok(())
 }
 
+/// What `target` holds under `tag` for artifact `name`, if anything: its manifest digest,
+/// size, media type and annotations. Lets a daemon see that a commit is already published.
+pub async fn find_published(
+    target: &Target,
+    name: &str,
+    tag: &str,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<Option<(ArtifactResult, BTreeMap<String, String>)>, PipelineError> {
+    let location = target.location(name);
+    let found: Option<(Vec<u8>, String)> = match target {
+        Target::Layout { .. } => {
+            let (dir, tag) = (PathBuf::from(&location), tag.to_owned());
+            blocking(move || -> Result<Option<(Vec<u8>, String)>, StoreError> {
+                if !dir.join("oci-layout").is_file() {
+                    return Ok(None);
+                }
+                let layout = OciLayout::open(&dir)?;
+                let Some(d) = layout.resolve(&tag)? else {
+                    return Ok(None);
+                };
+                let digest = crate::digest::Digest::from_oci(d.digest()).map_err(|e| {
+                    StoreError::Corrupt {
+                        path: dir.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                Ok(Some((
+                    layout.read_blob(&digest)?,
+                    d.media_type().to_string(),
+                )))
+            })
+            .await??
+        }
+        Target::Registry { options, .. } => {
+            let (reference, client) = registry_client(&location, options)?;
+            let repo = crate::registry::Repository::new(&client, &reference.repository);
+            let got = tokio::select! {
+                r = repo.get_manifest(tag) => r.map_err(push_error(&location))?,
+                _ = cancel.cancelled() => return Err(push_error(&location)(PushError::Cancelled)),
+            };
+            got.map(|(bytes, media_type, _)| (bytes.to_vec(), media_type))
+        }
+    };
+    let Some((bytes, media_type)) = found else {
+        return Ok(None);
+    };
+    let m: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let annotations: BTreeMap<String, String> = m["annotations"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let digest = crate::digest::Digest::of(&bytes);
+    let media_type = if media_type.is_empty() {
+        m["mediaType"].as_str().unwrap_or_default().to_owned()
+    } else {
+        media_type
+    };
+    let kind = if m["artifactType"].is_string() {
+        ArtifactKind::Files
+    } else {
+        ArtifactKind::Image
+    };
+    Ok(Some((
+        ArtifactResult {
+            name: name.to_owned(),
+            kind: kind.to_string(),
+            digest: digest.to_string(),
+            size: bytes.len() as u64,
+            media_type,
+            loaded_as: None,
+            pushed_to: Some(format!("{location}@{digest}")),
+            provenance: None,
+        },
+        annotations,
+    )))
+}
+
+/// Point `tags` at an artifact published earlier (a ref that arrived after its build): the
+/// manifest is read back from the target and put under each tag. Nothing is rebuilt.
+pub async fn retag(
+    target: &Target,
+    artifact: &ArtifactResult,
+    tags: &[String],
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<(), PipelineError> {
+    let desc = artifact.descriptor()?;
+    let location = target.location(&artifact.name);
+    match target {
+        Target::Layout { .. } => {
+            let (dir, tags) = (PathBuf::from(&location), tags.to_vec());
+            blocking(move || -> Result<(), StoreError> {
+                let layout = OciLayout::open(&dir)?;
+                for t in &tags {
+                    layout.tag(Some(t), &desc)?;
+                }
+                Ok(())
+            })
+            .await??;
+        }
+        Target::Registry { options, .. } => {
+            let (reference, client) = registry_client(&location, options)?;
+            let repo = crate::registry::Repository::new(&client, &reference.repository);
+            let digest = crate::image::descriptor_digest(&desc)
+                .map_err(|e| PipelineError::Internal(e.to_string()))?;
+            let work = async {
+                let (bytes, _, _) = repo
+                    .get_manifest(&digest.to_string())
+                    .await?
+                    .ok_or_else(|| PushError::Invalid(format!("{location}@{digest} is gone")))?;
+                for t in tags {
+                    crate::store::validate_tag(t)?;
+                    repo.put_manifest(t, desc.media_type(), bytes.clone(), &digest)
+                        .await?;
+                }
+                Ok::<_, PushError>(())
+            };
+            tokio::select! {
+                r = work => r.map_err(push_error(&location))?,
+                _ = cancel.cancelled() => return Err(push_error(&location)(PushError::Cancelled)),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Stage `artifact`'s files from the build output and pack them into one layer.
 #[allow(clippy::too_many_arguments)]
 fn pack_artifact(

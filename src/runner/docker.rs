@@ -335,7 +335,11 @@ impl DockerRunner {
             .await
             .map_err(engine("start the build container"))?;
 
-        let mut log = File::create(req.log).map_err(io("create the build log", req.log))?;
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(req.log)
+            .map_err(io("open the build log", req.log))?;
         let total = b.steps.len();
         let mut records = Vec::new();
         for (i, step) in b.steps.iter().enumerate() {

@@ -6,6 +6,7 @@
 //! epoch the caller provides.
 
 pub mod git;
+pub mod mirror;
 
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;

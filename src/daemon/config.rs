@@ -1,0 +1,669 @@
+//! The daemon config (`/etc/kiln/kiln.toml`), checked the way recipes are: every problem is
+//! reported with its line and key, unknown keys included, before anything starts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::de::{DeTable, DeValue};
+
+use crate::check::{CheckError, Checker, type_name};
+use crate::recipe::{normalize_rel, parse_duration};
+use crate::registry::Secret;
+
+/// The default config path.
+pub const DEFAULT_PATH: &str = "/etc/kiln/kiln.toml";
+/// Where the GitHub token comes from when `token_file` is not set.
+pub const TOKEN_ENV: &str = "KILN_GITHUB_TOKEN";
+
+/// A checked daemon config.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The state database, git mirrors, logs and the local layouts.
+    pub state_dir: PathBuf,
+    /// HTTP: health, metrics, API, webhook.
+    pub listen: SocketAddr,
+    /// Builds at once on this host.
+    pub concurrency: usize,
+    /// This host's name in the farm: recorded on every build, labels its containers.
+    pub host_id: String,
+    /// The dashboard's public address, for `target_url` in commit statuses.
+    pub public_url: Option<String>,
+    /// How long a running build may finish after SIGTERM before it is cancelled.
+    pub shutdown_grace: Duration,
+    /// How long a claimed job is held without renewal (renewed every third of it).
+    pub lease: Duration,
+    pub github: Option<GitHub>,
+    pub registry: Option<Registry>,
+    pub repos: Vec<Repo>,
+}
+
+/// `[github]`.
+#[derive(Clone, Debug)]
+pub struct GitHub {
+    /// `https://api.github.com`, or `https://HOST/api/v3` for GitHub Enterprise.
+    pub api_url: String,
+    pub token: Option<Secret>,
+    /// Where the token came from, for messages (never the token itself).
+    pub token_source: Option<String>,
+    pub poll_interval: Duration,
+    /// Enables `POST /hooks/github`.
+    pub webhook_secret: Option<Secret>,
+}
+
+/// `[registry]`: where artifacts go (`<url>/<artifact name>`).
+#[derive(Clone, Debug)]
+pub struct Registry {
+    pub url: String,
+    pub ca_file: Option<PathBuf>,
+    pub insecure: bool,
+}
+
+/// Where a watched repository lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RepoSource {
+    /// `owner/name` on GitHub.
+    GitHub { owner: String, name: String },
+    /// A local repository (bare or not), watched on disk.
+    Path(PathBuf),
+}
+
+/// `[[repo]]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Repo {
+    pub source: RepoSource,
+    pub branches: Vec<String>,
+    /// Also build new tags matching this glob.
+    pub tags: Option<String>,
+    /// The directory to build, relative to the repository root (`""` for the root).
+    pub dir: String,
+    /// A recipe kept outside the repository.
+    pub recipe_file: Option<PathBuf>,
+}
+
+impl Repo {
+    /// The repository's name in the state and the API: `owner/name` or the path.
+    pub fn name(&self) -> String {
+        match &self.source {
+            RepoSource::GitHub { owner, name } => format!("{owner}/{name}"),
+            RepoSource::Path(p) => p.display().to_string(),
+        }
+    }
+
+    /// The recipe's key in the state: its path in the repository, or the outside file.
+    pub fn recipe_key(&self) -> String {
+        match &self.recipe_file {
+            Some(f) => f.display().to_string(),
+            None if self.dir.is_empty() => "kiln.toml".to_owned(),
+            None => format!("{}/kiln.toml", self.dir),
+        }
+    }
+}
+
+impl Config {
+    /// Read and check a config file.
+    pub fn load(path: &Path) -> Result<Config, CheckError> {
+        crate::check::load(path, |c, doc| c.config(doc))
+    }
+
+    /// Check config bytes; `path` is only for messages.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Config, CheckError> {
+        crate::check::check(bytes, path, |c, doc| c.config(doc))
+    }
+}
+
+/// This machine's hostname, the default `host_id`.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+fn valid_host_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// `owner/name` as GitHub allows them.
+fn github_name(s: &str) -> Option<(String, String)> {
+    let (o, n) = s.split_once('/')?;
+    let ok = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 100
+            && p != "."
+            && p != ".."
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    };
+    (ok(o) && ok(n)).then(|| (o.to_owned(), n.to_owned()))
+}
+
+/// A branch name git would accept (`git check-ref-format --branch`, in short).
+fn valid_branch(b: &str) -> bool {
+    !b.is_empty()
+        && !b.starts_with(['-', '/', '.'])
+        && !b.ends_with(['/', '.'])
+        && !b.ends_with(".lock")
+        && !b.contains("..")
+        && !b.contains("//")
+        && !b.contains("@{")
+        && !b
+            .bytes()
+            .any(|c| c < 0x20 || c == 0x7f || b" ~^:?*[\\".contains(&c))
+}
+
+fn read_secret(path: &Path) -> Result<Secret, String> {
+    let s = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let s = s.trim();
+    if s.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(Secret::new(s))
+}
+
+impl Checker<'_> {
+    fn config(&mut self, doc: &DeTable) -> Option<Config> {
+        self.unknown_keys(
+            doc,
+            "",
+            &[
+                "state_dir",
+                "listen",
+                "concurrency",
+                "host_id",
+                "public_url",
+                "shutdown_grace",
+                "lease",
+                "github",
+                "registry",
+                "repo",
+            ],
+        );
+        let state_dir = match self.string(doc, "", "state_dir") {
+            None => PathBuf::from("/var/lib/kiln"),
+            Some((s, at)) => {
+                if !s.starts_with('/') {
+                    self.problem(at, "state_dir", format!("{s:?} must be an absolute path"));
+                }
+                PathBuf::from(s)
+            }
+        };
+        let listen = match self.string(doc, "", "listen") {
+            None => SocketAddr::from(([127, 0, 0, 1], 7878)),
+            Some((s, at)) => s.parse().unwrap_or_else(|_| {
+                self.problem(
+                    at,
+                    "listen",
+                    format!("{s:?} is not an address and port, like \"127.0.0.1:7878\""),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 7878))
+            }),
+        };
+        let concurrency = self.integer(doc, "", "concurrency", 1, 64).unwrap_or(1) as usize;
+        let host_id = match self.string(doc, "", "host_id") {
+            None => hostname(),
+            Some((s, at)) => {
+                if !valid_host_id(&s) {
+                    self.problem(
+                        at,
+                        "host_id",
+                        format!("{s:?}: use 1-64 characters of [A-Za-z0-9._-]"),
+                    );
+                }
+                s
+            }
+        };
+        let public_url = self.string(doc, "", "public_url").map(|(s, at)| {
+            if !(s.starts_with("http://") || s.starts_with("https://")) {
+                self.problem(at, "public_url", format!("{s:?} is not an http(s) URL"));
+            }
+            s.trim_end_matches('/').to_owned()
+        });
+        let shutdown_grace = self
+            .duration(doc, "", "shutdown_grace")
+            .unwrap_or(Duration::from_secs(30));
+        let lease = self
+            .duration(doc, "", "lease")
+            .unwrap_or(Duration::from_secs(30));
+        if lease < Duration::from_secs(3) {
+            self.problem(0, "lease", "must be at least 3s");
+        }
+        let github = self.table(doc, "github").map(|(t, _)| self.github(t));
+        let registry = self
+            .table(doc, "registry")
+            .and_then(|(t, at)| self.registry(t, at));
+        let mut repos = Vec::new();
+        match self.get(doc, "repo") {
+            Some(v) => match v.get_ref() {
+                DeValue::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        match item.get_ref() {
+                            DeValue::Table(t) => {
+                                if let Some(r) = self.repo(t, i, item.span().start) {
+                                    repos.push((r, item.span().start));
+                                }
+                            }
+                            other => {
+                                let t = type_name(other);
+                                self.problem(
+                                    item.span().start,
+                                    &format!("repo[{i}]"),
+                                    format!("expected a table, found {t}"),
+                                );
+                            }
+                        }
+                    }
+                }
+                _ => self.problem(v.span().start, "repo", "expected [[repo]] tables"),
+            },
+            None => self.problem(
+                self.text.len(),
+                "repo",
+                "missing: watch at least one repository with [[repo]]",
+            ),
+        }
+        for (i, (r, at)) in repos.iter().enumerate() {
+            if matches!(r.source, RepoSource::GitHub { .. }) && github.is_none() {
+                self.problem(
+                    *at,
+                    &format!("repo[{i}].github"),
+                    "a GitHub repository needs a [github] section",
+                );
+            }
+            if repos[..i]
+                .iter()
+                .any(|(o, _)| o.name() == r.name() && o.recipe_key() == r.recipe_key())
+            {
+                self.problem(
+                    *at,
+                    &format!("repo[{i}]"),
+                    format!(
+                        "{} with recipe {} is already watched by an earlier [[repo]]",
+                        r.name(),
+                        r.recipe_key()
+                    ),
+                );
+            }
+        }
+        Some(Config {
+            state_dir,
+            listen,
+            concurrency,
+            host_id,
+            public_url,
+            shutdown_grace,
+            lease,
+            github,
+            registry,
+            repos: repos.into_iter().map(|(r, _)| r).collect(),
+        })
+    }
+
+    fn table<'a, 'b>(
+        &mut self,
+        doc: &'b DeTable<'a>,
+        key: &str,
+    ) -> Option<(&'b DeTable<'a>, usize)> {
+        let v = self.get(doc, key)?;
+        match v.get_ref() {
+            DeValue::Table(t) => Some((t, v.span().start)),
+            other => {
+                let t = type_name(other);
+                self.problem(
+                    v.span().start,
+                    key,
+                    format!("expected a [{key}] table, found {t}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn integer(&mut self, t: &DeTable, prefix: &str, key: &str, min: i64, max: i64) -> Option<i64> {
+        let v = self.get(t, key)?;
+        let full = if prefix.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let n = match v.get_ref() {
+            DeValue::Integer(i) if i.radix() == 10 => i.as_str().parse::<i64>().ok(),
+            _ => None,
+        };
+        match n {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                self.problem(
+                    v.span().start,
+                    &full,
+                    format!("expected a whole number from {min} to {max}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, t: &DeTable, prefix: &str, key: &str) -> Option<Duration> {
+        let full = if prefix.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let (s, at) = self.string(t, prefix, key)?;
+        match parse_duration(&s) {
+            Some(d) => Some(d),
+            None => {
+                self.problem(
+                    at,
+                    &full,
+                    format!("invalid duration {s:?}: use a positive number with s, m or h, like \"60s\" or \"5m\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn abs_file(&mut self, t: &DeTable, prefix: &str, key: &str) -> Option<(PathBuf, usize)> {
+        let (s, at) = self.string(t, prefix, key)?;
+        if !s.starts_with('/') {
+            self.problem(
+                at,
+                &format!("{prefix}.{key}"),
+                format!("{s:?} must be an absolute path"),
+            );
+            return None;
+        }
+        Some((PathBuf::from(s), at))
+    }
+
+    fn github(&mut self, t: &DeTable) -> GitHub {
+        self.unknown_keys(
+            t,
+            "github",
+            &[
+                "api_url",
+                "token_file",
+                "poll_interval",
+                "webhook_secret_file",
+            ],
+        );
+        let api_url = match self.string(t, "github", "api_url") {
+            None => "https://api.github.com".to_owned(),
+            Some((s, at)) => {
+                let lower = s.to_ascii_lowercase();
+                if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+                    self.problem(at, "github.api_url", format!("{s:?} is not an http(s) URL"));
+                }
+                s.trim_end_matches('/').to_owned()
+            }
+        };
+        let (token, token_source) = match self.abs_file(t, "github", "token_file") {
+            Some((p, at)) => match read_secret(&p) {
+                Ok(s) => (Some(s), Some(p.display().to_string())),
+                Err(e) => {
+                    self.problem(at, "github.token_file", e);
+                    (None, None)
+                }
+            },
+            None => match std::env::var(TOKEN_ENV) {
+                Ok(v) if !v.trim().is_empty() => {
+                    (Some(Secret::new(v.trim())), Some(format!("${TOKEN_ENV}")))
+                }
+                _ => (None, None),
+            },
+        };
+        let poll_interval = self
+            .duration(t, "github", "poll_interval")
+            .unwrap_or(Duration::from_secs(60));
+        let webhook_secret = self.abs_file(t, "github", "webhook_secret_file").and_then(
+            |(p, at)| match read_secret(&p) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    self.problem(at, "github.webhook_secret_file", e);
+                    None
+                }
+            },
+        );
+        GitHub {
+            api_url,
+            token,
+            token_source,
+            poll_interval,
+            webhook_secret,
+        }
+    }
+
+    fn registry(&mut self, t: &DeTable, at: usize) -> Option<Registry> {
+        self.unknown_keys(t, "registry", &["url", "ca_file", "insecure"]);
+        let url = match self.string(t, "registry", "url") {
+            Some((u, at)) => {
+                let u = u.trim_end_matches('/').to_owned();
+                let probe = format!("{u}/artifact");
+                if u.contains("://") || probe.parse::<crate::reference::Reference>().is_err() {
+                    self.problem(
+                        at,
+                        "registry.url",
+                        format!("{u:?} is not a registry and path, like \"ghcr.io/acme\" or \"127.0.0.1:5000/team\""),
+                    );
+                }
+                Some(u)
+            }
+            None => {
+                self.problem(at, "registry.url", "missing: where artifacts go");
+                None
+            }
+        };
+        let ca_file = self.abs_file(t, "registry", "ca_file").map(|(p, at)| {
+            if !p.is_file() {
+                self.problem(
+                    at,
+                    "registry.ca_file",
+                    format!("{} does not exist", p.display()),
+                );
+            }
+            p
+        });
+        let insecure = self.bool(t, "registry", "insecure").unwrap_or(false);
+        Some(Registry {
+            url: url?,
+            ca_file,
+            insecure,
+        })
+    }
+
+    fn repo(&mut self, t: &DeTable, i: usize, at: usize) -> Option<Repo> {
+        let p = format!("repo[{i}]");
+        self.unknown_keys(
+            t,
+            &p,
+            &["github", "path", "branches", "tags", "dir", "recipe_file"],
+        );
+        let gh = self.string(t, &p, "github");
+        let path = self.string(t, &p, "path");
+        let source = match (gh, path) {
+            (Some((g, at)), None) => match github_name(&g) {
+                Some((owner, name)) => Some(RepoSource::GitHub { owner, name }),
+                None => {
+                    self.problem(
+                        at,
+                        &format!("{p}.github"),
+                        format!("{g:?} is not \"owner/name\""),
+                    );
+                    None
+                }
+            },
+            (None, Some((s, at))) => {
+                if !s.starts_with('/') {
+                    self.problem(
+                        at,
+                        &format!("{p}.path"),
+                        format!("{s:?} must be an absolute path"),
+                    );
+                    None
+                } else {
+                    Some(RepoSource::Path(PathBuf::from(s.trim_end_matches('/'))))
+                }
+            }
+            (Some(_), Some((_, at))) => {
+                self.problem(at, &p, "give either github or path, not both");
+                None
+            }
+            (None, None) => {
+                self.problem(
+                    at,
+                    &p,
+                    "missing: github = \"owner/name\" or path = \"/srv/git/repo.git\"",
+                );
+                None
+            }
+        };
+        let branches = match self.strings(t, &p, "branches") {
+            None => vec!["main".to_owned()],
+            Some((bs, at)) => {
+                if bs.is_empty() && self.get(t, "tags").is_none() {
+                    self.problem(
+                        at,
+                        &format!("{p}.branches"),
+                        "watch at least one branch (or set tags)",
+                    );
+                }
+                for b in &bs {
+                    if !valid_branch(b) {
+                        self.problem(
+                            at,
+                            &format!("{p}.branches"),
+                            format!("{b:?} is not a branch name"),
+                        );
+                    }
+                }
+                bs
+            }
+        };
+        let tags = self.string(t, &p, "tags").map(|(g, at)| {
+            if globset::Glob::new(&g).is_err() || g.is_empty() {
+                self.problem(
+                    at,
+                    &format!("{p}.tags"),
+                    format!("{g:?} is not a glob, like \"v*\""),
+                );
+            }
+            g
+        });
+        let dir = match self.string(t, &p, "dir") {
+            None => String::new(),
+            Some((d, at)) => match normalize_rel(&d) {
+                Some(n) if n == "." => String::new(),
+                Some(n) if !n.split('/').any(|c| c == "..") => n,
+                _ => {
+                    self.problem(
+                        at,
+                        &format!("{p}.dir"),
+                        format!("{d:?} must be a path inside the repository"),
+                    );
+                    String::new()
+                }
+            },
+        };
+        let recipe_file = self.abs_file(t, &p, "recipe_file").map(|(f, _)| f);
+        Some(Repo {
+            source: source?,
+            branches,
+            tags,
+            dir,
+            recipe_file,
+        })
+    }
+}
+
+/// Whether `tag` matches the repo's `tags` glob.
+pub fn tag_matches(glob: &str, tag: &str) -> bool {
+    globset::Glob::new(glob)
+        .map(|g| g.compile_matcher().is_match(tag))
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, CheckError> {
+        Config::parse(s.as_bytes(), Path::new("kiln.toml"))
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let c = parse(
+            r#"
+state_dir = "/var/lib/kiln"
+listen = "127.0.0.1:7878"
+concurrency = 2
+host_id = "build-2"
+public_url = "https://kiln.example.com/"
+
+[github]
+api_url = "https://github.example.com/api/v3/"
+poll_interval = "90s"
+
+[registry]
+url = "ghcr.io/acme"
+
+[[repo]]
+github = "acme/widget"
+branches = ["main", "release/1.x"]
+tags = "v*"
+dir = "services/api/"
+
+[[repo]]
+path = "/srv/git/widget.git"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.concurrency, 2);
+        assert_eq!(c.host_id, "build-2");
+        assert_eq!(c.public_url.as_deref(), Some("https://kiln.example.com"));
+        let gh = c.github.unwrap();
+        assert_eq!(gh.api_url, "https://github.example.com/api/v3");
+        assert_eq!(gh.poll_interval, Duration::from_secs(90));
+        assert_eq!(c.repos.len(), 2);
+        assert_eq!(c.repos[0].name(), "acme/widget");
+        assert_eq!(c.repos[0].recipe_key(), "services/api/kiln.toml");
+        assert_eq!(c.repos[1].branches, vec!["main".to_owned()]);
+        assert_eq!(c.repos[1].recipe_key(), "kiln.toml");
+        assert!(tag_matches("v*", "v1.2.3") && !tag_matches("v*", "nightly"));
+    }
+
+    #[test]
+    fn every_problem_names_its_key_and_line() {
+        let e = parse(
+            "state_dir = \"relative\"\nconcurency = 2\nconcurrency = 0\nlisten = \"nowhere\"\n\n[registry]\nurl = \"https://x\"\n\n[[repo]]\ngithub = \"acme\"\nbranchez = [\"main\"]\n\n[[repo]]\npath = \"/srv/a\"\ngithub = \"a/b\"\n",
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        for want in [
+            "kiln.toml:1: state_dir:",
+            "kiln.toml:2: concurency: unknown key",
+            "kiln.toml:3: concurrency: expected a whole number from 1 to 64",
+            "kiln.toml:4: listen:",
+            "kiln.toml:7: registry.url:",
+            "kiln.toml:10: repo[0].github: \"acme\" is not \"owner/name\"",
+            "kiln.toml:11: repo[0].branchez: unknown key",
+            "repo[1]: give either github or path, not both",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn github_repos_need_the_github_section_and_duplicates_are_refused() {
+        let e = parse("[[repo]]\ngithub = \"a/b\"\n[[repo]]\ngithub = \"a/b\"\n").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("needs a [github] section"), "{text}");
+        assert!(text.contains("already watched"), "{text}");
+        assert!(parse("").unwrap_err().to_string().contains("[[repo]]"));
+    }
+}

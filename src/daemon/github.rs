@@ -1,0 +1,487 @@
+//! A GitHub REST client for polling and commit statuses, gentle with rate limits.
+//!
+//! - Every GET is conditional: the last ETag (kept in the state, per token, since ETags are
+//!   token-specific) goes in `If-None-Match`; a 304 costs no primary rate limit when the
+//!   request is authorized, and the cached body answers it.
+//! - `x-ratelimit-remaining`/`-reset`, 403/429 and `retry-after` close a gate that every
+//!   request waits at: the daemon waits, it never spins.
+//! - Mutating calls (statuses) are spaced at least a second apart, and a secondary rate limit
+//!   is waited out and retried.
+//! - The token is a [`Secret`]: it never reaches a log, an error or a URL.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, AUTHORIZATION, ETAG, HeaderMap, IF_NONE_MATCH, RETRY_AFTER};
+use serde::Deserialize;
+use sha2::Digest as _;
+
+use super::metrics::Metrics;
+use crate::registry::Secret;
+use crate::state::{NewStatus, StateError, Store};
+
+/// Accept header for the cheapest head check: the bare SHA.
+pub const ACCEPT_SHA: &str = "application/vnd.github.sha";
+const ACCEPT_JSON: &str = "application/vnd.github+json";
+/// Mutating calls are spaced at least this far apart.
+const MUTATION_SPACING: Duration = Duration::from_secs(1);
+/// A secondary rate limit without `retry-after`: GitHub asks for at least a minute.
+const SECONDARY_WAIT: Duration = Duration::from_secs(60);
+
+/// Why a GitHub request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GitHubError {
+    #[error("GitHub rate limit: waiting until {} s from now", until.saturating_duration_since(Instant::now()).as_secs())]
+    RateLimited { until: Instant },
+    #[error("GitHub {what}: HTTP {status}: {message}")]
+    Http {
+        what: String,
+        status: u16,
+        message: String,
+    },
+    #[error("GitHub {what}: {message}")]
+    Network { what: String, message: String },
+    #[error("GitHub {what}: unexpected answer: {message}")]
+    Malformed { what: String, message: String },
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+impl GitHubError {
+    /// Whether trying again later could help.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            GitHubError::RateLimited { .. } | GitHubError::Network { .. } => true,
+            GitHubError::Http { status, .. } => *status >= 500 || *status == 408,
+            GitHubError::Malformed { .. } => false,
+            GitHubError::State(e) => e.is_retryable(),
+        }
+    }
+}
+
+/// What `GET /repos/{o}/{r}` says about a repository.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct RepoInfo {
+    pub clone_url: String,
+    pub html_url: String,
+}
+
+#[derive(Deserialize)]
+struct TagEntry {
+    name: String,
+    commit: TagCommit,
+}
+
+#[derive(Deserialize)]
+struct TagCommit {
+    sha: String,
+}
+
+/// A GitHub (or GitHub Enterprise) API client.
+pub struct GitHubClient {
+    http: reqwest::Client,
+    /// `https://api.github.com` or `https://HOST/api/v3`.
+    api_url: String,
+    token: Option<Secret>,
+    /// Keys the ETag cache: ETags belong to the token that got them.
+    token_key: String,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    /// No request before this instant (rate limited).
+    gate: tokio::sync::Mutex<Option<Instant>>,
+    /// When the last mutating call went out.
+    last_mutation: tokio::sync::Mutex<Option<Instant>>,
+}
+
+fn sha_of(s: &str) -> String {
+    hex::encode(&sha2::Sha256::digest(s.as_bytes())[..8])
+}
+
+/// Percent-encode a ref for a URL path, keeping its slashes.
+fn path_ref(r: &str) -> String {
+    let mut out = String::new();
+    for b in r.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl GitHubClient {
+    pub fn new(
+        api_url: &str,
+        token: Option<Secret>,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+    ) -> Result<GitHubClient, GitHubError> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| GitHubError::Network {
+                what: "client".into(),
+                message: e.to_string(),
+            })?;
+        let token_key = match &token {
+            Some(t) => sha_of(t.expose()),
+            None => "anonymous".to_owned(),
+        };
+        Ok(GitHubClient {
+            http,
+            api_url: api_url.trim_end_matches('/').to_owned(),
+            token,
+            token_key,
+            store,
+            metrics,
+            gate: tokio::sync::Mutex::new(None),
+            last_mutation: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// The host that serves git for this API (`github.com` for `api.github.com`, the same
+    /// host for GitHub Enterprise): the only host the token is sent to for fetches.
+    pub fn git_host(&self) -> Option<String> {
+        let rest = self.api_url.split_once("://")?.1;
+        let host = rest.split('/').next()?;
+        Some(match host.strip_prefix("api.") {
+            Some(h) if host.eq_ignore_ascii_case("api.github.com") => h.to_owned(),
+            _ => host.to_owned(),
+        })
+    }
+
+    pub fn token(&self) -> Option<&Secret> {
+        self.token.as_ref()
+    }
+
+    /// Wait while the rate-limit gate is closed.
+    pub async fn wait_gate(&self) {
+        loop {
+            let until = *self.gate.lock().await;
+            match until {
+                Some(t) if t > Instant::now() => tokio::time::sleep_until(t.into()).await,
+                _ => return,
+            }
+        }
+    }
+
+    /// When the gate opens again, if it is closed.
+    pub async fn gate_closed_until(&self) -> Option<Instant> {
+        (*self.gate.lock().await).filter(|t| *t > Instant::now())
+    }
+
+    async fn close_gate(&self, until: Instant) {
+        let mut g = self.gate.lock().await;
+        if g.is_none_or(|t| t < until) {
+            *g = Some(until);
+        }
+    }
+
+    fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        accept: &str,
+    ) -> reqwest::RequestBuilder {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.api_url))
+            .header(ACCEPT, accept)
+            .header("X-GitHub-Api-Version", "2022-11-28");
+        if let Some(t) = &self.token {
+            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", t.expose()))
+                .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static(""));
+            v.set_sensitive(true);
+            req = req.header(AUTHORIZATION, v);
+        }
+        req
+    }
+
+    /// Read the rate-limit headers; close the gate when GitHub says to wait. Returns the wait
+    /// if this answer was a rate limit.
+    async fn observe(&self, status: StatusCode, h: &HeaderMap, body: &str) -> Option<Instant> {
+        let remaining = h
+            .get("x-ratelimit-remaining")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i64>().ok());
+        if let Some(r) = remaining {
+            self.metrics.rate_limit_remaining.set(r);
+        }
+        if status != StatusCode::FORBIDDEN && status != StatusCode::TOO_MANY_REQUESTS {
+            return None;
+        }
+        let retry_after = h
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let reset = h
+            .get("x-ratelimit-reset")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|epoch| {
+                let at = SystemTime::UNIX_EPOCH + Duration::from_secs(epoch);
+                at.duration_since(SystemTime::now()).unwrap_or_default()
+            });
+        let secondary = body.to_ascii_lowercase().contains("secondary rate limit");
+        let wait = match (retry_after, remaining, reset) {
+            (Some(ra), _, _) => ra,
+            (None, Some(0), Some(reset)) => reset + Duration::from_secs(1),
+            _ if secondary || status == StatusCode::TOO_MANY_REQUESTS => SECONDARY_WAIT,
+            _ => return None, // a plain 403: not a rate limit
+        };
+        let until = Instant::now() + wait.max(Duration::from_secs(1));
+        tracing::warn!(
+            status = status.as_u16(),
+            wait_s = wait.as_secs(),
+            "GitHub rate limit reached; pausing GitHub requests"
+        );
+        self.close_gate(until).await;
+        Some(until)
+    }
+
+    fn count(&self, status: &str) {
+        self.metrics
+            .github_requests
+            .get_or_create(&Metrics::status(status))
+            .inc();
+    }
+
+    /// A conditional GET of `path`: the body, fresh or from the cache on a 304.
+    pub async fn get(&self, what: &str, path: &str, accept: &str) -> Result<String, GitHubError> {
+        if let Some(until) = self.gate_closed_until().await {
+            return Err(GitHubError::RateLimited { until });
+        }
+        let key = format!("{} {accept} {}{path}", self.token_key, self.api_url);
+        let cached = self.store.etag(&key).await?;
+        let mut req = self.request(reqwest::Method::GET, path, accept);
+        if let Some((etag, _)) = &cached {
+            req = req.header(IF_NONE_MATCH, etag.as_str());
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                self.count("error");
+                return Err(GitHubError::Network {
+                    what: what.to_owned(),
+                    message: crate::registry::client::error_chain(&e.without_url()),
+                });
+            }
+        };
+        let status = resp.status();
+        self.count(status.as_str());
+        let headers = resp.headers().clone();
+        tracing::debug!(what, path, status = status.as_u16(), "GitHub request");
+        if status == StatusCode::NOT_MODIFIED {
+            self.observe(status, &headers, "").await;
+            if let Some((_, body)) = cached {
+                return Ok(body);
+            }
+            return Err(GitHubError::Malformed {
+                what: what.to_owned(),
+                message: "304 Not Modified for a request kiln has no cached answer for".into(),
+            });
+        }
+        let body = read_capped(resp, 4 << 20)
+            .await
+            .map_err(|m| GitHubError::Network {
+                what: what.to_owned(),
+                message: m,
+            })?;
+        if let Some(until) = self.observe(status, &headers, &body).await {
+            return Err(GitHubError::RateLimited { until });
+        }
+        if !status.is_success() {
+            return Err(GitHubError::Http {
+                what: what.to_owned(),
+                status: status.as_u16(),
+                message: short(&body),
+            });
+        }
+        if let Some(etag) = headers.get(ETAG).and_then(|v| v.to_str().ok()) {
+            self.store.set_etag(&key, etag, &body).await?;
+        }
+        Ok(body)
+    }
+
+    /// `GET /repos/{o}/{r}`: clone and web URLs.
+    pub async fn repo(&self, owner: &str, name: &str) -> Result<RepoInfo, GitHubError> {
+        let body = self
+            .get("repository", &format!("/repos/{owner}/{name}"), ACCEPT_JSON)
+            .await?;
+        serde_json::from_str(&body).map_err(|e| GitHubError::Malformed {
+            what: "repository".into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The head commit of `branch`: `GET /repos/{o}/{r}/commits/{branch}` answered with the
+    /// bare SHA.
+    pub async fn head(&self, owner: &str, name: &str, branch: &str) -> Result<String, GitHubError> {
+        let what = format!("head of {owner}/{name} {branch}");
+        let body = self
+            .get(
+                &what,
+                &format!("/repos/{owner}/{name}/commits/{}", path_ref(branch)),
+                ACCEPT_SHA,
+            )
+            .await?;
+        let sha = body.trim().to_ascii_lowercase();
+        if sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(sha)
+        } else {
+            Err(GitHubError::Malformed {
+                what,
+                message: format!("not a commit SHA: {}", short(&body)),
+            })
+        }
+    }
+
+    /// Tags and their commits (the first 100): `GET /repos/{o}/{r}/tags`.
+    pub async fn tags(
+        &self,
+        owner: &str,
+        name: &str,
+    ) -> Result<Vec<(String, String)>, GitHubError> {
+        let body = self
+            .get(
+                "tags",
+                &format!("/repos/{owner}/{name}/tags?per_page=100"),
+                ACCEPT_JSON,
+            )
+            .await?;
+        let tags: Vec<TagEntry> =
+            serde_json::from_str(&body).map_err(|e| GitHubError::Malformed {
+                what: "tags".into(),
+                message: e.to_string(),
+            })?;
+        Ok(tags.into_iter().map(|t| (t.name, t.commit.sha)).collect())
+    }
+
+    /// `POST /repos/{o}/{r}/statuses/{sha}`, spaced from the previous mutating call.
+    pub async fn create_status(
+        &self,
+        owner: &str,
+        name: &str,
+        sha: &str,
+        status: &NewStatus,
+    ) -> Result<(), GitHubError> {
+        self.wait_gate().await;
+        {
+            let mut last = self.last_mutation.lock().await;
+            if let Some(t) = *last {
+                let next = t + MUTATION_SPACING;
+                if next > Instant::now() {
+                    tokio::time::sleep_until(next.into()).await;
+                }
+            }
+            *last = Some(Instant::now());
+        }
+        let mut body = serde_json::json!({
+            "state": status.state,
+            "context": status.context,
+            "description": truncate(&status.description, 140),
+        });
+        if let Some(u) = &status.target_url {
+            body["target_url"] = serde_json::Value::String(u.clone());
+        }
+        let what = format!("status for {owner}/{name}@{}", &sha[..sha.len().min(12)]);
+        let resp = self
+            .request(
+                reqwest::Method::POST,
+                &format!("/repos/{owner}/{name}/statuses/{sha}"),
+                ACCEPT_JSON,
+            )
+            .json(&body)
+            .send()
+            .await;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                self.count("error");
+                return Err(GitHubError::Network {
+                    what,
+                    message: crate::registry::client::error_chain(&e.without_url()),
+                });
+            }
+        };
+        let status_code = resp.status();
+        self.count(status_code.as_str());
+        let headers = resp.headers().clone();
+        let text = read_capped(resp, 64 * 1024).await.unwrap_or_default();
+        if let Some(until) = self.observe(status_code, &headers, &text).await {
+            return Err(GitHubError::RateLimited { until });
+        }
+        if status_code.is_success() {
+            Ok(())
+        } else {
+            Err(GitHubError::Http {
+                what,
+                status: status_code.as_u16(),
+                message: short(&text),
+            })
+        }
+    }
+}
+
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<String, String> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| crate::registry::client::error_chain(&e.without_url()))?
+    {
+        out.extend_from_slice(&chunk[..chunk.len().min(cap.saturating_sub(out.len()))]);
+        if out.len() >= cap {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn short(s: &str) -> String {
+    let s = s.trim();
+    let msg = serde_json::from_str::<serde_json::Value>(s)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| s.to_owned());
+    truncate(&msg, 200)
+}
+
+/// At most `n` characters.
+pub fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refs_keep_slashes_and_lose_nothing() {
+        assert_eq!(path_ref("release/1.x"), "release/1.x");
+        assert_eq!(path_ref("a b#c"), "a%20b%23c");
+        assert_eq!(truncate("abcdef", 4), "abc…");
+    }
+
+    #[tokio::test]
+    async fn the_git_host_follows_the_api_url() {
+        let store: Arc<dyn Store> = Arc::new(crate::state::SqliteStore::memory().await.unwrap());
+        let m = Arc::new(Metrics::new());
+        let c =
+            GitHubClient::new("https://api.github.com", None, store.clone(), m.clone()).unwrap();
+        assert_eq!(c.git_host().as_deref(), Some("github.com"));
+        let c = GitHubClient::new("https://ghe.example.com/api/v3", None, store, m).unwrap();
+        assert_eq!(c.git_host().as_deref(), Some("ghe.example.com"));
+    }
+}

@@ -1,0 +1,539 @@
+//! `kiln daemon`: the long-running worker. It only composes the library: triggers (GitHub
+//! polling, webhooks, local repositories) queue jobs in the state; a scheduler claims them
+//! with a lease and runs the pipeline's stages; results, tags and commit statuses are
+//! recorded and sent fenced by that lease. The HTTP side reads the state.
+//!
+//! ```text
+//! trigger -> state.enqueue -> scheduler.claim (lease, fence) -> worker: source, run, pack,
+//!   image, publish -> state.finish (fenced) -> outbox -> GitHub commit status
+//! ```
+
+pub mod config;
+pub mod github;
+pub mod lease;
+pub mod metrics;
+pub mod watch;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::runner::DockerRunner;
+use crate::state::{SqliteStore, Store};
+use config::{Config, RepoSource};
+use github::GitHubClient;
+use lease::{LeaseKeeper, STOP_SHUTDOWN, StopReason};
+use metrics::Metrics;
+
+/// Why the daemon could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] crate::check::CheckError),
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "another kiln daemon{} is using the state directory {}; stop it first (two daemons on one state directory would build every commit twice)",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
+        dir.display()
+    )]
+    Locked { dir: PathBuf, pid: Option<u32> },
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    GitHub(#[from] github::GitHubError),
+}
+
+/// What the daemon's tasks share.
+pub struct Daemon {
+    /// The running config; reloads replace it and wake the triggers.
+    pub(crate) config_tx: tokio::sync::watch::Sender<Arc<Config>>,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    github: RwLock<Option<Arc<GitHubClient>>>,
+    /// Fixed for the process: changing them needs a restart.
+    pub host_id: String,
+    pub state_dir: PathBuf,
+    pub lease: Duration,
+    pub(crate) keeper: LeaseKeeper,
+    /// A job was queued (or a slot freed): claim now.
+    pub wake_scheduler: Notify,
+    /// A status was queued: send now.
+    pub wake_outbox: Notify,
+    /// A ref reached an already built commit: tag it now.
+    pub wake_retag: Notify,
+    /// Webhook pokes: the name of a repository to check now.
+    pub pokes: tokio::sync::broadcast::Sender<String>,
+    /// Builds running here: their tokens and stop reasons, for a graceful stop.
+    running: Mutex<HashMap<String, (CancellationToken, StopReason)>>,
+}
+
+impl Daemon {
+    /// The current config.
+    pub fn config(&self) -> Arc<Config> {
+        self.config_tx.borrow().clone()
+    }
+
+    /// The GitHub client, when a `[github]` section is configured.
+    pub fn github(&self) -> Option<Arc<GitHubClient>> {
+        self.github
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether `repo` (a state name) is a GitHub repository of the current config.
+    pub fn is_github(&self, repo: &str) -> bool {
+        self.config()
+            .repos
+            .iter()
+            .any(|r| r.name() == repo && matches!(r.source, RepoSource::GitHub { .. }))
+    }
+
+    /// The build's page, for a commit status.
+    pub fn target_url(&self, build_id: &str) -> Option<String> {
+        self.config()
+            .public_url
+            .as_ref()
+            .map(|u| format!("{u}/builds/{build_id}"))
+    }
+
+    /// Where a build's log lives.
+    pub fn log_path(&self, build_id: &str) -> PathBuf {
+        self.state_dir.join("logs").join(format!("{build_id}.log"))
+    }
+
+    /// Put a new config in place (what can change without a restart).
+    pub fn apply(&self, new: Config) {
+        let old = self.config();
+        for (what, changed) in [
+            ("state_dir", old.state_dir != new.state_dir),
+            ("listen", old.listen != new.listen),
+            ("host_id", old.host_id != new.host_id),
+            ("lease", old.lease != new.lease),
+            ("concurrency", old.concurrency != new.concurrency),
+        ] {
+            if changed {
+                tracing::warn!("{what} changed in the config; it takes effect after a restart");
+            }
+        }
+        let gh_changed = match (&old.github, &new.github) {
+            (None, None) => false,
+            (Some(a), Some(b)) => {
+                a.api_url != b.api_url
+                    || a.token.as_ref().map(|t| t.expose()) != b.token.as_ref().map(|t| t.expose())
+            }
+            _ => true,
+        };
+        if gh_changed {
+            match new.github.as_ref().map(|g| {
+                GitHubClient::new(
+                    &g.api_url,
+                    g.token.clone(),
+                    self.store.clone(),
+                    self.metrics.clone(),
+                )
+            }) {
+                Some(Ok(c)) => {
+                    *self.github.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(c))
+                }
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "cannot use the new [github] settings; keeping the old ones");
+                    return;
+                }
+                None => *self.github.write().unwrap_or_else(|p| p.into_inner()) = None,
+            }
+        }
+        tracing::info!(repos = new.repos.len(), "config reloaded");
+        self.config_tx.send_replace(Arc::new(new));
+    }
+}
+
+/// Hold the state directory for this process: a second daemon on it refuses to start.
+fn lock_state_dir(dir: &Path) -> Result<File, DaemonError> {
+    let path = dir.join("daemon.lock");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|source| DaemonError::Io {
+            op: "open",
+            path: path.clone(),
+            source,
+        })?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut s = String::new();
+            let _ = f.read_to_string(&mut s);
+            return Err(DaemonError::Locked {
+                dir: dir.to_owned(),
+                pid: s.trim().parse().ok(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(source)) => {
+            return Err(DaemonError::Io {
+                op: "lock",
+                path,
+                source,
+            });
+        }
+    }
+    let _ = f.set_len(0);
+    let _ = f.rewind();
+    let _ = writeln!(f, "{}", std::process::id());
+    Ok(f)
+}
+
+fn mkdir(p: &Path) -> Result<(), DaemonError> {
+    std::fs::create_dir_all(p).map_err(|source| DaemonError::Io {
+        op: "create directory",
+        path: p.to_owned(),
+        source,
+    })
+}
+
+/// Run the daemon with `config` (read from `config_path`, which is watched for changes) until
+/// `shutdown` resolves; then stop taking jobs, give running builds the configured grace,
+/// cancel what is left (their jobs go back to the queue) and return.
+pub async fn run(
+    config: Config,
+    config_path: &Path,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let state_dir = config.state_dir.clone();
+    for sub in ["", "logs", "git", "tmp", "layout"] {
+        mkdir(&state_dir.join(sub))?;
+    }
+    let _lock = lock_state_dir(&state_dir)?;
+    // Whatever a crashed run left in the scratch space is garbage now.
+    if let Ok(entries) = std::fs::read_dir(state_dir.join("tmp")) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&state_dir.join("state.db")).await?);
+    let requeued = store.requeue_host(&config.host_id).await?;
+    if requeued > 0 {
+        tracing::info!(
+            jobs = requeued,
+            "builds this host was running when it stopped go back to the queue"
+        );
+    }
+    let metrics = Arc::new(Metrics::new());
+    let github = match &config.github {
+        Some(g) => {
+            if g.token.is_none() {
+                tracing::warn!(
+                    "no GitHub token (github.token_file or $KILN_GITHUB_TOKEN): polling is unauthenticated, and every poll costs rate limit"
+                );
+            }
+            Some(Arc::new(GitHubClient::new(
+                &g.api_url,
+                g.token.clone(),
+                store.clone(),
+                metrics.clone(),
+            )?))
+        }
+        None => None,
+    };
+    let keeper =
+        LeaseKeeper::start(store.clone(), config.lease).map_err(|source| DaemonError::Io {
+            op: "start the lease keeper for",
+            path: state_dir.clone(),
+            source,
+        })?;
+    let listen = config.listen;
+    let d = Arc::new(Daemon {
+        config_tx: tokio::sync::watch::Sender::new(Arc::new(config.clone())),
+        store,
+        metrics,
+        github: RwLock::new(github),
+        host_id: config.host_id.clone(),
+        state_dir: state_dir.clone(),
+        lease: config.lease,
+        keeper,
+        wake_scheduler: Notify::new(),
+        wake_outbox: Notify::new(),
+        wake_retag: Notify::new(),
+        pokes: tokio::sync::broadcast::channel(256).0,
+        running: Mutex::new(HashMap::new()),
+    });
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            addr: listen,
+            source,
+        })?;
+    let stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let http_stop = CancellationToken::new();
+    {
+        let (router, hs) = (crate::http::router(d.clone()), http_stop.clone());
+        tasks.spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { hs.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the HTTP server stopped");
+            }
+        });
+    }
+    tasks.spawn(watch::triggers(d.clone(), stop.clone()));
+    tasks.spawn(watch::reload_on_change(
+        d.clone(),
+        config_path.to_owned(),
+        stop.clone(),
+    ));
+    tasks.spawn(send_statuses(d.clone(), stop.clone()));
+    tasks.spawn(retagger(d.clone(), stop.clone()));
+    tasks.spawn(gauges(d.clone(), stop.clone()));
+    let builds = TaskTracker::new();
+    tasks.spawn(schedule(d.clone(), stop.clone(), builds.clone()));
+    tracing::info!(
+        host = %d.host_id,
+        listen = %listen,
+        state_dir = %state_dir.display(),
+        repos = config.repos.len(),
+        "kiln daemon ready"
+    );
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let watchdog = watchdog_pinger(stop.clone());
+
+    shutdown.await;
+    tracing::info!("stopping: no new builds");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    stop.cancel();
+    builds.close();
+    let grace = config.shutdown_grace;
+    if !builds.is_empty() && tokio::time::timeout(grace, builds.wait()).await.is_err() {
+        tracing::info!(
+            grace_s = grace.as_secs(),
+            "grace period over: cancelling running builds"
+        );
+        for (_, (cancel, why)) in d.running.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            why.set(STOP_SHUTDOWN);
+            cancel.cancel();
+        }
+        if tokio::time::timeout(Duration::from_secs(60), builds.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("builds did not stop within a minute of being cancelled");
+        }
+    }
+    http_stop.cancel();
+    tasks.close();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tasks.wait()).await;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Ping systemd's watchdog at half its interval, when `WatchdogSec=` is set.
+fn watchdog_pinger(stop: CancellationToken) -> Option<tokio::task::JoinHandle<()>> {
+    let every = sd_notify::watchdog_enabled()? / 2;
+    Some(tokio::spawn(async move {
+        loop {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }))
+}
+
+/// Claim jobs while there are free slots, and run each.
+async fn schedule(d: Arc<Daemon>, stop: CancellationToken, builds: TaskTracker) {
+    let runner = loop {
+        match DockerRunner::connect().await {
+            Ok(r) => break r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reach the Docker engine; no builds until it answers (retrying every 10s)");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        }
+    };
+    // Containers of this host's runs that died with an earlier process.
+    match runner.remove_labelled(worker::LABEL_HOST, &d.host_id).await {
+        Ok(gone) if !gone.is_empty() => {
+            tracing::info!(containers = %gone.join(", "), "removed containers left by an earlier run")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot look for leftover containers"),
+    }
+    let slots = Arc::new(tokio::sync::Semaphore::new(d.config().concurrency));
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.cancelled() => return,
+        };
+        let claim = loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            match d.store.claim(&d.host_id, d.lease).await {
+                Ok(Some(c)) => break c,
+                Ok(None) => {
+                    tokio::select! {
+                        _ = d.wake_scheduler.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim jobs; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            }
+        };
+        let cancel = CancellationToken::new();
+        let why = StopReason::default();
+        let id = claim.lease.build_id.clone();
+        d.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), (cancel.clone(), why.clone()));
+        let (d2, runner) = (d.clone(), runner.clone());
+        builds.spawn(async move {
+            worker::run(d2.clone(), claim, runner, cancel, why).await;
+            d2.running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            drop(permit);
+        });
+    }
+}
+
+/// Send queued commit statuses, oldest first, spaced and retried by the GitHub client.
+async fn send_statuses(d: Arc<Daemon>, stop: CancellationToken) {
+    loop {
+        let batch = match d
+            .store
+            .claim_statuses(&d.host_id, Duration::from_secs(120), 20)
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the status outbox");
+                Vec::new()
+            }
+        };
+        let idle = batch.is_empty();
+        for s in batch {
+            if stop.is_cancelled() {
+                return;
+            }
+            let Some(gh) = d.github() else {
+                let _ = d
+                    .store
+                    .status_sent(s.id, false, Duration::from_secs(60))
+                    .await;
+                continue;
+            };
+            let Some((owner, name)) = s.repo.split_once('/') else {
+                let _ = d.store.status_sent(s.id, true, Duration::ZERO).await;
+                continue;
+            };
+            let sent = tokio::select! {
+                r = gh.create_status(owner, name, &s.commit, &s.status) => r,
+                _ = stop.cancelled() => return,
+            };
+            match sent {
+                Ok(()) => {
+                    tracing::info!(repo = %s.repo, commit = %s.commit, context = %s.status.context, state = %s.status.state, "commit status sent");
+                    d.metrics
+                        .statuses
+                        .get_or_create(&Metrics::label("sent"))
+                        .inc();
+                    let _ = d.store.status_sent(s.id, true, Duration::ZERO).await;
+                }
+                Err(e) if e.is_retryable() => {
+                    let wait = match &e {
+                        github::GitHubError::RateLimited { until } => {
+                            until.saturating_duration_since(std::time::Instant::now())
+                        }
+                        _ => Duration::from_secs(5 << s.attempts.min(7)),
+                    };
+                    tracing::warn!(error = %e, retry_in_s = wait.as_secs(), "commit status not sent; will retry");
+                    d.metrics
+                        .statuses
+                        .get_or_create(&Metrics::label("failed"))
+                        .inc();
+                    let _ = d.store.status_sent(s.id, false, wait).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, context = %s.status.context, "GitHub refused a commit status; dropping it");
+                    d.metrics
+                        .statuses
+                        .get_or_create(&Metrics::label("failed"))
+                        .inc();
+                    let _ = d.store.status_sent(s.id, true, Duration::ZERO).await;
+                }
+            }
+        }
+        if idle {
+            tokio::select! {
+                _ = d.wake_outbox.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Tag published builds for refs that reached them after they finished.
+async fn retagger(d: Arc<Daemon>, stop: CancellationToken) {
+    loop {
+        worker::retag_pending(&d, &stop).await;
+        tokio::select! {
+            _ = d.wake_retag.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Keep the gauges that come from the state current.
+async fn gauges(d: Arc<Daemon>, stop: CancellationToken) {
+    loop {
+        if let Ok(n) = d.store.queue_depth().await {
+            d.metrics.queue_depth.set(n as i64);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}

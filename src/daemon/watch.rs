@@ -1,0 +1,366 @@
+//! Triggers: GitHub polling (conditional, jittered, rate-limit aware), webhook pokes, local
+//! repositories watched on disk, and the config file watched for reloads.
+//!
+//! Every trigger ends in [`trigger`]: a head that changed becomes a job, inserted once per
+//! repo, commit and recipe whoever found it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::Daemon;
+use super::config::{Config, Repo, RepoSource, tag_matches};
+use super::github::{GitHubClient, GitHubError};
+use crate::source::git::Git;
+use crate::state::NewJob;
+
+/// How often a local repository is re-read when no change was seen on disk.
+const LOCAL_FALLBACK_POLL: Duration = Duration::from_secs(60);
+/// A marker head: the tags a repo had when kiln first saw them were recorded, not built.
+const TAGS_BASELINE: &str = "kiln:tags-baseline";
+
+/// A random fraction in [0, 1), for spreading polls.
+fn jitter() -> f64 {
+    (crate::registry::client::jitter_ms() % 1000) as f64 / 1000.0
+}
+
+/// `git_ref` of `repo` points at `commit`: queue a build if that is news.
+pub async fn trigger(d: &Daemon, repo: &Repo, git_ref: &str, commit: &str) {
+    let (name, recipe) = (repo.name(), repo.recipe_key());
+    match d.store.head(&name, &recipe, git_ref).await {
+        Ok(Some(h)) if h == commit => return,
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(repo = %name, error = %e, "cannot read the last head");
+            return;
+        }
+    }
+    let job = NewJob {
+        repo: name.clone(),
+        commit: commit.to_owned(),
+        recipe,
+        git_ref: git_ref.to_owned(),
+    };
+    match d.store.enqueue(&job).await {
+        Ok(e) if e.created => {
+            tracing::info!(repo = %name, git_ref, commit, build = %e.build_id, "new commit: build queued");
+            d.wake_scheduler.notify_one();
+        }
+        Ok(e) => {
+            tracing::info!(repo = %name, git_ref, commit, build = %e.build_id, state = e.state.as_str(), "ref moved to a commit kiln already has");
+            if e.ref_added {
+                d.wake_retag.notify_one();
+            }
+        }
+        Err(e) => tracing::warn!(repo = %name, error = %e, "cannot queue a build"),
+    }
+}
+
+/// Tags of `repo` matching its glob: build the new ones; on the very first look, record them
+/// as they are without building history.
+async fn tags_seen(d: &Daemon, repo: &Repo, tags: Vec<(String, String)>) {
+    let Some(glob) = &repo.tags else { return };
+    let (name, recipe) = (repo.name(), repo.recipe_key());
+    let matching = tags
+        .into_iter()
+        .filter(|(t, _)| tag_matches(glob, t))
+        .map(|(t, sha)| (format!("refs/tags/{t}"), sha));
+    let first = matches!(d.store.head(&name, &recipe, TAGS_BASELINE).await, Ok(None));
+    for (r, sha) in matching {
+        if first {
+            let _ = d.store.set_head(&name, &recipe, &r, &sha).await;
+        } else {
+            trigger(d, repo, &r, &sha).await;
+        }
+    }
+    if first {
+        let _ = d.store.set_head(&name, &recipe, TAGS_BASELINE, "-").await;
+    }
+}
+
+/// Run every repository's trigger for the current config until `stop`, restarting them when
+/// the config changes.
+pub async fn triggers(d: Arc<Daemon>, stop: CancellationToken) {
+    let mut changes = d.config_tx.subscribe();
+    loop {
+        let generation = stop.child_token();
+        let cfg = d.config();
+        let mut tasks = tokio::task::JoinSet::new();
+        for repo in cfg.repos.clone() {
+            let (d, g) = (d.clone(), generation.clone());
+            match &repo.source {
+                RepoSource::GitHub { .. } => {
+                    tasks.spawn(async move { poll_github(d, repo, g).await });
+                }
+                RepoSource::Path(_) => {
+                    tasks.spawn(async move { watch_local(d, repo, g).await });
+                }
+            }
+        }
+        tokio::select! {
+            r = changes.changed() => {
+                generation.cancel();
+                while tasks.join_next().await.is_some() {}
+                if r.is_err() {
+                    return;
+                }
+            }
+            _ = stop.cancelled() => {
+                generation.cancel();
+                while tasks.join_next().await.is_some() {}
+                return;
+            }
+        }
+    }
+}
+
+async fn check_github(d: &Daemon, gh: &GitHubClient, repo: &Repo) -> Result<(), GitHubError> {
+    let RepoSource::GitHub { owner, name } = &repo.source else {
+        return Ok(());
+    };
+    for branch in &repo.branches {
+        match gh.head(owner, name, branch).await {
+            Ok(sha) => trigger(d, repo, &format!("refs/heads/{branch}"), &sha).await,
+            Err(GitHubError::Http {
+                status: 404 | 422, ..
+            }) => {
+                tracing::debug!(repo = %repo.name(), branch, "no such branch (yet)")
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if repo.tags.is_some() {
+        let tags = gh.tags(owner, name).await?;
+        tags_seen(d, repo, tags).await;
+    }
+    Ok(())
+}
+
+async fn poll_github(d: Arc<Daemon>, repo: Repo, stop: CancellationToken) {
+    let name = repo.name();
+    let mut pokes = d.pokes.subscribe();
+    let Some(interval) = d.config().github.as_ref().map(|g| g.poll_interval) else {
+        return;
+    };
+    // Spread the first polls over the interval, so a hundred repos do not poll at once.
+    let mut next = Instant::now() + interval.mul_f64(jitter() * 0.5);
+    let mut failures: u32 = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next.into()) => {}
+            p = pokes.recv() => match p {
+                Ok(r) if r.eq_ignore_ascii_case(&name) => {
+                    tracing::debug!(repo = %name, "webhook: checking now");
+                }
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return,
+            },
+            _ = stop.cancelled() => return,
+        }
+        let Some(gh) = d.github() else { return };
+        if let Some(until) = gh.gate_closed_until().await {
+            next = until;
+            continue;
+        }
+        match check_github(&d, &gh, &repo).await {
+            Ok(()) => {
+                failures = 0;
+                // Each repo keeps its own jittered rhythm: ±10% around the interval.
+                next = Instant::now() + interval.mul_f64(0.9 + 0.2 * jitter());
+            }
+            Err(GitHubError::RateLimited { until }) => {
+                next = until;
+            }
+            Err(e) => {
+                failures += 1;
+                let wait = interval.min(Duration::from_secs(5) * failures.min(12));
+                if failures <= 3 || failures.is_multiple_of(10) {
+                    tracing::warn!(repo = %name, error = %e, failures, "polling GitHub failed");
+                }
+                next = Instant::now() + wait;
+            }
+        }
+    }
+}
+
+/// `(ref, commit)` of the branches and tags of a local repository (tags peeled to commits).
+fn local_refs(git_dir: &Path, cancel: &CancellationToken) -> Result<Vec<(String, String)>, String> {
+    let out = Git::new(
+        git_dir,
+        [
+            "for-each-ref",
+            "--format=%(objectname) %(*objectname) %(refname)",
+            "refs/heads",
+            "refs/tags",
+        ],
+    )
+    .text(cancel)
+    .map_err(|e| e.to_string())?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let mut p = l.splitn(3, ' ');
+            let (obj, peeled, name) = (p.next()?, p.next()?, p.next()?);
+            let commit = if peeled.is_empty() { obj } else { peeled };
+            Some((name.to_owned(), commit.to_owned()))
+        })
+        .collect())
+}
+
+async fn scan_local(d: &Daemon, repo: &Repo, git_dir: &Path) {
+    let (dir, cancel) = (git_dir.to_owned(), CancellationToken::new());
+    let refs = match tokio::task::spawn_blocking(move || local_refs(&dir, &cancel)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::warn!(repo = %repo.name(), error = %e, "cannot read the repository's refs");
+            return;
+        }
+        Err(_) => return,
+    };
+    for b in &repo.branches {
+        let want = format!("refs/heads/{b}");
+        if let Some((_, sha)) = refs.iter().find(|(r, _)| *r == want) {
+            trigger(d, repo, &want, sha).await;
+        }
+    }
+    let tags = refs
+        .iter()
+        .filter_map(|(r, sha)| Some((r.strip_prefix("refs/tags/")?.to_owned(), sha.clone())))
+        .collect();
+    tags_seen(d, repo, tags).await;
+}
+
+async fn watch_local(d: Arc<Daemon>, repo: Repo, stop: CancellationToken) {
+    let RepoSource::Path(path) = &repo.source else {
+        return;
+    };
+    let name = repo.name();
+    // The git directory: the path itself for a bare repository, else its .git.
+    let git_dir = loop {
+        let (p, c) = (path.clone(), stop.clone());
+        let found = tokio::task::spawn_blocking(move || {
+            Git::new(&p, ["rev-parse", "--absolute-git-dir"]).text(&c)
+        })
+        .await;
+        match found {
+            Ok(Ok(g)) => break PathBuf::from(g),
+            Ok(Err(e)) => {
+                tracing::warn!(repo = %name, error = %e, "not a readable git repository; retrying")
+            }
+            Err(_) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(LOCAL_FALLBACK_POLL) => {}
+            _ = stop.cancelled() => return,
+        }
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let watcher = {
+        use notify::Watcher;
+        let tx = tx.clone();
+        let w = notify::recommended_watcher(move |r: notify::Result<notify::Event>| {
+            if r.is_ok_and(|e| !e.kind.is_access()) {
+                let _ = tx.send(());
+            }
+        });
+        match w {
+            Ok(mut w) => {
+                let refs = git_dir.join("refs");
+                let ok = w.watch(&refs, notify::RecursiveMode::Recursive).is_ok()
+                    && w.watch(&git_dir, notify::RecursiveMode::NonRecursive)
+                        .is_ok();
+                if !ok {
+                    tracing::warn!(repo = %name, "cannot watch the repository; polling it instead");
+                }
+                Some(w)
+            }
+            Err(e) => {
+                tracing::warn!(repo = %name, error = %e, "cannot watch the repository; polling it instead");
+                None
+            }
+        }
+    };
+    tracing::info!(repo = %name, git_dir = %git_dir.display(), "watching a local repository");
+    loop {
+        scan_local(&d, &repo, &git_dir).await;
+        tokio::select! {
+            got = rx.recv() => {
+                if got.is_none() {
+                    return;
+                }
+                // A ref update is several file events: let them settle, then read once.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                while rx.try_recv().is_ok() {}
+            }
+            _ = tokio::time::sleep(LOCAL_FALLBACK_POLL) => {}
+            _ = stop.cancelled() => break,
+        }
+    }
+    drop(watcher);
+}
+
+/// Reload the config when its file changes or on SIGHUP. A config that does not check is
+/// logged, and the running one kept.
+pub async fn reload_on_change(d: Arc<Daemon>, path: PathBuf, stop: CancellationToken) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let _watcher = {
+        use notify::Watcher;
+        let file = path.file_name().map(|f| f.to_owned());
+        let tx = tx.clone();
+        let w = notify::recommended_watcher(move |r: notify::Result<notify::Event>| {
+            if let Ok(e) = r
+                && !e.kind.is_access()
+                && e.paths.iter().any(|p| p.file_name() == file.as_deref())
+            {
+                let _ = tx.send(());
+            }
+        });
+        match w {
+            Ok(mut w) => {
+                // The directory, so that an editor's write-and-rename is seen too.
+                let dir = path.parent().unwrap_or(Path::new("/")).to_owned();
+                if let Err(e) = w.watch(&dir, notify::RecursiveMode::NonRecursive) {
+                    tracing::warn!(error = %e, "cannot watch the config file; SIGHUP still reloads it");
+                }
+                Some(w)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the config file; SIGHUP still reloads it");
+                None
+            }
+        }
+    };
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        tokio::select! {
+            got = rx.recv() => {
+                if got.is_none() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                while rx.try_recv().is_ok() {}
+            }
+            _ = async {
+                match hup.as_mut() {
+                    Some(h) => { h.recv().await; }
+                    None => std::future::pending().await,
+                }
+            } => {
+                tracing::info!("SIGHUP: reloading the config");
+            }
+            _ = stop.cancelled() => return,
+        }
+        let p = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || Config::load(&p)).await;
+        match loaded {
+            Ok(Ok(new)) => d.apply(new),
+            Ok(Err(e)) => {
+                tracing::error!("the new config is invalid; keeping the running one:\n{e}")
+            }
+            Err(_) => {}
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! The daemon's state: jobs (one per repo, commit and recipe), their leases, the refs that
+//! point at them, build records, heads and ETags for polling, webhook deliveries, and the
+//! commit-status outbox.
+//!
+//! Everything goes through the [`Store`] trait, so a farm can share one PostgreSQL where a
+//! single host keeps SQLite. The guarantees live in the database, not in the process:
+//! - a job is keyed by (repo, commit, recipe) and inserting it again does nothing;
+//! - a claim gives the claimer a lease and a fencing token that grows on every claim, and
+//!   every write of a result checks that token, so a host that lost its lease records nothing;
+//! - a job and context get at most one terminal commit status.
+
+mod sqlite;
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use sqlite::SqliteStore;
+
+/// The state a build is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildState {
+    Queued,
+    Running,
+    Success,
+    /// The build's own fault: a failing step, a bad recipe.
+    Failure,
+    /// Not the build's fault: the engine, the registry, the network, kiln.
+    Error,
+    Cancelled,
+}
+
+impl BuildState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildState::Queued => "queued",
+            BuildState::Running => "running",
+            BuildState::Success => "success",
+            BuildState::Failure => "failure",
+            BuildState::Error => "error",
+            BuildState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<BuildState> {
+        Some(match s {
+            "queued" => BuildState::Queued,
+            "running" => BuildState::Running,
+            "success" => BuildState::Success,
+            "failure" => BuildState::Failure,
+            "error" => BuildState::Error,
+            "cancelled" => BuildState::Cancelled,
+            _ => return None,
+        })
+    }
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, BuildState::Queued | BuildState::Running)
+    }
+}
+
+/// Something to build, as a trigger (poll, webhook, local watcher) found it.
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    pub repo: String,
+    pub commit: String,
+    pub recipe: String,
+    /// `refs/heads/main`, `refs/tags/v1.2.3`.
+    pub git_ref: String,
+}
+
+/// What [`Store::enqueue`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Enqueued {
+    pub build_id: String,
+    /// A new job was inserted (else one existed for the same repo, commit and recipe).
+    pub created: bool,
+    /// The ref was new for this job.
+    pub ref_added: bool,
+    pub state: BuildState,
+}
+
+/// A claimed job: the right to run it until the lease expires.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub build_id: String,
+    pub owner: String,
+    /// The fencing token: every write of a result must present it.
+    pub fence: i64,
+}
+
+/// What renewing a lease found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Renewal {
+    /// Extended.
+    Held,
+    /// Extended, and someone asked for the build to be cancelled.
+    CancelRequested,
+    /// Gone: expired (and perhaps claimed by another host) or finished.
+    Lost,
+}
+
+/// A job as a worker needs it.
+#[derive(Clone, Debug)]
+pub struct Claim {
+    pub lease: Lease,
+    pub repo: String,
+    pub commit: String,
+    pub recipe: String,
+    pub git_ref: String,
+    /// 1 for the first run.
+    pub attempt: u32,
+}
+
+/// One published artifact of a build.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ArtifactRow {
+    pub name: String,
+    pub kind: String,
+    pub digest: String,
+    pub size: u64,
+    pub media_type: String,
+    pub pushed_to: String,
+    pub provenance: Option<String>,
+}
+
+/// How a job ended.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub state: BuildState,
+    pub error: Option<String>,
+    pub artifacts: Vec<ArtifactRow>,
+    /// Refs whose tags the worker moved (or deliberately left to a newer build).
+    pub tagged_refs: Vec<String>,
+    /// Terminal commit statuses to send, recorded in the same transaction.
+    pub statuses: Vec<NewStatus>,
+}
+
+/// A commit status to send to GitHub (through the outbox).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewStatus {
+    pub context: String,
+    /// pending, success, failure, error.
+    pub state: String,
+    pub description: String,
+    pub target_url: Option<String>,
+}
+
+/// A status in the outbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusRow {
+    pub id: i64,
+    pub build_id: String,
+    pub repo: String,
+    pub commit: String,
+    pub status: NewStatus,
+    pub attempts: u32,
+}
+
+/// A stage's record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StageRow {
+    pub attempt: u32,
+    pub name: String,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    /// ok, failed, cancelled, skipped; none while it runs.
+    pub outcome: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// A step's record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StepRow {
+    pub attempt: u32,
+    pub index: u32,
+    pub command: String,
+    pub exit_code: Option<i64>,
+    pub millis: Option<u64>,
+}
+
+/// A build as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildRow {
+    pub id: String,
+    pub repo: String,
+    pub git_ref: String,
+    pub commit: String,
+    pub recipe: String,
+    pub state: BuildState,
+    pub host: Option<String>,
+    pub attempts: u32,
+    pub queued_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub error: Option<String>,
+    pub artifacts: Vec<ArtifactRow>,
+}
+
+/// A build with its stages and steps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildDetail {
+    pub build: BuildRow,
+    pub refs: Vec<String>,
+    pub stages: Vec<StageRow>,
+    pub steps: Vec<StepRow>,
+}
+
+/// Which builds to list.
+#[derive(Clone, Debug, Default)]
+pub struct BuildQuery {
+    pub repo: Option<String>,
+    pub state: Option<BuildState>,
+    /// Only builds older than this id (for paging: ids sort by time).
+    pub before: Option<String>,
+    pub limit: u32,
+}
+
+/// A ref of a finished job whose tags have not been moved yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UntaggedRef {
+    pub build_id: String,
+    pub repo: String,
+    pub commit: String,
+    pub git_ref: String,
+}
+
+/// Why the state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("the state database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migrating the state database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the state database holds {what} {value:?}, which this kiln does not know")]
+    Corrupt { what: &'static str, value: String },
+}
+
+impl StateError {
+    /// Whether trying again could help (a busy or unreachable database, not bad data).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StateError::Database(e) => matches!(
+                e,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+                    | sqlx::Error::Database(_)
+            ),
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StateError>;
+
+/// The daemon's state, wherever it lives.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync {
+    // Triggers.
+
+    /// Record that `job.git_ref` points at `job.commit` (the ref's head, in the same
+    /// transaction): the job is inserted unless one exists for the same repo, commit and
+    /// recipe (then only the ref is added to it).
+    async fn enqueue(&self, job: &NewJob) -> Result<Enqueued>;
+    /// The last head seen for a ref of a repo and recipe.
+    async fn head(&self, repo: &str, recipe: &str, git_ref: &str) -> Result<Option<String>>;
+    /// Record a head without queueing a build (tags that existed before kiln watched).
+    async fn set_head(&self, repo: &str, recipe: &str, git_ref: &str, commit: &str) -> Result<()>;
+    /// A cached conditional GET: the ETag and the body it answered.
+    async fn etag(&self, key: &str) -> Result<Option<(String, String)>>;
+    async fn set_etag(&self, key: &str, etag: &str, body: &str) -> Result<()>;
+    /// Status contexts recorded for a job so far.
+    async fn status_contexts(&self, build_id: &str) -> Result<Vec<String>>;
+    /// Record a webhook delivery id; false if it was seen before (a replay).
+    async fn record_delivery(&self, id: &str) -> Result<bool>;
+
+    // Scheduling.
+
+    /// Claim the next runnable job for `host`: a queued one whose backoff has passed, or a
+    /// running one whose lease expired. Fair across repos: a repo with fewer running jobs
+    /// goes first. The fencing token grows on every claim.
+    async fn claim(&self, host: &str, lease: Duration) -> Result<Option<Claim>>;
+    /// Extend a lease, unless it was lost (expired, taken, or the job finished).
+    async fn renew(&self, lease: &Lease, duration: Duration) -> Result<Renewal>;
+    /// Whether the lease is still held and unexpired.
+    async fn holds(&self, lease: &Lease) -> Result<bool>;
+    /// Give a job back (a graceful stop): queued again at once, for any host.
+    async fn release(&self, lease: &Lease) -> Result<()>;
+    /// Put a running job back in the queue after a retryable failure, to run after `delay`.
+    async fn retry_later(&self, lease: &Lease, error: &str, delay: Duration) -> Result<bool>;
+    /// Jobs `host` held when it died: queued again at once. Call at startup, holding the
+    /// host's exclusive lock.
+    async fn requeue_host(&self, host: &str) -> Result<u64>;
+    /// Record how a job ended, its artifacts and terminal statuses, and mark its refs tagged
+    /// (when it succeeded); all fenced by the lease. False if the lease was lost.
+    async fn finish(&self, lease: &Lease, outcome: &Outcome) -> Result<bool>;
+    /// Cancel a queued job, or mark a running one for cancellation by its owner.
+    async fn cancel(&self, build_id: &str) -> Result<bool>;
+
+    // Records.
+
+    async fn stage_started(&self, lease: &Lease, attempt: u32, name: &str) -> Result<()>;
+    async fn stage_finished(
+        &self,
+        lease: &Lease,
+        attempt: u32,
+        name: &str,
+        outcome: &str,
+        detail: Option<&str>,
+    ) -> Result<()>;
+    async fn step(&self, lease: &Lease, attempt: u32, step: &StepRow) -> Result<()>;
+
+    // Tags of refs that arrived after their job finished.
+
+    async fn untagged_refs(&self, limit: u32) -> Result<Vec<UntaggedRef>>;
+    async fn mark_tagged(&self, build_id: &str, git_ref: &str) -> Result<()>;
+
+    // Commit statuses (the outbox).
+
+    /// Queue a non-terminal status (pending), fenced by the lease.
+    async fn add_status(&self, lease: &Lease, status: &NewStatus) -> Result<bool>;
+    /// Claim up to `limit` unsent statuses, oldest first, for `ttl`.
+    async fn claim_statuses(&self, host: &str, ttl: Duration, limit: u32)
+    -> Result<Vec<StatusRow>>;
+    /// Record a send: done, or failed and to be tried again after `retry_in`.
+    async fn status_sent(&self, id: i64, ok: bool, retry_in: Duration) -> Result<()>;
+
+    // Reads.
+
+    async fn builds(&self, q: &BuildQuery) -> Result<Vec<BuildRow>>;
+    async fn build(&self, id: &str) -> Result<Option<BuildDetail>>;
+    async fn artifacts(&self, build_id: &str) -> Result<Vec<ArtifactRow>>;
+    /// Jobs waiting to run (queued).
+    async fn queue_depth(&self) -> Result<u64>;
+    /// A consistency check of the database file, where the engine has one ("ok" when fine).
+    async fn integrity_check(&self) -> Result<String>;
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

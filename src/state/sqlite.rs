@@ -1,0 +1,870 @@
+//! The state in SQLite: one file under `state_dir`, WAL mode, fully synchronous commits (a
+//! power loss never forgets a finished build), and versioned migrations.
+//!
+//! SQLite has no `SKIP LOCKED`; it needs none: every claim is a single `UPDATE ... RETURNING`
+//! statement, which SQLite runs under its one write lock.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use super::*;
+
+/// Retries of a failed status send are spaced at most this far apart.
+pub const MAX_STATUS_RETRY: Duration = Duration::from_secs(600);
+
+/// A [`Store`] in a SQLite database file.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/state/migrations/sqlite");
+
+fn ms(d: Duration) -> i64 {
+    d.as_millis() as i64
+}
+
+fn state_of(s: &str) -> Result<BuildState> {
+    BuildState::parse(s).ok_or_else(|| StateError::Corrupt {
+        what: "build state",
+        value: s.to_owned(),
+    })
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the database at `path` and bring its schema up to date.
+    pub async fn open(path: &Path) -> Result<SqliteStore> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        Self::connect(opts).await
+    }
+
+    /// A private in-memory database (for tests).
+    pub async fn memory() -> Result<SqliteStore> {
+        let opts = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
+        Self::connect(opts).await
+    }
+
+    async fn connect(opts: SqliteConnectOptions) -> Result<SqliteStore> {
+        let in_memory = opts.get_filename() == Path::new(":memory:");
+        let pool = SqlitePoolOptions::new()
+            // One connection for memory databases: each connection would be its own database.
+            .max_connections(if in_memory { 1 } else { 4 })
+            .connect_with(opts)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+
+    async fn artifacts_of(&self, ids: &[String]) -> Result<Vec<(String, ArtifactRow)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = sqlx::QueryBuilder::new(
+            "SELECT job_id, name, kind, digest, size, media_type, pushed_to, provenance \
+             FROM artifacts WHERE job_id IN (",
+        );
+        let mut sep = q.separated(", ");
+        for id in ids {
+            sep.push_bind(id);
+        }
+        q.push(") ORDER BY job_id, name");
+        let rows = q.build().fetch_all(&self.pool).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                (
+                    r.get::<String, _>("job_id"),
+                    ArtifactRow {
+                        name: r.get("name"),
+                        kind: r.get("kind"),
+                        digest: r.get("digest"),
+                        size: r.get::<i64, _>("size") as u64,
+                        media_type: r.get("media_type"),
+                        pushed_to: r.get("pushed_to"),
+                        provenance: r.get("provenance"),
+                    },
+                )
+            })
+            .collect())
+    }
+}
+
+const JOB_COLUMNS: &str = "id, repo, commit_sha, recipe, git_ref, state, host, attempts, \
+                           queued_at, started_at, finished_at, error";
+
+fn build_row(r: &sqlx::sqlite::SqliteRow) -> Result<BuildRow> {
+    Ok(BuildRow {
+        id: r.get("id"),
+        repo: r.get("repo"),
+        git_ref: r.get("git_ref"),
+        commit: r.get("commit_sha"),
+        recipe: r.get("recipe"),
+        state: state_of(r.get::<&str, _>("state"))?,
+        host: r.get("host"),
+        attempts: r.get::<i64, _>("attempts") as u32,
+        queued_at: r.get("queued_at"),
+        started_at: r.get("started_at"),
+        finished_at: r.get("finished_at"),
+        error: r.get("error"),
+        artifacts: Vec::new(),
+    })
+}
+
+/// `WHERE` clause pieces that hold only while `lease` does.
+const FENCED: &str = "id = ? AND owner = ? AND fence = ? AND state = 'running'";
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn enqueue(&self, job: &NewJob) -> Result<Enqueued> {
+        let mut tx = self.pool.begin().await?;
+        let id = crate::pipeline::new_build_id();
+        let created = sqlx::query(
+            "INSERT INTO jobs (id, repo, commit_sha, recipe, git_ref, queued_at) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (repo, commit_sha, recipe) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(&job.repo)
+        .bind(&job.commit)
+        .bind(&job.recipe)
+        .bind(&job.git_ref)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        let row = sqlx::query(
+            "SELECT id, state FROM jobs WHERE repo = ? AND commit_sha = ? AND recipe = ?",
+        )
+        .bind(&job.repo)
+        .bind(&job.commit)
+        .bind(&job.recipe)
+        .fetch_one(&mut *tx)
+        .await?;
+        let build_id: String = row.get("id");
+        let state = state_of(row.get::<&str, _>("state"))?;
+        let ref_added = sqlx::query(
+            "INSERT INTO job_refs (job_id, git_ref) VALUES (?, ?) \
+             ON CONFLICT (job_id, git_ref) DO NOTHING",
+        )
+        .bind(&build_id)
+        .bind(&job.git_ref)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        sqlx::query(
+            "INSERT INTO heads (repo, recipe, git_ref, commit_sha, updated_at) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (repo, recipe, git_ref) DO UPDATE \
+             SET commit_sha = excluded.commit_sha, updated_at = excluded.updated_at",
+        )
+        .bind(&job.repo)
+        .bind(&job.recipe)
+        .bind(&job.git_ref)
+        .bind(&job.commit)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Enqueued {
+            build_id,
+            created,
+            ref_added,
+            state,
+        })
+    }
+
+    async fn head(&self, repo: &str, recipe: &str, git_ref: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT commit_sha FROM heads WHERE repo = ? AND recipe = ? AND git_ref = ?",
+        )
+        .bind(repo)
+        .bind(recipe)
+        .bind(git_ref)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn set_head(&self, repo: &str, recipe: &str, git_ref: &str, commit: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO heads (repo, recipe, git_ref, commit_sha, updated_at) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (repo, recipe, git_ref) DO UPDATE \
+             SET commit_sha = excluded.commit_sha, updated_at = excluded.updated_at",
+        )
+        .bind(repo)
+        .bind(recipe)
+        .bind(git_ref)
+        .bind(commit)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn status_contexts(&self, build_id: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT context FROM statuses WHERE job_id = ? ORDER BY context",
+        )
+        .bind(build_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn etag(&self, key: &str) -> Result<Option<(String, String)>> {
+        Ok(sqlx::query("SELECT etag, body FROM etags WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| (r.get("etag"), r.get("body"))))
+    }
+
+    async fn set_etag(&self, key: &str, etag: &str, body: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO etags (key, etag, body, updated_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (key) DO UPDATE SET etag = excluded.etag, body = excluded.body, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(key)
+        .bind(etag)
+        .bind(body)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn record_delivery(&self, id: &str) -> Result<bool> {
+        let now = now_ms();
+        // Deliveries older than a week cannot be replayed usefully; forget them.
+        sqlx::query("DELETE FROM deliveries WHERE received_at < ?")
+            .bind(now - 7 * 24 * 3600 * 1000)
+            .execute(&self.pool)
+            .await?;
+        Ok(sqlx::query(
+            "INSERT INTO deliveries (id, received_at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    async fn claim(&self, host: &str, lease: Duration) -> Result<Option<Claim>> {
+        let now = now_ms();
+        let row = sqlx::query(
+            "UPDATE jobs SET state = 'running', owner = ?1, host = ?1, fence = fence + 1, \
+                 lease_until = ?2, attempts = attempts + 1, started_at = ?3, finished_at = NULL, \
+                 cancel_requested = 0 \
+             WHERE id = ( \
+                 SELECT j.id FROM jobs j \
+                 WHERE (j.state = 'queued' AND j.run_after <= ?3) \
+                    OR (j.state = 'running' AND j.lease_until < ?3) \
+                 ORDER BY (SELECT count(*) FROM jobs r WHERE r.repo = j.repo \
+                           AND r.state = 'running' AND r.lease_until >= ?3), \
+                          j.queued_at, j.id \
+                 LIMIT 1) \
+             RETURNING id, repo, commit_sha, recipe, git_ref, fence, attempts",
+        )
+        .bind(host)
+        .bind(now + ms(lease))
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| Claim {
+            lease: Lease {
+                build_id: r.get("id"),
+                owner: host.to_owned(),
+                fence: r.get("fence"),
+            },
+            repo: r.get("repo"),
+            commit: r.get("commit_sha"),
+            recipe: r.get("recipe"),
+            git_ref: r.get("git_ref"),
+            attempt: r.get::<i64, _>("attempts") as u32,
+        }))
+    }
+
+    async fn renew(&self, lease: &Lease, duration: Duration) -> Result<Renewal> {
+        let now = now_ms();
+        let row = sqlx::query(&format!(
+            "UPDATE jobs SET lease_until = ? WHERE {FENCED} AND lease_until >= ? \
+             RETURNING cancel_requested"
+        ))
+        .bind(now + ms(duration))
+        .bind(&lease.build_id)
+        .bind(&lease.owner)
+        .bind(lease.fence)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            None => Renewal::Lost,
+            Some(r) if r.get::<i64, _>("cancel_requested") != 0 => Renewal::CancelRequested,
+            Some(_) => Renewal::Held,
+        })
+    }
+
+    async fn holds(&self, lease: &Lease) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM jobs WHERE {FENCED} AND lease_until > ?"
+        ))
+        .bind(&lease.build_id)
+        .bind(&lease.owner)
+        .bind(lease.fence)
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n == 1)
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        sqlx::query(&format!(
+            "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, run_after = 0, \
+             attempts = max(attempts - 1, 0) WHERE {FENCED}"
+        ))
+        .bind(&lease.build_id)
+        .bind(&lease.owner)
+        .bind(lease.fence)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn retry_later(&self, lease: &Lease, error: &str, delay: Duration) -> Result<bool> {
+        Ok(sqlx::query(&format!(
+            "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, run_after = ?, \
+             error = ? WHERE {FENCED}"
+        ))
+        .bind(now_ms() + ms(delay))
+        .bind(error)
+        .bind(&lease.build_id)
+        .bind(&lease.owner)
+        .bind(lease.fence)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    async fn requeue_host(&self, host: &str) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, run_after = 0 \
+             WHERE state = 'running' AND owner = ?",
+        )
+        .bind(host)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn finish(&self, lease: &Lease, outcome: &Outcome) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        let done = sqlx::query(&format!(
+            "UPDATE jobs SET state = ?, error = ?, finished_at = ?, owner = NULL, \
+             lease_until = NULL WHERE {FENCED}"
+        ))
+        .bind(outcome.state.as_str())
+        .bind(&outcome.error)
+        .bind(now)
+        .bind(&lease.build_id)
+        .bind(&lease.owner)
+        .bind(lease.fence)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !done {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        for a in &outcome.artifacts {
+            sqlx::query(
+                "INSERT INTO artifacts (job_id, name, kind, digest, size, media_type, pushed_to, \
+                 provenance) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, name) DO UPDATE \
+                 SET kind = excluded.kind, digest = excluded.digest, size = excluded.size, \
+                 media_type = excluded.media_type, pushed_to = excluded.pushed_to, \
+                 provenance = excluded.provenance",
+            )
+            .bind(&lease.build_id)
+            .bind(&a.name)
+            .bind(&a.kind)
+            .bind(&a.digest)
+            .bind(a.size as i64)
+            .bind(&a.media_type)
+            .bind(&a.pushed_to)
+            .bind(&a.provenance)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for r in &outcome.tagged_refs {
+            sqlx::query("UPDATE job_refs SET tagged = 1 WHERE job_id = ? AND git_ref = ?")
+                .bind(&lease.build_id)
+                .bind(r)
+                .execute(&mut *tx)
+                .await?;
+        }
+        // Pending statuses that never went out are obsolete: the terminal one follows.
+        sqlx::query(
+            "UPDATE statuses SET sent_at = ? WHERE job_id = ? AND terminal = 0 \
+             AND sent_at IS NULL AND (claimed_until IS NULL OR claimed_until < ?)",
+        )
+        .bind(now)
+        .bind(&lease.build_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        for s in &outcome.statuses {
+            insert_status(&mut tx, &lease.build_id, s, true).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn cancel(&self, build_id: &str) -> Result<bool> {
+        let now = now_ms();
+        let queued = sqlx::query(
+            "UPDATE jobs SET state = 'cancelled', finished_at = ?, error = 'cancelled' \
+             WHERE id = ? AND state = 'queued'",
+        )
+        .bind(now)
+        .bind(build_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        let running =
+            sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state = 'running'")
+                .bind(build_id)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        Ok(queued + running > 0)
+    }
+
+    async fn stage_started(&self, lease: &Lease, attempt: u32, name: &str) -> Result<()> {
+        sqlx::query(&format!(
+            "INSERT INTO stages (job_id, attempt, name, started_at) \
+             SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM jobs WHERE {FENCED}) \
+             ON CONFLICT (job_id, attempt, name) DO UPDATE SET started_at = excluded.started_at, \
+             finished_at = NULL, outcome = NULL, detail = NULL"
+        ))
+        .bind(&lease.build_id)
+        .bind(attempt as i64)
+        .bind(name)
+        .bind(now_ms())
+        .bind(&lease.build_id)
+        .bind(&lease.owner)
+        .bind(lease.fence)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn stage_finished(
+        &self,
+        lease: &Lease,
+        attempt: u32,
+        name: &str,
+        outcome: &str,
+        detail: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(&format!(
+            "UPDATE stages SET finished_at = ?, outcome = ?, detail = ? \
+             WHERE job_id = ? AND attempt = ? AND name = ? \
+             AND EXISTS (SELECT 1 FROM jobs WHERE {FENCED})"
+        ))
+        .bind(now_ms())
+        .bind(outcome)
+        .bind(detail)
+        .bind(&lease.build_id)
+        .bind(attempt as i64)
+        .bind(name)
+        .bind(&lease.build_id)
+        .bind(&lease.owner)
+        .bind(lease.fence)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn step(&self, lease: &Lease, attempt: u32, step: &StepRow) -> Result<()> {
+        sqlx::query(&format!(
+            "INSERT INTO steps (job_id, attempt, idx, command, exit_code, millis) \
+             SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM jobs WHERE {FENCED}) \
+             ON CONFLICT (job_id, attempt, idx) DO UPDATE SET command = excluded.command, \
+             exit_code = excluded.exit_code, millis = excluded.millis"
+        ))
+        .bind(&lease.build_id)
+        .bind(attempt as i64)
+        .bind(step.index as i64)
+        .bind(&step.command)
+        .bind(step.exit_code)
+        .bind(step.millis.map(|m| m as i64))
+        .bind(&lease.build_id)
+        .bind(&lease.owner)
+        .bind(lease.fence)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn untagged_refs(&self, limit: u32) -> Result<Vec<UntaggedRef>> {
+        let rows = sqlx::query(
+            "SELECT r.job_id, j.repo, j.commit_sha, r.git_ref FROM job_refs r \
+             JOIN jobs j ON j.id = r.job_id WHERE r.tagged = 0 AND j.state = 'success' \
+             ORDER BY j.finished_at LIMIT ?",
+        )
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| UntaggedRef {
+                build_id: r.get("job_id"),
+                repo: r.get("repo"),
+                commit: r.get("commit_sha"),
+                git_ref: r.get("git_ref"),
+            })
+            .collect())
+    }
+
+    async fn mark_tagged(&self, build_id: &str, git_ref: &str) -> Result<()> {
+        sqlx::query("UPDATE job_refs SET tagged = 1 WHERE job_id = ? AND git_ref = ?")
+            .bind(build_id)
+            .bind(git_ref)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn add_status(&self, lease: &Lease, status: &NewStatus) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let held: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM jobs WHERE {FENCED}"))
+            .bind(&lease.build_id)
+            .bind(&lease.owner)
+            .bind(lease.fence)
+            .fetch_one(&mut *tx)
+            .await?;
+        if held != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let added = insert_status(&mut tx, &lease.build_id, status, false).await?;
+        tx.commit().await?;
+        Ok(added)
+    }
+
+    async fn claim_statuses(
+        &self,
+        host: &str,
+        ttl: Duration,
+        limit: u32,
+    ) -> Result<Vec<StatusRow>> {
+        let now = now_ms();
+        let rows = sqlx::query(
+            "UPDATE statuses SET claimed_by = ?, claimed_until = ? WHERE id IN ( \
+                 SELECT id FROM statuses WHERE sent_at IS NULL \
+                 AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY id LIMIT ?) \
+             RETURNING id, job_id, repo, commit_sha, context, state, description, target_url, \
+                       attempts",
+        )
+        .bind(host)
+        .bind(now + ms(ttl))
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<StatusRow> = rows
+            .iter()
+            .map(|r| StatusRow {
+                id: r.get("id"),
+                build_id: r.get("job_id"),
+                repo: r.get("repo"),
+                commit: r.get("commit_sha"),
+                status: NewStatus {
+                    context: r.get("context"),
+                    state: r.get("state"),
+                    description: r.get("description"),
+                    target_url: r.get("target_url"),
+                },
+                attempts: r.get::<i64, _>("attempts") as u32,
+            })
+            .collect();
+        out.sort_by_key(|s| s.id);
+        Ok(out)
+    }
+
+    async fn status_sent(&self, id: i64, ok: bool, retry_in: Duration) -> Result<()> {
+        let now = now_ms();
+        if ok {
+            sqlx::query("UPDATE statuses SET sent_at = ?, attempts = attempts + 1 WHERE id = ?")
+                .bind(now)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        } else {
+            sqlx::query(
+                "UPDATE statuses SET claimed_until = ?, attempts = attempts + 1 WHERE id = ?",
+            )
+            .bind(now + ms(retry_in.min(MAX_STATUS_RETRY)))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn builds(&self, q: &BuildQuery) -> Result<Vec<BuildRow>> {
+        let mut b = sqlx::QueryBuilder::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1"));
+        if let Some(r) = &q.repo {
+            b.push(" AND repo = ").push_bind(r);
+        }
+        if let Some(s) = q.state {
+            b.push(" AND state = ").push_bind(s.as_str());
+        }
+        if let Some(before) = &q.before {
+            b.push(" AND id < ").push_bind(before);
+        }
+        b.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(q.limit.clamp(1, 1000) as i64);
+        let rows = b.build().fetch_all(&self.pool).await?;
+        let mut builds = rows.iter().map(build_row).collect::<Result<Vec<_>>>()?;
+        let ids: Vec<String> = builds.iter().map(|b| b.id.clone()).collect();
+        for (id, a) in self.artifacts_of(&ids).await? {
+            if let Some(b) = builds.iter_mut().find(|b| b.id == id) {
+                b.artifacts.push(a);
+            }
+        }
+        Ok(builds)
+    }
+
+    async fn build(&self, id: &str) -> Result<Option<BuildDetail>> {
+        let Some(row) = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut build = build_row(&row)?;
+        build.artifacts = self.artifacts(id).await?;
+        let refs =
+            sqlx::query_scalar("SELECT git_ref FROM job_refs WHERE job_id = ? ORDER BY git_ref")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?;
+        let stages = sqlx::query(
+            "SELECT attempt, name, started_at, finished_at, outcome, detail FROM stages \
+             WHERE job_id = ? ORDER BY attempt, started_at",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| StageRow {
+            attempt: r.get::<i64, _>("attempt") as u32,
+            name: r.get("name"),
+            started_at: r.get("started_at"),
+            finished_at: r.get("finished_at"),
+            outcome: r.get("outcome"),
+            detail: r.get("detail"),
+        })
+        .collect();
+        let steps = sqlx::query(
+            "SELECT attempt, idx, command, exit_code, millis FROM steps WHERE job_id = ? \
+             ORDER BY attempt, idx",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| StepRow {
+            attempt: r.get::<i64, _>("attempt") as u32,
+            index: r.get::<i64, _>("idx") as u32,
+            command: r.get("command"),
+            exit_code: r.get("exit_code"),
+            millis: r.get::<Option<i64>, _>("millis").map(|m| m as u64),
+        })
+        .collect();
+        Ok(Some(BuildDetail {
+            build,
+            refs,
+            stages,
+            steps,
+        }))
+    }
+
+    async fn artifacts(&self, build_id: &str) -> Result<Vec<ArtifactRow>> {
+        Ok(self
+            .artifacts_of(&[build_id.to_owned()])
+            .await?
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect())
+    }
+
+    async fn queue_depth(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'queued'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+
+    async fn integrity_check(&self) -> Result<String> {
+        let rows: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.join("\n"))
+    }
+}
+
+async fn insert_status(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    build_id: &str,
+    s: &NewStatus,
+    terminal: bool,
+) -> Result<bool> {
+    Ok(sqlx::query(
+        "INSERT INTO statuses (job_id, repo, commit_sha, context, state, description, \
+         target_url, terminal, created_at) \
+         SELECT id, repo, commit_sha, ?, ?, ?, ?, ?, ? FROM jobs WHERE id = ? \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&s.context)
+    .bind(&s.state)
+    .bind(&s.description)
+    .bind(&s.target_url)
+    .bind(terminal as i64)
+    .bind(now_ms())
+    .bind(build_id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(commit: &str) -> NewJob {
+        NewJob {
+            repo: "acme/widget".into(),
+            commit: commit.into(),
+            recipe: "kiln.toml".into(),
+            git_ref: "refs/heads/main".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_commit_is_queued_once_whoever_triggers_it() {
+        let s = SqliteStore::memory().await.unwrap();
+        let a = s.enqueue(&job("c1")).await.unwrap();
+        assert!(a.created && a.ref_added);
+        let b = s.enqueue(&job("c1")).await.unwrap();
+        assert!(!b.created && !b.ref_added);
+        assert_eq!(a.build_id, b.build_id);
+        let mut tag = job("c1");
+        tag.git_ref = "refs/tags/v1.0.0".into();
+        let c = s.enqueue(&tag).await.unwrap();
+        assert!(!c.created && c.ref_added);
+        assert_eq!(s.queue_depth().await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn leases_fence_every_result() {
+        let s = SqliteStore::memory().await.unwrap();
+        s.enqueue(&job("c1")).await.unwrap();
+        let first = s
+            .claim("a", Duration::from_millis(50))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.attempt, 1);
+        assert!(
+            s.claim("b", Duration::from_secs(30))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        // Expired: another host takes it, with a larger fencing token.
+        let second = s
+            .claim("b", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(second.lease.fence > first.lease.fence);
+        assert_eq!(second.attempt, 2);
+        // The first holder can neither renew, nor record a status, nor finish.
+        assert_eq!(
+            s.renew(&first.lease, Duration::from_secs(30))
+                .await
+                .unwrap(),
+            Renewal::Lost
+        );
+        let st = NewStatus {
+            context: "kiln/app".into(),
+            state: "success".into(),
+            description: "x".into(),
+            target_url: None,
+        };
+        assert!(!s.add_status(&first.lease, &st).await.unwrap());
+        let outcome = Outcome {
+            state: BuildState::Success,
+            error: None,
+            artifacts: vec![],
+            tagged_refs: vec!["refs/heads/main".into()],
+            statuses: vec![st.clone()],
+        };
+        assert!(!s.finish(&first.lease, &outcome).await.unwrap());
+        assert!(s.finish(&second.lease, &outcome).await.unwrap());
+        // Exactly one terminal status per job and context.
+        assert!(!s.finish(&second.lease, &outcome).await.unwrap());
+        let sent = s
+            .claim_statuses("b", Duration::from_secs(30), 10)
+            .await
+            .unwrap();
+        assert_eq!(sent.len(), 1);
+        let b = s.build(&second.lease.build_id).await.unwrap().unwrap();
+        assert_eq!(b.build.state, BuildState::Success);
+        assert_eq!(b.build.host.as_deref(), Some("b"));
+    }
+
+    #[tokio::test]
+    async fn claims_are_fair_across_repos_and_restarts_requeue() {
+        let s = SqliteStore::memory().await.unwrap();
+        for c in ["a1", "a2", "a3"] {
+            s.enqueue(&job(c)).await.unwrap();
+        }
+        let mut other = job("b1");
+        other.repo = "acme/other".into();
+        s.enqueue(&other).await.unwrap();
+        let one = s
+            .claim("h", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(one.repo, "acme/widget");
+        // acme/widget has a running job: acme/other goes next, though queued later.
+        let two = s
+            .claim("h", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(two.repo, "acme/other");
+        assert_eq!(s.requeue_host("h").await.unwrap(), 2);
+        assert_eq!(s.queue_depth().await.unwrap(), 4);
+    }
+}
