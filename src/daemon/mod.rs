@@ -71,6 +71,8 @@ pub struct Daemon {
     github: RwLock<Option<Arc<GitHubClient>>>,
     /// Fixed for the process: changing them needs a restart.
     pub host_id: String,
+    /// This state directory's identity (kept in `state_dir/instance`), labelling containers.
+    pub instance: String,
     pub state_dir: PathBuf,
     pub lease: Duration,
     pub(crate) keeper: LeaseKeeper,
@@ -205,6 +207,26 @@ fn lock_state_dir(dir: &Path) -> Result<File, DaemonError> {
     Ok(f)
 }
 
+/// The state directory's identity: made once, kept in `state_dir/instance`.
+fn instance_id(dir: &Path) -> Result<String, DaemonError> {
+    let path = dir.join("instance");
+    if let Ok(s) = std::fs::read_to_string(&path)
+        && !s.trim().is_empty()
+    {
+        return Ok(s.trim().to_owned());
+    }
+    let id = crate::pipeline::new_build_id();
+    let tmp = dir.join("instance.tmp");
+    std::fs::write(&tmp, format!("{id}\n"))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|source| DaemonError::Io {
+            op: "write",
+            path,
+            source,
+        })?;
+    Ok(id)
+}
+
 fn mkdir(p: &Path) -> Result<(), DaemonError> {
     std::fs::create_dir_all(p).map_err(|source| DaemonError::Io {
         op: "create directory",
@@ -226,6 +248,7 @@ pub async fn run(
         mkdir(&state_dir.join(sub))?;
     }
     let _lock = lock_state_dir(&state_dir)?;
+    let instance = instance_id(&state_dir)?;
     // Whatever a crashed run left in the scratch space is garbage now.
     if let Ok(entries) = std::fs::read_dir(state_dir.join("tmp")) {
         for e in entries.flatten() {
@@ -270,6 +293,7 @@ pub async fn run(
         metrics,
         github: RwLock::new(github),
         host_id: config.host_id.clone(),
+        instance,
         state_dir: state_dir.clone(),
         lease: config.lease,
         keeper,
@@ -381,8 +405,11 @@ async fn schedule(d: Arc<Daemon>, stop: CancellationToken, builds: TaskTracker) 
             }
         }
     };
-    // Containers of this host's runs that died with an earlier process.
-    match runner.remove_labelled(worker::LABEL_HOST, &d.host_id).await {
+    // Containers of this state directory's runs that died with an earlier process.
+    match runner
+        .remove_labelled(worker::LABEL_INSTANCE, &d.instance)
+        .await
+    {
         Ok(gone) if !gone.is_empty() => {
             tracing::info!(containers = %gone.join(", "), "removed containers left by an earlier run")
         }

@@ -144,8 +144,12 @@ async fn poll_github(d: Arc<Daemon>, repo: Repo, stop: CancellationToken) {
     let Some(interval) = d.config().github.as_ref().map(|g| g.poll_interval) else {
         return;
     };
-    // Spread the first polls over the interval, so a hundred repos do not poll at once.
-    let mut next = Instant::now() + interval.mul_f64(jitter() * 0.5);
+    // Spread the first polls (over half the interval, at most 30 s), so a hundred repos do
+    // not all poll at once.
+    let mut next = Instant::now()
+        + interval
+            .min(Duration::from_secs(60))
+            .mul_f64(jitter() * 0.5);
     let mut failures: u32 = 0;
     loop {
         tokio::select! {

@@ -28,6 +28,10 @@ const MAX_CLAIMS: u32 = 6;
 pub const LABEL_HOST: &str = "dev.kiln.host";
 /// Label naming the daemon build a container belongs to.
 pub const LABEL_JOB: &str = "dev.kiln.job";
+/// Label naming the daemon instance (its state directory) that started a container: what a
+/// restart cleans up. Host ids can repeat on one engine (two daemons on one machine); a
+/// state directory cannot.
+pub const LABEL_INSTANCE: &str = "dev.kiln.instance";
 
 /// How a run of a job ended.
 enum End {
@@ -631,6 +635,7 @@ async fn stages_in(
         let mut labels = BTreeMap::new();
         labels.insert("dev.kiln.revision".to_owned(), claim.commit.clone());
         labels.insert(LABEL_HOST.to_owned(), d.host_id.clone());
+        labels.insert(LABEL_INSTANCE.to_owned(), d.instance.clone());
         labels.insert(LABEL_JOB.to_owned(), lease.build_id.clone());
         let output = staged(
             d,

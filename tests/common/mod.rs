@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod daemon;
+pub mod github;
 pub mod net;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,467 @@
+//! A stand-in for GitHub: an in-test HTTP server speaking the REST shapes kiln uses (ETags
+//! and 304s per token, rate-limit headers, 403 rate limits, commit statuses), backed by real
+//! git repositories that `git daemon` serves. GitHub itself is out of reach here; this is the
+//! one test double in the daemon tests, and it is a real HTTP server over real repositories.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use sha2::Digest as _;
+
+use super::net::free_port;
+use super::{require, run_ok};
+
+/// A request the fake answered.
+#[derive(Clone, Debug)]
+pub struct GhRequest {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub authorized: bool,
+    pub at: Instant,
+}
+
+/// A commit status kiln posted.
+#[derive(Clone, Debug)]
+pub struct GhStatus {
+    pub repo: String,
+    pub sha: String,
+    pub state: String,
+    pub context: String,
+    pub description: String,
+    pub target_url: Option<String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    token: Option<String>,
+    requests: Vec<GhRequest>,
+    statuses: Vec<GhStatus>,
+    remaining: i64,
+    /// Answer every request with a 403 rate limit until this Unix time.
+    limited_until: Option<u64>,
+}
+
+struct Ctx {
+    root: PathBuf,
+    git_url: String,
+    inner: Mutex<Inner>,
+}
+
+type Shared = Arc<Ctx>;
+
+/// The fake GitHub and the `git daemon` serving its repositories.
+pub struct FakeGitHub {
+    pub api_url: String,
+    /// `git://127.0.0.1:PORT`: repositories are at `<git_url>/<owner>/<name>`.
+    pub git_url: String,
+    root: tempfile::TempDir,
+    shared: Shared,
+    git_daemon: Child,
+    _server: std::thread::JoinHandle<()>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = run_ok(
+        Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "kiln test")
+            .env("GIT_AUTHOR_EMAIL", "test@kiln.invalid")
+            .env("GIT_COMMITTER_NAME", "kiln test")
+            .env("GIT_COMMITTER_EMAIL", "test@kiln.invalid"),
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+impl FakeGitHub {
+    /// Start the API (expecting `token` as a bearer token, when given) and `git daemon`.
+    pub fn start(token: Option<&str>) -> FakeGitHub {
+        require("git");
+        let root = tempfile::tempdir().unwrap();
+        let gport = free_port();
+        let shared: Shared = Arc::new(Ctx {
+            root: root.path().to_owned(),
+            git_url: format!("git://127.0.0.1:{gport}"),
+            inner: Mutex::new(Inner {
+                token: token.map(str::to_owned),
+                remaining: 5000,
+                ..Default::default()
+            }),
+        });
+        let git_daemon = Command::new("git")
+            .args([
+                "daemon",
+                "--reuseaddr",
+                "--export-all",
+                "--listen=127.0.0.1",
+                &format!("--port={gport}"),
+                &format!("--base-path={}", root.path().display()),
+            ])
+            .arg(root.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start git daemon");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", gport)).is_err() {
+            assert!(Instant::now() < deadline, "git daemon did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let api_url = format!("http://{}", listener.local_addr().unwrap());
+        let s = shared.clone();
+        let server = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let app = axum::Router::new()
+                    .route("/repos/{owner}/{name}", get(repo))
+                    .route("/repos/{owner}/{name}/commits/{*branch}", get(head))
+                    .route("/repos/{owner}/{name}/tags", get(tags))
+                    .route("/repos/{owner}/{name}/statuses/{sha}", post(status))
+                    .with_state(s);
+                let l = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(l, app).await.unwrap();
+            })
+        });
+        FakeGitHub {
+            api_url,
+            git_url: format!("git://127.0.0.1:{gport}"),
+            root,
+            shared,
+            git_daemon,
+            _server: server,
+        }
+    }
+
+    /// The work tree of `full` (`owner/name`), which `git daemon` serves.
+    pub fn dir(&self, full: &str) -> PathBuf {
+        self.root.path().join(full)
+    }
+
+    /// Create `full` with one commit of `files` on `main`; returns its SHA.
+    pub fn create(&self, full: &str, files: &[(&str, &[u8])]) -> String {
+        let dir = self.dir(full);
+        std::fs::create_dir_all(&dir).unwrap();
+        git(&dir, &["init", "-q", "-b", "main"]);
+        // GitHub serves any reachable commit by SHA; so must this server.
+        git(&dir, &["config", "uploadpack.allowAnySHA1InWant", "true"]);
+        self.commit(full, files, "initial commit")
+    }
+
+    /// Commit `files` (added or changed) on the checked-out branch; returns the SHA.
+    pub fn commit(&self, full: &str, files: &[(&str, &[u8])], message: &str) -> String {
+        let dir = self.dir(full);
+        for (path, content) in files {
+            let p = dir.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, content).unwrap();
+            if path.ends_with(".sh") {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+        }
+        git(&dir, &["add", "-A"]);
+        git(&dir, &["commit", "-q", "--allow-empty", "-m", message]);
+        git(&dir, &["rev-parse", "HEAD"])
+    }
+
+    /// Tag `sha` (annotated, as releases usually are).
+    pub fn tag(&self, full: &str, name: &str, sha: &str) {
+        git(&self.dir(full), &["tag", "-a", "-m", name, name, sha]);
+    }
+
+    pub fn statuses(&self) -> Vec<GhStatus> {
+        self.shared.inner.lock().unwrap().statuses.clone()
+    }
+
+    pub fn requests(&self) -> Vec<GhRequest> {
+        self.shared.inner.lock().unwrap().requests.clone()
+    }
+
+    /// From now on answer every request with a 403 rate limit, until `secs` from now.
+    pub fn rate_limit_for(&self, secs: u64) {
+        self.shared.inner.lock().unwrap().limited_until = Some(unix_now() + secs);
+    }
+}
+
+impl Drop for FakeGitHub {
+    fn drop(&mut self) {
+        let _ = self.git_daemon.kill();
+        let _ = self.git_daemon.wait();
+    }
+}
+
+/// Check the token and the rate limit; record the request. `Err` is the answer to give.
+fn admit(
+    s: &Shared,
+    method: &str,
+    path: &str,
+    headers: &HeaderMap,
+    costly: bool,
+) -> Result<(String, HeaderMap), Response> {
+    let mut inner = s.inner.lock().unwrap();
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let authorized = inner
+        .token
+        .as_ref()
+        .is_some_and(|t| auth == format!("Bearer {t}"));
+    let token_key = if authorized {
+        auth.to_owned()
+    } else {
+        String::new()
+    };
+    let mut out = HeaderMap::new();
+    let reset = inner.limited_until.unwrap_or(unix_now() + 3600);
+    out.insert("x-ratelimit-reset", reset.to_string().parse().unwrap());
+    let record = |status: u16, inner: &mut Inner| {
+        inner.requests.push(GhRequest {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            status,
+            authorized,
+            at: Instant::now(),
+        })
+    };
+    if inner.token.is_some() && !authorized {
+        record(401, &mut inner);
+        return Err((StatusCode::UNAUTHORIZED, r#"{"message":"Bad credentials"}"#).into_response());
+    }
+    if let Some(until) = inner.limited_until {
+        if unix_now() < until {
+            record(403, &mut inner);
+            out.insert("x-ratelimit-remaining", "0".parse().unwrap());
+            return Err((
+                StatusCode::FORBIDDEN,
+                out,
+                r#"{"message":"API rate limit exceeded"}"#,
+            )
+                .into_response());
+        }
+        inner.limited_until = None;
+    }
+    if costly {
+        inner.remaining -= 1;
+    }
+    out.insert(
+        "x-ratelimit-remaining",
+        inner.remaining.to_string().parse().unwrap(),
+    );
+    record(0, &mut inner);
+    Ok((token_key, out))
+}
+
+/// Mark the last request's status (admit records it before the answer is known).
+fn answered(s: &Shared, status: u16) {
+    let mut inner = s.inner.lock().unwrap();
+    if let Some(r) = inner.requests.last_mut()
+        && r.status == 0
+    {
+        r.status = status;
+    }
+}
+
+/// A conditional answer: 304 when `If-None-Match` names the current ETag (free), else 200.
+fn conditional(
+    s: &Shared,
+    token_key: &str,
+    mut out: HeaderMap,
+    headers: &HeaderMap,
+    body: String,
+) -> Response {
+    let etag = format!(
+        "\"{}\"",
+        hex::encode(&sha2::Sha256::digest(format!("{token_key}\n{body}").as_bytes())[..12])
+    );
+    out.insert("etag", etag.parse().unwrap());
+    if headers.get("if-none-match").and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+        // A 304 costs no rate limit: give the unit back.
+        let mut inner = s.inner.lock().unwrap();
+        inner.remaining += 1;
+        out.insert(
+            "x-ratelimit-remaining",
+            inner.remaining.to_string().parse().unwrap(),
+        );
+        drop(inner);
+        answered(s, 304);
+        return (StatusCode::NOT_MODIFIED, out).into_response();
+    }
+    answered(s, 200);
+    (StatusCode::OK, out, body).into_response()
+}
+
+async fn repo(
+    State(s): State<Shared>,
+    UrlPath((owner, name)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let path = format!("/repos/{owner}/{name}");
+    let (key, out) = match admit(&s, "GET", &path, &headers, true) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if !s.root.join(&owner).join(&name).is_dir() {
+        answered(&s, 404);
+        return (StatusCode::NOT_FOUND, r#"{"message":"Not Found"}"#).into_response();
+    }
+    let body = serde_json::json!({
+        "full_name": format!("{owner}/{name}"),
+        "html_url": format!("https://github.com/{owner}/{name}"),
+        "clone_url": format!("{}/{owner}/{name}", s.git_url),
+        "default_branch": "main",
+    })
+    .to_string();
+    conditional(&s, &key, out, &headers, body)
+}
+
+async fn head(
+    State(s): State<Shared>,
+    UrlPath((owner, name, branch)): UrlPath<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let path = format!("/repos/{owner}/{name}/commits/{branch}");
+    let (key, out) = match admit(&s, "GET", &path, &headers, true) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let dir = s.root.join(&owner).join(&name);
+    let sha = Command::new("git")
+        .arg("-C")
+        .arg(&dir)
+        .args([
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("refs/heads/{branch}"),
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let Some(sha) = sha else {
+        answered(&s, 422);
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            r#"{"message":"No commit found for SHA"}"#,
+        )
+            .into_response();
+    };
+    let accept = headers
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let body = if accept.contains("application/vnd.github.sha") {
+        sha
+    } else {
+        serde_json::json!({ "sha": sha }).to_string()
+    };
+    conditional(&s, &key, out, &headers, body)
+}
+
+async fn tags(
+    State(s): State<Shared>,
+    UrlPath((owner, name)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let path = format!("/repos/{owner}/{name}/tags");
+    let (key, out) = match admit(&s, "GET", &path, &headers, true) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let dir = s.root.join(&owner).join(&name);
+    let listing = Command::new("git")
+        .arg("-C")
+        .arg(&dir)
+        .args([
+            "for-each-ref",
+            "--format=%(refname:short) %(objectname) %(*objectname)",
+            "refs/tags",
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let tags: Vec<serde_json::Value> = listing
+        .lines()
+        .filter_map(|l| {
+            let mut p = l.split(' ');
+            let (n, obj, peeled) = (p.next()?, p.next()?, p.next().unwrap_or(""));
+            let sha = if peeled.is_empty() { obj } else { peeled };
+            Some(serde_json::json!({"name": n, "commit": {"sha": sha}}))
+        })
+        .collect();
+    conditional(
+        &s,
+        &key,
+        out,
+        &headers,
+        serde_json::Value::from(tags).to_string(),
+    )
+}
+
+async fn status(
+    State(s): State<Shared>,
+    UrlPath((owner, name, sha)): UrlPath<(String, String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let path = format!("/repos/{owner}/{name}/statuses/{sha}");
+    let (_, out) = match admit(&s, "POST", &path, &headers, true) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let st = GhStatus {
+        repo: format!("{owner}/{name}"),
+        sha,
+        state: v["state"].as_str().unwrap_or("").to_owned(),
+        context: v["context"].as_str().unwrap_or("").to_owned(),
+        description: v["description"].as_str().unwrap_or("").to_owned(),
+        target_url: v["target_url"].as_str().map(str::to_owned),
+    };
+    let ok = ["pending", "success", "failure", "error"].contains(&st.state.as_str())
+        && !st.context.is_empty()
+        && st.description.chars().count() <= 140;
+    if !ok {
+        answered(&s, 422);
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            out,
+            r#"{"message":"Validation Failed"}"#,
+        )
+            .into_response();
+    }
+    s.inner.lock().unwrap().statuses.push(st);
+    answered(&s, 201);
+    (StatusCode::CREATED, out, "{}").into_response()
+}
+
+/// Terminal statuses (success, failure, error) of `sha` by context.
+pub fn terminal_statuses(all: &[GhStatus], sha: &str) -> BTreeMap<String, Vec<GhStatus>> {
+    let mut out: BTreeMap<String, Vec<GhStatus>> = BTreeMap::new();
+    for s in all.iter().filter(|s| s.sha == sha && s.state != "pending") {
+        out.entry(s.context.clone()).or_default().push(s.clone());
+    }
+    out
+}
