@@ -218,7 +218,7 @@ fn admit(
     path: &str,
     headers: &HeaderMap,
     costly: bool,
-) -> Result<(String, HeaderMap), Response> {
+) -> Result<(String, HeaderMap), Box<Response>> {
     let mut inner = s.inner.lock().unwrap();
     let auth = headers
         .get("authorization")
@@ -247,18 +247,22 @@ fn admit(
     };
     if inner.token.is_some() && !authorized {
         record(401, &mut inner);
-        return Err((StatusCode::UNAUTHORIZED, r#"{"message":"Bad credentials"}"#).into_response());
+        return Err(Box::new(
+            (StatusCode::UNAUTHORIZED, r#"{"message":"Bad credentials"}"#).into_response(),
+        ));
     }
     if let Some(until) = inner.limited_until {
         if unix_now() < until {
             record(403, &mut inner);
             out.insert("x-ratelimit-remaining", "0".parse().unwrap());
-            return Err((
-                StatusCode::FORBIDDEN,
-                out,
-                r#"{"message":"API rate limit exceeded"}"#,
-            )
-                .into_response());
+            return Err(Box::new(
+                (
+                    StatusCode::FORBIDDEN,
+                    out,
+                    r#"{"message":"API rate limit exceeded"}"#,
+                )
+                    .into_response(),
+            ));
         }
         inner.limited_until = None;
     }
@@ -320,7 +324,7 @@ async fn repo(
     let path = format!("/repos/{owner}/{name}");
     let (key, out) = match admit(&s, "GET", &path, &headers, true) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if !s.root.join(&owner).join(&name).is_dir() {
         answered(&s, 404);
@@ -344,7 +348,7 @@ async fn head(
     let path = format!("/repos/{owner}/{name}/commits/{branch}");
     let (key, out) = match admit(&s, "GET", &path, &headers, true) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let dir = s.root.join(&owner).join(&name);
     let sha = Command::new("git")
@@ -388,7 +392,7 @@ async fn tags(
     let path = format!("/repos/{owner}/{name}/tags");
     let (key, out) = match admit(&s, "GET", &path, &headers, true) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let dir = s.root.join(&owner).join(&name);
     let listing = Command::new("git")
@@ -429,7 +433,7 @@ async fn status(
     let path = format!("/repos/{owner}/{name}/statuses/{sha}");
     let (_, out) = match admit(&s, "POST", &path, &headers, true) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let st = GhStatus {
