@@ -272,6 +272,12 @@ fn timeout_kills_the_build() {
     assert!(err.contains("exceeded its timeout of 3s"), "{err}");
     assert!(took < Duration::from_secs(30), "took {took:?}");
     assert!(leftover_containers(&sha).is_empty());
+    // The stopped build unwound before kiln exited: no source tar or output spool is left.
+    let scratch: Vec<_> = fs::read_dir(t.path().join("l/.kiln/tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(scratch.is_empty(), "left in the scratch space: {scratch:?}");
 }
 
 #[test]
@@ -590,4 +596,126 @@ fn the_source_is_the_committed_bytes() {
         layer_files(&t.path().join("l"), "n")["notes.txt"],
         b"one\ntwo\n"
     );
+}
+
+/// `kiln build` of `dir` into `layout` with extra environment; its output.
+fn build_with_env(dir: &Path, layout: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    let mut c = kiln();
+    c.arg("build").arg(dir).arg("--output").arg(layout);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn a_git_that_fails_is_an_error_never_a_plain_directory_build() {
+    // Dubious ownership: the repository belongs to another user, so git refuses to read it.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test changes a repository's owner: run it as root (as .ci/run does)"
+    );
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("dubious");
+    hello_repo(&repo, "dubious", HELLO_TOML);
+    run_ok(Command::new("chown").args(["-R", "65534:65534"]).arg(&repo));
+    let out = build_with_env(&repo, &t.path().join("l"), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("dubious ownership"), "{err}");
+    assert!(
+        !err.contains("source-date-epoch"),
+        "fell back to a plain directory: {err}"
+    );
+
+    // git missing from PATH: an error that says so, even with an epoch that would allow a
+    // plain-directory build.
+    let repo = t.path().join("nogit");
+    hello_repo(&repo, "nogit", HELLO_TOML);
+    let empty = t.path().join("empty-path");
+    fs::create_dir(&empty).unwrap();
+    let out = build_with_env(
+        &repo,
+        &t.path().join("l2"),
+        &[
+            ("PATH", empty.to_str().unwrap()),
+            ("SOURCE_DATE_EPOCH", "1"),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("git is not installed"), "{err}");
+}
+
+#[test]
+fn git_variables_of_the_caller_do_not_reach_kilns_git() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("real");
+    let sha = hello_repo(&repo, "env-real", HELLO_TOML);
+    let other = t.path().join("other");
+    let other_sha = git_repo(&other, &[("x.txt", b"other")], None);
+    assert_ne!(sha, other_sha);
+    // As a git hook would see them: pointing at another repository and index.
+    let v = build_json_env(
+        &repo,
+        &t.path().join("l"),
+        &[
+            ("GIT_DIR", other.join(".git").to_str().unwrap()),
+            ("GIT_WORK_TREE", other.to_str().unwrap()),
+            ("GIT_INDEX_FILE", "/nonexistent/index"),
+        ],
+    );
+    assert_eq!(v["source"]["revision"], sha.as_str());
+}
+
+fn build_json_env(dir: &Path, layout: &Path, env: &[(&str, &str)]) -> serde_json::Value {
+    let mut c = kiln();
+    c.arg("build")
+        .arg(dir)
+        .arg("--output")
+        .arg(layout)
+        .arg("--json");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = run_ok(&mut c);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn two_builds_of_one_commit_at_once_get_their_own_container_and_log() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("twice");
+    let r = recipe(
+        &["sleep 1", "mkdir -p /out && echo same > /out/f"],
+        "",
+        "[[artifact]]\nname = \"x\"\nkind = \"files\"\n",
+    );
+    hello_repo(&repo, "twice", &r);
+    let layout = t.path().join("l");
+    let spawn = || {
+        kiln()
+            .arg("build")
+            .arg(&repo)
+            .arg("--output")
+            .arg(&layout)
+            .arg("--json")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    for o in [&a, &b] {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let digest = |o: &std::process::Output| {
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["artifacts"][0]["digest"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(digest(&a), digest(&b));
+    let logs: Vec<_> = fs::read_dir(layout.join(".kiln/logs")).unwrap().collect();
+    assert_eq!(logs.len(), 2, "one log per build");
 }

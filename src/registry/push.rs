@@ -992,6 +992,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_store_error_keeps_its_own_retry_flag() {
+        let transient = PushError::Store(crate::store::StoreError::Io {
+            op: "read blob",
+            path: "/x".into(),
+            source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+        });
+        assert!(transient.is_retryable());
+        let corrupt = PushError::Store(crate::store::StoreError::Corrupt {
+            path: "/x".into(),
+            reason: "bad".into(),
+        });
+        assert!(!corrupt.is_retryable());
+        assert!(!PushError::Cancelled.is_retryable());
+    }
+
+    #[test]
     fn ranges_read_conservatively() {
         assert_eq!(received_bytes("0-0"), 0);
         assert_eq!(received_bytes("0-1023"), 1024);

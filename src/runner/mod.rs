@@ -152,3 +152,34 @@ fn humantime(d: Duration) -> String {
         (h, m, s) => format!("{h}h{m}m{s}s"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryability_tells_the_truth() {
+        let io = |kind| BuildError::Io {
+            op: "write",
+            path: "/x".into(),
+            source: std::io::Error::from(kind),
+        };
+        assert!(!io(std::io::ErrorKind::PermissionDenied).is_retryable());
+        assert!(!io(std::io::ErrorKind::NotFound).is_retryable());
+        assert!(io(std::io::ErrorKind::ConnectionReset).is_retryable());
+        assert!(io(std::io::ErrorKind::TimedOut).is_retryable());
+        let pull = BuildError::PullTimeout {
+            image: "x".into(),
+            after: Duration::from_secs(300),
+        };
+        assert!(pull.is_retryable());
+        assert!(
+            !BuildError::ImageUnavailable {
+                image: "x".into(),
+                reason: "manifest unknown".into()
+            }
+            .is_retryable()
+        );
+        assert!(!BuildError::Cancelled.is_retryable());
+    }
+}

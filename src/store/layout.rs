@@ -67,12 +67,19 @@ impl OciLayout {
             return Self::open(root);
         }
         if root.exists() {
-            let mut entries = fs::read_dir(&root).map_err(io_err("read directory", &root))?;
-            if entries.next().is_some() {
-                return Err(StoreError::NotALayout {
-                    path: root,
-                    reason: "the directory is not empty and has no oci-layout file; refusing to write into it".into(),
-                });
+            // Only what kiln itself writes before `oci-layout` (a creation in progress in
+            // another process, or one a crash interrupted) may be there already.
+            for e in fs::read_dir(&root).map_err(io_err("read directory", &root))? {
+                let name = e.map_err(io_err("read directory", &root))?.file_name();
+                if !matches!(
+                    name.to_str(),
+                    Some("blobs" | ".kiln" | "index.json" | LAYOUT_FILE)
+                ) {
+                    return Err(StoreError::NotALayout {
+                        path: root,
+                        reason: "the directory is not empty and has no oci-layout file; refusing to write into it".into(),
+                    });
+                }
             }
         }
         let layout = OciLayout { root };
@@ -484,5 +491,30 @@ mod tests {
         let err = OciLayout::open_or_create(dir.path()).unwrap_err();
         assert!(matches!(err, StoreError::NotALayout { .. }), "{err}");
         assert_eq!(fs::read(dir.path().join("precious.txt")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn concurrent_and_interrupted_creations_finish() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("l");
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    let root = root.clone();
+                    std::thread::spawn(move || OciLayout::open_or_create(&root).map(|_| ()))
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap().unwrap();
+            }
+            assert!(root.join(LAYOUT_FILE).is_file());
+        }
+        // A creation that died before writing `oci-layout` is finished by the next one.
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("blobs/sha256")).unwrap();
+        fs::create_dir_all(dir.path().join(".kiln/tmp")).unwrap();
+        let l = OciLayout::open_or_create(dir.path()).unwrap();
+        assert!(l.index().unwrap().manifests().is_empty());
+        assert!(dir.path().join(LAYOUT_FILE).is_file());
     }
 }
