@@ -103,7 +103,7 @@ fn the_daemon_notifies_ready_pings_the_watchdog_and_says_stopping() {
         ],
     );
     let mut seen = Vec::new();
-    let mut read_until = |want: &str, seen: &mut Vec<String>, timeout: Duration| {
+    let read_until = |want: &str, seen: &mut Vec<String>, timeout: Duration| {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             let mut buf = [0u8; 4096];
