@@ -1,13 +1,24 @@
 //! kiln: reproducible builds packed into deterministic, content-addressed OCI images.
 //!
-//! The pipeline is a set of stages, each a library call behind a narrow interface:
+//! One pipeline, a module per stage, each a library call behind a narrow interface:
+//! - [`source`]: the exact tree to build (a work tree's committed HEAD, or a commit in a bare
+//!   mirror), its revision, commit time and URL;
+//! - [`runner`]: the recipe's steps in a Docker container; it runs, it never publishes;
 //! - [`pack`]: a directory tree or tar stream into a deterministic layer blob;
-//! - [`image`]: config and manifest around layers, as byte-stable JSON;
-//! - [`store`]: where blobs, manifests and tags go (the local OCI layout by default);
-//! - [`validate`]: re-checks every digest, size and diff_id of a layout.
+//! - [`image`]: config and manifest around layers (on base layers given as values), as
+//!   byte-stable JSON; [`provenance`] adds an SLSA statement as a referrer;
+//! - [`store`] and [`registry`]: where blobs, manifests and tags go (the local OCI layout, a
+//!   distribution registry);
+//! - [`pipeline`]: the stages as separate calls with a record between them.
 //!
-//! The CLI and the daemon only compose them. Stages take a cancellation token, report
-//! progress as [`events`], and return typed errors that say whether a retry can help.
+//! The CLI (`kiln build`, `pack`, `push`, `inspect`, `validate`) and the [`daemon`] only
+//! compose them; the daemon keeps its [`state`] behind a trait and serves [`http`].
+//!
+//! Every stage that can take long (source and fetches, the container run, packing, pushes,
+//! base fetches, inspect, docker load) takes a cancellation token and stops promptly, removing
+//! what it started. Stages report progress as [`events`] and return typed errors whose
+//! `is_retryable()` says whether running them again could help. No stage keeps
+//! process-global state.
 
 pub mod check;
 pub mod daemon;

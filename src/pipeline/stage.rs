@@ -93,7 +93,7 @@ pub async fn run(
     labels: BTreeMap<String, String>,
 ) -> Result<BuildOutput, PipelineError> {
     let info = &s.checkout.info;
-    let span = tracing::info_span!("run", build = %b.id, revision = info.revision.as_deref().unwrap_or("-"));
+    let span = tracing::info_span!("run", revision = info.revision.as_deref().unwrap_or("-"));
     let req = BuildRequest {
         build: &s.recipe.build,
         source: s.checkout.tree(),
