@@ -12,7 +12,6 @@
 //! daemon is a fresh process on the same state: heads and ETags known.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::path::Path;
