@@ -469,7 +469,7 @@ fn daemon(a: DaemonArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(async {
+    let result = rt.block_on(async {
         let shutdown = async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -479,7 +479,11 @@ fn daemon(a: DaemonArgs) -> Result<ExitCode> {
             }
         };
         kiln::daemon::run(config, &a.config, shutdown).await
-    })?;
+    });
+    // Blocking work still running (a credential helper, a git process being killed) gets a
+    // moment, never a hang.
+    rt.shutdown_timeout(std::time::Duration::from_secs(10));
+    result?;
     Ok(ExitCode::SUCCESS)
 }
 

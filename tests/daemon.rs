@@ -662,9 +662,13 @@ fn configs_are_checked_and_reloaded_without_a_restart() {
     assert!(d.log().contains("bogus: unknown key"), "{}", d.log());
     assert_eq!(get(&format!("{}/healthz", d.url)).0, 200);
 
-    // SIGHUP reloads too.
+    // SIGHUP reloads too (with the file unchanged, so only the signal can be the cause).
+    let before = d.log().matches("config reloaded").count();
     std::fs::write(&d.config, &two).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until("the file watcher's reload", Duration::from_secs(10), || {
+        d.log().matches("config reloaded").count() > before
+    });
+    std::thread::sleep(Duration::from_millis(300));
     let reloads = d.log().matches("config reloaded").count();
     unsafe {
         libc::kill(d.pid() as libc::pid_t, libc::SIGHUP);
@@ -672,6 +676,70 @@ fn configs_are_checked_and_reloaded_without_a_restart() {
     wait_until("SIGHUP to reload", Duration::from_secs(10), || {
         d.log().matches("config reloaded").count() > reloads
     });
+    assert!(
+        d.log().contains("SIGHUP: reloading the config"),
+        "{}",
+        d.log()
+    );
     let (st, _) = d.signal(libc::SIGTERM);
     assert!(st.success());
+}
+
+#[test]
+fn a_commit_already_pushed_is_tagged_not_rebuilt() {
+    builder_image("busybox");
+    let gh = FakeGitHub::start(Some(TOKEN));
+    let files = hello("prepushed", "");
+    let sha = gh.create("acme/pre", &refs(&files));
+    let reg = Registry::start();
+    let t = tempfile::tempdir().unwrap();
+    // The CLI builds and pushes the commit first (as a release script might).
+    let out = run_ok(
+        kiln()
+            .arg("build")
+            .arg(gh.dir("acme/pre"))
+            .arg("--output")
+            .arg(t.path().join("cli-layout"))
+            .arg("--push")
+            .arg(format!("{}/acme", reg.addr))
+            .arg("--json"),
+    );
+    let cli: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let digest = cli["artifacts"][0]["digest"].as_str().unwrap().to_owned();
+    let uploads_before = reg
+        .log()
+        .matches("PUT /v2/acme/hello/blobs/uploads")
+        .count();
+
+    let body = format!(
+        "{}\n[registry]\nurl = \"{}/acme\"\n\n[[repo]]\ngithub = \"acme/pre\"\n",
+        github_config(&gh, t.path(), "1s", ""),
+        reg.addr
+    );
+    let d = Daemon::start(t.path(), &body, "info", &[]);
+    let builds = d.wait_builds("the daemon's build", Duration::from_secs(120), |b| {
+        has(b, &sha, "success")
+    });
+    assert_eq!(builds[0]["artifacts"][0]["digest"], digest.as_str());
+    let detail = d.build(builds[0]["id"].as_str().unwrap());
+    let skipped: Vec<_> = detail["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["outcome"] == "skipped")
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(skipped, ["run", "pack", "image", "publish"], "{detail}");
+    assert_eq!(
+        manifest_digest(&format!("docker://{}/acme/hello:main", reg.addr)).as_deref(),
+        Some(digest.as_str())
+    );
+    assert_eq!(
+        reg.log()
+            .matches("PUT /v2/acme/hello/blobs/uploads")
+            .count(),
+        uploads_before,
+        "nothing was uploaded again"
+    );
+    assert!(containers("dev.kiln.revision", &sha).is_empty());
 }

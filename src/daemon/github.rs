@@ -60,6 +60,31 @@ impl GitHubError {
     }
 }
 
+/// A cached answer: the body and its `Link: rel="next"`.
+#[derive(serde::Serialize, Deserialize)]
+struct CachedPage {
+    body: String,
+    next: Option<String>,
+}
+
+/// The path (under `api_url`) of the `rel="next"` link, if it is on the same API.
+fn next_link(link: &str, api_url: &str) -> Option<String> {
+    link.split(',').find_map(|part| {
+        let (url, params) = part.split_once(';')?;
+        params
+            .split(';')
+            .any(|p| p.trim() == "rel=\"next\"")
+            .then(|| {
+                url.trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_owned()
+            })?
+            .strip_prefix(api_url)
+            .map(str::to_owned)
+    })
+}
+
 /// What `GET /repos/{o}/{r}` says about a repository.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 pub struct RepoInfo {
@@ -253,6 +278,17 @@ impl GitHubClient {
 
     /// A conditional GET of `path`: the body, fresh or from the cache on a 304.
     pub async fn get(&self, what: &str, path: &str, accept: &str) -> Result<String, GitHubError> {
+        Ok(self.get_page(what, path, accept).await?.0)
+    }
+
+    /// A conditional GET of `path` (relative to the API URL): the body and the next page's
+    /// path from the `Link` header, fresh or from the cache on a 304.
+    async fn get_page(
+        &self,
+        what: &str,
+        path: &str,
+        accept: &str,
+    ) -> Result<(String, Option<String>), GitHubError> {
         if let Some(until) = self.gate_closed_until().await {
             return Err(GitHubError::RateLimited { until });
         }
@@ -278,8 +314,10 @@ impl GitHubClient {
         tracing::debug!(what, path, status = status.as_u16(), "GitHub request");
         if status == StatusCode::NOT_MODIFIED {
             self.observe(status, &headers, "").await;
-            if let Some((_, body)) = cached {
-                return Ok(body);
+            if let Some((_, envelope)) = cached
+                && let Ok(page) = serde_json::from_str::<CachedPage>(&envelope)
+            {
+                return Ok((page.body, page.next));
             }
             return Err(GitHubError::Malformed {
                 what: what.to_owned(),
@@ -302,10 +340,19 @@ impl GitHubClient {
                 message: short(&body),
             });
         }
+        let next = headers
+            .get(reqwest::header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|l| next_link(l, &self.api_url));
         if let Some(etag) = headers.get(ETAG).and_then(|v| v.to_str().ok()) {
-            self.store.set_etag(&key, etag, &body).await?;
+            let envelope = serde_json::to_string(&CachedPage {
+                body: body.clone(),
+                next: next.clone(),
+            })
+            .unwrap_or_default();
+            self.store.set_etag(&key, etag, &envelope).await?;
         }
-        Ok(body)
+        Ok((body, next))
     }
 
     /// `GET /repos/{o}/{r}`: clone and web URLs.
@@ -331,7 +378,7 @@ impl GitHubClient {
             )
             .await?;
         let sha = body.trim().to_ascii_lowercase();
-        if sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if crate::source::mirror::is_object_name(&sha) {
             Ok(sha)
         } else {
             Err(GitHubError::Malformed {
@@ -341,25 +388,34 @@ impl GitHubClient {
         }
     }
 
-    /// Tags and their commits (the first 100): `GET /repos/{o}/{r}/tags`.
+    /// Tags and their commits: `GET /repos/{o}/{r}/tags`, every page (up to 1000 tags).
+    /// Entries whose commit is not a SHA are dropped.
     pub async fn tags(
         &self,
         owner: &str,
         name: &str,
     ) -> Result<Vec<(String, String)>, GitHubError> {
-        let body = self
-            .get(
-                "tags",
-                &format!("/repos/{owner}/{name}/tags?per_page=100"),
-                ACCEPT_JSON,
-            )
-            .await?;
-        let tags: Vec<TagEntry> =
-            serde_json::from_str(&body).map_err(|e| GitHubError::Malformed {
-                what: "tags".into(),
-                message: e.to_string(),
-            })?;
-        Ok(tags.into_iter().map(|t| (t.name, t.commit.sha)).collect())
+        let mut out = Vec::new();
+        let mut path = Some(format!("/repos/{owner}/{name}/tags?per_page=100"));
+        let mut pages = 0;
+        while let Some(p) = path.take() {
+            pages += 1;
+            let (body, next) = self.get_page("tags", &p, ACCEPT_JSON).await?;
+            let tags: Vec<TagEntry> =
+                serde_json::from_str(&body).map_err(|e| GitHubError::Malformed {
+                    what: "tags".into(),
+                    message: e.to_string(),
+                })?;
+            out.extend(
+                tags.into_iter()
+                    .filter(|t| crate::source::mirror::is_object_name(&t.commit.sha))
+                    .map(|t| (t.name, t.commit.sha.to_ascii_lowercase())),
+            );
+            if pages < 10 {
+                path = next;
+            }
+        }
+        Ok(out)
     }
 
     /// `POST /repos/{o}/{r}/statuses/{sha}`, spaced from the previous mutating call.
@@ -389,7 +445,7 @@ impl GitHubClient {
         if let Some(u) = &status.target_url {
             body["target_url"] = serde_json::Value::String(u.clone());
         }
-        let what = format!("status for {owner}/{name}@{}", &sha[..sha.len().min(12)]);
+        let what = format!("status for {owner}/{name}@{}", super::worker::short(sha));
         let resp = self
             .request(
                 reqwest::Method::POST,
@@ -466,6 +522,24 @@ pub fn truncate(s: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn next_links_stay_on_the_api() {
+        let api = "https://api.github.com";
+        let link = r#"<https://api.github.com/repositories/1/tags?per_page=100&page=2>; rel="next", <https://api.github.com/repositories/1/tags?per_page=100&page=9>; rel="last""#;
+        assert_eq!(
+            next_link(link, api).as_deref(),
+            Some("/repositories/1/tags?per_page=100&page=2")
+        );
+        assert_eq!(
+            next_link(r#"<https://evil.example/x>; rel="next""#, api),
+            None
+        );
+        assert_eq!(
+            next_link(r#"<https://api.github.com/x>; rel="last""#, api),
+            None
+        );
+    }
 
     #[test]
     fn refs_keep_slashes_and_lose_nothing() {

@@ -84,8 +84,13 @@ pub struct Daemon {
     pub wake_retag: Notify,
     /// Webhook pokes: the name of a repository to check now.
     pub pokes: tokio::sync::broadcast::Sender<String>,
-    /// Builds running here: their tokens and stop reasons, for a graceful stop.
-    running: Mutex<HashMap<String, (CancellationToken, StopReason)>>,
+    /// Builds running here, by build id and fencing token (one build can be claimed again
+    /// by this host after its lease expired): their tokens and stop reasons.
+    running: Mutex<HashMap<(String, i64), (CancellationToken, StopReason)>>,
+    /// Held while tags are decided and moved, so two moves of one branch never interleave.
+    pub(crate) tag_lock: tokio::sync::Mutex<()>,
+    /// `GET /repos/{o}/{r}` answers, once per repository and config.
+    repo_infos: Mutex<HashMap<String, github::RepoInfo>>,
 }
 
 impl Daemon {
@@ -121,6 +126,47 @@ impl Daemon {
     /// Where a build's log lives.
     pub fn log_path(&self, build_id: &str) -> PathBuf {
         self.state_dir.join("logs").join(format!("{build_id}.log"))
+    }
+
+    /// A GitHub repository's clone and web URLs: asked once per config, waiting out a rate
+    /// limit rather than failing the build that needs them.
+    pub(crate) async fn repo_info(
+        &self,
+        gh: &GitHubClient,
+        owner: &str,
+        name: &str,
+    ) -> Result<github::RepoInfo, crate::pipeline::PipelineError> {
+        let key = format!("{owner}/{name}");
+        if let Some(i) = self
+            .repo_infos
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Ok(i.clone());
+        }
+        loop {
+            match gh.repo(owner, name).await {
+                Ok(info) => {
+                    self.repo_infos
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(key, info.clone());
+                    return Ok(info);
+                }
+                Err(github::GitHubError::RateLimited { .. }) => gh.wait_gate().await,
+                Err(e) => {
+                    return Err(crate::pipeline::PipelineError::Source(
+                        crate::source::SourceError::Git {
+                            dir: self.state_dir.clone(),
+                            args: format!("(GitHub API) repository {owner}/{name}"),
+                            message: e.to_string(),
+                            retryable: e.is_retryable(),
+                        },
+                    ));
+                }
+            }
+        }
     }
 
     /// Put a new config in place (what can change without a restart).
@@ -164,6 +210,10 @@ impl Daemon {
                 None => *self.github.write().unwrap_or_else(|p| p.into_inner()) = None,
             }
         }
+        self.repo_infos
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         tracing::info!(repos = new.repos.len(), "config reloaded");
         self.config_tx.send_replace(Arc::new(new));
     }
@@ -302,6 +352,8 @@ pub async fn run(
         wake_retag: Notify::new(),
         pokes: tokio::sync::broadcast::channel(256).0,
         running: Mutex::new(HashMap::new()),
+        tag_lock: tokio::sync::Mutex::new(()),
+        repo_infos: Mutex::new(HashMap::new()),
     });
 
     let listener = tokio::net::TcpListener::bind(listen)
@@ -334,7 +386,7 @@ pub async fn run(
     tasks.spawn(retagger(d.clone(), stop.clone()));
     tasks.spawn(gauges(d.clone(), stop.clone()));
     let builds = TaskTracker::new();
-    tasks.spawn(schedule(d.clone(), stop.clone(), builds.clone()));
+    let scheduler = tokio::spawn(schedule(d.clone(), stop.clone(), builds.clone()));
     tracing::info!(
         host = %d.host_id,
         listen = %listen,
@@ -349,6 +401,8 @@ pub async fn run(
     tracing::info!("stopping: no new builds");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     stop.cancel();
+    // Once the scheduler has stopped, no build can start behind our back.
+    let _ = scheduler.await;
     builds.close();
     let grace = config.shutdown_grace;
     if !builds.is_empty() && tokio::time::timeout(grace, builds.wait()).await.is_err() {
@@ -444,9 +498,14 @@ async fn schedule(d: Arc<Daemon>, stop: CancellationToken, builds: TaskTracker) 
                 }
             }
         };
+        if stop.is_cancelled() {
+            // Claimed while stopping: give it straight back.
+            let _ = d.store.release(&claim.lease).await;
+            return;
+        }
         let cancel = CancellationToken::new();
         let why = StopReason::default();
-        let id = claim.lease.build_id.clone();
+        let id = (claim.lease.build_id.clone(), claim.lease.fence);
         d.running
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -29,6 +29,10 @@ fn jitter() -> f64 {
 /// `git_ref` of `repo` points at `commit`: queue a build if that is news.
 pub async fn trigger(d: &Daemon, repo: &Repo, git_ref: &str, commit: &str) {
     let (name, recipe) = (repo.name(), repo.recipe_key());
+    if !crate::source::mirror::is_object_name(commit) {
+        tracing::warn!(repo = %name, git_ref, "ignoring a head that is not a commit SHA");
+        return;
+    }
     match d.store.head(&name, &recipe, git_ref).await {
         Ok(Some(h)) if h == commit => return,
         Ok(_) => {}
@@ -50,7 +54,7 @@ pub async fn trigger(d: &Daemon, repo: &Repo, git_ref: &str, commit: &str) {
         }
         Ok(e) => {
             tracing::info!(repo = %name, git_ref, commit, build = %e.build_id, state = e.state.as_str(), "ref moved to a commit kiln already has");
-            if e.ref_added {
+            if e.state == crate::state::BuildState::Success {
                 d.wake_retag.notify_one();
             }
         }
@@ -58,20 +62,26 @@ pub async fn trigger(d: &Daemon, repo: &Repo, git_ref: &str, commit: &str) {
     }
 }
 
-/// Tags of `repo` matching its glob: build the new ones; on the very first look, record them
-/// as they are without building history.
+/// Tags of `repo` matching its glob: build the new ones. On the very first look every tag
+/// (matching or not, so that widening the glob later builds no history) is recorded as it
+/// is, without building.
 async fn tags_seen(d: &Daemon, repo: &Repo, tags: Vec<(String, String)>) {
     let Some(glob) = &repo.tags else { return };
     let (name, recipe) = (repo.name(), repo.recipe_key());
-    let matching = tags
-        .into_iter()
-        .filter(|(t, _)| tag_matches(glob, t))
-        .map(|(t, sha)| (format!("refs/tags/{t}"), sha));
-    let first = matches!(d.store.head(&name, &recipe, TAGS_BASELINE).await, Ok(None));
-    for (r, sha) in matching {
+    let first = match d.store.head(&name, &recipe, TAGS_BASELINE).await {
+        Ok(h) => h.is_none(),
+        Err(e) => {
+            tracing::warn!(repo = %name, error = %e, "cannot read the tags seen so far; skipping this round");
+            return;
+        }
+    };
+    for (t, sha) in tags {
+        let r = format!("refs/tags/{t}");
         if first {
-            let _ = d.store.set_head(&name, &recipe, &r, &sha).await;
-        } else {
+            if d.store.set_head(&name, &recipe, &r, &sha).await.is_err() {
+                return;
+            }
+        } else if tag_matches(glob, &t) {
             trigger(d, repo, &r, &sha).await;
         }
     }

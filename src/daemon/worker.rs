@@ -126,6 +126,11 @@ pub fn target(d: &Daemon) -> Target {
     }
 }
 
+/// The first 12 characters of a commit, for messages (safe on any string).
+pub fn short(commit: &str) -> &str {
+    commit.get(..12).unwrap_or(commit)
+}
+
 /// The commit status context of an artifact, or of a recipe whose artifacts are not known.
 fn context(name: &str) -> String {
     format!("kiln/{name}")
@@ -141,7 +146,8 @@ pub async fn run(
 ) {
     let started = Instant::now();
     let id = claim.lease.build_id.clone();
-    let span = tracing::info_span!("build", id = %id, repo = %claim.repo, commit = %&claim.commit[..claim.commit.len().min(12)]);
+    let span =
+        tracing::info_span!("build", id = %id, repo = %claim.repo, commit = %short(&claim.commit));
     let _hold = d
         .keeper
         .hold(claim.lease.clone(), cancel.clone(), why.clone());
@@ -402,14 +408,7 @@ async fn locate(
             let gh = d.github().ok_or_else(|| {
                 PipelineError::Usage("a GitHub repository needs a [github] section".into())
             })?;
-            let info = gh.repo(owner, name).await.map_err(|e| {
-                PipelineError::Source(SourceError::Git {
-                    dir: d.state_dir.clone(),
-                    args: format!("(GitHub API) repository {owner}/{name}"),
-                    message: e.to_string(),
-                    retryable: e.is_retryable(),
-                })
-            })?;
+            let info = d.repo_info(&gh, owner, name).await?;
             // The token goes only to the GitHub host, over https.
             let auth = match (gh.token(), gh.git_host()) {
                 (Some(t), Some(host)) => {
@@ -519,8 +518,14 @@ async fn stages(
     let result = stages_in(d, claim, runner, &b).await;
     drop(b);
     let _ = recorder.await;
-    let _ = std::fs::remove_dir_all(&staging_root);
+    remove_tree(&staging_root).await;
     result
+}
+
+/// Remove a (possibly large) directory tree off the async runtime.
+async fn remove_tree(p: &Path) {
+    let p = p.to_owned();
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(p)).await;
 }
 
 async fn stages_in(
@@ -587,10 +592,7 @@ async fn stages_in(
                     &NewStatus {
                         context: c.clone(),
                         state: "pending".into(),
-                        description: format!(
-                            "building {}",
-                            &claim.commit[..claim.commit.len().min(12)]
-                        ),
+                        description: format!("building {}", short(&claim.commit)),
                         target_url: d.target_url(&lease.build_id),
                     },
                 )
@@ -619,7 +621,8 @@ async fn stages_in(
             }
         }
     }
-    if artifacts.len() == sourced.recipe.artifacts.len() {
+    let already = artifacts.len() == sourced.recipe.artifacts.len();
+    if already {
         note(
             &log,
             "already published under this commit's tag: nothing to build",
@@ -693,8 +696,11 @@ async fn stages_in(
         .map_err(fail(&contexts))?;
     }
 
-    // Tags move only while the lease is ours: a host that lost it publishes nothing more.
-    match d.store.holds(lease).await {
+    // Tags move only while the lease is ours, with time to spare: a host that lost it (or is
+    // about to) publishes nothing more. One tag move at a time per daemon, so a branch tag
+    // is decided and moved without a retag of the same branch in between.
+    let _tagging = d.tag_lock.lock().await;
+    match d.store.holds(lease, d.lease / 3).await {
         Ok(true) => {}
         Ok(false) => {
             return Err(Failure {
@@ -704,7 +710,7 @@ async fn stages_in(
             });
         }
         Err(e) => {
-            return Err(fail(&contexts)(PipelineError::Internal(format!(
+            return Err(fail(&contexts)(PipelineError::Retryable(format!(
                 "cannot confirm the lease before tagging: {e}"
             ))));
         }
@@ -730,9 +736,13 @@ async fn stages_in(
     }
     let tags = tags_for(&claim.commit, &with_heads);
     for a in &artifacts {
-        pipeline::publish_tags(b, &target, a, &tags)
-            .await
-            .map_err(fail(&contexts))?;
+        if already {
+            // Nothing of it is in this build's staging store: the target has it.
+            pipeline::retag(&target, a, &tags, &b.cancel).await
+        } else {
+            pipeline::publish_tags(b, &target, a, &tags).await
+        }
+        .map_err(fail(&contexts))?;
     }
     note(&log, &format!("tagged {}", tags.join(", ")));
     let statuses = if github {
@@ -789,6 +799,7 @@ pub async fn retag_pending(d: &Arc<Daemon>, cancel: &CancellationToken) {
     };
     let target = target(d);
     for u in pending {
+        let _tagging = d.tag_lock.lock().await;
         let detail = match d.store.build(&u.build_id).await {
             Ok(Some(x)) => x,
             _ => continue,
@@ -804,7 +815,7 @@ pub async fn retag_pending(d: &Arc<Daemon>, cancel: &CancellationToken) {
             .into_iter()
             .skip(1) // the SHA tag is there already
             .collect();
-        let mut ok = true;
+        let mut done = true;
         for a in &detail.build.artifacts {
             let art = ArtifactResult {
                 name: a.name.clone(),
@@ -817,12 +828,18 @@ pub async fn retag_pending(d: &Arc<Daemon>, cancel: &CancellationToken) {
                 provenance: a.provenance.clone(),
             };
             if let Err(e) = pipeline::retag(&target, &art, &tags, cancel).await {
-                tracing::warn!(build = %u.build_id, git_ref = %u.git_ref, error = %e, "could not tag a published artifact; will retry");
-                ok = false;
+                if e.is_retryable() {
+                    tracing::warn!(build = %u.build_id, git_ref = %u.git_ref, error = %e, "could not tag a published artifact; will retry");
+                    done = false;
+                } else {
+                    tracing::error!(build = %u.build_id, git_ref = %u.git_ref, error = %e, "cannot tag a published artifact; giving up on this ref");
+                }
             }
         }
-        if ok {
-            tracing::info!(build = %u.build_id, git_ref = %u.git_ref, tags = %tags.join(", "), "tagged a published build for a new ref");
+        if done {
+            if !tags.is_empty() {
+                tracing::info!(build = %u.build_id, git_ref = %u.git_ref, tags = %tags.join(", "), "tagged a published build for a ref");
+            }
             let _ = d.store.mark_tagged(&u.build_id, &u.git_ref).await;
         }
     }

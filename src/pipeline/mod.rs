@@ -207,6 +207,9 @@ pub enum PipelineError {
     },
     #[error("{0}")]
     Usage(String),
+    /// A condition outside the build that may pass by itself (the state database was busy).
+    #[error("{0}")]
+    Retryable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -223,6 +226,7 @@ impl PipelineError {
     /// Whether running the same build again could succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
+            PipelineError::Retryable(_) => true,
             PipelineError::Source(e) => e.is_retryable(),
             PipelineError::Build { source, .. } => source.is_retryable(),
             PipelineError::Pack { source, .. } => source.is_retryable(),

@@ -26,20 +26,49 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    /// The mirror at `dir`, created (bare, never garbage-collected on its own) if missing.
+    /// The mirror at `dir`, created (bare) if missing. Concurrent openers (two jobs of one
+    /// repository) wait for each other.
     pub fn open(dir: &Path, cancel: &CancellationToken) -> Result<Mirror, SourceError> {
-        if !dir.join("HEAD").is_file() {
-            std::fs::create_dir_all(dir).map_err(|source| SourceError::Io {
-                path: dir.to_owned(),
-                source,
-            })?;
-            Git::new(dir, ["init", "--bare", "-q"]).output(cancel, false)?;
-            // Fetched commits have no refs of their own: never let gc drop them.
-            Git::new(dir, ["config", "gc.auto", "0"]).output(cancel, false)?;
-        }
-        Ok(Mirror {
+        let m = Mirror {
             dir: dir.to_owned(),
-        })
+        };
+        if !dir.join("HEAD").is_file() {
+            let _lock = m.lock()?;
+            if !dir.join("HEAD").is_file() {
+                // Made aside and renamed into place: a half-made mirror is never seen.
+                let parent = dir.parent().unwrap_or(Path::new("."));
+                std::fs::create_dir_all(parent).map_err(|source| SourceError::Io {
+                    path: parent.to_owned(),
+                    source,
+                })?;
+                let tmp = tempfile::Builder::new()
+                    .prefix(".mirror-")
+                    .tempdir_in(parent)
+                    .map_err(|source| SourceError::Io {
+                        path: parent.to_owned(),
+                        source,
+                    })?;
+                Git::new(tmp.path(), ["init", "--bare", "-q"]).output(cancel, false)?;
+                let made = tmp.keep();
+                std::fs::rename(&made, dir).map_err(|source| SourceError::Io {
+                    path: dir.to_owned(),
+                    source,
+                })?;
+            }
+        }
+        Ok(m)
+    }
+
+    /// An exclusive lock beside the mirror, for creating and fetching into it.
+    fn lock(&self) -> Result<std::fs::File, SourceError> {
+        let path = self.dir.with_extension("lock");
+        let f = std::fs::File::create(&path).map_err(|source| SourceError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        f.lock()
+            .map_err(|source| SourceError::Io { path, source })?;
+        Ok(f)
     }
 
     pub fn dir(&self) -> &Path {
@@ -66,23 +95,24 @@ impl Mirror {
         auth: Option<&FetchAuth>,
         cancel: &CancellationToken,
     ) -> Result<(), SourceError> {
+        if !is_object_name(commit) {
+            return Err(SourceError::NoSuchCommit {
+                repo: PathBuf::from(url),
+                commit: commit.to_owned(),
+                reason: "not a full commit SHA".into(),
+            });
+        }
         if self.has(commit, cancel) {
             return Ok(());
         }
-        // One fetch at a time per mirror (concurrent fetches race on shallow and ref locks).
-        let lock_path = self.dir.join("kiln-fetch.lock");
-        let lock = std::fs::File::create(&lock_path).map_err(|source| SourceError::Io {
-            path: lock_path.clone(),
-            source,
-        })?;
-        lock.lock().map_err(|source| SourceError::Io {
-            path: lock_path,
-            source,
-        })?;
+        // One fetch at a time per mirror (concurrent fetches race on ref locks).
+        let _lock = self.lock()?;
         if self.has(commit, cancel) {
             return Ok(());
         }
-        let fetch = |what: &str| {
+        // Fetched commits get a ref of their own: it keeps them from gc, and lets the next
+        // fetch say what it has, so it brings only what is new.
+        let fetch = |refspec: &str| {
             let mut g = Git::new(
                 &self.dir,
                 [
@@ -91,31 +121,23 @@ impl Mirror {
                     "--no-tags",
                     "--no-write-fetch-head",
                     "--no-recurse-submodules",
+                    "--end-of-options",
                     url,
-                    what,
+                    refspec,
                 ],
             )
             .timeout(NETWORK_TIMEOUT);
-            if let Some(a) = auth {
-                use base64::Engine as _;
-                let basic = base64::engine::general_purpose::STANDARD
-                    .encode(format!("x-access-token:{}", a.token.expose()));
-                g = g
-                    .env("GIT_CONFIG_COUNT", "1")
-                    .env("GIT_CONFIG_KEY_0", format!("http.{}.extraHeader", a.base))
-                    .env(
-                        "GIT_CONFIG_VALUE_0",
-                        format!("Authorization: Basic {basic}"),
-                    );
+            for (k, v) in auth.map(auth_env).unwrap_or_default() {
+                g = g.env(k, v);
             }
             g.output(cancel, true).map(|_| ())
         };
-        let by_commit = fetch(commit);
+        let by_commit = fetch(&format!("+{commit}:refs/kiln/commits/{commit}"));
         if self.has(commit, cancel) {
             return Ok(());
         }
-        if let Some(r) = git_ref {
-            match fetch(r) {
+        if let Some(r) = git_ref.filter(|r| r.starts_with("refs/") && !r.contains("..")) {
+            match fetch(&format!("+{r}:refs/kiln/fetched/{r}")) {
                 Ok(()) if self.has(commit, cancel) => return Ok(()),
                 Ok(()) => {}
                 Err(SourceError::Cancelled) => return Err(SourceError::Cancelled),
@@ -131,6 +153,30 @@ impl Mirror {
             }),
         }
     }
+}
+
+/// The environment that makes git send `auth`'s token to URLs under its base, and nowhere
+/// else: `http.<base>.extraHeader` through `GIT_CONFIG_COUNT`, never argv.
+pub fn auth_env(auth: &FetchAuth) -> Vec<(String, String)> {
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode(format!("x-access-token:{}", auth.token.expose()));
+    vec![
+        ("GIT_CONFIG_COUNT".into(), "1".into()),
+        (
+            "GIT_CONFIG_KEY_0".into(),
+            format!("http.{}.extraHeader", auth.base),
+        ),
+        (
+            "GIT_CONFIG_VALUE_0".into(),
+            format!("Authorization: Basic {basic}"),
+        ),
+    ]
+}
+
+/// A full SHA-1 or SHA-256 object name.
+pub fn is_object_name(s: &str) -> bool {
+    (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// A directory name for a repository's mirror: readable, and distinct for distinct names.

@@ -76,7 +76,8 @@ pub struct Enqueued {
     pub build_id: String,
     /// A new job was inserted (else one existed for the same repo, commit and recipe).
     pub created: bool,
-    /// The ref was new for this job.
+    /// The ref now needs its tags moved to this job's artifacts (always true: a ref that
+    /// moves back to a built commit must be tagged again).
     pub ref_added: bool,
     pub state: BuildState,
 }
@@ -285,8 +286,8 @@ pub trait Store: Send + Sync {
     async fn claim(&self, host: &str, lease: Duration) -> Result<Option<Claim>>;
     /// Extend a lease, unless it was lost (expired, taken, or the job finished).
     async fn renew(&self, lease: &Lease, duration: Duration) -> Result<Renewal>;
-    /// Whether the lease is still held and unexpired.
-    async fn holds(&self, lease: &Lease) -> Result<bool>;
+    /// Whether the lease is still held, with at least `margin` left before it expires.
+    async fn holds(&self, lease: &Lease, margin: Duration) -> Result<bool>;
     /// Give a job back (a graceful stop): queued again at once, for any host.
     async fn release(&self, lease: &Lease) -> Result<()>;
     /// Put a running job back in the queue after a retryable failure, to run after `delay`.
@@ -320,9 +321,11 @@ pub trait Store: Send + Sync {
 
     // Commit statuses (the outbox).
 
-    /// Queue a non-terminal status (pending), fenced by the lease.
+    /// Queue a non-terminal status (pending), fenced by the lease, in one statement.
     async fn add_status(&self, lease: &Lease, status: &NewStatus) -> Result<bool>;
-    /// Claim up to `limit` unsent statuses, oldest first, for `ttl`.
+    /// Claim up to `limit` unsent statuses, oldest first, for `ttl`: for each job and context
+    /// only the oldest unsent one, so GitHub sees them in the order they were recorded (a
+    /// pending that failed to send never lands after the terminal status).
     async fn claim_statuses(&self, host: &str, ttl: Duration, limit: u32)
     -> Result<Vec<StatusRow>>;
     /// Record a send: done, or failed and to be tried again after `retry_in`.

@@ -48,6 +48,21 @@ impl SqliteStore {
         Self::connect(opts).await
     }
 
+    /// The same database through one connection of its own (for the lease keeper).
+    pub async fn open_single(path: &Path) -> Result<SqliteStore> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await?;
+        Ok(SqliteStore { pool })
+    }
+
     /// A private in-memory database (for tests).
     pub async fn memory() -> Result<SqliteStore> {
         let opts = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
@@ -152,9 +167,11 @@ impl Store for SqliteStore {
         .await?;
         let build_id: String = row.get("id");
         let state = state_of(row.get::<&str, _>("state"))?;
+        // A ref that comes back to a commit (a branch reset to an earlier build) must have its
+        // tags moved again: it is untagged until they are.
         let ref_added = sqlx::query(
             "INSERT INTO job_refs (job_id, git_ref) VALUES (?, ?) \
-             ON CONFLICT (job_id, git_ref) DO NOTHING",
+             ON CONFLICT (job_id, git_ref) DO UPDATE SET tagged = 0",
         )
         .bind(&build_id)
         .bind(&job.git_ref)
@@ -315,14 +332,14 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn holds(&self, lease: &Lease) -> Result<bool> {
+    async fn holds(&self, lease: &Lease, margin: Duration) -> Result<bool> {
         let n: i64 = sqlx::query_scalar(&format!(
             "SELECT count(*) FROM jobs WHERE {FENCED} AND lease_until > ?"
         ))
         .bind(&lease.build_id)
         .bind(&lease.owner)
         .bind(lease.fence)
-        .bind(now_ms())
+        .bind(now_ms() + ms(margin))
         .fetch_one(&self.pool)
         .await?;
         Ok(n == 1)
@@ -415,16 +432,6 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        // Pending statuses that never went out are obsolete: the terminal one follows.
-        sqlx::query(
-            "UPDATE statuses SET sent_at = ? WHERE job_id = ? AND terminal = 0 \
-             AND sent_at IS NULL AND (claimed_until IS NULL OR claimed_until < ?)",
-        )
-        .bind(now)
-        .bind(&lease.build_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
         for s in &outcome.statuses {
             insert_status(&mut tx, &lease.build_id, s, true).await?;
         }
@@ -549,20 +556,24 @@ impl Store for SqliteStore {
     }
 
     async fn add_status(&self, lease: &Lease, status: &NewStatus) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
-        let held: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM jobs WHERE {FENCED}"))
-            .bind(&lease.build_id)
-            .bind(&lease.owner)
-            .bind(lease.fence)
-            .fetch_one(&mut *tx)
-            .await?;
-        if held != 1 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        let added = insert_status(&mut tx, &lease.build_id, status, false).await?;
-        tx.commit().await?;
-        Ok(added)
+        // One statement: the fence check and the insert cannot be split by another writer.
+        Ok(sqlx::query(&format!(
+            "INSERT INTO statuses (job_id, repo, commit_sha, context, state, description, \
+             target_url, terminal, created_at) \
+             SELECT id, repo, commit_sha, ?, ?, ?, ?, 0, ? FROM jobs WHERE {FENCED}"
+        ))
+        .bind(&status.context)
+        .bind(&status.state)
+        .bind(&status.description)
+        .bind(&status.target_url)
+        .bind(now_ms())
+        .bind(&lease.build_id)
+        .bind(&lease.owner)
+        .bind(lease.fence)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1)
     }
 
     async fn claim_statuses(
@@ -574,8 +585,11 @@ impl Store for SqliteStore {
         let now = now_ms();
         let rows = sqlx::query(
             "UPDATE statuses SET claimed_by = ?, claimed_until = ? WHERE id IN ( \
-                 SELECT id FROM statuses WHERE sent_at IS NULL \
-                 AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY id LIMIT ?) \
+                 SELECT s.id FROM statuses s WHERE s.sent_at IS NULL \
+                 AND (s.claimed_until IS NULL OR s.claimed_until < ?) \
+                 AND NOT EXISTS (SELECT 1 FROM statuses e WHERE e.job_id = s.job_id \
+                     AND e.context = s.context AND e.sent_at IS NULL AND e.id < s.id) \
+                 ORDER BY s.id LIMIT ?) \
              RETURNING id, job_id, repo, commit_sha, context, state, description, target_url, \
                        attempts",
         )
@@ -773,7 +787,7 @@ mod tests {
         let a = s.enqueue(&job("c1")).await.unwrap();
         assert!(a.created && a.ref_added);
         let b = s.enqueue(&job("c1")).await.unwrap();
-        assert!(!b.created && !b.ref_added);
+        assert!(!b.created);
         assert_eq!(a.build_id, b.build_id);
         let mut tag = job("c1");
         tag.git_ref = "refs/tags/v1.0.0".into();
@@ -866,5 +880,137 @@ mod tests {
         assert_eq!(two.repo, "acme/other");
         assert_eq!(s.requeue_host("h").await.unwrap(), 2);
         assert_eq!(s.queue_depth().await.unwrap(), 4);
+    }
+
+    #[tokio::test]
+    async fn statuses_go_out_in_order_per_context_and_cancels_reach_the_owner() {
+        let s = SqliteStore::memory().await.unwrap();
+        s.enqueue(&job("c1")).await.unwrap();
+        let c = s
+            .claim("h", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        let st = |state: &str| NewStatus {
+            context: "kiln/app".into(),
+            state: state.into(),
+            description: state.into(),
+            target_url: None,
+        };
+        assert!(s.add_status(&c.lease, &st("pending")).await.unwrap());
+        // The pending send fails and waits; the terminal one must not overtake it.
+        let batch = s
+            .claim_statuses("h", Duration::from_secs(30), 10)
+            .await
+            .unwrap();
+        assert_eq!(batch.len(), 1);
+        s.status_sent(batch[0].id, false, Duration::from_millis(50))
+            .await
+            .unwrap();
+        let outcome = Outcome {
+            state: BuildState::Success,
+            error: None,
+            artifacts: vec![],
+            tagged_refs: vec![],
+            statuses: vec![st("success")],
+        };
+        assert!(s.finish(&c.lease, &outcome).await.unwrap());
+        assert!(
+            s.claim_statuses("h", Duration::from_secs(30), 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "the terminal status went ahead of the pending one"
+        );
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let next = s
+            .claim_statuses("h", Duration::from_secs(30), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            next.iter()
+                .map(|r| r.status.state.as_str())
+                .collect::<Vec<_>>(),
+            ["pending"]
+        );
+        s.status_sent(next[0].id, true, Duration::ZERO)
+            .await
+            .unwrap();
+        let last = s
+            .claim_statuses("h", Duration::from_secs(30), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            last.iter()
+                .map(|r| r.status.state.as_str())
+                .collect::<Vec<_>>(),
+            ["success"]
+        );
+
+        // Cancelling: a queued job ends at once; a running one is flagged for its owner.
+        s.enqueue(&job("c2")).await.unwrap();
+        s.enqueue(&job("c3")).await.unwrap();
+        let running = s
+            .claim("h", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(s.cancel(&running.lease.build_id).await.unwrap());
+        assert_eq!(
+            s.renew(&running.lease, Duration::from_secs(30))
+                .await
+                .unwrap(),
+            Renewal::CancelRequested
+        );
+        let queued = s
+            .builds(&BuildQuery {
+                state: Some(BuildState::Queued),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(queued.len(), 1);
+        assert!(s.cancel(&queued[0].id).await.unwrap());
+        assert_eq!(s.queue_depth().await.unwrap(), 0);
+        assert!(!s.cancel("no-such-build").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_ref_that_returns_to_a_built_commit_is_tagged_again() {
+        let s = SqliteStore::memory().await.unwrap();
+        s.enqueue(&job("a")).await.unwrap();
+        let c = s
+            .claim("h", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        let outcome = Outcome {
+            state: BuildState::Success,
+            error: None,
+            artifacts: vec![],
+            tagged_refs: vec!["refs/heads/main".into()],
+            statuses: vec![],
+        };
+        assert!(s.finish(&c.lease, &outcome).await.unwrap());
+        assert!(s.untagged_refs(10).await.unwrap().is_empty());
+        s.enqueue(&job("b")).await.unwrap();
+        // main goes back to a:
+        let e = s.enqueue(&job("a")).await.unwrap();
+        assert!(!e.created);
+        assert_eq!(e.state, BuildState::Success);
+        let u = s.untagged_refs(10).await.unwrap();
+        assert_eq!(u.len(), 1);
+        assert_eq!(
+            (u[0].commit.as_str(), u[0].git_ref.as_str()),
+            ("a", "refs/heads/main")
+        );
+        assert_eq!(
+            s.head("acme/widget", "kiln.toml", "refs/heads/main")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("a")
+        );
     }
 }

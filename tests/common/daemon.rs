@@ -165,7 +165,7 @@ impl Daemon {
 
     /// `GET /api/builds` (newest first).
     pub fn builds(&self) -> Vec<serde_json::Value> {
-        let (status, body) = get(&format!("{}/api/builds", self.url));
+        let (status, body) = get(&format!("{}/api/builds?limit=1000", self.url));
         assert_eq!(status, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         v["builds"].as_array().cloned().unwrap_or_default()
