@@ -43,42 +43,12 @@ fn refs<'a>(files: &'a [(&'static str, Vec<u8>)]) -> Vec<(&'static str, &'a [u8]
     files.iter().map(|(p, c)| (*p, c.as_slice())).collect()
 }
 
-/// Commit in a local work tree (dates are now, messages unique).
+/// Commit a change to `file` in a local work tree; returns the SHA.
 fn commit(dir: &Path, file: &str, content: &str) -> String {
-    let git = |args: &[&str]| {
-        let out = run_ok(
-            Command::new("git")
-                .arg("-C")
-                .arg(dir)
-                .args(args)
-                .env("GIT_AUTHOR_NAME", "kiln test")
-                .env("GIT_AUTHOR_EMAIL", "test@kiln.invalid")
-                .env("GIT_COMMITTER_NAME", "kiln test")
-                .env("GIT_COMMITTER_EMAIL", "test@kiln.invalid"),
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
     std::fs::write(dir.join(file), content).unwrap();
-    git(&["add", "-A"]);
-    git(&["commit", "-q", "-m", &format!("change {file}")]);
-    git(&["rev-parse", "HEAD"])
-}
-
-/// Names of containers carrying `label=value`.
-fn containers(label: &str, value: &str) -> Vec<String> {
-    let out = run_ok(Command::new("docker").args([
-        "ps",
-        "-a",
-        "--filter",
-        &format!("label={label}={value}"),
-        "--format",
-        "{{.Names}}",
-    ]));
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", &format!("change {file}")]);
+    git(dir, &["rev-parse", "HEAD"])
 }
 
 /// The raw manifest `skopeo` reads for `reference` (`docker://...` or `oci:...`), if any.
@@ -280,7 +250,7 @@ fn github_commits_are_built_pushed_tagged_and_reported_once() {
         !daemon_log.contains(TOKEN) && !log.contains(TOKEN),
         "the token leaked"
     );
-    assert!(containers("dev.kiln.revision", &sha1).is_empty());
+    assert!(containers_labelled("dev.kiln.revision", &sha1).is_empty());
 }
 
 #[test]
@@ -379,11 +349,11 @@ fn a_build_killed_with_its_daemon_runs_again_and_is_reported_once() {
         has(b, &sha, "running")
     });
     wait_until("the build container", Duration::from_secs(30), || {
-        !containers("dev.kiln.host", &host).is_empty()
+        !containers_labelled("dev.kiln.host", &host).is_empty()
     });
     d.kill9();
     assert_eq!(
-        containers("dev.kiln.host", &host).len(),
+        containers_labelled("dev.kiln.host", &host).len(),
         1,
         "the killed run's container stays"
     );
@@ -403,7 +373,7 @@ fn a_build_killed_with_its_daemon_runs_again_and_is_reported_once() {
         d2.log()
     );
     assert!(
-        containers("dev.kiln.host", &host).is_empty(),
+        containers_labelled("dev.kiln.host", &host).is_empty(),
         "no container is left"
     );
     wait_until("the success status", Duration::from_secs(30), || {
@@ -437,13 +407,13 @@ fn sigterm_mid_build_stops_quickly_and_the_job_waits_for_the_next_start() {
         has(b, &sha, "running")
     });
     wait_until("the build container", Duration::from_secs(30), || {
-        !containers("dev.kiln.host", &host).is_empty()
+        !containers_labelled("dev.kiln.host", &host).is_empty()
     });
     let (st, took) = d.signal(libc::SIGTERM);
     assert!(st.success(), "exit status {st}\n{}", d.log());
     assert!(took < Duration::from_secs(15), "SIGTERM took {took:?}");
     assert!(
-        containers("dev.kiln.host", &host).is_empty(),
+        containers_labelled("dev.kiln.host", &host).is_empty(),
         "the container was removed"
     );
     assert!(d.log().contains("grace period over"), "{}", d.log());
@@ -741,5 +711,5 @@ fn a_commit_already_pushed_is_tagged_not_rebuilt() {
         uploads_before,
         "nothing was uploaded again"
     );
-    assert!(containers("dev.kiln.revision", &sha).is_empty());
+    assert!(containers_labelled("dev.kiln.revision", &sha).is_empty());
 }

@@ -357,6 +357,24 @@ pub async fn publish_content(
     Ok(format!("{location}@{}", artifact.digest))
 }
 
+/// Point `tags` at `desc` in the layout at `dir`.
+async fn tag_in_layout(
+    dir: &str,
+    desc: oci_spec::image::Descriptor,
+    tags: &[String],
+) -> Result<(), PipelineError> {
+    let (dir, tags) = (PathBuf::from(dir), tags.to_vec());
+    blocking(move || -> Result<(), StoreError> {
+        let layout = OciLayout::open(&dir)?;
+        for t in &tags {
+            layout.tag(Some(t), &desc)?;
+        }
+        Ok(())
+    })
+    .await??;
+    Ok(())
+}
+
 /// Stage 5b: point `tags` at `artifact`, published by [`publish_content`].
 pub async fn publish_tags(
     b: &Build,
@@ -367,17 +385,7 @@ pub async fn publish_tags(
     let desc = artifact.descriptor()?;
     let location = target.location(&artifact.name);
     match target {
-        Target::Layout { .. } => {
-            let (dst, tags) = (PathBuf::from(&location), tags.to_vec());
-            blocking(move || -> Result<(), StoreError> {
-                let layout = OciLayout::open(&dst)?;
-                for t in &tags {
-                    layout.tag(Some(t), &desc)?;
-                }
-                Ok(())
-            })
-            .await??;
-        }
+        Target::Layout { .. } => tag_in_layout(&location, desc, tags).await?,
         Target::Registry { options, .. } => {
             let (reference, client) = registry_client(&location, options)?;
             let pusher = target.pusher_for(&client, b, &reference);
@@ -482,17 +490,7 @@ pub async fn retag(
     let desc = artifact.descriptor()?;
     let location = target.location(&artifact.name);
     match target {
-        Target::Layout { .. } => {
-            let (dir, tags) = (PathBuf::from(&location), tags.to_vec());
-            blocking(move || -> Result<(), StoreError> {
-                let layout = OciLayout::open(&dir)?;
-                for t in &tags {
-                    layout.tag(Some(t), &desc)?;
-                }
-                Ok(())
-            })
-            .await??;
-        }
+        Target::Layout { .. } => tag_in_layout(&location, desc, tags).await?,
         Target::Registry { options, .. } => {
             let (reference, client) = registry_client(&location, options)?;
             let repo = crate::registry::Repository::new(&client, &reference.repository);

@@ -4,7 +4,7 @@
 //! one test double in the daemon tests, and it is a real HTTP server over real repositories.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use sha2::Digest as _;
 
 use super::net::free_port;
-use super::{require, run_ok};
+use super::{git, require};
 
 /// A request the fake answered.
 #[derive(Clone, Debug)]
@@ -73,20 +73,6 @@ fn unix_now() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = run_ok(
-        Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(args)
-            .env("GIT_AUTHOR_NAME", "kiln test")
-            .env("GIT_AUTHOR_EMAIL", "test@kiln.invalid")
-            .env("GIT_COMMITTER_NAME", "kiln test")
-            .env("GIT_COMMITTER_EMAIL", "test@kiln.invalid"),
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 impl FakeGitHub {

@@ -269,11 +269,16 @@ pub fn git_repo(dir: &Path, files: &[(&str, &[u8])], remote: Option<&str>) -> St
 
 /// Names of containers kiln left behind for builds of `revision`.
 pub fn leftover_containers(revision: &str) -> Vec<String> {
+    containers_labelled("dev.kiln.revision", revision)
+}
+
+/// Names of containers (running or not) carrying `label=value`.
+pub fn containers_labelled(label: &str, value: &str) -> Vec<String> {
     let out = run_ok(Command::new("docker").args([
         "ps",
         "-a",
         "--filter",
-        &format!("label=dev.kiln.revision={revision}"),
+        &format!("label={label}={value}"),
         "--format",
         "{{.Names}}",
     ]));
@@ -282,6 +287,21 @@ pub fn leftover_containers(revision: &str) -> Vec<String> {
         .lines()
         .map(str::to_owned)
         .collect()
+}
+
+/// `git -C dir ARGS` as a test author (dates are now); trimmed stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = run_ok(
+        Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "kiln test")
+            .env("GIT_AUTHOR_EMAIL", "test@kiln.invalid")
+            .env("GIT_COMMITTER_NAME", "kiln test")
+            .env("GIT_COMMITTER_EMAIL", "test@kiln.invalid"),
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 /// Files of the single layer of `tag`, by path: content for files, `->target` for symlinks.
