@@ -39,6 +39,7 @@ pub mod source;
 pub mod state;
 pub mod store;
 pub mod validate;
+pub mod verify;
 
 pub use digest::Digest;
 

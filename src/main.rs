@@ -47,6 +47,24 @@ enum Command {
     },
     /// Run the build daemon: watch repositories, build each new commit once, publish, report.
     Daemon(DaemonArgs),
+    /// Rebuild a pushed artifact from its provenance alone and compare, byte for byte.
+    /// Exit 0: identical; 1: different (the paths are listed); 2: it could not be verified.
+    Verify(VerifyArgs),
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// host[:port]/repository[:tag|@digest]
+    #[arg(value_name = "REF")]
+    reference: String,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Keep both unpacked trees in DIR/expected and DIR/rebuilt.
+    #[arg(long, value_name = "DIR")]
+    keep: Option<PathBuf>,
+    #[command(flatten)]
+    registry: RegistryArgs,
 }
 
 #[derive(clap::Args)]
@@ -106,6 +124,10 @@ struct BuildArgs {
     /// kiln://<hostname>.
     #[arg(long, value_name = "URI")]
     builder_id: Option<String>,
+    /// Build twice, in two fresh containers, and compare before storing or pushing anything:
+    /// a difference fails the build with the paths that differ.
+    #[arg(long)]
+    verify: bool,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -251,6 +273,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Daemon(a) => daemon(a),
+        Command::Verify(a) => verify(a),
         Command::Validate { layout } => {
             let r = kiln::validate::validate_layout(&layout)?;
             eprintln!(
@@ -355,6 +378,7 @@ fn build(a: BuildArgs) -> Result<ExitCode> {
             })
             .unwrap_or_else(default_builder_id),
         registry: a.registry.options(),
+        verify: a.verify,
         push: a.push.as_ref().map(|prefix| kiln::pipeline::PushPlan {
             prefix: prefix.clone(),
             tags: a.tags.clone(),
@@ -420,6 +444,89 @@ fn build(a: BuildArgs) -> Result<ExitCode> {
 
 /// Exit status for a config that does not check.
 const EXIT_CONFIG: u8 = 2;
+/// `kiln verify`: the rebuild differs.
+const EXIT_DIFFERENT: u8 = 1;
+/// `kiln verify`: it could not be verified (no provenance, no source, another builder, ...).
+const EXIT_UNVERIFIABLE: u8 = 2;
+
+fn verify(a: VerifyArgs) -> Result<ExitCode> {
+    let json = a.json;
+    let unverifiable = |msg: String| {
+        eprintln!("kiln: cannot verify: {msg}");
+        if json {
+            println!("{}", serde_json::json!({"verified": false, "error": msg}));
+        }
+        Ok(ExitCode::from(EXIT_UNVERIFIABLE))
+    };
+    let reference: kiln::reference::Reference = match a.reference.parse() {
+        Ok(r) => r,
+        Err(e) => return unverifiable(format!("{e}")),
+    };
+    let work = tempfile::Builder::new()
+        .prefix("kiln-verify-")
+        .tempdir()
+        .context("creating a scratch directory")?;
+    let opts = kiln::verify::VerifyOptions {
+        registry: a.registry.options(),
+        keep: a.keep.clone(),
+        token: std::env::var("KILN_GITHUB_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| kiln::registry::Secret::new(t.trim())),
+        work: work.path().to_owned(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = rt.block_on(async {
+        let (cancel, _) = cancel_on_signals("stopping the verification");
+        let runner = match kiln::runner::DockerRunner::connect().await {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(kiln::verify::VerifyError::BuilderMissing {
+                    image: "(any)".into(),
+                    reason: e.to_string(),
+                });
+            }
+        };
+        let observer: Arc<dyn kiln::events::Observer + Send + Sync> = Arc::new(move |e: &Event| {
+            if json {
+                return;
+            }
+            match e {
+                Event::StepStarted {
+                    index,
+                    total,
+                    command,
+                } => {
+                    eprintln!("==> rebuilding: step {index}/{total}: {command}")
+                }
+                Event::StepOutput { bytes } => {
+                    use std::io::Write;
+                    let _ = std::io::stderr().write_all(bytes);
+                }
+                _ => {}
+            }
+        });
+        kiln::verify::verify(&reference, &opts, &runner, &cancel, observer).await
+    });
+    match result {
+        Ok(report) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.text());
+            }
+            Ok(if report.identical {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_DIFFERENT)
+            })
+        }
+        Err(e) => unverifiable(e.to_string()),
+    }
+}
 
 fn daemon(a: DaemonArgs) -> Result<ExitCode> {
     use kiln::daemon::config::{Config, RepoSource};

@@ -34,8 +34,10 @@ pub struct Provenance {
     pub revision: Option<String>,
     /// The git ref that was built, when known (`refs/heads/main`).
     pub git_ref: Option<String>,
-    /// The recipe path, relative to the source root.
+    /// The recipe path, relative to the source root (or a file outside the source).
     pub recipe_path: String,
+    /// The built directory inside the repository (`""` for the root, else `a/b`).
+    pub dir: String,
     pub recipe_digest: Digest,
     pub dirty: bool,
     /// E.g. `gzip`, with the exact implementation and level.
@@ -43,7 +45,8 @@ pub struct Provenance {
     pub compressor: String,
     pub level: u32,
     pub builder_image: String,
-    pub builder_image_id: String,
+    /// The builder's content digest (see [`crate::runner::content_digest`]).
+    pub builder_digest: String,
     pub base: Option<(String, Digest)>,
     /// Who built it: a configurable identity of the build host.
     pub builder_id: String,
@@ -69,7 +72,7 @@ impl Provenance {
             m.insert(alg.to_owned(), Value::String(hex.to_owned()));
             Value::Object(m)
         };
-        deps.push(json!({"uri": format!("docker-image://{}", self.builder_image), "digest": image_digest(&self.builder_image_id), "name": "builder"}));
+        deps.push(json!({"uri": format!("docker-image://{}", self.builder_image), "digest": image_digest(&self.builder_digest), "name": "builder"}));
         if let Some((name, d)) = &self.base {
             deps.push(json!({"uri": format!("oci://{name}"), "digest": {"sha256": d.hex()}, "name": "base"}));
         }
@@ -78,6 +81,7 @@ impl Provenance {
             "ref": self.git_ref,
             "revision": self.revision,
             "recipe": self.recipe_path,
+            "dir": self.dir,
             "artifact": self.name,
         });
         if self.dirty {

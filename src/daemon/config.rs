@@ -33,9 +33,33 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How long a claimed job is held without renewal (renewed every third of it).
     pub lease: Duration,
+    /// Reproducibility checks, unless a `[[repo]]` says otherwise.
+    pub verify: Verify,
     pub github: Option<GitHub>,
     pub registry: Option<Registry>,
     pub repos: Vec<Repo>,
+}
+
+/// When the daemon builds a commit twice to check that it is reproducible.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Verify {
+    Never,
+    Always,
+    /// This fraction of builds, chosen at random.
+    Sample(f64),
+}
+
+impl Verify {
+    /// Whether this build is checked.
+    pub fn pick(self) -> bool {
+        match self {
+            Verify::Never => false,
+            Verify::Always => true,
+            Verify::Sample(f) => {
+                (crate::registry::client::jitter_ms() % 10_000) as f64 / 10_000.0 < f
+            }
+        }
+    }
 }
 
 /// `[github]`.
@@ -69,7 +93,7 @@ pub enum RepoSource {
 }
 
 /// `[[repo]]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Repo {
     pub source: RepoSource,
     pub branches: Vec<String>,
@@ -79,6 +103,8 @@ pub struct Repo {
     pub dir: String,
     /// A recipe kept outside the repository.
     pub recipe_file: Option<PathBuf>,
+    /// This repository's reproducibility checks (else the global `verify`).
+    pub verify: Option<Verify>,
 }
 
 impl Repo {
@@ -179,6 +205,7 @@ impl Checker<'_> {
                 "public_url",
                 "shutdown_grace",
                 "lease",
+                "verify",
                 "github",
                 "registry",
                 "repo",
@@ -233,6 +260,7 @@ impl Checker<'_> {
         if lease < Duration::from_secs(3) {
             self.problem(0, "lease", "must be at least 3s");
         }
+        let verify = self.verify(doc, "").unwrap_or(Verify::Never);
         let github = self.table(doc, "github").map(|(t, _)| self.github(t));
         let registry = self
             .table(doc, "registry")
@@ -298,6 +326,7 @@ impl Checker<'_> {
             public_url,
             shutdown_grace,
             lease,
+            verify,
             github,
             registry,
             repos: repos.into_iter().map(|(r, _)| r).collect(),
@@ -362,6 +391,44 @@ impl Checker<'_> {
                     at,
                     &full,
                     format!("invalid duration {s:?}: use a positive number with s, m or h, like \"60s\" or \"5m\""),
+                );
+                None
+            }
+        }
+    }
+
+    /// `verify = "never" | "always" | 0.1`.
+    fn verify(&mut self, t: &DeTable, prefix: &str) -> Option<Verify> {
+        let v = self.get(t, "verify")?;
+        let key = if prefix.is_empty() {
+            "verify".to_owned()
+        } else {
+            format!("{prefix}.verify")
+        };
+        let parsed = match v.get_ref() {
+            DeValue::String(s) if s.as_ref() == "never" => Some(Verify::Never),
+            DeValue::String(s) if s.as_ref() == "always" => Some(Verify::Always),
+            DeValue::Float(f) => f.as_str().parse().ok().map(Verify::Sample),
+            DeValue::Integer(i) => i.as_str().parse().ok().map(Verify::Sample),
+            _ => None,
+        };
+        match parsed {
+            Some(Verify::Sample(f)) if !(0.0..=1.0).contains(&f) => {
+                self.problem(
+                    v.span().start,
+                    &key,
+                    "a fraction must be from 0 to 1, like 0.1",
+                );
+                None
+            }
+            Some(Verify::Sample(0.0)) => Some(Verify::Never),
+            Some(Verify::Sample(1.0)) => Some(Verify::Always),
+            Some(x) => Some(x),
+            None => {
+                self.problem(
+                    v.span().start,
+                    &key,
+                    "expected \"never\", \"always\" or a fraction of builds, like 0.1",
                 );
                 None
             }
@@ -481,7 +548,15 @@ impl Checker<'_> {
         self.unknown_keys(
             t,
             &p,
-            &["github", "path", "branches", "tags", "dir", "recipe_file"],
+            &[
+                "github",
+                "path",
+                "branches",
+                "tags",
+                "dir",
+                "recipe_file",
+                "verify",
+            ],
         );
         let gh = self.string(t, &p, "github");
         let path = self.string(t, &p, "path");
@@ -570,12 +645,14 @@ impl Checker<'_> {
             },
         };
         let recipe_file = self.abs_file(t, &p, "recipe_file").map(|(f, _)| f);
+        let verify = self.verify(t, &p);
         Some(Repo {
             source: source?,
             branches,
             tags,
             dir,
             recipe_file,
+            verify,
         })
     }
 }
@@ -656,6 +733,26 @@ path = "/srv/git/widget.git"
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn verify_is_never_always_or_a_fraction() {
+        let c = parse("verify = \"always\"\n[[repo]]\npath = \"/a\"\nverify = 0.25\n[[repo]]\npath = \"/b\"\n").unwrap();
+        assert_eq!(c.verify, Verify::Always);
+        assert_eq!(c.repos[0].verify, Some(Verify::Sample(0.25)));
+        assert_eq!(c.repos[1].verify, None);
+        assert!(parse("[[repo]]\npath = \"/a\"\n").unwrap().verify == Verify::Never);
+        let e = parse("verify = 2\n[[repo]]\npath = \"/a\"\nverify = \"sometimes\"\n").unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("kiln.toml:1: verify: a fraction must be from 0 to 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kiln.toml:4: repo[0].verify: expected \"never\", \"always\""),
+            "{text}"
+        );
+        assert!(Verify::Always.pick() && !Verify::Never.pick());
     }
 
     #[test]

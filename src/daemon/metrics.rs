@@ -39,6 +39,10 @@ pub struct Metrics {
     pub webhooks: Family<StatusLabel, Counter>,
     /// `kiln_commit_statuses_total{result}`: commit statuses sent (`sent`, `failed`).
     pub statuses: Family<ResultLabel, Counter>,
+    /// `kiln_builds_unreproducible_total`: builds checked twice that differed.
+    pub unreproducible: Counter,
+    /// `kiln_builds_verified_total`: builds checked twice that were identical.
+    pub verified: Counter,
 }
 
 impl Default for Metrics {
@@ -100,8 +104,22 @@ impl Metrics {
             "Commit statuses sent to GitHub, by result",
             statuses.clone(),
         );
+        let unreproducible = Counter::default();
+        registry.register(
+            "builds_unreproducible",
+            "Builds built twice to check them that came out different",
+            unreproducible.clone(),
+        );
+        let verified = Counter::default();
+        registry.register(
+            "builds_verified",
+            "Builds built twice to check them that came out identical",
+            verified.clone(),
+        );
         Metrics {
             registry,
+            unreproducible,
+            verified,
             builds,
             build_duration,
             queue_depth,

@@ -666,9 +666,11 @@ async fn stages_in(
             Target::Layout { .. } => Default::default(),
         };
         let builder_id = format!("kiln://{}", d.host_id);
-        artifacts = staged(d, lease, attempt, "image", &log, async {
-            let bases = pipeline::resolve_bases(b, &sourced.recipe, &registry_opts).await?;
-            pipeline::image(
+        let (bases, built) = staged(d, lease, attempt, "image", &log, async {
+            let bases =
+                pipeline::resolve_bases(b, &sourced.recipe, &registry_opts, &BTreeMap::new())
+                    .await?;
+            let built = pipeline::image(
                 b,
                 &sourced,
                 &output,
@@ -677,11 +679,63 @@ async fn stages_in(
                 compression,
                 &builder_id,
             )
-            .await
+            .await?;
+            Ok((bases, built))
         })
         .await
         .map_err(fail(&contexts))?;
+        artifacts = built;
         drop(output);
+        let cfg = d.config();
+        let check = cfg
+            .repos
+            .iter()
+            .find(|r| r.name() == claim.repo && r.recipe_key() == claim.recipe)
+            .and_then(|r| r.verify)
+            .unwrap_or(cfg.verify);
+        if check.pick() {
+            let again_root = d
+                .state_dir
+                .join("tmp")
+                .join(format!("{}-{attempt}-again", lease.build_id));
+            remove_tree(&again_root).await;
+            let checked = staged(d, lease, attempt, "verify", &log, async {
+                let again = OciLayout::open_or_create(&again_root)?;
+                let mut labels = BTreeMap::new();
+                labels.insert("dev.kiln.revision".to_owned(), claim.commit.clone());
+                labels.insert(LABEL_HOST.to_owned(), d.host_id.clone());
+                labels.insert(LABEL_INSTANCE.to_owned(), d.instance.clone());
+                labels.insert(LABEL_JOB.to_owned(), lease.build_id.clone());
+                pipeline::build_again_and_compare(
+                    b,
+                    &sourced,
+                    runner,
+                    labels,
+                    compression,
+                    &bases,
+                    &artifacts,
+                    again,
+                )
+                .await
+            })
+            .await;
+            remove_tree(&again_root).await;
+            match checked {
+                Ok(()) => {
+                    d.metrics.verified.inc();
+                    note(
+                        &log,
+                        "reproducible: a second build in a fresh container gave the same bytes",
+                    );
+                }
+                Err(e) => {
+                    if matches!(e, PipelineError::NotReproducible(_)) {
+                        d.metrics.unreproducible.inc();
+                    }
+                    return Err(fail(&contexts)(e));
+                }
+            }
+        }
         artifacts = staged(d, lease, attempt, "publish", &log, async {
             let mut out = Vec::new();
             for a in &artifacts {

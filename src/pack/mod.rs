@@ -55,20 +55,57 @@ impl Compression {
     }
 
     /// A description of the exact compressor, for provenance: a verifier needs the same one to
-    /// rebuild the same bytes.
+    /// rebuild the same bytes. Library versions are those pinned in kiln's Cargo.lock.
     pub fn describe(self, level: u32) -> String {
         match self {
             Compression::Gzip => format!(
-                "gzip level {level}, {} KiB parallel blocks, zlib-rs",
-                pgzip::BLOCK_SIZE / 1024
+                "gzip level {level}, {} KiB parallel blocks, zlib-rs {}",
+                pgzip::BLOCK_SIZE / 1024,
+                locked_version("zlib-rs")
             ),
-            Compression::Zstd => format!(
-                "zstd level {level}, libzstd {}",
-                zstd::zstd_safe::version_string()
-            ),
+            Compression::Zstd => {
+                format!("zstd level {level}, libzstd {} (bundled)", bundled_zstd())
+            }
             Compression::None => "none".to_owned(),
         }
     }
+
+    /// Whether this kiln compresses exactly as its description says: the zstd it runs is the
+    /// one bundled at build time (never the system's, which a `ZSTD_SYS_USE_PKG_CONFIG` build
+    /// would link).
+    pub fn check(self) -> Result<(), String> {
+        if self == Compression::Zstd {
+            let linked = zstd::zstd_safe::version_string();
+            if linked != bundled_zstd() {
+                return Err(format!(
+                    "this kiln runs libzstd {linked}, not the bundled {} its Cargo.lock pins: rebuild it without ZSTD_SYS_USE_PKG_CONFIG",
+                    bundled_zstd()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// kiln's own Cargo.lock, compiled in: the exact versions of what it was built with.
+const CARGO_LOCK: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock"));
+
+/// The version of crate `name` in kiln's Cargo.lock.
+pub fn locked_version(name: &str) -> &'static str {
+    let needle = format!("name = \"{name}\"\nversion = \"");
+    CARGO_LOCK
+        .find(&needle)
+        .and_then(|i| {
+            let rest = &CARGO_LOCK[i + needle.len()..];
+            rest.split('"').next()
+        })
+        .unwrap_or("unknown")
+}
+
+/// The libzstd version zstd-sys bundles (its version is `X+zstd.A.B.C`).
+fn bundled_zstd() -> &'static str {
+    let v = locked_version("zstd-sys");
+    v.split_once("+zstd.").map_or(v, |(_, z)| z)
 }
 
 impl fmt::Display for Compression {
@@ -163,6 +200,8 @@ pub enum PackError {
     Store(#[from] StoreError),
     #[error("packing was cancelled")]
     Cancelled,
+    #[error("the compressor is not the one kiln pins: {0}")]
+    Compressor(String),
 }
 
 impl PackError {
@@ -188,6 +227,7 @@ pub fn pack_dir(
     if opts.epoch > USTAR_MAX {
         return Err(PackError::EpochOutOfRange(opts.epoch));
     }
+    opts.compression.check().map_err(PackError::Compressor)?;
     let entries = tree::walk(root, cancel)?;
     let total: u64 = entries
         .iter()
@@ -447,5 +487,25 @@ impl Write for Compressor {
     fn flush(&mut self) -> io::Result<()> {
         // Never cut a compression block early: output must not depend on flushes.
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_compressor_description_names_the_pinned_libraries() {
+        let gz = Compression::Gzip.describe(6);
+        assert!(
+            gz.starts_with("gzip level 6, 128 KiB parallel blocks, zlib-rs 0."),
+            "{gz}"
+        );
+        let zs = Compression::Zstd.describe(3);
+        assert!(zs.starts_with("zstd level 3, libzstd 1."), "{zs}");
+        assert!(!zs.contains("unknown") && !gz.contains("unknown"));
+        // The zstd linked in is the bundled one, not the system's.
+        Compression::Zstd.check().unwrap();
+        assert_eq!(locked_version("no-such-crate"), "unknown");
     }
 }

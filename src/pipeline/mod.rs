@@ -24,8 +24,8 @@ use crate::source::{SourceError, SourceInfo, SourceOptions};
 use crate::store::{OciLayout, Store, StoreError};
 
 pub use stage::{
-    Packed, SourceSpec, Sourced, Target, find_published, image, pack, publish_content,
-    publish_tags, resolve_bases, retag, run, source,
+    Packed, SourceSpec, Sourced, Target, build_again_and_compare, find_published, image, pack,
+    publish_content, publish_tags, resolve_bases, retag, run, source,
 };
 
 /// Manifest annotations kiln adds to every artifact.
@@ -117,6 +117,8 @@ pub struct BuildPlan {
     pub push: Option<PushPlan>,
     /// How to reach registries for base images.
     pub registry: RegistryOptions,
+    /// Build twice, in two fresh containers, and compare before storing or pushing anything.
+    pub verify: bool,
 }
 
 /// `--push PREFIX [--tag T]...`.
@@ -205,6 +207,8 @@ pub enum PipelineError {
         target: String,
         source: Box<crate::registry::PushError>,
     },
+    #[error("{}", not_reproducible(.0))]
+    NotReproducible(Vec<(String, crate::verify::Comparison)>),
     #[error("{0}")]
     Usage(String),
     /// A condition outside the build that may pass by itself (the state database was busy).
@@ -212,6 +216,22 @@ pub enum PipelineError {
     Retryable(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+fn not_reproducible(d: &[(String, crate::verify::Comparison)]) -> String {
+    // The first line stands alone (a commit status shows only it); the details follow.
+    let mut s = format!(
+        "not reproducible: {}",
+        d.iter()
+            .map(|(name, c)| format!("{name}: {}", c.summary()))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    s.push_str("\ntwo builds in fresh containers differ:");
+    for (name, c) in d {
+        s.push_str(&format!("\nartifact {name}:\n{}", c.text()));
+    }
+    s.trim_end().to_owned()
 }
 
 fn build_message(e: &BuildError, log: &Path) -> String {
@@ -262,6 +282,7 @@ impl PipelineError {
             PipelineError::Recipe(_)
             | PipelineError::NoRecipe { .. }
             | PipelineError::Files { .. }
+            | PipelineError::NotReproducible(_)
             | PipelineError::Usage(_) => true,
             PipelineError::Build { source, .. } => matches!(
                 source,
@@ -293,9 +314,44 @@ pub async fn build(
             crate::store::validate_tag(t)?;
         }
     }
-    let layout = OciLayout::open_or_create(&plan.layout)?;
-    let logs = layout.root().join(".kiln").join("logs");
-    let b = Build::new(new_build_id(), layout, &logs, cancel.clone(), observer)?;
+    let output_layout = OciLayout::open_or_create(&plan.layout)?;
+    let logs = output_layout.root().join(".kiln").join("logs");
+    let scratch = output_layout.root().join(".kiln").join("tmp");
+    // With --verify, both builds go to scratch layouts; the output layout receives the
+    // artifacts only once they proved reproducible.
+    let verify_dirs = if plan.verify {
+        std::fs::create_dir_all(&scratch).map_err(|source| StoreError::Io {
+            op: "create directory",
+            path: scratch.clone(),
+            source,
+        })?;
+        Some((
+            tempfile::Builder::new()
+                .prefix("verify-a-")
+                .tempdir_in(&scratch)
+                .map_err(|source| StoreError::Io {
+                    op: "create a directory in",
+                    path: scratch.clone(),
+                    source,
+                })?,
+            tempfile::Builder::new()
+                .prefix("verify-b-")
+                .tempdir_in(&scratch)
+                .map_err(|source| StoreError::Io {
+                    op: "create a directory in",
+                    path: scratch.clone(),
+                    source,
+                })?,
+        ))
+    } else {
+        None
+    };
+    let layout = match &verify_dirs {
+        Some((a, _)) => OciLayout::open_or_create(a.path())?,
+        None => output_layout.clone(),
+    };
+    let mut b = Build::new(new_build_id(), layout, &logs, cancel.clone(), observer)?;
+    b.scratch = scratch;
     let spec = SourceSpec::Dir {
         dir: plan.dir.clone(),
         options: plan.source.clone(),
@@ -315,9 +371,9 @@ pub async fn build(
     if let Some(r) = &info.revision {
         labels.insert("dev.kiln.revision".to_owned(), r.clone());
     }
-    let output = run(&b, &sourced, runner, labels).await?;
+    let output = run(&b, &sourced, runner, labels.clone()).await?;
     let packed = pack(&b, &sourced, &output, plan.compression).await?;
-    let bases = resolve_bases(&b, &sourced.recipe, &plan.registry).await?;
+    let bases = resolve_bases(&b, &sourced.recipe, &plan.registry, &BTreeMap::new()).await?;
     let mut artifacts = image(
         &b,
         &sourced,
@@ -329,6 +385,24 @@ pub async fn build(
     )
     .await?;
     drop(output);
+    if let Some((_, again)) = &verify_dirs {
+        build_again_and_compare(
+            &b,
+            &sourced,
+            runner,
+            labels,
+            plan.compression,
+            &bases,
+            &artifacts,
+            OciLayout::open_or_create(again.path())?,
+        )
+        .await?;
+        // Reproducible: now the artifacts (and their provenance) go to the output layout.
+        for a in &artifacts {
+            output_layout.import(&b.layout, &a.descriptor()?)?;
+        }
+        b.layout = output_layout;
+    }
     for a in &artifacts {
         let desc = a.descriptor()?;
         b.layout.tag(Some(&a.name), &desc)?;

@@ -159,24 +159,45 @@ pub async fn pack(
 }
 
 /// Resolve every base image the recipe names, once per build (two artifacts on the same base
-/// always get the same digest), copying their layers into the build's store.
+/// always get the same digest), copying their layers into the build's store. A base in `pins`
+/// is fetched by that digest (a verifier rebuilding with the recorded base), keeping its name.
 pub async fn resolve_bases(
     b: &Build,
     recipe: &Recipe,
     registry: &RegistryOptions,
+    pins: &BTreeMap<String, crate::digest::Digest>,
 ) -> Result<BTreeMap<String, BaseImage>, PipelineError> {
     let mut out = BTreeMap::new();
     for name in recipe.artifacts.iter().filter_map(|a| a.base.as_ref()) {
         if out.contains_key(name) {
             continue;
         }
-        let base =
-            crate::registry::base::fetch(name, &Platform::host(), &b.layout, registry, &b.cancel)
-                .await
-                .map_err(|source| PipelineError::Base {
-                    name: name.clone(),
-                    source: Box::new(source),
-                })?;
+        let base_error = |source| PipelineError::Base {
+            name: name.clone(),
+            source: Box::new(source),
+        };
+        let wanted = match pins.get(name) {
+            Some(d) => {
+                let mut r: crate::reference::Reference =
+                    name.parse()
+                        .map_err(|e: crate::reference::ReferenceError| {
+                            base_error(PushError::Invalid(e.to_string()))
+                        })?;
+                r.digest = Some(*d);
+                r.to_string()
+            }
+            None => name.clone(),
+        };
+        let mut base = crate::registry::base::fetch(
+            &wanted,
+            &Platform::host(),
+            &b.layout,
+            registry,
+            &b.cancel,
+        )
+        .await
+        .map_err(base_error)?;
+        base.name = name.clone();
         out.insert(name.clone(), base);
     }
     Ok(out)
@@ -211,7 +232,7 @@ pub async fn image(
     );
     common.insert(
         annotations::BUILDER_DIGEST.to_owned(),
-        output.builder.id.clone(),
+        output.builder.digest.clone(),
     );
     if info.dirty {
         common.insert(annotations::DIRTY.to_owned(), "true".to_owned());
@@ -240,13 +261,14 @@ pub async fn image(
             revision: info.revision.clone(),
             git_ref: info.git_ref.clone(),
             recipe_path: s.recipe_path.clone(),
+            dir: info.subdir.trim_end_matches('/').to_owned(),
             recipe_digest: s.recipe.digest,
             dirty: info.dirty,
             compression: compression.to_string(),
             compressor: compression.describe(compression.default_level()),
             level: compression.default_level(),
             builder_image: output.builder.reference.clone(),
-            builder_image_id: output.builder.id.clone(),
+            builder_digest: output.builder.digest.clone(),
             base: base_ref,
             builder_id: builder_id.to_owned(),
             invocation_id: b.id.clone(),
@@ -267,6 +289,64 @@ pub async fn image(
         });
     }
     Ok(out)
+}
+
+/// Build `s` a second time, in a fresh container, into `again` (a scratch layout), and
+/// compare each artifact with `first`. Identical artifacts give `Ok`; any difference is
+/// [`PipelineError::NotReproducible`] with the paths that differ.
+#[allow(clippy::too_many_arguments)]
+pub async fn build_again_and_compare(
+    b: &Build,
+    s: &Sourced,
+    runner: &DockerRunner,
+    labels: BTreeMap<String, String>,
+    compression: Compression,
+    bases: &BTreeMap<String, BaseImage>,
+    first: &[ArtifactResult],
+    again: OciLayout,
+) -> Result<(), PipelineError> {
+    let second = Build {
+        id: b.id.clone(),
+        run_id: super::new_build_id(),
+        layout: again,
+        scratch: b.scratch.clone(),
+        log: b.log.clone(),
+        cancel: b.cancel.clone(),
+        observer: b.observer.clone(),
+        started: b.started,
+    };
+    let output = run(&second, s, runner, labels).await?;
+    let packed = pack(&second, s, &output, compression).await?;
+    let rebuilt = image(
+        &second,
+        s,
+        &output,
+        &packed,
+        bases,
+        compression,
+        "kiln://again",
+    )
+    .await?;
+    drop(output);
+    let mut differ = Vec::new();
+    for (a, r) in first.iter().zip(&rebuilt) {
+        if a.digest == r.digest {
+            continue;
+        }
+        let parse = |d: &str| {
+            d.parse::<crate::digest::Digest>()
+                .map_err(|e| PipelineError::Internal(e.to_string()))
+        };
+        let (da, dr) = (parse(&a.digest)?, parse(&r.digest)?);
+        let (la, lr) = (b.layout.clone(), second.layout.clone());
+        let c = blocking(move || crate::verify::compare(&la, &da, &lr, &dr)).await??;
+        differ.push((a.name.clone(), c));
+    }
+    if differ.is_empty() {
+        Ok(())
+    } else {
+        Err(PipelineError::NotReproducible(differ))
+    }
 }
 
 /// Where published artifacts go: artifact `name` to `<root>/<name>` (an OCI layout per

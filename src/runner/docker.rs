@@ -92,9 +92,24 @@ impl DockerRunner {
             r = inspect => r?,
             _ = cancel.cancelled() => return Err(BuildError::Cancelled),
         };
+        let cfg = info.config.clone().unwrap_or_default();
+        let digest = super::content_digest(
+            &info
+                .root_fs
+                .as_ref()
+                .and_then(|r| r.layers.clone())
+                .unwrap_or_default(),
+            &cfg.env.clone().unwrap_or_default(),
+            cfg.user.as_deref().unwrap_or(""),
+            cfg.working_dir.as_deref().unwrap_or(""),
+            info.os.as_deref().unwrap_or(""),
+            info.architecture.as_deref().unwrap_or(""),
+            info.variant.as_deref().unwrap_or(""),
+        );
         Ok(BuilderImage {
             reference: reference.to_owned(),
             id: info.id.unwrap_or_default(),
+            digest,
             repo_digests: info.repo_digests.unwrap_or_default(),
         })
     }
@@ -183,7 +198,12 @@ impl DockerRunner {
     ) -> Result<BuildOutput, BuildError> {
         let builder = self.resolve_image(&req.build.image, cancel).await?;
         let b = req.build;
-        let mut env = vec![format!("SOURCE_DATE_EPOCH={}", req.epoch)];
+        // The fixed world: the recipe may set TZ itself, never SOURCE_DATE_EPOCH.
+        let mut env = vec![
+            format!("SOURCE_DATE_EPOCH={}", req.epoch),
+            format!("TZ={}", super::TZ),
+        ];
+        env.retain(|e| !b.env.keys().any(|k| e.starts_with(&format!("{k}="))));
         env.extend(b.env.iter().map(|(k, v)| format!("{k}={v}")));
         let mut labels: HashMap<String, String> = req.labels.clone().into_iter().collect();
         labels.insert(LABEL_BUILD.to_owned(), req.build_id.to_owned());
@@ -200,6 +220,8 @@ impl DockerRunner {
             stdin_once: Some(false),
             attach_stdin: Some(false),
             tty: Some(false),
+            hostname: Some(super::HOSTNAME.into()),
+            domainname: Some(super::HOSTNAME.into()),
             env: Some(env),
             labels: Some(labels),
             network_disabled: Some(!b.network),
@@ -357,7 +379,12 @@ impl DockerRunner {
                 .create_exec(
                     id,
                     CreateExecOptions::<String> {
-                        cmd: Some(vec!["/bin/sh".into(), "-c".into(), step.clone()]),
+                        // The step as written, under a fixed umask.
+                        cmd: Some(vec![
+                            "/bin/sh".into(),
+                            "-c".into(),
+                            format!("umask {}\n{step}", super::UMASK),
+                        ]),
                         attach_stdout: Some(true),
                         attach_stderr: Some(true),
                         working_dir: Some(b.workdir.clone()),

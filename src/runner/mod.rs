@@ -37,11 +37,47 @@ pub struct BuildRequest<'a> {
 pub struct BuilderImage {
     /// The reference from the recipe.
     pub reference: String,
-    /// The engine's content-addressed image ID (`sha256:` of its config).
+    /// The engine's image ID: the config digest in Docker's classic store, the manifest
+    /// digest in the containerd store. Not recorded: it depends on the engine.
     pub id: String,
+    /// What the build ran on, named by content: the same image gives the same digest on every
+    /// engine ([`content_digest`]). Recorded in annotations and provenance.
+    pub digest: String,
     /// Registry digests the engine knows for it, if it was pulled.
     pub repo_digests: Vec<String>,
 }
+
+/// The builder's content digest: sha256 of the canonical JSON
+/// `{"architecture","diff_ids","env","os","user","variant","working_dir"}` taken from the
+/// image (its rootfs layers and the parts of its config a build sees). Docker's classic and
+/// containerd image stores give different image IDs for one image; this is the same on both.
+pub fn content_digest(
+    diff_ids: &[String],
+    env: &[String],
+    user: &str,
+    working_dir: &str,
+    os: &str,
+    architecture: &str,
+    variant: &str,
+) -> String {
+    let v = serde_json::json!({
+        "architecture": architecture,
+        "diff_ids": diff_ids,
+        "env": env,
+        "os": os,
+        "user": user,
+        "variant": variant,
+        "working_dir": working_dir,
+    });
+    let bytes = crate::json::to_canonical_vec(&v).unwrap_or_default();
+    crate::Digest::of(&bytes).to_string()
+}
+
+/// The fixed world every build sees, whatever the host: these go into the container.
+pub const HOSTNAME: &str = "kiln";
+pub const TZ: &str = "UTC";
+/// Every step runs under this umask.
+pub const UMASK: &str = "022";
 
 /// One step as it ran.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
