@@ -691,9 +691,12 @@ fn builds_on_a_registry_base_image_and_reuses_its_layers() {
 
     let t = tempfile::tempdir().unwrap();
     let repo = t.path().join("onbase");
+    // Two artifacts on one base; the repository is its own origin over file://, so that
+    // kiln verify can fetch it back.
     let recipe = format!(
         "[build]\nimage = \"{busybox}\"\nsteps = [\"mkdir -p /out && cp hello.sh /out/hello.sh\"]\n\
-         [[artifact]]\nname = \"onbase\"\nbase = \"{base}\"\nentrypoint = [\"/bin/sh\", \"/hello.sh\"]\nenv = {{ GREETING = \"on a base\" }}\n"
+         [[artifact]]\nname = \"onbase\"\nbase = \"{base}\"\nentrypoint = [\"/bin/sh\", \"/hello.sh\"]\nenv = {{ GREETING = \"on a base\" }}\n\
+         [[artifact]]\nname = \"onbase2\"\nbase = \"{base}\"\n"
     );
     let sha = git_repo(
         &repo,
@@ -701,8 +704,9 @@ fn builds_on_a_registry_base_image_and_reuses_its_layers() {
             ("kiln.toml", recipe.as_bytes()),
             ("hello.sh", b"echo \"hello $GREETING\"\n"),
         ],
-        None,
+        Some(&format!("file://{}", repo.display())),
     );
+    let log_before = reg.log().len();
     let out = run_ok(
         kiln()
             .arg("build")
@@ -778,6 +782,20 @@ fn builds_on_a_registry_base_image_and_reuses_its_layers() {
     assert_eq!(info["digest"], digest.as_str());
     assert_eq!(info["provenance"]["subject_matches"], true);
 
+    // One base per build: the second artifact did not resolve the base again.
+    let base_gets = reg.log()[log_before..]
+        .lines()
+        .filter(|l| l.contains("\"GET /v2/base/busybox/manifests/1 "))
+        .count();
+    assert_eq!(
+        base_gets, 1,
+        "the base was resolved more than once in one build"
+    );
+    assert_eq!(
+        res["artifacts"][1]["name"], "onbase2",
+        "both artifacts were built"
+    );
+
     // A base given as a multi-platform index (pushed by kiln itself) resolves to the host's
     // platform manifest.
     let idx_layout = t.path().join("multi");
@@ -821,4 +839,25 @@ fn builds_on_a_registry_base_image_and_reuses_its_layers() {
         "the index resolved to the host's manifest"
     );
     assert_eq!(resolved.layers[0].digest.to_string(), base_layer);
+
+    // The base's tag moves on; kiln verify still rebuilds on the recorded base digest, and
+    // fetches the source back over file://.
+    let other = t.path().join("other-base");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("moved"), b"the tag moved").unwrap();
+    pack(&other, &t.path().join("other-layout"), &["--tag", "x"]);
+    run_ok(
+        kiln()
+            .arg("push")
+            .arg(format!("{}:x", t.path().join("other-layout").display()))
+            .arg(&base),
+    );
+    let out = kiln().args(["verify", &image]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
