@@ -63,6 +63,9 @@ struct VerifyArgs {
     /// Keep both unpacked trees in DIR/expected and DIR/rebuilt.
     #[arg(long, value_name = "DIR")]
     keep: Option<PathBuf>,
+    /// Honour the recipe's `network = true` in the rebuild.
+    #[arg(long)]
+    allow_network: bool,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -129,6 +132,8 @@ struct BuildArgs {
     #[arg(long)]
     verify: bool,
     #[command(flatten)]
+    limits: LimitArgs,
+    #[command(flatten)]
     registry: RegistryArgs,
 }
 
@@ -142,6 +147,67 @@ struct InspectArgs {
     json: bool,
     #[command(flatten)]
     registry: RegistryArgs,
+}
+
+/// What this host allows a build; a recipe may ask for less, never more.
+#[derive(clap::Args, Clone)]
+struct LimitArgs {
+    /// Honour a recipe's `network = true` (builds are offline otherwise; such a recipe fails).
+    #[arg(long)]
+    allow_network: bool,
+    /// Memory for the build container, like 4g (default: half the host's memory).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    limit_memory: Option<u64>,
+    /// CPUs for the build container (default: the host's count).
+    #[arg(long, value_name = "N")]
+    limit_cpus: Option<f64>,
+    /// Processes and threads in the build container (default: 4096).
+    #[arg(long, value_name = "N")]
+    limit_pids: Option<i64>,
+    /// Bytes of output collected from the build, like 10g (default: 10 GiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    limit_output: Option<u64>,
+    /// Bytes of step output kept in the build log, like 64m (default: 64 MiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    limit_log: Option<u64>,
+}
+
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    kiln::recipe::parse_size(s)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{s:?} is not a size, like 512m or 4g"))
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Result<kiln::runner::Limits> {
+        let mut l = kiln::runner::Limits::host_defaults();
+        l.allow_network = self.allow_network;
+        if let Some(m) = self.limit_memory {
+            if m < 6 << 20 {
+                bail!("--limit-memory must be at least 6m");
+            }
+            l.memory = m;
+        }
+        if let Some(c) = self.limit_cpus {
+            if !(c > 0.0 && c.is_finite()) {
+                bail!("--limit-cpus must be a positive number");
+            }
+            l.cpus = c;
+        }
+        if let Some(p) = self.limit_pids {
+            if p < 1 {
+                bail!("--limit-pids must be at least 1");
+            }
+            l.pids = p;
+        }
+        if let Some(o) = self.limit_output {
+            l.output = o;
+        }
+        if let Some(g) = self.limit_log {
+            l.log = g;
+        }
+        Ok(l)
+    }
 }
 
 /// How to reach registries.
@@ -379,6 +445,7 @@ fn build(a: BuildArgs) -> Result<ExitCode> {
             .unwrap_or_else(default_builder_id),
         registry: a.registry.options(),
         verify: a.verify,
+        limits: a.limits.limits()?,
         push: a.push.as_ref().map(|prefix| kiln::pipeline::PushPlan {
             prefix: prefix.clone(),
             tags: a.tags.clone(),
@@ -462,10 +529,10 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
         Ok(r) => r,
         Err(e) => return unverifiable(format!("{e}")),
     };
-    let work = tempfile::Builder::new()
-        .prefix("kiln-verify-")
-        .tempdir()
-        .context("creating a scratch directory")?;
+    let work = match tempfile::Builder::new().prefix("kiln-verify-").tempdir() {
+        Ok(w) => w,
+        Err(e) => return unverifiable(format!("creating a scratch directory: {e}")),
+    };
     let opts = kiln::verify::VerifyOptions {
         registry: a.registry.options(),
         keep: a.keep.clone(),
@@ -474,11 +541,15 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
             .filter(|t| !t.trim().is_empty())
             .map(|t| kiln::registry::Secret::new(t.trim())),
         work: work.path().to_owned(),
+        allow_network: a.allow_network,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
+    {
+        Ok(rt) => rt,
+        Err(e) => return unverifiable(format!("starting the async runtime: {e}")),
+    };
     let result = rt.block_on(async {
         let (cancel, _) = cancel_on_signals("stopping the verification");
         let runner = match kiln::runner::DockerRunner::connect().await {
@@ -514,7 +585,10 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
     match result {
         Ok(report) => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
             } else {
                 print!("{}", report.text());
             }
@@ -524,7 +598,17 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
                 ExitCode::from(EXIT_DIFFERENT)
             })
         }
-        Err(e) => unverifiable(e.to_string()),
+        Err(e) => {
+            // A failed rebuild's log is worth keeping: the scratch directory stays.
+            if matches!(e, kiln::verify::VerifyError::Rebuild(_)) {
+                let kept = work.keep();
+                eprintln!(
+                    "kiln: the rebuild's scratch directory (and its log) is kept in {}",
+                    kept.display()
+                );
+            }
+            unverifiable(e.to_string())
+        }
     }
 }
 

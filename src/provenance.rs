@@ -40,6 +40,8 @@ pub struct Provenance {
     pub dir: String,
     pub recipe_digest: Digest,
     pub dirty: bool,
+    /// SOURCE_DATE_EPOCH the build used.
+    pub epoch: u64,
     /// E.g. `gzip`, with the exact implementation and level.
     pub compression: String,
     pub compressor: String,
@@ -96,6 +98,7 @@ impl Provenance {
                     "buildType": BUILD_TYPE,
                     "externalParameters": external,
                     "internalParameters": {
+                        "sourceDateEpoch": self.epoch,
                         "compression": self.compression,
                         "compressor": self.compressor,
                         "level": self.level,

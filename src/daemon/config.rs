@@ -35,6 +35,8 @@ pub struct Config {
     pub lease: Duration,
     /// Reproducibility checks, unless a `[[repo]]` says otherwise.
     pub verify: Verify,
+    /// `[limits]`: what a build may use (network per repo: `allow_network`).
+    pub limits: crate::runner::Limits,
     pub github: Option<GitHub>,
     pub registry: Option<Registry>,
     pub repos: Vec<Repo>,
@@ -56,7 +58,7 @@ impl Verify {
             Verify::Never => false,
             Verify::Always => true,
             Verify::Sample(f) => {
-                (crate::registry::client::jitter_ms() % 10_000) as f64 / 10_000.0 < f
+                (crate::registry::client::random_u64() % 1_000_000) as f64 / 1_000_000.0 < f
             }
         }
     }
@@ -105,6 +107,8 @@ pub struct Repo {
     pub recipe_file: Option<PathBuf>,
     /// This repository's reproducibility checks (else the global `verify`).
     pub verify: Option<Verify>,
+    /// Honour its recipe's `network = true` (else such a build fails at once).
+    pub allow_network: bool,
 }
 
 impl Repo {
@@ -206,6 +210,7 @@ impl Checker<'_> {
                 "shutdown_grace",
                 "lease",
                 "verify",
+                "limits",
                 "github",
                 "registry",
                 "repo",
@@ -261,6 +266,10 @@ impl Checker<'_> {
             self.problem(0, "lease", "must be at least 3s");
         }
         let verify = self.verify(doc, "").unwrap_or(Verify::Never);
+        let limits = match self.table(doc, "limits") {
+            Some((t, _)) => self.limits(t),
+            None => crate::runner::Limits::host_defaults(),
+        };
         let github = self.table(doc, "github").map(|(t, _)| self.github(t));
         let registry = self
             .table(doc, "registry")
@@ -327,6 +336,7 @@ impl Checker<'_> {
             shutdown_grace,
             lease,
             verify,
+            limits,
             github,
             registry,
             repos: repos.into_iter().map(|(r, _)| r).collect(),
@@ -395,6 +405,56 @@ impl Checker<'_> {
                 None
             }
         }
+    }
+
+    /// `[limits]`: sizes as "4g", counts as numbers; unset keys keep the host's defaults.
+    fn limits(&mut self, t: &DeTable) -> crate::runner::Limits {
+        self.unknown_keys(t, "limits", &["memory", "cpus", "pids", "output", "log"]);
+        let mut l = crate::runner::Limits::host_defaults();
+        let size = |c: &mut Self, key: &str, min: u64| -> Option<u64> {
+            let (s, at) = c.string(t, "limits", key)?;
+            match crate::recipe::parse_size(&s) {
+                Some(n) if n >= min => Some(n),
+                _ => {
+                    c.problem(
+                        at,
+                        &format!("limits.{key}"),
+                        format!(
+                            "{s:?} is not a size of at least {min} bytes, like \"512m\" or \"4g\""
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+        if let Some(m) = size(self, "memory", 6 << 20) {
+            l.memory = m;
+        }
+        if let Some(o) = size(self, "output", 1) {
+            l.output = o;
+        }
+        if let Some(g) = size(self, "log", 1024) {
+            l.log = g;
+        }
+        if let Some(p) = self.integer(t, "limits", "pids", 1, 1 << 22) {
+            l.pids = p;
+        }
+        if let Some(v) = self.get(t, "cpus") {
+            let n = match v.get_ref() {
+                DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
+                DeValue::Integer(i) => i.as_str().parse::<f64>().ok(),
+                _ => None,
+            };
+            match n {
+                Some(n) if n > 0.0 && n.is_finite() => l.cpus = n,
+                _ => self.problem(
+                    v.span().start,
+                    "limits.cpus",
+                    "expected a positive number of CPUs, like 2 or 1.5",
+                ),
+            }
+        }
+        l
     }
 
     /// `verify = "never" | "always" | 0.1`.
@@ -556,6 +616,7 @@ impl Checker<'_> {
                 "dir",
                 "recipe_file",
                 "verify",
+                "allow_network",
             ],
         );
         let gh = self.string(t, &p, "github");
@@ -646,6 +707,7 @@ impl Checker<'_> {
         };
         let recipe_file = self.abs_file(t, &p, "recipe_file").map(|(f, _)| f);
         let verify = self.verify(t, &p);
+        let allow_network = self.bool(t, &p, "allow_network").unwrap_or(false);
         Some(Repo {
             source: source?,
             branches,
@@ -653,6 +715,7 @@ impl Checker<'_> {
             dir,
             recipe_file,
             verify,
+            allow_network,
         })
     }
 }
@@ -753,6 +816,11 @@ path = "/srv/git/widget.git"
             "{text}"
         );
         assert!(Verify::Always.pick() && !Verify::Never.pick());
+        let picked = (0..10_000).filter(|_| Verify::Sample(0.3).pick()).count();
+        assert!(
+            (2_500..3_500).contains(&picked),
+            "0.3 of 10000 picked {picked}"
+        );
     }
 
     #[test]

@@ -507,7 +507,7 @@ async fn stages(
     let _ = std::fs::remove_dir_all(&staging_root);
     let staging =
         OciLayout::open_or_create(&staging_root).map_err(|e| fail(&[])(PipelineError::Store(e)))?;
-    let b = Build::new(
+    let mut b = Build::new(
         lease.build_id.clone(),
         staging,
         &d.state_dir.join("logs"),
@@ -515,6 +515,12 @@ async fn stages(
         obs,
     )
     .map_err(fail(&[]))?;
+    let cfg = d.config();
+    b.limits = cfg.limits.clone();
+    b.limits.allow_network = cfg
+        .repos
+        .iter()
+        .any(|r| r.name() == claim.repo && r.recipe_key() == claim.recipe && r.allow_network);
     let result = stages_in(d, claim, runner, &b).await;
     drop(b);
     let _ = recorder.await;
@@ -571,6 +577,7 @@ async fn stages_in(
             subdir: repo.dir.clone(),
             url: source_url,
             git_ref: Some(claim.git_ref.clone()),
+            epoch: None,
         });
         pipeline::source(b, &spec, repo.recipe_file.as_deref()).await
     })

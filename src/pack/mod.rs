@@ -202,6 +202,8 @@ pub enum PackError {
     Cancelled,
     #[error("the compressor is not the one kiln pins: {0}")]
     Compressor(String),
+    #[error("the files add up to more than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
 }
 
 impl PackError {
@@ -354,7 +356,18 @@ pub fn unpack_tar(
     dst: &Path,
     cancel: &CancellationToken,
 ) -> Result<(), PackError> {
-    untar::unpack(stream, dst, cancel)
+    untar::unpack(stream, dst, cancel, u64::MAX)
+}
+
+/// [`unpack_tar`], refusing a stream whose files add up to more than `max_bytes`
+/// ([`PackError::TooLarge`]); nothing past the limit is written.
+pub fn unpack_tar_limited(
+    stream: impl Read,
+    dst: &Path,
+    cancel: &CancellationToken,
+    max_bytes: u64,
+) -> Result<(), PackError> {
+    untar::unpack(stream, dst, cancel, max_bytes)
 }
 
 /// Pack a tar stream (for example a container's output) the same way as a directory: the
@@ -375,7 +388,7 @@ pub fn pack_tar(
             path: scratch.to_owned(),
             source,
         })?;
-    untar::unpack(stream, dir.path(), cancel)?;
+    untar::unpack(stream, dir.path(), cancel, u64::MAX)?;
     pack_dir(dir.path(), opts, sink, cancel, observer)
 }
 

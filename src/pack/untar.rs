@@ -16,7 +16,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::PackError;
 
-pub fn unpack(stream: impl Read, dst: &Path, cancel: &CancellationToken) -> Result<(), PackError> {
+pub fn unpack(
+    stream: impl Read,
+    dst: &Path,
+    cancel: &CancellationToken,
+    max_bytes: u64,
+) -> Result<(), PackError> {
+    let mut total: u64 = 0;
     let mut archive = tar::Archive::new(stream);
     archive.set_preserve_permissions(false);
     archive.set_preserve_mtime(false);
@@ -73,6 +79,11 @@ pub fn unpack(stream: impl Read, dst: &Path, cancel: &CancellationToken) -> Resu
             {
                 return Err(bad("hardlink target leaves the output directory"));
             }
+        }
+        // Counted before anything is written: a file past the limit never lands.
+        total = total.saturating_add(entry.size());
+        if total > max_bytes {
+            return Err(PackError::TooLarge { limit: max_bytes });
         }
         let executable = entry.header().mode().unwrap_or(0) & 0o100 != 0;
         let unpacked = entry

@@ -66,6 +66,8 @@ pub struct Build {
     pub observer: Arc<dyn Observer + Send + Sync>,
     /// Unix seconds, for provenance.
     pub started: u64,
+    /// What the host allows the build (memory, CPUs, pids, output, log, network).
+    pub limits: crate::runner::Limits,
 }
 
 impl Build {
@@ -94,6 +96,7 @@ impl Build {
             cancel,
             observer,
             started: unix_now(),
+            limits: crate::runner::Limits::host_defaults(),
         })
     }
 }
@@ -119,6 +122,8 @@ pub struct BuildPlan {
     pub registry: RegistryOptions,
     /// Build twice, in two fresh containers, and compare before storing or pushing anything.
     pub verify: bool,
+    /// What the host allows the build.
+    pub limits: crate::runner::Limits,
 }
 
 /// `--push PREFIX [--tag T]...`.
@@ -287,6 +292,8 @@ impl PipelineError {
             PipelineError::Build { source, .. } => matches!(
                 source,
                 BuildError::StepFailed { .. }
+                    | BuildError::NetworkNotAllowed { .. }
+                    | BuildError::OutputTooLarge { .. }
                     | BuildError::Timeout { .. }
                     | BuildError::NoOutput { .. }
                     | BuildError::OutputIsSymlink { .. }
@@ -352,6 +359,7 @@ pub async fn build(
     };
     let mut b = Build::new(new_build_id(), layout, &logs, cancel.clone(), observer)?;
     b.scratch = scratch;
+    b.limits = plan.limits.clone();
     let spec = SourceSpec::Dir {
         dir: plan.dir.clone(),
         options: plan.source.clone(),

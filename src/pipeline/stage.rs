@@ -68,6 +68,14 @@ pub async fn source(
             format!("{}kiln.toml", checkout.info.subdir),
         ),
     };
+    // The commit's own kiln.toml must be a file: a symlink could point anywhere on the host.
+    if recipe_file.is_none()
+        && std::fs::symlink_metadata(&recipe_path).is_ok_and(|m| m.file_type().is_symlink())
+    {
+        return Err(PipelineError::Usage(format!(
+            "{recorded} is a symlink in the committed tree; kiln refuses to follow it"
+        )));
+    }
     if !recipe_path.is_file() {
         let shown = match (recipe_file, spec) {
             (Some(p), _) => p.to_owned(),
@@ -102,6 +110,7 @@ pub async fn run(
         labels,
         log: &b.log,
         scratch: &b.scratch,
+        limits: &b.limits,
     };
     runner
         .run(&req, &b.cancel, b.observer.as_ref())
@@ -264,6 +273,7 @@ pub async fn image(
             dir: info.subdir.trim_end_matches('/').to_owned(),
             recipe_digest: s.recipe.digest,
             dirty: info.dirty,
+            epoch: info.epoch,
             compression: compression.to_string(),
             compressor: compression.describe(compression.default_level()),
             level: compression.default_level(),
@@ -314,6 +324,7 @@ pub async fn build_again_and_compare(
         cancel: b.cancel.clone(),
         observer: b.observer.clone(),
         started: b.started,
+        limits: b.limits.clone(),
     };
     let output = run(&second, s, runner, labels).await?;
     let packed = pack(&second, s, &output, compression).await?;
@@ -338,8 +349,8 @@ pub async fn build_again_and_compare(
                 .map_err(|e| PipelineError::Internal(e.to_string()))
         };
         let (da, dr) = (parse(&a.digest)?, parse(&r.digest)?);
-        let (la, lr) = (b.layout.clone(), second.layout.clone());
-        let c = blocking(move || crate::verify::compare(&la, &da, &lr, &dr)).await??;
+        let (la, lr, cancel) = (b.layout.clone(), second.layout.clone(), b.cancel.clone());
+        let c = blocking(move || crate::verify::compare(&la, &da, &lr, &dr, &cancel)).await??;
         differ.push((a.name.clone(), c));
     }
     if differ.is_empty() {

@@ -760,7 +760,8 @@ pub fn jitter_ms() -> u64 {
     random_u64() % 1000
 }
 
-fn random_u64() -> u64 {
+/// A random number (from the standard library's hasher seeds and the clock).
+pub fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(Instant::now().elapsed().as_nanos());

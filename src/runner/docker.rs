@@ -196,8 +196,15 @@ impl DockerRunner {
         cancel: &CancellationToken,
         observer: &(dyn Observer + Send + Sync),
     ) -> Result<BuildOutput, BuildError> {
-        let builder = self.resolve_image(&req.build.image, cancel).await?;
         let b = req.build;
+        // The host decides: a recipe cannot turn the network on by itself.
+        if b.network && !req.limits.allow_network {
+            return Err(BuildError::NetworkNotAllowed {
+                hint: " (allow it with --allow-network on the command line, or allow_network = true for the repo in the daemon config)",
+            });
+        }
+        let builder = self.resolve_image(&req.build.image, cancel).await?;
+        let (memory, cpus) = req.limits.effective(b);
         // The fixed world: the recipe may set TZ itself, never SOURCE_DATE_EPOCH.
         let mut env = vec![
             format!("SOURCE_DATE_EPOCH={}", req.epoch),
@@ -229,8 +236,18 @@ impl DockerRunner {
                 network_mode: Some(if b.network { "bridge" } else { "none" }.into()),
                 privileged: Some(false),
                 security_opt: Some(vec!["no-new-privileges".into()]),
-                memory: b.memory.map(|m| m as i64),
-                nano_cpus: b.cpus.map(|c| (c * 1e9) as i64),
+                cap_drop: Some(vec!["ALL".into()]),
+                cap_add: Some(
+                    super::KEPT_CAPABILITIES
+                        .iter()
+                        .map(|c| (*c).to_owned())
+                        .collect(),
+                ),
+                memory: Some(memory as i64),
+                // No swap beyond the memory limit.
+                memory_swap: Some(memory as i64),
+                nano_cpus: Some((cpus * 1e9) as i64),
+                pids_limit: Some(req.limits.pids),
                 binds: None,
                 mounts: None,
                 auto_remove: Some(false),
@@ -356,6 +373,11 @@ impl DockerRunner {
             .start_container(id, None)
             .await
             .map_err(engine("start the build container"))?;
+        // The engine writes the container's own address into /etc/hosts when it has a
+        // network: the build sees localhost only, like an offline one.
+        if b.network {
+            self.fix_hosts(id).await?;
+        }
 
         let mut log = std::fs::OpenOptions::new()
             .create(true)
@@ -364,6 +386,9 @@ impl DockerRunner {
             .map_err(io("open the build log", req.log))?;
         let total = b.steps.len();
         let mut records = Vec::new();
+        // Step output kept in the log so far, against the host's limit.
+        let mut logged: u64 = 0;
+        let mut log_full = false;
         for (i, step) in b.steps.iter().enumerate() {
             let step_started = std::time::Instant::now();
             let index = i + 1;
@@ -409,11 +434,29 @@ impl DockerRunner {
                             | LogOutput::Console { message } => message,
                             LogOutput::StdIn { .. } => continue,
                         };
-                        log.write_all(&bytes).map_err(io("write", req.log))?;
                         tail.push(&bytes);
-                        observer.event(&Event::StepOutput {
-                            bytes: bytes.to_vec(),
-                        });
+                        // Past the log limit, output is dropped (once said so); the build
+                        // goes on.
+                        let room = req.limits.log.saturating_sub(logged);
+                        if room > 0 {
+                            let keep = &bytes[..bytes.len().min(room as usize)];
+                            log.write_all(keep).map_err(io("write", req.log))?;
+                            logged += keep.len() as u64;
+                            observer.event(&Event::StepOutput {
+                                bytes: keep.to_vec(),
+                            });
+                        } else if !log_full {
+                            log_full = true;
+                            let note = format!(
+                                "\nkiln: the log reached its limit of {} bytes; further output is not kept\n",
+                                req.limits.log
+                            );
+                            log.write_all(note.as_bytes())
+                                .map_err(io("write", req.log))?;
+                            observer.event(&Event::StepOutput {
+                                bytes: note.into_bytes(),
+                            });
+                        }
                     }
                 }
                 StartExecResults::Detached => {}
@@ -484,13 +527,18 @@ impl DockerRunner {
         let out_dir = spool.path().join("output");
         std::fs::create_dir(&out_dir).map_err(io("create", &out_dir))?;
         let (dst, c) = (out_dir.clone(), cancel.clone());
-        tokio::task::spawn_blocking(move || crate::pack::unpack_tar(reader, &dst, &c))
+        let max = req.limits.output;
+        tokio::task::spawn_blocking(move || crate::pack::unpack_tar_limited(reader, &dst, &c, max))
             .await
             .map_err(|e| BuildError::Io {
                 op: "collect the output",
                 path: out_dir.clone(),
                 source: std::io::Error::other(e),
-            })??;
+            })?
+            .map_err(|e| match e {
+                crate::pack::PackError::TooLarge { limit } => BuildError::OutputTooLarge { limit },
+                e => BuildError::Output(e),
+            })?;
         let base = Path::new(&b.output)
             .file_name()
             .map(|n| n.to_owned())
@@ -512,6 +560,38 @@ impl DockerRunner {
             }
         }
         Ok((spool, root, records))
+    }
+
+    /// Replace /etc/hosts with localhost entries only (as root inside the container).
+    async fn fix_hosts(&self, id: &str) -> Result<(), BuildError> {
+        let exec = self
+            .docker
+            .create_exec(
+                id,
+                CreateExecOptions::<String> {
+                    cmd: Some(vec![
+                        "/bin/sh".into(),
+                        "-c".into(),
+                        "printf '127.0.0.1\\tlocalhost\\n::1\\tlocalhost ip6-localhost ip6-loopback\\n' > /etc/hosts".into(),
+                    ]),
+                    user: Some("0".into()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(engine("prepare /etc/hosts"))?
+            .id;
+        if let StartExecResults::Attached { mut output, .. } = self
+            .docker
+            .start_exec(&exec, None)
+            .await
+            .map_err(engine("prepare /etc/hosts"))?
+        {
+            while output.next().await.is_some() {}
+        }
+        Ok(())
     }
 
     /// Load a `docker save`-format archive into the engine (`docker load`). Cancelling drops

@@ -15,6 +15,73 @@ use crate::recipe::BuildSection;
 /// `docker ps -a --filter label=dev.kiln.build`.
 pub const LABEL_BUILD: &str = "dev.kiln.build";
 
+/// What the host allows a build, whatever its recipe asks: a recipe may ask for less, never
+/// more. The defaults are never unlimited.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    /// Memory in bytes (swap is not added on top). Default: half the host's memory.
+    pub memory: u64,
+    /// CPUs. Default: the host's count.
+    pub cpus: f64,
+    /// Processes and threads. Default: 4096.
+    pub pids: i64,
+    /// Bytes of output collected from the container. Default: 10 GiB.
+    pub output: u64,
+    /// Bytes of step output kept in the build log. Default: 64 MiB.
+    pub log: u64,
+    /// Whether a recipe's `network = true` is honoured. Default: no.
+    pub allow_network: bool,
+}
+
+impl Limits {
+    pub const DEFAULT_PIDS: i64 = 4096;
+    pub const DEFAULT_OUTPUT: u64 = 10 << 30;
+    pub const DEFAULT_LOG: u64 = 64 << 20;
+
+    /// The defaults for this host.
+    pub fn host_defaults() -> Limits {
+        let total = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .map_or(4 << 30, |kib| kib * 1024);
+        Limits {
+            memory: total / 2,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
+            pids: Self::DEFAULT_PIDS,
+            output: Self::DEFAULT_OUTPUT,
+            log: Self::DEFAULT_LOG,
+            allow_network: false,
+        }
+    }
+
+    /// Memory and CPUs for a recipe: what it asks, capped by these limits.
+    pub fn effective(&self, b: &BuildSection) -> (u64, f64) {
+        (
+            b.memory.map_or(self.memory, |m| m.min(self.memory)),
+            b.cpus.map_or(self.cpus, |c| c.min(self.cpus)),
+        )
+    }
+}
+
+/// Capabilities a build keeps: enough to install packages and run as other users inside the
+/// container (chown, setuid, setgid, file ownership and permission overrides, signals).
+/// Everything else Docker grants by default goes: raw sockets (NET_RAW), device nodes
+/// (MKNOD), audit (AUDIT_WRITE), file capabilities (SETFCAP, SETPCAP), chroot (SYS_CHROOT),
+/// binding low ports (NET_BIND_SERVICE).
+pub const KEPT_CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "SETGID",
+    "SETUID",
+    "KILL",
+];
+
 /// What to build.
 pub struct BuildRequest<'a> {
     pub build: &'a BuildSection,
@@ -30,6 +97,8 @@ pub struct BuildRequest<'a> {
     pub log: &'a Path,
     /// Where to spool the source tar and the outputs.
     pub scratch: &'a Path,
+    /// What the host allows.
+    pub limits: &'a Limits,
 }
 
 /// The builder image as the engine resolved it.
@@ -141,6 +210,12 @@ pub enum BuildError {
     },
     #[error("the build exceeded its timeout of {}; the container was killed", humantime(*after))]
     Timeout { after: Duration },
+    #[error(
+        "the recipe asks for the network (network = true), which this host does not allow{hint}"
+    )]
+    NetworkNotAllowed { hint: &'static str },
+    #[error("the build's output exceeds the host's limit of {limit} bytes; nothing was packed")]
+    OutputTooLarge { limit: u64 },
     #[error("the build did not produce its output directory {path}")]
     NoOutput { path: String },
     #[error("the build replaced its output directory {path} with a symlink; refusing to follow it")]

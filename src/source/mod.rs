@@ -259,6 +259,8 @@ pub struct CommitSource {
     pub url: String,
     /// The ref that led to the commit (`refs/heads/main`), for provenance.
     pub git_ref: Option<String>,
+    /// SOURCE_DATE_EPOCH instead of the commit time (a rebuild of a build that overrode it).
+    pub epoch: Option<u64>,
 }
 
 /// Open an exact commit: its tree (or `subdir`'s) extracted under `scratch`, its commit time
@@ -290,7 +292,10 @@ pub fn open_commit(
         },
         e => e,
     })?;
-    let epoch = commit_time(&src.repo, &commit, cancel)?;
+    let epoch = match src.epoch {
+        Some(e) => e,
+        None => commit_time(&src.repo, &commit, cancel)?,
+    };
     let subdir = src.subdir.trim_matches('/');
     let prefix = if subdir.is_empty() {
         String::new()
@@ -454,14 +459,19 @@ fn extract_tree(
                 std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&link), &target)
                     .map_err(io(&target))?;
             } else {
-                let mut f = std::fs::File::create(&target).map_err(io(&target))?;
+                // A new file, never through a symlink: a crafted tree (a symlink, then a file of
+                // the same name) cannot write outside the directory.
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&target)
+                    .map_err(io(&target))?;
                 std::io::copy(&mut body, &mut f).map_err(io(&target))?;
                 let perm = if mode == "100755" { 0o755 } else { 0o644 };
-                std::fs::set_permissions(
-                    &target,
-                    std::os::unix::fs::PermissionsExt::from_mode(perm),
-                )
-                .map_err(io(&target))?;
+                f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(perm))
+                    .map_err(io(&target))?;
             }
             let mut nl = [0u8; 1];
             out.read_exact(&mut nl)

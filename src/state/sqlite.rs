@@ -680,7 +680,7 @@ impl Store for SqliteStore {
                 .await?;
         let stages = sqlx::query(
             "SELECT attempt, name, started_at, finished_at, outcome, detail FROM stages \
-             WHERE job_id = ? ORDER BY attempt, started_at",
+             WHERE job_id = ? ORDER BY attempt, started_at, rowid",
         )
         .bind(id)
         .fetch_all(&self.pool)

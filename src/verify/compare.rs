@@ -63,6 +63,10 @@ pub struct LayerDiff {
     pub expected_diff_id: Option<String>,
     pub rebuilt_diff_id: Option<String>,
     pub paths: Vec<PathDiff>,
+    /// What differs beyond paths: the same entries in another order, or the same content
+    /// compressed differently.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// A JSON key whose value differs.
@@ -83,6 +87,8 @@ pub struct Comparison {
     pub layers: Vec<LayerDiff>,
     pub config: Vec<KeyDiff>,
     pub annotations: Vec<KeyDiff>,
+    /// Other manifest fields (layer media types, sizes, artifactType, ...).
+    pub manifest: Vec<KeyDiff>,
 }
 
 impl Comparison {
@@ -91,33 +97,50 @@ impl Comparison {
         self.layers.iter().map(|l| l.paths.len()).sum()
     }
 
-    /// A short summary: the first differing paths.
+    /// A short summary: the first differing paths, or what else differs.
     pub fn summary(&self) -> String {
         let paths: Vec<&str> = self
             .layers
             .iter()
             .flat_map(|l| l.paths.iter().map(PathDiff::path))
             .collect();
-        let mut s = format!(
-            "{} path{} differ{}",
-            paths.len(),
-            if paths.len() == 1 { "" } else { "s" },
-            if paths.len() == 1 { "s" } else { "" }
-        );
         if !paths.is_empty() {
-            s.push_str(": ");
+            let mut s = format!(
+                "{} path{} differ{}: ",
+                paths.len(),
+                if paths.len() == 1 { "" } else { "s" },
+                if paths.len() == 1 { "s" } else { "" }
+            );
             s.push_str(&paths.iter().take(3).copied().collect::<Vec<_>>().join(", "));
             if paths.len() > 3 {
                 s.push_str(", ...");
             }
-        } else if !self.config.is_empty() || !self.annotations.is_empty() {
-            s = format!(
-                "{} config and {} annotation keys differ",
-                self.config.len(),
-                self.annotations.len()
-            );
+            return s;
         }
-        s
+        let mut parts: Vec<String> = self
+            .layers
+            .iter()
+            .filter_map(|l| Some(format!("layer {}: {}", l.index, l.note.as_ref()?)))
+            .collect();
+        for (what, keys) in [
+            ("config", &self.config),
+            ("annotation", &self.annotations),
+            ("manifest", &self.manifest),
+        ] {
+            if !keys.is_empty() {
+                parts.push(format!(
+                    "{} {what} key{} differ{}",
+                    keys.len(),
+                    if keys.len() == 1 { "" } else { "s" },
+                    if keys.len() == 1 { "s" } else { "" }
+                ));
+            }
+        }
+        if parts.is_empty() {
+            "the manifests differ".to_owned()
+        } else {
+            parts.join("; ")
+        }
     }
 
     /// The report as text, one line per difference.
@@ -135,6 +158,9 @@ impl Comparison {
                 short(&l.expected_diff_id),
                 short(&l.rebuilt_diff_id)
             ));
+            if let Some(n) = &l.note {
+                out.push_str(&format!("  {n}\n"));
+            }
             for p in &l.paths {
                 match p {
                     PathDiff::Content {
@@ -168,7 +194,11 @@ impl Comparison {
                 }
             }
         }
-        for (what, keys) in [("config", &self.config), ("annotation", &self.annotations)] {
+        for (what, keys) in [
+            ("config", &self.config),
+            ("annotation", &self.annotations),
+            ("manifest", &self.manifest),
+        ] {
             for k in keys {
                 let show =
                     |v: &Option<Value>| v.as_ref().map_or("(absent)".to_owned(), |v| v.to_string());
@@ -190,6 +220,8 @@ struct Entry {
     kind: &'static str,
     mode: u32,
     mtime: u64,
+    /// uid:gid and user:group names.
+    owner: String,
     file: Option<FileSide>,
     link: Option<String>,
 }
@@ -224,16 +256,21 @@ pub fn open_layer(
     )
 }
 
-/// The entries of a layer, by path.
+/// The entries of a layer, by path, and the order they came in.
 fn entries(
     layout: &OciLayout,
     digest: &Digest,
     media_type: &str,
-) -> Result<BTreeMap<String, Entry>, StoreError> {
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<(BTreeMap<String, Entry>, Vec<String>), StoreError> {
     let bad = |e: std::io::Error| corrupt(layout, format!("layer {digest}: {e}"));
     let mut ar = tar::Archive::new(open_layer(layout, digest, media_type)?);
     let mut out = BTreeMap::new();
+    let mut order = Vec::new();
     for e in ar.entries().map_err(bad)? {
+        if cancel.is_cancelled() {
+            return Err(corrupt(layout, "the comparison was cancelled"));
+        }
         let mut e = e.map_err(bad)?;
         let path = String::from_utf8_lossy(&e.path_bytes())
             .trim_start_matches("./")
@@ -260,6 +297,13 @@ fn entries(
         };
         let mode = h.mode().unwrap_or(0) & 0o7777;
         let mtime = h.mtime().unwrap_or(0);
+        let owner = format!(
+            "{}:{} {}:{}",
+            h.uid().unwrap_or(0),
+            h.gid().unwrap_or(0),
+            String::from_utf8_lossy(h.username_bytes().unwrap_or_default()),
+            String::from_utf8_lossy(h.groupname_bytes().unwrap_or_default())
+        );
         let file = if kind == "file" {
             let mut hasher = sha2::Sha256::new();
             let mut buf = vec![0u8; 64 * 1024];
@@ -279,18 +323,20 @@ fn entries(
         } else {
             None
         };
+        order.push(path.clone());
         out.insert(
             path,
             Entry {
                 kind,
                 mode,
                 mtime,
+                owner,
                 file,
                 link,
             },
         );
     }
-    Ok(out)
+    Ok((out, order))
 }
 
 fn diff_entries(a: &BTreeMap<String, Entry>, b: &BTreeMap<String, Entry>) -> Vec<PathDiff> {
@@ -319,6 +365,9 @@ fn diff_entries(a: &BTreeMap<String, Entry>, b: &BTreeMap<String, Entry>) -> Vec
                 if x.mtime != y.mtime {
                     meta.push(format!("mtime {} expected, {} rebuilt", x.mtime, y.mtime));
                 }
+                if x.owner != y.owner {
+                    meta.push(format!("owner {} expected, {} rebuilt", x.owner, y.owner));
+                }
                 if x.kind != y.kind || x.file != y.file {
                     if x.kind != y.kind {
                         meta.insert(0, format!("type {} expected, {} rebuilt", x.kind, y.kind));
@@ -344,8 +393,14 @@ fn diff_entries(a: &BTreeMap<String, Entry>, b: &BTreeMap<String, Entry>) -> Vec
 
 /// Leaves of a JSON document by dotted key (`config.Env[0]`).
 fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
+    let empty = v.is_null()
+        || v.as_object().is_some_and(|m| m.is_empty())
+        || v.as_array().is_some_and(|a| a.is_empty());
+    if prefix.is_empty() && empty {
+        return; // an empty or absent document has no keys
+    }
     match v {
-        Value::Object(m) => {
+        Value::Object(m) if !m.is_empty() => {
             for (k, v) in m {
                 let key = if prefix.is_empty() {
                     k.clone()
@@ -355,10 +410,17 @@ fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
                 flatten(&key, v, out);
             }
         }
-        Value::Array(a) => {
+        Value::Array(a) if !a.is_empty() => {
             for (i, v) in a.iter().enumerate() {
                 flatten(&format!("{prefix}[{i}]"), v, out);
             }
+        }
+        // Empty containers are values too: `"Env": []` is not an absent Env.
+        Value::Object(m) if m.is_empty() => {
+            out.insert(prefix.to_owned(), v.clone());
+        }
+        Value::Array(a) if a.is_empty() => {
+            out.insert(prefix.to_owned(), v.clone());
         }
         leaf => {
             out.insert(prefix.to_owned(), leaf.clone());
@@ -391,6 +453,13 @@ fn blob_json(layout: &OciLayout, d: &Value) -> Result<Value, StoreError> {
         .as_str()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| corrupt(layout, "a descriptor without a digest"))?;
+    let len = std::fs::metadata(layout.blob_path(&digest)).map_or(0, |m| m.len());
+    if len > 4 << 20 {
+        return Err(corrupt(
+            layout,
+            format!("config {digest} is larger than 4 MiB"),
+        ));
+    }
     serde_json::from_slice(&layout.read_blob(&digest)?)
         .map_err(|e| corrupt(layout, format!("config {digest}: {e}")))
 }
@@ -417,53 +486,105 @@ fn diff_ids(config: &Value) -> Vec<Option<String>> {
 }
 
 /// Compare the image manifest `a` in `la` (what was published) with `b` in `lb` (what was
-/// rebuilt). Layers whose diff_ids match are not read.
+/// rebuilt). Layers whose diff_ids appear on both sides are not read; the others are paired in
+/// order.
 pub fn compare(
     la: &OciLayout,
     a: &Digest,
     lb: &OciLayout,
     b: &Digest,
+    cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<Comparison, StoreError> {
     let (ma, mb) = (manifest(la, a)?, manifest(lb, b)?);
     let (ca, cb) = (blob_json(la, &ma["config"])?, blob_json(lb, &mb["config"])?);
     let (la_layers, lb_layers) = (layers(&ma), layers(&mb));
     let (ida, idb) = (diff_ids(&ca), diff_ids(&cb));
+    // A layer's identity: its diff_id (its layer digest for artifacts, which have no rootfs).
+    let id = |ids: &[Option<String>], l: &[(Digest, String)], i: usize| {
+        ids.get(i)
+            .cloned()
+            .flatten()
+            .unwrap_or_else(|| l[i].0.to_string())
+    };
+    let a_ids: Vec<String> = (0..la_layers.len())
+        .map(|i| id(&ida, &la_layers, i))
+        .collect();
+    let b_ids: Vec<String> = (0..lb_layers.len())
+        .map(|i| id(&idb, &lb_layers, i))
+        .collect();
     let mut out_layers = Vec::new();
-    for i in 0..la_layers.len().max(lb_layers.len()) {
-        let (xa, xb) = (la_layers.get(i), lb_layers.get(i));
-        let (da, db) = (ida.get(i).cloned().flatten(), idb.get(i).cloned().flatten());
-        // For artifacts (no rootfs), compare layer digests instead.
-        let same = match (&da, &db) {
-            (Some(x), Some(y)) => x == y,
-            _ => xa.map(|l| l.0) == xb.map(|l| l.0),
-        };
-        if same && xa.is_some() && xb.is_some() {
-            continue;
+    // Same content, different bytes: the compression differs.
+    for (i, (x, xid)) in la_layers.iter().zip(&a_ids).enumerate() {
+        if let Some(j) = b_ids.iter().position(|y| y == xid)
+            && lb_layers[j].0 != x.0
+        {
+            out_layers.push(LayerDiff {
+                index: i + 1,
+                expected_diff_id: Some(xid.clone()),
+                rebuilt_diff_id: Some(b_ids[j].clone()),
+                paths: Vec::new(),
+                note: Some(format!(
+                    "the same content, compressed differently ({} expected, {} rebuilt)",
+                    x.0, lb_layers[j].0
+                )),
+            });
         }
-        let ea = match xa {
-            Some((d, t)) => entries(la, d, t)?,
-            None => BTreeMap::new(),
+    }
+    let only_a: Vec<usize> = (0..la_layers.len())
+        .filter(|i| !b_ids.contains(&a_ids[*i]))
+        .collect();
+    let only_b: Vec<usize> = (0..lb_layers.len())
+        .filter(|i| !a_ids.contains(&b_ids[*i]))
+        .collect();
+    for k in 0..only_a.len().max(only_b.len()) {
+        let (xa, xb) = (only_a.get(k).copied(), only_b.get(k).copied());
+        let read = |l: &OciLayout, layers: &[(Digest, String)], i: Option<usize>| match i {
+            Some(i) => entries(l, &layers[i].0, &layers[i].1, cancel),
+            None => Ok((BTreeMap::new(), Vec::new())),
         };
-        let eb = match xb {
-            Some((d, t)) => entries(lb, d, t)?,
-            None => BTreeMap::new(),
-        };
+        let (ea, oa) = read(la, &la_layers, xa)?;
+        let (eb, ob) = read(lb, &lb_layers, xb)?;
+        let paths = diff_entries(&ea, &eb);
+        let note =
+            (paths.is_empty() && oa != ob).then(|| "the same entries, in another order".to_owned());
         out_layers.push(LayerDiff {
-            index: i + 1,
-            expected_diff_id: da.or_else(|| xa.map(|l| l.0.to_string())),
-            rebuilt_diff_id: db.or_else(|| xb.map(|l| l.0.to_string())),
-            paths: diff_entries(&ea, &eb),
+            index: xa.or(xb).unwrap_or(0) + 1,
+            expected_diff_id: xa.map(|i| a_ids[i].clone()),
+            rebuilt_diff_id: xb.map(|i| b_ids[i].clone()),
+            paths,
+            note,
         });
     }
+    out_layers.sort_by_key(|l| l.index);
     // The config's rootfs is the layers' business, listed above.
-    let strip = |mut c: Value| {
+    let strip = |mut c: Value, keys: &[&str]| {
         if let Some(o) = c.as_object_mut() {
-            o.remove("rootfs");
+            for k in keys {
+                o.remove(*k);
+            }
         }
         c
     };
-    let config = diff_json(&strip(ca), &strip(cb));
+    let config = diff_json(&strip(ca, &["rootfs"]), &strip(cb, &["rootfs"]));
     let annotations = diff_json(&ma["annotations"], &mb["annotations"]);
+    // The rest of the manifest, but digests that follow from what is listed above.
+    let rest = |m: &Value| {
+        let mut m = strip(m.clone(), &["annotations"]);
+        if let Some(ls) = m["layers"].as_array_mut() {
+            for l in ls {
+                if let Some(o) = l.as_object_mut() {
+                    o.remove("digest");
+                    o.remove("size");
+                }
+            }
+        }
+        if let Some(o) = m["config"].as_object_mut() {
+            o.remove("digest");
+            o.remove("size");
+        }
+        m
+    };
+    let manifest = diff_json(&rest(&ma), &rest(&mb));
     Ok(Comparison {
         identical: a == b,
         expected: a.to_string(),
@@ -471,6 +592,7 @@ pub fn compare(
         layers: out_layers,
         config,
         annotations,
+        manifest,
     })
 }
 
@@ -501,6 +623,7 @@ mod tests {
             kind,
             mode,
             mtime: 1,
+            owner: "0:0 :".into(),
             file: content.map(|c| FileSide {
                 size: c.len() as u64,
                 sha256: hex::encode(sha2::Sha256::digest(c.as_bytes())),
@@ -558,5 +681,9 @@ mod tests {
         let d = diff_json(&a, &b);
         let keys: Vec<&str> = d.iter().map(|k| k.key.as_str()).collect();
         assert_eq!(keys, ["config.Env[1]", "created"]);
+        // An empty list is not an absent one.
+        let d = diff_json(&serde_json::json!({"Env": []}), &serde_json::json!({}));
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].key, "Env");
     }
 }

@@ -67,6 +67,16 @@ pub enum VerifyError {
     },
     #[error("rebuilding: {0}")]
     Rebuild(Box<PipelineError>),
+    #[error(
+        "the rebuild differs ({summary}), but the artifact was built by kiln {recorded} and this is kiln {here}: verify it with kiln {recorded}"
+    )]
+    KilnVersion {
+        recorded: String,
+        here: String,
+        summary: String,
+    },
+    #[error("--keep {0}: the directory is not empty")]
+    KeepNotEmpty(PathBuf),
     #[error("verification was cancelled")]
     Cancelled,
 }
@@ -87,6 +97,10 @@ pub struct Recorded {
     pub builder_digest: String,
     /// Base images by name, pinned to the recorded digest.
     pub bases: BTreeMap<String, String>,
+    /// SOURCE_DATE_EPOCH, when the statement records it (else the commit time).
+    pub epoch: Option<u64>,
+    /// The kiln that built it.
+    pub kiln: Option<String>,
 }
 
 impl Recorded {
@@ -104,7 +118,7 @@ impl Recorded {
                 .map(str::to_owned)
                 .ok_or_else(|| bad(&format!("it does not record {what}")))
         };
-        if def["buildType"] != crate::provenance::BUILD_TYPE {
+        if !is_kiln(st) {
             return Err(bad("it was not made by kiln (another buildType)"));
         }
         if ext["dirty"] == true {
@@ -158,6 +172,10 @@ impl Recorded {
             builder_image,
             builder_digest,
             bases,
+            epoch: int["sourceDateEpoch"].as_u64(),
+            kiln: st["predicate"]["runDetails"]["builder"]["version"]["kiln"]
+                .as_str()
+                .map(str::to_owned),
         })
     }
 }
@@ -172,6 +190,8 @@ pub struct VerifyOptions {
     pub token: Option<Secret>,
     /// Scratch space (a mirror, two layouts): removed by the caller.
     pub work: PathBuf,
+    /// Honour the recipe's `network = true`.
+    pub allow_network: bool,
 }
 
 /// Where `--keep` left the trees.
@@ -253,7 +273,13 @@ fn rebuild_error(e: PipelineError) -> VerifyError {
     }
 }
 
-/// The newest in-toto statement among `subject`'s referrers, if any.
+/// Whether a statement was made by kiln (its buildType).
+fn is_kiln(st: &Value) -> bool {
+    st["predicate"]["buildDefinition"]["buildType"] == crate::provenance::BUILD_TYPE
+}
+
+/// The newest kiln statement among `subject`'s referrers, if any. Referrers that are not
+/// kiln's, or that cannot be read, are passed over.
 async fn provenance(repo: &Repository<'_>, subject: &Digest) -> Result<Option<Value>, PushError> {
     let mut found = None;
     for r in repo.referrers(subject).await? {
@@ -262,37 +288,50 @@ async fn provenance(repo: &Repository<'_>, subject: &Digest) -> Result<Option<Va
         {
             continue;
         }
-        let rd = Digest::from_oci(r.digest()).map_err(|e| PushError::Invalid(e.to_string()))?;
-        let Some((bytes, _, _)) = repo.get_manifest(&rd.to_string()).await? else {
-            continue;
+        let st = match statement(repo, &r).await {
+            Ok(st) => st,
+            Err(PushError::Cancelled) => return Err(PushError::Cancelled),
+            Err(e) => {
+                tracing::warn!(referrer = %r.digest(), error = %e, "skipping an unreadable referrer");
+                continue;
+            }
         };
-        let m: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| PushError::Invalid(format!("provenance manifest {rd}: {e}")))?;
-        let Some(layer) = m["layers"][0]["digest"]
-            .as_str()
-            .and_then(|d| d.parse().ok())
-        else {
-            continue;
-        };
-        let st: Value = serde_json::from_slice(&repo.get_blob(&layer, 4 << 20).await?)
-            .map_err(|e| PushError::Invalid(format!("provenance statement {layer}: {e}")))?;
-        if st["subject"][0]["digest"]["sha256"].as_str() != Some(subject.hex().as_str()) {
+        if !is_kiln(&st)
+            || st["subject"][0]["digest"]["sha256"].as_str() != Some(subject.hex().as_str())
+        {
             continue;
         }
-        let newer = |a: &Value, b: &Value| {
-            let t = |v: &Value| {
-                v["predicate"]["runDetails"]["metadata"]["finishedOn"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_owned()
-            };
-            t(a) > t(b)
+        let finished = |v: &Value| {
+            v["predicate"]["runDetails"]["metadata"]["finishedOn"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
         };
-        if found.as_ref().is_none_or(|f| newer(&st, f)) {
+        if found.as_ref().is_none_or(|f| finished(&st) > finished(f)) {
             found = Some(st);
         }
     }
     Ok(found)
+}
+
+/// The statement a referrer carries.
+async fn statement(
+    repo: &Repository<'_>,
+    r: &oci_spec::image::Descriptor,
+) -> Result<Value, PushError> {
+    let rd = Digest::from_oci(r.digest()).map_err(|e| PushError::Invalid(e.to_string()))?;
+    let (bytes, _, _) = repo
+        .get_manifest(&rd.to_string())
+        .await?
+        .ok_or_else(|| PushError::Invalid(format!("referrer {rd} is gone")))?;
+    let m: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| PushError::Invalid(format!("provenance manifest {rd}: {e}")))?;
+    let layer: Digest = m["layers"][0]["digest"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .ok_or_else(|| PushError::Invalid(format!("provenance manifest {rd} has no layer")))?;
+    serde_json::from_slice(&repo.get_blob(&layer, 4 << 20).await?)
+        .map_err(|e| PushError::Invalid(format!("provenance statement {layer}: {e}")))
 }
 
 /// Copy an image manifest and its blobs from the registry into `layout`.
@@ -320,13 +359,19 @@ async fn fetch_image(
     Ok(())
 }
 
-/// Fetch credentials for an https source: the token, scoped to the URL's host.
+/// Fetch credentials for an https source: `$KILN_GITHUB_TOKEN` goes only to github.com (a
+/// provenance is data anyone who can push could have written: it must not be able to name a
+/// host that collects the token).
 fn fetch_auth(url: &str, token: Option<&Secret>) -> Option<FetchAuth> {
     let token = token?;
-    let rest = url.strip_prefix("https://")?;
-    let host = rest.split('/').next()?;
-    Some(FetchAuth {
-        base: format!("https://{host}/"),
+    let u = reqwest::Url::parse(url).ok()?;
+    let ok = u.scheme() == "https"
+        && u.username().is_empty()
+        && u.password().is_none()
+        && u.port().is_none()
+        && u.host_str() == Some("github.com");
+    ok.then(|| FetchAuth {
+        base: "https://github.com/".to_owned(),
         token: token.clone(),
     })
 }
@@ -357,6 +402,11 @@ pub async fn verify(
 ) -> Result<Report, VerifyError> {
     let shown = reference.to_string();
     let reg_err = registry_error(&shown);
+    if let Some(k) = &opts.keep
+        && std::fs::read_dir(k).is_ok_and(|mut d| d.next().is_some())
+    {
+        return Err(VerifyError::KeepNotEmpty(k.clone()));
+    }
     let client = RegistryClient::for_reference(reference, &opts.registry)
         .map_err(|e| registry_error(&shown)(PushError::Registry(e)))?;
     let repo = Repository::new(&client, &reference.repository);
@@ -455,12 +505,15 @@ pub async fn verify(
         observer,
     )
     .map_err(rebuild_error)?;
+    let mut b = b;
+    b.limits.allow_network = opts.allow_network;
     let spec = SourceSpec::Commit(CommitSource {
         repo: mirror.dir().to_owned(),
         commit: rec.revision.clone(),
         subdir: rec.dir.clone(),
         url: rec.source.clone(),
         git_ref: rec.git_ref.clone(),
+        epoch: rec.epoch,
     });
     let sourced = pipeline::source(&b, &spec, None)
         .await
@@ -519,19 +572,49 @@ pub async fn verify(
         .and_then(|a| a.digest.parse::<Digest>().ok())
         .ok_or_else(|| VerifyError::Recipe(format!("the rebuild made no {:?}", rec.artifact)))?;
 
-    // 6. What was published, next to it, and the comparison.
+    // 6. What was published, next to it, and the comparison (an identical digest needs no
+    // download, unless the trees are to be kept).
     let published = OciLayout::open_or_create(opts.work.join("expected"))
         .map_err(|e| rebuild_error(PipelineError::Store(e)))?;
-    or_cancel(cancel, fetch_image(&repo, &published, &bytes))
-        .await
-        .map_err(registry_error(&shown))?;
-    let (pl, rl) = (published.clone(), b.layout.clone());
-    let comparison = tokio::task::spawn_blocking(move || compare(&pl, &expected, &rl, &rebuilt))
-        .await
-        .map_err(|e| VerifyError::Rebuild(Box::new(PipelineError::Internal(e.to_string()))))?
-        .map_err(|e| rebuild_error(PipelineError::Store(e)))?;
+    let comparison = if rebuilt == expected && opts.keep.is_none() {
+        Comparison {
+            identical: true,
+            expected: expected.to_string(),
+            rebuilt: rebuilt.to_string(),
+            layers: Vec::new(),
+            config: Vec::new(),
+            annotations: Vec::new(),
+            manifest: Vec::new(),
+        }
+    } else {
+        or_cancel(cancel, fetch_image(&repo, &published, &bytes))
+            .await
+            .map_err(registry_error(&shown))?;
+        let (pl, rl, c) = (published.clone(), b.layout.clone(), cancel.clone());
+        tokio::task::spawn_blocking(move || compare(&pl, &expected, &rl, &rebuilt, &c))
+            .await
+            .map_err(|e| VerifyError::Rebuild(Box::new(PipelineError::Internal(e.to_string()))))?
+            .map_err(|e| rebuild_error(PipelineError::Store(e)))?
+    };
+    let here = env!("CARGO_PKG_VERSION");
+    if !comparison.identical
+        && let Some(recorded) = rec.kiln.as_deref()
+        && recorded != here
+    {
+        return Err(VerifyError::KilnVersion {
+            recorded: recorded.to_owned(),
+            here: here.to_owned(),
+            summary: comparison.summary(),
+        });
+    }
     let kept = match &opts.keep {
-        Some(dir) => Some(keep(dir, &published, &expected, &b.layout, &rebuilt, cancel).await?),
+        Some(dir) => match keep(dir, &published, &expected, &b.layout, &rebuilt, cancel).await {
+            Ok(k) => Some(k),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not keep the unpacked trees");
+                None
+            }
+        },
         None => None,
     };
     Ok(Report {
@@ -606,6 +689,7 @@ mod tests {
             base: Some(("reg/base:1".into(), Digest::of(b"base"))),
             builder_id: "kiln://h".into(),
             invocation_id: "x".into(),
+            epoch: 7,
             started: 1,
             finished: 2,
         };
@@ -615,6 +699,8 @@ mod tests {
         assert_eq!(r.builder_image, "kiln-builder/busybox:latest");
         assert_eq!(r.builder_digest, Digest::of(b"builder").to_string());
         assert_eq!(r.bases["reg/base:1"], Digest::of(b"base").to_string());
+        assert_eq!(r.epoch, Some(7));
+        assert_eq!(r.kiln.as_deref(), Some(env!("CARGO_PKG_VERSION")));
         let mut dirty = p.clone();
         dirty.dirty = true;
         assert!(matches!(
@@ -628,5 +714,17 @@ mod tests {
             "https://github.com/"
         );
         assert!(fetch_auth("git://h/r", Some(&Secret::new("t"))).is_none());
+        for hostile in [
+            "https://attacker.example/x",
+            "https://github.com@evil.example/x",
+            "https://user:pw@github.com/x",
+            "https://github.com:8443/x",
+            "http://github.com/o/r",
+        ] {
+            assert!(
+                fetch_auth(hostile, Some(&Secret::new("t"))).is_none(),
+                "{hostile}"
+            );
+        }
     }
 }
