@@ -219,6 +219,16 @@ struct RegistryArgs {
     /// Use plain HTTP (allowed without this only for loopback registries).
     #[arg(long)]
     insecure: bool,
+    /// Keep retrying a registry that fails or cannot be reached for this long, like 2m
+    /// (default: give up on an unreachable registry after a few seconds, on failing requests
+    /// after two minutes).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    retry_for: Option<std::time::Duration>,
+}
+
+fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    kiln::recipe::parse_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration, like 30s, 2m or 1h"))
 }
 
 impl RegistryArgs {
@@ -226,7 +236,7 @@ impl RegistryArgs {
         kiln::registry::RegistryOptions {
             ca_file: self.registry_ca.clone(),
             insecure: self.insecure,
-            retry: None,
+            retry: Some(kiln::registry::RetryPolicy::interactive(self.retry_for)),
         }
     }
 }
@@ -263,6 +273,20 @@ struct PackArgs {
     /// The image's platform, os/arch[/variant]. Defaults to the host's.
     #[arg(long)]
     platform: Option<String>,
+}
+
+/// An error and its causes, each said once: a cause whose text the message already holds is
+/// not repeated.
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    out
 }
 
 /// Exit status after Ctrl-C, as shells report it.
@@ -306,7 +330,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("kiln: error: {e:#}");
+            eprintln!("kiln: error: {}", chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -460,26 +484,7 @@ fn build(a: BuildArgs) -> Result<ExitCode> {
         let (cancel, interrupted) =
             cancel_on_signals("stopping the build and removing its container");
         let runner = kiln::runner::DockerRunner::connect().await?;
-        let observer: Arc<dyn kiln::events::Observer + Send + Sync> = Arc::new(|e: &Event| {
-            use std::io::Write;
-            match e {
-                Event::StepStarted {
-                    index,
-                    total,
-                    command,
-                } => eprintln!("==> step {index}/{total}: {command}"),
-                Event::StepOutput { bytes } => {
-                    let _ = std::io::stderr().write_all(bytes);
-                }
-                Event::BlobPushed { .. } | Event::UploadProgress { .. } => {
-                    kiln::events::Observer::event(&PushProgress, e)
-                }
-                Event::ImageWritten { digest, tag } => {
-                    eprintln!("==> stored {} {digest}", tag.as_deref().unwrap_or(""))
-                }
-                _ => {}
-            }
-        });
+        let observer: Arc<dyn kiln::events::Observer + Send + Sync> = Progress::new(a.json, "");
         match kiln::pipeline::build(&plan, &runner, &cancel, observer).await {
             Ok(result) => {
                 if a.json {
@@ -561,25 +566,8 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
                 });
             }
         };
-        let observer: Arc<dyn kiln::events::Observer + Send + Sync> = Arc::new(move |e: &Event| {
-            if json {
-                return;
-            }
-            match e {
-                Event::StepStarted {
-                    index,
-                    total,
-                    command,
-                } => {
-                    eprintln!("==> rebuilding: step {index}/{total}: {command}")
-                }
-                Event::StepOutput { bytes } => {
-                    use std::io::Write;
-                    let _ = std::io::stderr().write_all(bytes);
-                }
-                _ => {}
-            }
-        });
+        let observer: Arc<dyn kiln::events::Observer + Send + Sync> =
+            Progress::new(json, "rebuilding: ");
         kiln::verify::verify(&reference, &opts, &runner, &cancel, observer).await
     });
     match result {
@@ -750,12 +738,13 @@ fn push(a: PushArgs) -> Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     let started = Instant::now();
+    let progress = Progress::new(false, "");
     let report = rt.block_on(async {
         let (cancel, _) = cancel_on_signals("stopping the push (no tag was moved)");
         let client =
             kiln::registry::RegistryClient::for_reference(&reference, &a.registry.options())?;
         let mut pusher = kiln::registry::Pusher::new(&client, &layout, &reference.repository);
-        pusher.observer = &PushProgress;
+        pusher.observer = progress.as_ref();
         pusher.cancel = cancel;
         anyhow::Ok(pusher.push(&desc, std::slice::from_ref(&tag)).await?)
     })?;
@@ -772,22 +761,118 @@ fn push(a: PushArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prints push progress to stderr.
-struct PushProgress;
+/// Progress on stderr while a long command runs: the current build step (with its output)
+/// and bytes and rate per uploaded blob. Only when stderr is a terminal and the output is not
+/// `--json`; otherwise it stays quiet.
+struct Progress {
+    on: bool,
+    /// Put before step headers (`rebuilding: `).
+    label: &'static str,
+    multi: indicatif::MultiProgress,
+    step: std::sync::Mutex<Option<indicatif::ProgressBar>>,
+    blobs: std::sync::Mutex<std::collections::HashMap<kiln::Digest, indicatif::ProgressBar>>,
+}
 
-impl kiln::events::Observer for PushProgress {
+impl Progress {
+    fn new(json: bool, label: &'static str) -> Arc<Progress> {
+        use std::io::IsTerminal;
+        Arc::new(Progress {
+            on: !json && std::io::stderr().is_terminal(),
+            label,
+            multi: indicatif::MultiProgress::new(),
+            step: std::sync::Mutex::new(None),
+            blobs: std::sync::Mutex::new(std::collections::HashMap::new()),
+        })
+    }
+
+    fn line(&self, s: String) {
+        let _ = self.multi.println(s);
+    }
+}
+
+impl kiln::events::Observer for Progress {
     fn event(&self, e: &Event) {
+        use indicatif::{ProgressBar, ProgressStyle};
+        if !self.on {
+            return;
+        }
+        let lock = |m: &std::sync::Mutex<Option<ProgressBar>>| {
+            m.lock().unwrap_or_else(|p| p.into_inner()).take()
+        };
         match e {
-            Event::BlobPushed { digest, size, how } if *how != "present" => {
-                eprintln!("  {how} {digest} ({})", human(*size))
+            Event::StepStarted {
+                index,
+                total,
+                command,
+            } => {
+                if let Some(pb) = lock(&self.step) {
+                    pb.finish_and_clear();
+                }
+                let pb = self.multi.add(ProgressBar::new_spinner());
+                pb.set_style(
+                    ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                pb.set_message(format!("{}step {index}/{total}: {command}", self.label));
+                pb.enable_steady_tick(std::time::Duration::from_millis(120));
+                *self.step.lock().unwrap_or_else(|p| p.into_inner()) = Some(pb);
+            }
+            Event::StepFinished {
+                index,
+                exit_code,
+                millis,
+            } => {
+                if let Some(pb) = lock(&self.step) {
+                    pb.finish_and_clear();
+                }
+                self.line(format!(
+                    "==> {}step {index} exited {exit_code} after {:.1}s",
+                    self.label,
+                    *millis as f64 / 1000.0
+                ));
+            }
+            Event::StepOutput { bytes } => {
+                use std::io::Write;
+                self.multi.suspend(|| {
+                    let _ = std::io::stderr().write_all(bytes);
+                });
             }
             Event::UploadProgress {
                 digest,
                 done,
                 total,
             } => {
-                eprintln!("  {digest}: {} of {}", human(*done), human(*total))
+                let mut blobs = self.blobs.lock().unwrap_or_else(|p| p.into_inner());
+                let pb = blobs.entry(*digest).or_insert_with(|| {
+                    let pb = self.multi.add(ProgressBar::new(*total));
+                    pb.set_style(
+                        ProgressStyle::with_template(
+                            "  {msg} {bytes}/{total_bytes} {binary_bytes_per_sec} {wide_bar}",
+                        )
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                    );
+                    pb.set_message(digest.to_string()[..19].to_owned());
+                    pb
+                });
+                pb.set_position(*done);
             }
+            Event::BlobPushed { digest, size, how } => {
+                if let Some(pb) = self
+                    .blobs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(digest)
+                {
+                    pb.finish_and_clear();
+                }
+                if *how != "present" {
+                    self.line(format!("  {how} {digest} ({})", human(*size)));
+                }
+            }
+            Event::ImageWritten { digest, tag } => self.line(format!(
+                "==> stored {} {digest}",
+                tag.as_deref().unwrap_or("")
+            )),
             _ => {}
         }
     }

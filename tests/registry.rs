@@ -861,3 +861,170 @@ fn builds_on_a_registry_base_image_and_reuses_its_layers() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_self_signed_registry_works_with_its_certificate_and_fails_clearly_without() {
+    let t = tempfile::tempdir().unwrap();
+    let tls = common::net::Tls::self_signed(t.path());
+    let reg = Registry::start_full(Some(&tls), |_, _| String::new());
+    let tree = t.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("f"), b"self-signed").unwrap();
+    let layout = t.path().join("l");
+    let digest = pack(&tree, &layout, &["--tag", "t"]);
+    // Without the certificate: the certificate error itself, never a plain-HTTP 400.
+    let out = kiln()
+        .arg("push")
+        .arg(format!("{}:t", layout.display()))
+        .arg(format!("{}/self/signed:t", reg.addr))
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    assert!(!out.status.success());
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert!(!err.contains("400"), "{err}");
+    // With it (the same file the server presents): trusted as pinned.
+    let out = run_ok(
+        kiln()
+            .arg("push")
+            .arg(format!("{}:t", layout.display()))
+            .arg(format!("{}/self/signed:t", reg.addr))
+            .arg("--registry-ca")
+            .arg(&tls.ca),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().last(),
+        Some(digest.as_str())
+    );
+    let info = run_ok(
+        kiln()
+            .args(["inspect", "--json"])
+            .arg(format!("{}/self/signed:t", reg.addr))
+            .arg("--registry-ca")
+            .arg(&tls.ca),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(v["digest"], digest.as_str());
+}
+
+#[test]
+fn credentials_never_go_over_plain_http_to_a_host_that_is_not_loopback() {
+    // This machine's own non-loopback address.
+    let ip = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect("10.255.255.1:9")?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .expect("a non-loopback address");
+    assert!(!ip.is_loopback());
+    let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let s2 = seen.clone();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for c in listener.incoming() {
+            let Ok(mut c) = c else { continue };
+            let mut buf = vec![0u8; 8192];
+            let n = c.read(&mut buf).unwrap_or(0);
+            s2.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            let _ = c.write_all(b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"r\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    let t = tempfile::tempdir().unwrap();
+    let cfg = common::net::docker_config(t.path(), &addr, "alice", "s3cret-password");
+    let tree = t.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("f"), b"x").unwrap();
+    pack(&tree, &t.path().join("l"), &["--tag", "t"]);
+    let out = kiln()
+        .arg("push")
+        .arg(format!("{}:t", t.path().join("l").display()))
+        .arg(format!("{addr}/plain/http:t"))
+        .arg("--insecure")
+        .env("DOCKER_CONFIG", &cfg)
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("only over HTTPS"), "{err}");
+    let requests = seen.lock().unwrap().join("\n---\n");
+    assert!(!requests.is_empty(), "kiln never asked");
+    assert!(
+        !requests.to_ascii_lowercase().contains("authorization"),
+        "credentials went over plain HTTP:\n{requests}"
+    );
+}
+
+#[test]
+fn an_unreachable_registry_is_said_and_given_up_quickly() {
+    // A closed port: every retry is one line at the default level, and the command gives up
+    // after a few seconds instead of two minutes.
+    let started = std::time::Instant::now();
+    let out = kiln()
+        .args(["inspect", "127.0.0.1:1/nothing/here:t"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let err = stderr_of(&out);
+    assert!(!out.status.success());
+    assert!(took < std::time::Duration::from_secs(15), "took {took:?}");
+    let retries = err.lines().filter(|l| l.contains("retrying in")).count();
+    assert!(retries >= 2, "{err}");
+    assert!(
+        err.lines()
+            .filter(|l| l.contains("retrying in"))
+            .all(|l| l.contains("Connection refused") && l.contains("(attempt ")),
+        "{err}"
+    );
+    assert!(
+        err.contains("gave up after") && err.contains("--retry-for"),
+        "{err}"
+    );
+    // It stays HTTPS: a refused connection never leads to a retry over plain HTTP.
+    assert!(!err.contains("http://127.0.0.1:1"), "{err}");
+
+    let started = std::time::Instant::now();
+    let out = kiln()
+        .args(["inspect", "127.0.0.1:1/nothing/here:t", "--retry-for", "8s"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(started.elapsed() >= std::time::Duration::from_secs(5));
+}
+
+#[test]
+fn a_long_push_shows_progress_on_a_terminal_and_nothing_otherwise() {
+    require("script");
+    let t = tempfile::tempdir().unwrap();
+    let tree = t.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("big"), random_bytes(48 << 20, 3)).unwrap();
+    let layout = t.path().join("l");
+    pack(&tree, &layout, &["--tag", "t", "--compression", "none"]);
+    let reg = Registry::start();
+    let slow = common::net::SlowProxy::start(&reg.addr, std::time::Duration::from_millis(2));
+    // Under a pseudo-terminal (script): per-blob progress with bytes and a rate.
+    let cmd = format!(
+        "{} push {}:t {}/progress/tty:t",
+        env!("CARGO_BIN_EXE_kiln"),
+        layout.display(),
+        slow.addr
+    );
+    let out = run_ok(std::process::Command::new("script").args(["-qec", &cmd, "/dev/null"]));
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(tty.contains("MiB/s") || tty.contains("KiB/s"), "{tty}");
+    // Not a terminal: no progress lines, only the result.
+    let out = run_ok(
+        kiln()
+            .arg("push")
+            .arg(format!("{}:t", layout.display()))
+            .arg(format!("{}/progress/pipe:t", reg.addr)),
+    );
+    let err = stderr_of(&out);
+    assert!(!err.contains("/s"), "{err}");
+    assert!(err.contains("pushed "), "{err}");
+}

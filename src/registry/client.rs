@@ -98,6 +98,28 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
     /// Give up once this much time has passed since the first attempt.
     pub budget: Duration,
+    /// Give up sooner when the registry cannot be reached at all (refused, DNS): interactive
+    /// commands should not sit silent for minutes on a typo.
+    pub unreachable_budget: Duration,
+}
+
+impl RetryPolicy {
+    /// For interactive commands: an unreachable registry gives up after a few seconds,
+    /// unless `retry_for` (`--retry-for`) says how long to keep trying.
+    pub fn interactive(retry_for: Option<Duration>) -> RetryPolicy {
+        let d = RetryPolicy::default();
+        match retry_for {
+            Some(t) => RetryPolicy {
+                budget: t,
+                unreachable_budget: t,
+                ..d
+            },
+            None => RetryPolicy {
+                unreachable_budget: Duration::from_secs(5),
+                ..d
+            },
+        }
+    }
 }
 
 impl Default for RetryPolicy {
@@ -106,6 +128,7 @@ impl Default for RetryPolicy {
             initial: Duration::from_millis(200),
             max_delay: Duration::from_secs(10),
             budget: Duration::from_secs(120),
+            unreachable_budget: Duration::from_secs(120),
         }
     }
 }
@@ -144,24 +167,46 @@ const ERROR_BODY_CAP: usize = 16 * 1024;
 pub enum Body {
     Empty,
     Bytes(Bytes),
-    /// A byte range of a file, streamed.
+    /// A byte range of a file, streamed; `progress` hears the file offset reached, now and
+    /// then.
     File {
         path: PathBuf,
         offset: u64,
         len: u64,
+        progress: Option<Progress>,
     },
 }
+
+/// Called with how far an upload got (a file offset).
+pub type Progress = std::sync::Arc<dyn Fn(u64) + Send + Sync>;
 
 impl Body {
     async fn to_reqwest(&self) -> std::io::Result<(reqwest::Body, u64)> {
         Ok(match self {
             Body::Empty => (reqwest::Body::from(Bytes::new()), 0),
             Body::Bytes(b) => (reqwest::Body::from(b.clone()), b.len() as u64),
-            Body::File { path, offset, len } => {
+            Body::File {
+                path,
+                offset,
+                len,
+                progress,
+            } => {
+                use futures_util::StreamExt;
                 use tokio::io::{AsyncReadExt, AsyncSeekExt};
                 let mut f = tokio::fs::File::open(path).await?;
                 f.seek(std::io::SeekFrom::Start(*offset)).await?;
                 let stream = tokio_util::io::ReaderStream::with_capacity(f.take(*len), 256 * 1024);
+                let (mut at, mut told) = (*offset, *offset);
+                let progress = progress.clone();
+                let stream = stream.inspect(move |chunk| {
+                    if let (Ok(c), Some(p)) = (chunk, progress.as_ref()) {
+                        at += c.len() as u64;
+                        if at - told >= 4 << 20 {
+                            told = at;
+                            p(at);
+                        }
+                    }
+                });
                 (reqwest::Body::wrap_stream(stream), *len)
             }
         })
@@ -180,8 +225,9 @@ pub struct RegistryClient {
     registry: String,
     /// Plain HTTP is allowed (loopback, or `--insecure`); HTTPS is still tried first.
     plain_allowed: bool,
-    /// `https://host` or `http://host`, settled on first use.
-    base: tokio::sync::OnceCell<String>,
+    /// `https://host` or `http://host`, found by probing; probed again after a connection
+    /// failure (the choice is not kept for the client's lifetime).
+    base: tokio::sync::Mutex<Option<String>>,
     /// Looked up on first use, off the async runtime: a Docker credential helper is a process
     /// that may take its time.
     credential: tokio::sync::OnceCell<Option<Credential>>,
@@ -236,26 +282,30 @@ impl RegistryClient {
         credential: tokio::sync::OnceCell<Option<Credential>>,
     ) -> Result<Self, RegistryError> {
         let plain_allowed = opts.insecure || crate::reference::is_loopback_host(registry);
-        let mut b = reqwest::Client::builder()
+        let tls = super::tls::client_config(opts.ca_file.as_deref()).map_err(|e| {
+            err(
+                "read CA",
+                &opts
+                    .ca_file
+                    .as_ref()
+                    .map_or(String::new(), |c| c.display().to_string()),
+                e,
+                false,
+            )
+        })?;
+        let http = reqwest::Client::builder()
             .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(15))
             .read_timeout(Duration::from_secs(120))
-            .redirect(reqwest::redirect::Policy::limited(5));
-        if let Some(ca) = &opts.ca_file {
-            let pem = std::fs::read(ca)
-                .map_err(|e| err("read CA", &ca.display().to_string(), e.to_string(), false))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| err("read CA", &ca.display().to_string(), e.to_string(), false))?;
-            b = b.add_root_certificate(cert);
-        }
-        let http = b
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .use_preconfigured_tls(tls)
             .build()
             .map_err(|e| err("create HTTP client", registry, e.to_string(), false))?;
         Ok(RegistryClient {
             http,
             registry: registry.to_owned(),
             plain_allowed,
-            base: tokio::sync::OnceCell::new(),
+            base: tokio::sync::Mutex::new(None),
             credential,
             tokens: Mutex::new(HashMap::new()),
             basic: Mutex::new(false),
@@ -282,25 +332,50 @@ impl RegistryClient {
         Self::new(&r.registry, opts)
     }
 
-    /// `scheme://host[:port]`: HTTPS, unless plain HTTP is allowed and the registry does not
-    /// speak TLS (as Docker does for loopback and insecure registries).
-    pub async fn base(&self) -> &str {
-        self.base
-            .get_or_init(|| async {
-                let https = format!("https://{}", self.registry);
-                if !self.plain_allowed {
+    /// `scheme://host[:port]`: HTTPS, unless plain HTTP is allowed (loopback, `--insecure`) and
+    /// the HTTPS attempt found a server that answers in plain HTTP. A certificate error, a
+    /// timeout or a refused connection keeps HTTPS, so the request reports it as itself.
+    pub async fn base(&self) -> String {
+        let mut cached = self.base.lock().await;
+        if let Some(b) = cached.as_ref() {
+            return b.clone();
+        }
+        let https = format!("https://{}", self.registry);
+        let chosen = if !self.plain_allowed {
+            https
+        } else {
+            let probe = self
+                .http
+                .get(format!("{https}/v2/"))
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await;
+            match probe {
+                Ok(_) => https,
+                Err(e) if super::tls::speaks_plain_http(&e) => {
+                    tracing::debug!(registry = %self.registry, "the registry answers in plain HTTP; using it (allowed for loopback and --insecure registries)");
+                    format!("http://{}", self.registry)
+                }
+                Err(e) => {
+                    tracing::debug!(registry = %self.registry, error = %reqwest_chain(e), "the HTTPS probe failed; staying on HTTPS");
+                    // Not settled: probe again next time.
                     return https;
                 }
-                let probe = self.http.get(format!("{https}/v2/")).timeout(Duration::from_secs(10)).send().await;
-                match probe {
-                    Ok(_) => https,
-                    Err(e) => {
-                        tracing::debug!(registry = %self.registry, error = %reqwest_chain(e), "no TLS; using plain HTTP");
-                        format!("http://{}", self.registry)
-                    }
-                }
-            })
-            .await
+            }
+        };
+        *cached = Some(chosen.clone());
+        chosen
+    }
+
+    /// Forget the probed scheme (after a connection failure), so the next request probes.
+    async fn forget_base(&self) {
+        *self.base.lock().await = None;
+    }
+
+    /// Whether credentials may go to `base`: never over plain HTTP to a host that is not
+    /// loopback.
+    fn credentials_allowed(&self, base: &str) -> bool {
+        !super::tls::is_plain_http(base) || crate::reference::is_loopback_host(&self.registry)
     }
 
     /// Like [`send`](Self::send) but without retrying failures (authentication challenges are
@@ -376,8 +451,11 @@ impl RegistryClient {
                     .body(req_body);
             }
             // Credentials go only to the registry itself: never to another host an upload
-            // Location or redirect names (a CDN, a load balancer speaking plain HTTP).
-            if same_origin(&url, self.base().await)
+            // Location or redirect names (a CDN, a load balancer speaking plain HTTP), and
+            // never over plain HTTP to a host that is not loopback.
+            let base = self.base().await;
+            if same_origin(&url, &base)
+                && self.credentials_allowed(&base)
                 && let Some(auth) = self.authorization(scopes, credential)
             {
                 req = req.header(AUTHORIZATION, auth);
@@ -393,6 +471,14 @@ impl RegistryClient {
                         .get(WWW_AUTHENTICATE)
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_owned);
+                    if !self.credentials_allowed(&base) {
+                        return Err(err(
+                            op,
+                            &shown,
+                            "the registry asks for credentials over plain HTTP; kiln sends them only over HTTPS (or to a loopback registry)",
+                            false,
+                        ));
+                    }
                     match challenge {
                         Some(c) => self.authenticate(&c, scopes, credential).await?,
                         None => return Err(self.failure(op, &shown, resp).await),
@@ -417,32 +503,62 @@ impl RegistryClient {
                     if !e.retryable {
                         return Err(e);
                     }
-                    tracing::info!(op, url = %shown, status = status.as_u16(), attempt, "registry request failed; retrying");
-                    (retry_after.unwrap_or_else(|| self.backoff(attempt)), e)
+                    let wait = retry_after.unwrap_or_else(|| self.backoff(attempt));
+                    tracing::warn!(
+                        "{op} {shown}: HTTP {}; retrying in {:.1}s (attempt {attempt})",
+                        status.as_u16(),
+                        wait.as_secs_f64()
+                    );
+                    (wait, e, false)
                 }
                 Err(e) => {
-                    let retryable = e.is_connect()
-                        || e.is_timeout()
-                        || e.is_request()
-                        || e.is_body()
-                        || e.is_decode();
+                    if e.is_connect() || e.is_timeout() {
+                        self.forget_base().await;
+                    }
+                    // A certificate the registry presents will not change on a retry.
+                    let tls_refused = super::tls::rustls_error(&e)
+                        .is_some_and(|r| !matches!(r, rustls::Error::InvalidMessage(_)));
+                    let unreachable = e.is_connect() && !tls_refused;
+                    let retryable = !tls_refused
+                        && (e.is_connect()
+                            || e.is_timeout()
+                            || e.is_request()
+                            || e.is_body()
+                            || e.is_decode());
                     let e = err(op, &shown, reqwest_chain(e), retryable);
                     if !retryable || !retry {
                         return Err(e);
                     }
-                    tracing::info!(op, url = %shown, attempt, error = %e.message, "registry connection failed; retrying");
-                    (self.backoff(attempt), e)
+                    let wait = self.backoff(attempt);
+                    tracing::warn!(
+                        "{op} {shown}: {}; retrying in {:.1}s (attempt {attempt})",
+                        e.message,
+                        wait.as_secs_f64()
+                    );
+                    (wait, e, unreachable)
                 }
             };
-            let (wait, last) = delay;
-            if started.elapsed() + wait > self.retry.budget {
+            let (wait, last, unreachable) = delay;
+            let budget = if unreachable {
+                self.retry.unreachable_budget
+            } else {
+                self.retry.budget
+            };
+            // Keep trying for the whole budget: the last wait is cut short, not skipped.
+            let left = budget.saturating_sub(started.elapsed());
+            let wait = wait.min(left);
+            if left.is_zero() {
                 return Err(RegistryError {
                     message: format!(
-                        "{} (gave up after {attempt} attempts in {:.0?})",
+                        "{} (gave up after {attempt} attempts in {:.0?}{})",
                         last.message,
-                        started.elapsed()
+                        started.elapsed(),
+                        if unreachable {
+                            "; --retry-for DURATION waits longer"
+                        } else {
+                            ""
+                        }
                     ),
-                    retryable: false,
                     ..last
                 });
             }
@@ -451,7 +567,7 @@ impl RegistryClient {
     }
 
     async fn absolute(&self, url: &str) -> String {
-        if url.starts_with("http://") || url.starts_with("https://") {
+        if super::tls::is_absolute(url) {
             url.to_owned()
         } else {
             format!("{}{url}", self.base().await)
@@ -524,11 +640,19 @@ impl RegistryClient {
                         false,
                     )
                 })?;
-                if realm.starts_with("http://") && credential.is_some() && !self.plain_allowed {
+                // Never credentials over plain HTTP to a host that is not loopback, whatever
+                // --insecure says.
+                let realm_host = realm
+                    .split_once("://")
+                    .map_or("", |(_, r)| r.split('/').next().unwrap_or(""));
+                if super::tls::is_plain_http(realm)
+                    && credential.is_some()
+                    && !crate::reference::is_loopback_host(realm_host)
+                {
                     return Err(err(
                         "authenticate",
                         realm,
-                        "the token service is plain HTTP; refusing to send credentials to it (use --insecure to allow)",
+                        "the token service is plain HTTP on a host that is not loopback; kiln sends credentials to it only over HTTPS",
                         false,
                     ));
                 }

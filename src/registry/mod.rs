@@ -3,6 +3,7 @@
 pub mod base;
 pub mod client;
 pub mod push;
+pub mod tls;
 
 pub use client::{Credential, RegistryClient, RegistryError, RegistryOptions, RetryPolicy, Secret};
 pub use push::{PushError, PushReport, Pusher, Repository};

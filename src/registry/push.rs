@@ -15,9 +15,11 @@ use super::client::{Body, RegistryClient, RegistryError};
 use crate::digest::Digest;
 use crate::store::OciLayout;
 
-/// Blobs up to this size go in one PUT; larger ones in chunks that can resume.
+/// Blobs up to this size go in one PUT (the fewest requests); larger ones are streamed in one
+/// PATCH that can resume from the registry's offset after a failure, then a PUT.
 pub const MONOLITHIC_MAX: u64 = 32 * 1024 * 1024;
-/// Chunk size for large blobs (raised to the registry's `OCI-Chunk-Min-Length`).
+/// Chunk size when a registry refuses one large request (413): 32 MiB, raised to its
+/// `OCI-Chunk-Min-Length`.
 pub const CHUNK_SIZE: u64 = 32 * 1024 * 1024;
 /// Manifests are small; anything larger is refused.
 const MANIFEST_CAP: usize = 4 * 1024 * 1024;
@@ -94,6 +96,8 @@ pub struct Pusher<'a> {
     pub observer: &'a (dyn crate::events::Observer + Send + Sync),
     /// Blobs known to exist in another repository of the same registry (for mounts).
     pub mount_from: HashMap<Digest, String>,
+    /// Bytes per PATCH for a large blob: everything at once unless set (or a registry
+    /// answers 413, which falls back to [`CHUNK_SIZE`]).
     pub chunk_size: u64,
     pub monolithic_max: u64,
     /// Stops the push: in-flight requests are dropped (the registry expires their upload
@@ -533,19 +537,17 @@ impl<'a> Repository<'a> {
                 PushError::Invalid("the registry answered an upload without a Location".into())
             })?;
         let base = self.client.base().await;
-        if loc.starts_with("http://") && base.starts_with("https://") {
+        if super::tls::is_plain_http(loc) && !super::tls::is_plain_http(&base) {
             return Err(PushError::Invalid(format!(
                 "the registry sent the upload to a plain-HTTP location ({}); refusing to downgrade",
                 loc.split('?').next().unwrap_or(loc)
             )));
         }
-        Ok(
-            if loc.starts_with("http://") || loc.starts_with("https://") {
-                loc.to_owned()
-            } else {
-                format!("{base}{loc}")
-            },
-        )
+        Ok(if super::tls::is_absolute(loc) {
+            loc.to_owned()
+        } else {
+            format!("{base}{loc}")
+        })
     }
 }
 
@@ -556,7 +558,7 @@ impl<'a> Pusher<'a> {
             layout,
             observer: &crate::events::Quiet,
             mount_from: HashMap::new(),
-            chunk_size: CHUNK_SIZE,
+            chunk_size: u64::MAX,
             monolithic_max: MONOLITHIC_MAX,
             cancel: tokio_util::sync::CancellationToken::new(),
         }
@@ -771,6 +773,7 @@ impl<'a> Pusher<'a> {
                 path: path.to_owned(),
                 offset: 0,
                 len: size,
+                progress: None,
             };
             match self
                 .client
@@ -805,7 +808,12 @@ impl<'a> Pusher<'a> {
         path: &std::path::Path,
     ) -> Result<(), PushError> {
         let (mut loc, min) = self.start_upload().await?;
-        let chunk = self.chunk_size.max(min).max(1);
+        let mut chunk = self.chunk_size.max(min).max(1);
+        // The body reports how far it got through a channel; this task tells the observer.
+        let (tx, mut seen) = tokio::sync::watch::channel(0u64);
+        let progress: super::client::Progress = std::sync::Arc::new(move |done| {
+            let _ = tx.send(done);
+        });
         let mut offset = 0u64;
         let started = Instant::now();
         let mut failures = 0u32;
@@ -824,20 +832,35 @@ impl<'a> Pusher<'a> {
                 path: path.to_owned(),
                 offset,
                 len,
+                progress: Some(progress.clone()),
             };
-            match self
-                .client
-                .send_once(
+            let scopes = self.scopes();
+            let sent = {
+                let send = self.client.send_once(
                     "upload chunk",
                     Method::PATCH,
                     &loc,
                     h,
                     &body,
-                    &self.scopes(),
+                    &scopes,
                     &[StatusCode::ACCEPTED, StatusCode::NO_CONTENT],
-                )
-                .await
-            {
+                );
+                tokio::pin!(send);
+                loop {
+                    tokio::select! {
+                        r = &mut send => break r,
+                        Ok(()) = seen.changed() => {
+                            let done = *seen.borrow_and_update();
+                            self.observer.event(&crate::events::Event::UploadProgress {
+                                digest: *digest,
+                                done,
+                                total: size,
+                            });
+                        }
+                    }
+                }
+            };
+            match sent {
                 Ok(resp) => {
                     loc = self.location(&resp).await.unwrap_or(loc);
                     offset += len;
@@ -846,6 +869,15 @@ impl<'a> Pusher<'a> {
                         done: offset,
                         total: size,
                     });
+                }
+                // Too large for one request (a proxy, a registry's cap): chunks, from wherever
+                // the registry got to.
+                Err(e) if e.status == Some(413) && chunk > CHUNK_SIZE.max(min) => {
+                    tracing::warn!(%digest, "the registry refused the blob in one request (413); sending {} MiB chunks", CHUNK_SIZE.max(min) >> 20);
+                    chunk = CHUNK_SIZE.max(min);
+                    let (new_loc, _) = self.start_upload().await?;
+                    loc = new_loc;
+                    offset = 0;
                 }
                 // The registry and kiln disagree on the offset: start over in a new session.
                 Err(e) if e.status == Some(416) && started.elapsed() < Duration::from_secs(600) => {

@@ -35,6 +35,39 @@ pub struct Tls {
 }
 
 impl Tls {
+    /// The setup the Docker registry documentation shows: one self-signed certificate for
+    /// 127.0.0.1 (whose basic constraints say CA:TRUE), used as the server's certificate.
+    pub fn self_signed(dir: &Path) -> Tls {
+        require("openssl");
+        run_ok(
+            Command::new("openssl")
+                .current_dir(dir)
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-keyout",
+                    "self.key",
+                    "-out",
+                    "self.crt",
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                ])
+                .stdin(Stdio::null()),
+        );
+        Tls {
+            ca: dir.join("self.crt"),
+            cert: dir.join("self.crt"),
+            key: dir.join("self.key"),
+        }
+    }
+
     pub fn make(dir: &Path) -> Tls {
         require("openssl");
         let o = |args: &[&str]| {
@@ -278,6 +311,13 @@ fn read_head(s: &mut TcpStream) -> Vec<u8> {
         match s.read(&mut b) {
             Ok(1) => head.push(b[0]),
             _ => break,
+        }
+        // A TLS ClientHello (0x16) on this plain-HTTP server: answer as real HTTP servers do,
+        // in plain HTTP, which is how a client learns the server does not speak TLS.
+        if head == [0x16] {
+            let _ = s.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n");
+            let _ = s.flush();
+            return Vec::new();
         }
     }
     head
