@@ -159,8 +159,10 @@ fn a_download_that_breaks_off_is_retryable_and_stores_nothing() {
     );
     assert!(e.to_string().contains("broke off"), "{e}");
     assert!(!layout.has_blob(&digest));
-    let tmp: Vec<_> = std::fs::read_dir(t.path().join("l/.kiln/tmp"))
+    let tmp: Vec<_> = std::fs::read_dir(layout.scratch().unwrap())
         .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != ".lock")
         .collect();
     assert!(tmp.is_empty(), "partial download left behind: {tmp:?}");
 }

@@ -79,7 +79,7 @@ impl Build {
         cancel: CancellationToken,
         observer: Arc<dyn Observer + Send + Sync>,
     ) -> Result<Build, PipelineError> {
-        let scratch = layout.root().join(".kiln").join("tmp");
+        let scratch = layout.scratch()?;
         for d in [&scratch, &logs.to_owned()] {
             std::fs::create_dir_all(d).map_err(|source| StoreError::Io {
                 op: "create directory",
@@ -323,7 +323,7 @@ pub async fn build(
     }
     let output_layout = OciLayout::open_or_create(&plan.layout)?;
     let logs = output_layout.root().join(".kiln").join("logs");
-    let scratch = output_layout.root().join(".kiln").join("tmp");
+    let scratch = output_layout.scratch()?;
     // With --verify, both builds go to scratch layouts; the output layout receives the
     // artifacts only once they proved reproducible.
     let verify_dirs = if plan.verify {

@@ -25,7 +25,28 @@ const LAYOUT_VERSION: &str = "1.0.0";
 #[derive(Clone, Debug)]
 pub struct OciLayout {
     root: PathBuf,
+    /// This handle's scratch directory under `.kiln/tmp/`, shared by its clones and locked
+    /// while any of them lives.
+    session: std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<Session>>>>,
 }
+
+/// A scratch directory owned by a live process: its `.lock` is held (flock) until the last
+/// handle drops, then the directory is removed. One whose lock can be taken was left by a
+/// process that died, and is removed when a layout is opened.
+#[derive(Debug)]
+struct Session {
+    dir: PathBuf,
+    _lock: File,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Loose entries in `.kiln/tmp` (no owner lock) older than this are leftovers.
+const STALE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
     move |source| StoreError::Io {
@@ -57,7 +78,68 @@ impl OciLayout {
                 ),
             });
         }
-        Ok(OciLayout { root })
+        let layout = OciLayout::at(root);
+        layout.clean_scratch();
+        Ok(layout)
+    }
+
+    fn at(root: PathBuf) -> OciLayout {
+        OciLayout {
+            root,
+            session: Default::default(),
+        }
+    }
+
+    /// Remove what dead processes left in `.kiln/tmp`: scratch directories whose owner lock
+    /// can be taken, and loose entries older than an hour. Live processes' scratch stays.
+    fn clean_scratch(&self) {
+        let Ok(entries) = fs::read_dir(self.tmp_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let lock = path.join(".lock");
+            if lock.is_file() {
+                if let Ok(f) = File::open(&lock)
+                    && f.try_lock().is_ok()
+                {
+                    let _ = fs::remove_dir_all(&path);
+                }
+                continue;
+            }
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE);
+            if old {
+                let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
+            }
+        }
+    }
+
+    /// This process's scratch directory in the layout: on the blobs' filesystem (so a
+    /// finished blob is renamed into place), removed when the last handle drops, and cleaned
+    /// up by the next opener if the process dies.
+    pub fn scratch(&self) -> Result<PathBuf, StoreError> {
+        let mut s = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(sess) = s.as_ref() {
+            return Ok(sess.dir.clone());
+        }
+        let dir = self.tmp_dir().join(format!(
+            "s-{}",
+            ulid::Ulid::generate().to_string().to_ascii_lowercase()
+        ));
+        fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        let lock_path = dir.join(".lock");
+        let lock = File::create(&lock_path).map_err(io_err("create", &lock_path))?;
+        lock.lock().map_err(io_err("lock", &lock_path))?;
+        *s = Some(std::sync::Arc::new(Session {
+            dir: dir.clone(),
+            _lock: lock,
+        }));
+        Ok(dir)
     }
 
     /// Open a layout, creating it if `root` does not exist or is an empty directory.
@@ -82,7 +164,7 @@ impl OciLayout {
                 }
             }
         }
-        let layout = OciLayout { root };
+        let layout = OciLayout::at(root);
         fs::create_dir_all(layout.blob_dir())
             .map_err(io_err("create directory", &layout.blob_dir()))?;
         fs::create_dir_all(layout.tmp_dir())
@@ -253,8 +335,7 @@ impl BlobUpload for LayoutUpload {
 
 impl BlobSink for OciLayout {
     fn begin_blob(&self) -> Result<Box<dyn BlobUpload>, StoreError> {
-        let tmp_dir = self.tmp_dir();
-        fs::create_dir_all(&tmp_dir).map_err(io_err("create directory", &tmp_dir))?;
+        let tmp_dir = self.scratch()?;
         let tmp = tempfile::Builder::new()
             .prefix("blob-")
             .permissions(fs::Permissions::from_mode(0o644))
@@ -457,8 +538,16 @@ mod tests {
             up.write_all(b"partial").unwrap();
         }
         assert!(!layout.has_blob(&Digest::of(b"partial")));
-        assert_eq!(fs::read_dir(layout.tmp_dir()).unwrap().count(), 0);
+        // Only the handle's own scratch directory (and its lock) is left in .kiln/tmp.
+        let scratch = layout.scratch().unwrap();
+        assert_eq!(fs::read_dir(layout.tmp_dir()).unwrap().count(), 1);
+        assert_eq!(fs::read_dir(&scratch).unwrap().count(), 1);
         assert_eq!(fs::read_dir(layout.blob_dir()).unwrap().count(), 1);
+        drop(layout);
+        assert!(
+            !scratch.exists(),
+            "the scratch directory goes with the last handle"
+        );
     }
 
     #[test]
@@ -516,5 +605,35 @@ mod tests {
         let l = OciLayout::open_or_create(dir.path()).unwrap();
         assert!(l.index().unwrap().manifests().is_empty());
         assert!(dir.path().join(LAYOUT_FILE).is_file());
+    }
+
+    #[test]
+    fn what_a_dead_process_left_in_scratch_is_cleaned_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = OciLayout::open_or_create(dir.path()).unwrap();
+        let live_scratch = live.scratch().unwrap();
+        fs::write(live_scratch.join("in-use"), b"x").unwrap();
+        // A dead process's session: its lock file exists but nobody holds it.
+        let dead = dir.path().join(".kiln/tmp/s-dead");
+        fs::create_dir_all(&dead).unwrap();
+        fs::write(dead.join(".lock"), b"").unwrap();
+        fs::write(dead.join("blob-partial"), vec![0u8; 1024]).unwrap();
+        // A loose file from an older kiln, two hours old, and a fresh one.
+        let old = dir.path().join(".kiln/tmp/blob-old");
+        fs::write(&old, b"x").unwrap();
+        let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
+        let fresh = dir.path().join(".kiln/tmp/blob-fresh");
+        fs::write(&fresh, b"x").unwrap();
+        let _again = OciLayout::open(dir.path()).unwrap();
+        assert!(!dead.exists(), "the dead session was removed");
+        assert!(!old.exists(), "the old loose file was removed");
+        assert!(fresh.exists(), "a fresh loose file may belong to someone");
+        assert!(live_scratch.join("in-use").exists(), "a live session stays");
     }
 }
