@@ -2,7 +2,8 @@
 # Benchmark: `kiln push` of a ~450 MB image (about 250 MB of real files and 200 MB of random
 # bytes, one ~267 MB layer) from a local layout to a fresh loopback registry, against
 # `skopeo copy oci:LAYOUT:TAG docker://REF` to another fresh one, and against the floor: the
-# registry's own ingest of the layer, a bare `curl` POST plus one PUT of the blob to a third.
+# registry's own ingest of the layer, a bare `curl` POST plus one streamed PUT (`--upload-file`)
+# of the blob to a third.
 # Runs alternate, 3 rounds; the medians of the per-round ratios to the floor are reported, with
 # the re-push (nothing to upload) times.
 set -euo pipefail
@@ -50,7 +51,7 @@ floor_push() { # curl POST + PUT of the layer
   local reg=$1 loc
   loc=$(curl -fsS -o /dev/null -D - -X POST "http://$reg/v2/bench/big/blobs/uploads/" | tr -d '\r' | awk 'tolower($1)=="location:" {print $2}')
   case "$loc" in http*) ;; *) loc="http://$reg$loc" ;; esac
-  curl -fsS -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' --data-binary "@$blob" "$loc&digest=$layer"
+  curl -fsS -o /dev/null -H 'Content-Type: application/octet-stream' --upload-file "$blob" "$loc&digest=$layer"
 }
 kr=(); sr=(); kre=(); sre=()
 for i in $(seq 1 "$PAIRS"); do
