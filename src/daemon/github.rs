@@ -60,6 +60,17 @@ impl GitHubError {
     }
 }
 
+/// The tags in a `GET /repos/{o}/{r}/tags` answer, as (name, commit); entries whose commit is
+/// not a SHA are dropped.
+pub fn parse_tags(body: &str) -> Result<Vec<(String, String)>, String> {
+    let tags: Vec<TagEntry> = serde_json::from_str(body).map_err(|e| e.to_string())?;
+    Ok(tags
+        .into_iter()
+        .filter(|t| crate::source::mirror::is_object_name(&t.commit.sha))
+        .map(|t| (t.name, t.commit.sha.to_ascii_lowercase()))
+        .collect())
+}
+
 /// A cached answer: the body and its `Link: rel="next"`.
 #[derive(serde::Serialize, Deserialize)]
 struct CachedPage {
@@ -68,7 +79,7 @@ struct CachedPage {
 }
 
 /// The path (under `api_url`) of the `rel="next"` link, if it is on the same API.
-fn next_link(link: &str, api_url: &str) -> Option<String> {
+pub fn next_link(link: &str, api_url: &str) -> Option<String> {
     link.split(',').find_map(|part| {
         let (url, params) = part.split_once(';')?;
         params
@@ -401,16 +412,10 @@ impl GitHubClient {
         while let Some(p) = path.take() {
             pages += 1;
             let (body, next) = self.get_page("tags", &p, ACCEPT_JSON).await?;
-            let tags: Vec<TagEntry> =
-                serde_json::from_str(&body).map_err(|e| GitHubError::Malformed {
-                    what: "tags".into(),
-                    message: e.to_string(),
-                })?;
-            out.extend(
-                tags.into_iter()
-                    .filter(|t| crate::source::mirror::is_object_name(&t.commit.sha))
-                    .map(|t| (t.name, t.commit.sha.to_ascii_lowercase())),
-            );
+            out.extend(parse_tags(&body).map_err(|message| GitHubError::Malformed {
+                what: "tags".into(),
+                message,
+            })?);
             if pages < 10 {
                 path = next;
             }

@@ -853,7 +853,7 @@ fn strip_query_secrets(url: &str) -> String {
 }
 
 /// `Bearer realm="...",service="...",scope="..."` into its scheme and parameters.
-fn parse_challenge(h: &str) -> (String, HashMap<String, String>) {
+pub fn parse_challenge(h: &str) -> (String, HashMap<String, String>) {
     let (scheme, rest) = h.trim().split_once(' ').unwrap_or((h.trim(), ""));
     let mut params = HashMap::new();
     let mut rest = rest.trim();
