@@ -3,9 +3,12 @@
 #
 #   tests/support/builder-image.sh busybox      -> kiln-builder/busybox:latest
 #   tests/support/builder-image.sh debian-gcc   -> kiln-builder/debian-gcc:bookworm
+#   tests/support/builder-image.sh hostile      -> kiln-builder/hostile:latest
 #
 # busybox: a rootfs holding the host's static busybox (Debian's busybox-static) and a link per
-# applet. debian-gcc: a debootstrap'd Debian bookworm with gcc and libc6-dev; its rootfs tar is
+# applet. hostile: the same, plus /data holding 100k empty files and a directory 1000 levels
+# deep (made on the host: creating them inside a container on a FUSE storage driver takes
+# minutes). debian-gcc: a debootstrap'd Debian bookworm with gcc and libc6-dev; its rootfs tar is
 # cached in $KILN_CACHE (default /var/cache/kiln-test) so later runs only re-import it.
 # Each is loaded once: an existing image is left as it is.
 #
@@ -35,8 +38,8 @@ load_rootfs() {
 }
 
 case "$kind" in
-busybox)
-  image=kiln-builder/busybox:latest
+busybox|hostile)
+  image=kiln-builder/$kind:latest
   have "$image" && { echo "$image"; exit 0; }
   bb=$(command -v busybox || true)
   [ -n "$bb" ] || { echo "busybox not found: apt-get install busybox-static" >&2; exit 1; }
@@ -55,6 +58,13 @@ busybox)
   chmod 755 "$root" "$root/bin" "$root/etc" "$root/root"
   chmod 644 "$root/etc/passwd" "$root/etc/group"
   chmod 755 "$root/bin/busybox"
+  if [ "$kind" = hostile ]; then
+    mkdir -p "$root/data/many"
+    (cd "$root/data/many" && seq 1 100000 | xargs touch)
+    d="$root/data/deep"; i=0
+    while [ $i -lt 1000 ]; do d="$d/d"; i=$((i+1)); done
+    mkdir -p "$d" && echo bottom >"$d/f"
+  fi
   tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$root" -cf "$root.tar" .
   load_rootfs "$root.tar" "$image" /bin
   rm -f "$root.tar"
