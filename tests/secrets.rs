@@ -171,7 +171,7 @@ fn tokens_and_passwords_never_show() {
         let mut out = Vec::new();
         for r in repo.referrers(&subject).await.unwrap() {
             let (m, _, _) = repo
-                .get_manifest(&r.digest().to_string())
+                .get_manifest(r.digest().as_ref())
                 .await
                 .unwrap()
                 .unwrap();
