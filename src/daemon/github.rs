@@ -423,6 +423,37 @@ impl GitHubClient {
         Ok(out)
     }
 
+    /// The statuses a commit has: `GET /repos/{o}/{r}/commits/{sha}/statuses`, as (context,
+    /// state, description). Used before re-sending a status a dead sender may have sent.
+    pub async fn statuses(
+        &self,
+        owner: &str,
+        name: &str,
+        sha: &str,
+    ) -> Result<Vec<(String, String, String)>, GitHubError> {
+        #[derive(Deserialize)]
+        struct S {
+            context: String,
+            state: String,
+            description: Option<String>,
+        }
+        let body = self
+            .get(
+                "statuses",
+                &format!("/repos/{owner}/{name}/commits/{sha}/statuses?per_page=100"),
+                ACCEPT_JSON,
+            )
+            .await?;
+        let list: Vec<S> = serde_json::from_str(&body).map_err(|e| GitHubError::Malformed {
+            what: "statuses".into(),
+            message: e.to_string(),
+        })?;
+        Ok(list
+            .into_iter()
+            .map(|s| (s.context, s.state, s.description.unwrap_or_default()))
+            .collect())
+    }
+
     /// `POST /repos/{o}/{r}/statuses/{sha}`, spaced from the previous mutating call.
     pub async fn create_status(
         &self,

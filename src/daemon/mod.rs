@@ -552,6 +552,21 @@ async fn send_statuses(d: Arc<Daemon>, stop: CancellationToken) {
                 let _ = d.store.status_sent(s.id, true, Duration::ZERO).await;
                 continue;
             };
+            // Claimed before by a sender that died: it may be on GitHub already. Look first,
+            // so a crash never makes a second terminal status.
+            if s.claims > 1 {
+                let desc = github::truncate(&s.status.description, 140);
+                let already = gh.statuses(owner, name, &s.commit).await.is_ok_and(|list| {
+                    list.iter().any(|(c, st, d)| {
+                        *c == s.status.context && *st == s.status.state && *d == desc
+                    })
+                });
+                if already {
+                    tracing::info!(context = %s.status.context, state = %s.status.state, "commit status already on GitHub (sent before a restart)");
+                    let _ = d.store.status_sent(s.id, true, Duration::ZERO).await;
+                    continue;
+                }
+            }
             let sent = tokio::select! {
                 r = gh.create_status(owner, name, &s.commit, &s.status) => r,
                 _ = stop.cancelled() => return,

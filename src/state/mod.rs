@@ -157,6 +157,9 @@ pub struct StatusRow {
     pub commit: String,
     pub status: NewStatus,
     pub attempts: u32,
+    /// How many times a sender claimed it: more than once means a sender that died may have
+    /// sent it before it could record that.
+    pub claims: u32,
 }
 
 /// A stage's record.
@@ -292,8 +295,8 @@ pub trait Store: Send + Sync {
     async fn release(&self, lease: &Lease) -> Result<()>;
     /// Put a running job back in the queue after a retryable failure, to run after `delay`.
     async fn retry_later(&self, lease: &Lease, error: &str, delay: Duration) -> Result<bool>;
-    /// Jobs `host` held when it died: queued again at once. Call at startup, holding the
-    /// host's exclusive lock.
+    /// Jobs `host` held when it died: queued again at once, and its status claims let go.
+    /// Call at startup, holding the host's exclusive lock.
     async fn requeue_host(&self, host: &str) -> Result<u64>;
     /// Record how a job ended, its artifacts and terminal statuses, and mark its refs tagged
     /// (when it succeeded); all fenced by the lease. False if the lease was lost.

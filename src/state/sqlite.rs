@@ -375,14 +375,26 @@ impl Store for SqliteStore {
     }
 
     async fn requeue_host(&self, host: &str) -> Result<u64> {
-        Ok(sqlx::query(
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query(
             "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, run_after = 0 \
              WHERE state = 'running' AND owner = ?",
         )
         .bind(host)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
-        .rows_affected())
+        .rows_affected();
+        // Statuses this host's dead sender held: claimable now, and `claims` keeps the
+        // count so the next sender looks on GitHub before sending again.
+        sqlx::query(
+            "UPDATE statuses SET claimed_by = NULL, claimed_until = NULL \
+             WHERE sent_at IS NULL AND claimed_by = ?",
+        )
+        .bind(host)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(n)
     }
 
     async fn finish(&self, lease: &Lease, outcome: &Outcome) -> Result<bool> {
@@ -584,14 +596,14 @@ impl Store for SqliteStore {
     ) -> Result<Vec<StatusRow>> {
         let now = now_ms();
         let rows = sqlx::query(
-            "UPDATE statuses SET claimed_by = ?, claimed_until = ? WHERE id IN ( \
+            "UPDATE statuses SET claimed_by = ?, claimed_until = ?, claims = claims + 1 WHERE id IN ( \
                  SELECT s.id FROM statuses s WHERE s.sent_at IS NULL \
                  AND (s.claimed_until IS NULL OR s.claimed_until < ?) \
                  AND NOT EXISTS (SELECT 1 FROM statuses e WHERE e.job_id = s.job_id \
                      AND e.context = s.context AND e.sent_at IS NULL AND e.id < s.id) \
                  ORDER BY s.id LIMIT ?) \
              RETURNING id, job_id, repo, commit_sha, context, state, description, target_url, \
-                       attempts",
+                       attempts, claims",
         )
         .bind(host)
         .bind(now + ms(ttl))
@@ -613,6 +625,7 @@ impl Store for SqliteStore {
                     target_url: r.get("target_url"),
                 },
                 attempts: r.get::<i64, _>("attempts") as u32,
+                claims: r.get::<i64, _>("claims") as u32,
             })
             .collect();
         out.sort_by_key(|s| s.id);
@@ -880,6 +893,47 @@ mod tests {
         assert_eq!(two.repo, "acme/other");
         assert_eq!(s.requeue_host("h").await.unwrap(), 2);
         assert_eq!(s.queue_depth().await.unwrap(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_restart_frees_its_status_claims_and_counts_them() {
+        let s = SqliteStore::memory().await.unwrap();
+        s.enqueue(&job("c1")).await.unwrap();
+        let c = s
+            .claim("h", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        let st = NewStatus {
+            context: "kiln/app".into(),
+            state: "pending".into(),
+            description: "queued".into(),
+            target_url: None,
+        };
+        assert!(s.add_status(&c.lease, &st).await.unwrap());
+        let first = s
+            .claim_statuses("h", Duration::from_secs(120), 10)
+            .await
+            .unwrap();
+        assert_eq!(first[0].claims, 1);
+        // The sender died holding it; another host cannot take it before the claim runs out,
+        // but the same host restarting frees it at once.
+        assert!(
+            s.claim_statuses("other", Duration::from_secs(120), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        s.requeue_host("h").await.unwrap();
+        let again = s
+            .claim_statuses("h", Duration::from_secs(120), 10)
+            .await
+            .unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(
+            again[0].claims, 2,
+            "the next sender must know to look first"
+        );
     }
 
     #[tokio::test]

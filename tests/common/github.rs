@@ -336,6 +336,34 @@ async fn head(
         Ok(x) => x,
         Err(r) => return *r,
     };
+    if let Some(sha) = branch.strip_suffix("/statuses") {
+        // GET /repos/{o}/{r}/commits/{sha}/statuses: newest first, as GitHub lists them.
+        let repo = format!("{owner}/{name}");
+        let list: Vec<serde_json::Value> = s
+            .inner
+            .lock()
+            .unwrap()
+            .statuses
+            .iter()
+            .rev()
+            .filter(|st| st.repo == repo && st.sha == sha)
+            .map(|st| {
+                serde_json::json!({
+                    "context": st.context,
+                    "state": st.state,
+                    "description": st.description,
+                    "target_url": st.target_url,
+                })
+            })
+            .collect();
+        return conditional(
+            &s,
+            &key,
+            out,
+            &headers,
+            serde_json::Value::from(list).to_string(),
+        );
+    }
     let dir = s.root.join(&owner).join(&name);
     let sha = Command::new("git")
         .arg("-C")

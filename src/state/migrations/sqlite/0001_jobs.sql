@@ -103,6 +103,7 @@ CREATE TABLE statuses (
     sent_at        INTEGER,
     claimed_by     TEXT,
     claimed_until  INTEGER,
+    claims         INTEGER NOT NULL DEFAULT 0,    -- >1: an earlier sender may have sent it
     attempts       INTEGER NOT NULL DEFAULT 0
 );
 -- Exactly one terminal status per job and context, whoever tries to record a second.
