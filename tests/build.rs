@@ -44,7 +44,7 @@ fn build_fails(dir: &Path, layout: &Path) -> String {
         .arg(dir)
         .arg("--output")
         .arg(layout)
-        .output()
+        .checked_output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "the build should have failed: {err}");
@@ -229,12 +229,14 @@ fn failing_step_names_the_step_code_and_output() {
         "[[artifact]]\nname = \"x\"\n",
     );
     let sha = hello_repo(&repo, "failing", &r);
+    // What a user sees at the default log level.
     let out = kiln()
+        .env_remove("RUST_LOG")
         .arg("build")
         .arg(&repo)
         .arg("--output")
         .arg(t.path().join("l"))
-        .output()
+        .checked_output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
@@ -273,7 +275,7 @@ fn timeout_kills_the_build() {
         .arg(&repo)
         .arg("--output")
         .arg(t.path().join("l"))
-        .output()
+        .checked_output()
         .unwrap();
     let took = started.elapsed();
     assert!(!out.status.success());
@@ -382,7 +384,7 @@ fn plain_directories_need_an_epoch() {
         .arg(&dir)
         .arg("--output")
         .arg(t.path().join("l"))
-        .output()
+        .checked_output()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--source-date-epoch"));
@@ -429,7 +431,7 @@ fn outputs_are_mapped_checked_and_hostile_ones_rejected() {
         .arg(&repo)
         .arg("--output")
         .arg(t.path().join("l"))
-        .output()
+        .checked_output()
         .unwrap();
     // "escape/.." normalizes to "." (allowed), so both artifacts build; check the mapping.
     assert!(
@@ -526,7 +528,7 @@ fn recipe_check_reports_every_problem() {
     let out = kiln()
         .args(["recipe", "check"])
         .arg(t.path())
-        .output()
+        .checked_output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -618,7 +620,7 @@ fn build_with_env(dir: &Path, layout: &Path, env: &[(&str, &str)]) -> std::proce
     for (k, v) in env {
         c.env(k, v);
     }
-    c.output().unwrap()
+    c.checked_output().unwrap()
 }
 
 #[test]

@@ -77,7 +77,7 @@ fn a_cancelled_push_stops_promptly_and_moves_no_tag() {
     let out = std::process::Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false"])
         .arg(format!("docker://{}/cancel/me:t", reg.addr))
-        .output()
+        .checked_output()
         .unwrap();
     assert!(!out.status.success(), "a tag moved after a cancelled push");
 }
@@ -199,7 +199,7 @@ fn a_cancelled_docker_load_loads_nothing() {
     );
     let inspect = std::process::Command::new("docker")
         .args(["image", "inspect", &tag])
-        .output()
+        .checked_output()
         .unwrap();
     assert!(!inspect.status.success(), "the image was loaded anyway");
 }

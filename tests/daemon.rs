@@ -14,7 +14,6 @@ use common::net::Registry;
 use common::*;
 
 const HELLO_SH: &[u8] = include_bytes!("../examples/hello/hello.sh");
-const TOKEN: &str = "ghp_kilnTestToken0123456789abcdefSECRET";
 const HOOK_SECRET: &str = "hook-secret-for-tests";
 
 /// The hello recipe, with `first` as an extra first step (say, a sleep).
@@ -56,7 +55,7 @@ fn skopeo_manifest(reference: &str) -> Option<serde_json::Value> {
     require("skopeo");
     let out = Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false", reference])
-        .output()
+        .checked_output()
         .unwrap();
     out.status
         .success()
@@ -66,7 +65,7 @@ fn skopeo_manifest(reference: &str) -> Option<serde_json::Value> {
 fn manifest_digest(reference: &str) -> Option<String> {
     let out = Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false", reference])
-        .output()
+        .checked_output()
         .unwrap();
     out.status.success().then(|| {
         use sha2::Digest as _;
@@ -92,7 +91,7 @@ fn github_config(gh: &FakeGitHub, dir: &Path, poll: &str, extra: &str) -> String
     format!(
         "public_url = \"https://kiln.example.com\"\n{extra}\n[github]\napi_url = \"{}\"\ntoken_file = \"{}\"\npoll_interval = \"{poll}\"\nwebhook_secret_file = \"{}\"\n",
         gh.api_url,
-        secret_file(dir, "token", TOKEN),
+        secret_file(dir, "token", GITHUB_TOKEN),
         secret_file(dir, "hook-secret", HOOK_SECRET),
     )
 }
@@ -100,7 +99,7 @@ fn github_config(gh: &FakeGitHub, dir: &Path, poll: &str, extra: &str) -> String
 #[test]
 fn github_commits_are_built_pushed_tagged_and_reported_once() {
     builder_image("busybox");
-    let gh = FakeGitHub::start(Some(TOKEN));
+    let gh = FakeGitHub::start(Some(GITHUB_TOKEN));
     let files = hello("github-e2e", "");
     let sha1 = gh.create("acme/hello", &refs(&files));
     let reg = Registry::start();
@@ -111,7 +110,7 @@ fn github_commits_are_built_pushed_tagged_and_reported_once() {
         reg.addr
     );
     // Debug logging: the token must not show up even there.
-    let d = Daemon::start(t.path(), &body, "debug", &[]);
+    let d = Daemon::start(t.path(), &body, "trace", &[]);
     let builds = d.wait_builds("the first commit's build", Duration::from_secs(120), |b| {
         has(b, &sha1, "success")
     });
@@ -247,7 +246,7 @@ fn github_commits_are_built_pushed_tagged_and_reported_once() {
         "debug logging was on"
     );
     assert!(
-        !daemon_log.contains(TOKEN) && !log.contains(TOKEN),
+        !daemon_log.contains(GITHUB_TOKEN) && !log.contains(GITHUB_TOKEN),
         "the token leaked"
     );
     assert!(containers_labelled("dev.kiln.revision", &sha1).is_empty());
@@ -263,7 +262,7 @@ fn local_repositories_build_without_registry_and_restarts_rebuild_nothing() {
     let body = format!("[[repo]]\npath = \"{}\"\n", repo.display());
     let dir = t.path().join("d");
     std::fs::create_dir_all(&dir).unwrap();
-    let mut d = Daemon::start(&dir, &body, "info", &[]);
+    let mut d = Daemon::start(&dir, &body, "trace", &[]);
     let builds = d.wait_builds("the first build", Duration::from_secs(120), |b| {
         has(b, &sha1, "success")
     });
@@ -309,7 +308,7 @@ fn local_repositories_build_without_registry_and_restarts_rebuild_nothing() {
     assert!(took < Duration::from_secs(5), "SIGTERM took {took:?}");
 
     // A restart rebuilds nothing.
-    let d2 = Daemon::start_with(&dir, d.config.clone(), d.url.clone(), "info", &[]);
+    let d2 = Daemon::start_with(&dir, d.config.clone(), d.url.clone(), "trace", &[]);
     std::thread::sleep(Duration::from_secs(3));
     let builds = d2.builds();
     assert_eq!(states(&builds), vec!["success", "success"], "{builds:?}");
@@ -320,7 +319,7 @@ fn local_repositories_build_without_registry_and_restarts_rebuild_nothing() {
         .arg("daemon")
         .arg("--config")
         .arg(&d2.config)
-        .output()
+        .checked_output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -333,7 +332,7 @@ fn local_repositories_build_without_registry_and_restarts_rebuild_nothing() {
 #[test]
 fn a_build_killed_with_its_daemon_runs_again_and_is_reported_once() {
     builder_image("busybox");
-    let gh = FakeGitHub::start(Some(TOKEN));
+    let gh = FakeGitHub::start(Some(GITHUB_TOKEN));
     let files = hello("kill9", "sleep 4");
     let sha = gh.create("acme/slow", &refs(&files));
     let reg = Registry::start();
@@ -344,7 +343,7 @@ fn a_build_killed_with_its_daemon_runs_again_and_is_reported_once() {
         github_config(&gh, t.path(), "1s", &format!("host_id = \"{host}\"")),
         reg.addr
     );
-    let mut d = Daemon::start(t.path(), &body, "info", &[]);
+    let mut d = Daemon::start(t.path(), &body, "trace", &[]);
     d.wait_builds("the build to run", Duration::from_secs(60), |b| {
         has(b, &sha, "running")
     });
@@ -358,7 +357,7 @@ fn a_build_killed_with_its_daemon_runs_again_and_is_reported_once() {
         "the killed run's container stays"
     );
 
-    let d2 = Daemon::start_with(t.path(), d.config.clone(), d.url.clone(), "info", &[]);
+    let d2 = Daemon::start_with(t.path(), d.config.clone(), d.url.clone(), "trace", &[]);
     let builds = d2.wait_builds(
         "the build after the restart",
         Duration::from_secs(120),
@@ -402,7 +401,7 @@ fn sigterm_mid_build_stops_quickly_and_the_job_waits_for_the_next_start() {
     );
     let dir = t.path().join("d");
     std::fs::create_dir_all(&dir).unwrap();
-    let mut d = Daemon::start(&dir, &body, "info", &[]);
+    let mut d = Daemon::start(&dir, &body, "trace", &[]);
     d.wait_builds("the build to run", Duration::from_secs(60), |b| {
         has(b, &sha, "running")
     });
@@ -418,7 +417,7 @@ fn sigterm_mid_build_stops_quickly_and_the_job_waits_for_the_next_start() {
     );
     assert!(d.log().contains("grace period over"), "{}", d.log());
 
-    let d2 = Daemon::start_with(&dir, d.config.clone(), d.url.clone(), "info", &[]);
+    let d2 = Daemon::start_with(&dir, d.config.clone(), d.url.clone(), "trace", &[]);
     let builds = d2.wait_builds(
         "the build after the restart",
         Duration::from_secs(120),
@@ -453,7 +452,7 @@ fn hook(d: &Daemon, event: &str, delivery: &str, body: &[u8], signature: &str) -
 #[test]
 fn webhooks_are_verified_deduplicated_and_start_a_check() {
     builder_image("busybox");
-    let gh = FakeGitHub::start(Some(TOKEN));
+    let gh = FakeGitHub::start(Some(GITHUB_TOKEN));
     let files = hello("webhook", "");
     let sha1 = gh.create("acme/hooked", &refs(&files));
     let t = tempfile::tempdir().unwrap();
@@ -462,7 +461,7 @@ fn webhooks_are_verified_deduplicated_and_start_a_check() {
         "{}\n[[repo]]\ngithub = \"acme/hooked\"\n",
         github_config(&gh, t.path(), "1h", "")
     );
-    let d = Daemon::start(t.path(), &body, "info", &[]);
+    let d = Daemon::start(t.path(), &body, "trace", &[]);
     let push = br#"{"ref":"refs/heads/main","repository":{"full_name":"acme/hooked"}}"#;
 
     assert_eq!(hook(&d, "push", "d-bad", push, "sha256=00").0, 401);
@@ -530,7 +529,7 @@ fn webhooks_are_verified_deduplicated_and_start_a_check() {
 #[test]
 fn a_rate_limited_daemon_waits_instead_of_spinning() {
     builder_image("busybox");
-    let gh = FakeGitHub::start(Some(TOKEN));
+    let gh = FakeGitHub::start(Some(GITHUB_TOKEN));
     let files = hello("ratelimit", "");
     let sha = gh.create("acme/limited", &refs(&files));
     gh.rate_limit_for(6);
@@ -539,7 +538,7 @@ fn a_rate_limited_daemon_waits_instead_of_spinning() {
         "{}\n[[repo]]\ngithub = \"acme/limited\"\n",
         github_config(&gh, t.path(), "1s", "")
     );
-    let d = Daemon::start(t.path(), &body, "info", &[]);
+    let d = Daemon::start(t.path(), &body, "trace", &[]);
     std::thread::sleep(Duration::from_secs(4));
     let limited: Vec<_> = gh
         .requests()
@@ -580,7 +579,7 @@ fn configs_are_checked_and_reloaded_without_a_restart() {
         .arg("--config")
         .arg(&bad)
         .arg("--check")
-        .output()
+        .checked_output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
@@ -600,13 +599,13 @@ fn configs_are_checked_and_reloaded_without_a_restart() {
     let dir = t.path().join("d");
     std::fs::create_dir_all(&dir).unwrap();
     let one = format!("[[repo]]\npath = \"{}\"\n", a.display());
-    let mut d = Daemon::start(&dir, &one, "info", &[]);
+    let mut d = Daemon::start(&dir, &one, "trace", &[]);
     let out = kiln()
         .arg("daemon")
         .arg("--config")
         .arg(&d.config)
         .arg("--check")
-        .output()
+        .checked_output()
         .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(": ok"));
@@ -658,7 +657,7 @@ fn configs_are_checked_and_reloaded_without_a_restart() {
 #[test]
 fn a_commit_already_pushed_is_tagged_not_rebuilt() {
     builder_image("busybox");
-    let gh = FakeGitHub::start(Some(TOKEN));
+    let gh = FakeGitHub::start(Some(GITHUB_TOKEN));
     let files = hello("prepushed", "");
     let sha = gh.create("acme/pre", &refs(&files));
     let reg = Registry::start();
@@ -686,7 +685,7 @@ fn a_commit_already_pushed_is_tagged_not_rebuilt() {
         github_config(&gh, t.path(), "1s", ""),
         reg.addr
     );
-    let d = Daemon::start(t.path(), &body, "info", &[]);
+    let d = Daemon::start(t.path(), &body, "trace", &[]);
     let builds = d.wait_builds("the daemon's build", Duration::from_secs(120), |b| {
         has(b, &sha, "success")
     });

@@ -38,7 +38,7 @@ fn build(dir: &Path, layout: &Path, extra: &[&str]) -> Output {
         .arg("--output")
         .arg(layout)
         .args(extra)
-        .output()
+        .checked_output()
         .unwrap()
 }
 

@@ -301,7 +301,7 @@ fn hostile_special_files_are_rejected_by_name_and_leave_nothing_behind() {
             .arg("--output")
             .arg(&layout)
             .args(["--tag", "bad"])
-            .output()
+            .checked_output()
             .unwrap();
         assert!(!out.status.success());
         assert!(out.stdout.is_empty(), "no digest on failure");
@@ -353,7 +353,7 @@ fn bad_arguments_fail_cleanly() {
         if let Some((k, v)) = env {
             c.env(k, v);
         }
-        let out = c.output().unwrap();
+        let out = c.checked_output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} should fail");
         assert!(err.contains(needle), "{args:?}: {err}");
@@ -363,7 +363,7 @@ fn bad_arguments_fail_cleanly() {
         .arg(t.path().join("missing"))
         .arg("--output")
         .arg(t.path().join("l"))
-        .output()
+        .checked_output()
         .unwrap();
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("missing"));
@@ -372,7 +372,7 @@ fn bad_arguments_fail_cleanly() {
         .arg(&src)
         .arg("--output")
         .arg(&foreign)
-        .output()
+        .checked_output()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not an OCI image layout"));

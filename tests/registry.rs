@@ -67,7 +67,9 @@ fn build_push_pull_run_and_find_the_provenance() {
         run_ok(Command::new("docker").args(["pull", "-q", &image]));
         let run = run_ok(Command::new("docker").args(["run", "--rm", &image]));
         assert!(String::from_utf8_lossy(&run.stdout).contains("hello from kiln"));
-        let _ = Command::new("docker").args(["rmi", &image]).output();
+        let _ = Command::new("docker")
+            .args(["rmi", &image])
+            .checked_output();
     }
     let raw = run_ok(
         Command::new("skopeo")
@@ -196,7 +198,7 @@ fn tls_and_htpasswd_with_docker_config_and_no_secret_in_trace_logs() {
     require("htpasswd");
     let t = tempfile::tempdir().unwrap();
     let tls = Tls::make(t.path());
-    let password = "kiln-s3cret-pw-7788";
+    let password = REGISTRY_PASSWORD;
     let reg = Registry::start_full(Some(&tls), |dir, _| {
         let out = run_ok(Command::new("htpasswd").args(["-Bbn", "builder", password]));
         fs::write(dir.join("htpasswd"), out.stdout).unwrap();
@@ -226,7 +228,7 @@ fn tls_and_htpasswd_with_docker_config_and_no_secret_in_trace_logs() {
         .arg("--registry-ca")
         .arg(&tls.ca)
         .env("DOCKER_CONFIG", &empty)
-        .output()
+        .checked_output()
         .unwrap();
     assert!(!out.status.success());
     let err = stderr_of(&out);
@@ -242,7 +244,7 @@ fn tls_and_htpasswd_with_docker_config_and_no_secret_in_trace_logs() {
         .arg(&layout)
         .arg(&target)
         .env("DOCKER_CONFIG", &cfg)
-        .output()
+        .checked_output()
         .unwrap();
     assert!(!out.status.success(), "pushed without trusting the CA");
 
@@ -255,7 +257,7 @@ fn tls_and_htpasswd_with_docker_config_and_no_secret_in_trace_logs() {
         .arg(&tls.ca)
         .env("DOCKER_CONFIG", &cfg)
         .env("RUST_LOG", "trace")
-        .output()
+        .checked_output()
         .unwrap();
     let all = format!(
         "{}{}",
@@ -310,7 +312,7 @@ fn tls_and_htpasswd_with_docker_config_and_no_secret_in_trace_logs() {
         .arg(&tls.ca)
         .env("DOCKER_CONFIG", &helper_cfg)
         .env("PATH", path)
-        .output()
+        .checked_output()
         .unwrap();
     assert!(
         out.status.success(),
@@ -361,7 +363,7 @@ fn pushes_survive_503s_429s_and_resets() {
         .arg("push")
         .arg(&layout)
         .arg(format!("{}/faulty/app:v1", proxy.addr))
-        .output()
+        .checked_output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr_of(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), digest);
@@ -404,6 +406,7 @@ fn nonsense_answers_give_clear_errors() {
 
     let check = |server: &FakeServer, cmd: &str, needles: &[&str]| {
         let mut c = kiln();
+        c.env_remove("RUST_LOG");
         match cmd {
             "push" => c
                 .arg("push")
@@ -411,7 +414,7 @@ fn nonsense_answers_give_clear_errors() {
                 .arg(format!("{}/x/app:v1", server.addr)),
             _ => c.arg("inspect").arg(format!("{}/x/app:v1", server.addr)),
         };
-        let out = c.output().unwrap();
+        let out = c.checked_output().unwrap();
         let err = stderr_of(&out);
         assert!(!out.status.success(), "{cmd} succeeded against nonsense");
         assert!(!err.contains("panicked"), "{err}");
@@ -631,7 +634,7 @@ fn token_auth_with_tokens_expiring_mid_push() {
         .arg(&layout)
         .arg(format!("{}/tok/app:v1", slow.addr))
         .env("DOCKER_CONFIG", &cfg)
-        .output()
+        .checked_output()
         .unwrap();
     let took = started.elapsed();
     assert!(out.status.success(), "{}", stderr_of(&out));
@@ -775,7 +778,9 @@ fn builds_on_a_registry_base_image_and_reuses_its_layers() {
         String::from_utf8_lossy(&run.stdout).trim(),
         "hello on a base"
     );
-    let _ = Command::new("docker").args(["rmi", &image]).output();
+    let _ = Command::new("docker")
+        .args(["rmi", &image])
+        .checked_output();
     let info = run_ok(kiln().args(["inspect", "--json", &image]));
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["base"]["name"], base.as_str());
@@ -852,7 +857,7 @@ fn builds_on_a_registry_base_image_and_reuses_its_layers() {
             .arg(format!("{}:x", t.path().join("other-layout").display()))
             .arg(&base),
     );
-    let out = kiln().args(["verify", &image]).output().unwrap();
+    let out = kiln().args(["verify", &image]).checked_output().unwrap();
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -874,10 +879,11 @@ fn a_self_signed_registry_works_with_its_certificate_and_fails_clearly_without()
     let digest = pack(&tree, &layout, &["--tag", "t"]);
     // Without the certificate: the certificate error itself, never a plain-HTTP 400.
     let out = kiln()
+        .env_remove("RUST_LOG")
         .arg("push")
         .arg(format!("{}:t", layout.display()))
         .arg(format!("{}/self/signed:t", reg.addr))
-        .output()
+        .checked_output()
         .unwrap();
     let err = stderr_of(&out);
     assert!(!out.status.success());
@@ -946,7 +952,7 @@ fn credentials_never_go_over_plain_http_to_a_host_that_is_not_loopback() {
         .arg(format!("{addr}/plain/http:t"))
         .arg("--insecure")
         .env("DOCKER_CONFIG", &cfg)
-        .output()
+        .checked_output()
         .unwrap();
     let err = stderr_of(&out);
     assert!(!out.status.success());
@@ -965,8 +971,9 @@ fn an_unreachable_registry_is_said_and_given_up_quickly() {
     // after a few seconds instead of two minutes.
     let started = std::time::Instant::now();
     let out = kiln()
+        .env_remove("RUST_LOG")
         .args(["inspect", "127.0.0.1:1/nothing/here:t"])
-        .output()
+        .checked_output()
         .unwrap();
     let took = started.elapsed();
     let err = stderr_of(&out);
@@ -990,7 +997,7 @@ fn an_unreachable_registry_is_said_and_given_up_quickly() {
     let started = std::time::Instant::now();
     let out = kiln()
         .args(["inspect", "127.0.0.1:1/nothing/here:t", "--retry-for", "8s"])
-        .output()
+        .checked_output()
         .unwrap();
     assert!(!out.status.success());
     assert!(started.elapsed() >= std::time::Duration::from_secs(5));
@@ -1020,6 +1027,7 @@ fn a_long_push_shows_progress_on_a_terminal_and_nothing_otherwise() {
     // Not a terminal: no progress lines, only the result.
     let out = run_ok(
         kiln()
+            .env_remove("RUST_LOG")
             .arg("push")
             .arg(format!("{}:t", layout.display()))
             .arg(format!("{}/progress/pipe:t", reg.addr)),

@@ -118,7 +118,7 @@ fn one_commit_gives_the_same_digests_whatever_kiln_cannot_control_varies() {
         .arg("--output")
         .arg(t.path().join("layout-a"))
         .arg("--json")
-        .output()
+        .checked_output()
         .unwrap();
     let first = digests(&first);
 
@@ -134,7 +134,7 @@ fn one_commit_gives_the_same_digests_whatever_kiln_cannot_control_varies() {
     let second = Command::new("unshare")
         .args(["--uts", "sh", "-c", &script])
         .env_remove("SOURCE_DATE_EPOCH")
-        .output()
+        .checked_output()
         .unwrap();
     assert!(
         String::from_utf8_lossy(&second.stderr).contains("TRACE")

@@ -35,7 +35,7 @@ fn build(name: &str, recipe: &[u8], args: &[&str]) -> (Output, tempfile::TempDir
         .arg("--output")
         .arg(t.path().join("l"))
         .args(args)
-        .output()
+        .checked_output()
         .unwrap();
     (out, t)
 }
@@ -236,7 +236,7 @@ fn a_committed_tree_cannot_write_outside_or_swap_its_recipe() {
         .arg(&repo)
         .arg("--output")
         .arg(t.path().join("l"))
-        .output()
+        .checked_output()
         .unwrap();
     assert!(!out.status.success());
     assert!(
@@ -296,7 +296,7 @@ fn a_committed_tree_cannot_write_outside_or_swap_its_recipe() {
         .arg(&repo)
         .arg("--output")
         .arg(t.path().join("l2"))
-        .output()
+        .checked_output()
         .unwrap();
     assert!(!out.status.success(), "{}", stderr(&out));
     assert_eq!(std::fs::read_to_string(&outside).unwrap(), "untouched");
@@ -326,7 +326,7 @@ fn the_daemon_applies_its_limits_and_allows_the_network_per_repo() {
     );
     let dir = t.path().join("d");
     std::fs::create_dir_all(&dir).unwrap();
-    let d = Daemon::start(&dir, &body, "info", &[]);
+    let d = Daemon::start(&dir, &body, "trace", &[]);
     let builds = d.wait_builds("both builds", std::time::Duration::from_secs(120), |b| {
         has(b, &sha_closed, "failure") && has(b, &sha_open, "success")
     });

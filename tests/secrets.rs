@@ -16,9 +16,6 @@ use common::github::FakeGitHub;
 use common::net::{Registry, Tls, docker_config};
 use common::*;
 
-const TOKEN: &str = "ghp_SecretsTestTokenNeverShown_4242";
-const PASSWORD: &str = "registry-Passw0rd-NeverShown-8686";
-
 /// Every process's argv, now.
 fn argvs() -> Vec<String> {
     let mut out = Vec::new();
@@ -43,18 +40,18 @@ fn tokens_and_passwords_never_show() {
     let t = tempfile::tempdir().unwrap();
     let tls = Tls::make(t.path());
     let reg = Registry::start_full(Some(&tls), |dir, _| {
-        let out = run_ok(Command::new("htpasswd").args(["-Bbn", "builder", PASSWORD]));
+        let out = run_ok(Command::new("htpasswd").args(["-Bbn", "builder", REGISTRY_PASSWORD]));
         std::fs::write(dir.join("htpasswd"), out.stdout).unwrap();
         format!(
             "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
             dir.join("htpasswd").display()
         )
     });
-    let cfg = docker_config(t.path(), &reg.addr, "builder", PASSWORD);
-    let gh = FakeGitHub::start(Some(TOKEN));
+    let cfg = docker_config(t.path(), &reg.addr, "builder", REGISTRY_PASSWORD);
+    let gh = FakeGitHub::start(Some(GITHUB_TOKEN));
     let recipe = b"[build]\nimage = \"kiln-builder/busybox:latest\"\nsteps = [\"mkdir -p /out\", \"env > /out/env\", \"sleep 2\", \"echo done > /out/done\"]\n\n[[artifact]]\nname = \"secret-check\"\n";
     let sha = gh.create("acme/secrets", &[("kiln.toml", recipe)]);
-    std::fs::write(t.path().join("token"), TOKEN).unwrap();
+    std::fs::write(t.path().join("token"), GITHUB_TOKEN).unwrap();
     let body = format!(
         "[github]\napi_url = \"{}\"\ntoken_file = \"{}\"\npoll_interval = \"1s\"\n[registry]\nurl = \"{}/acme\"\nca_file = \"{}\"\n[[repo]]\ngithub = \"acme/secrets\"\n",
         gh.api_url,
@@ -71,7 +68,7 @@ fn tokens_and_passwords_never_show() {
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 for a in argvs() {
-                    if a.contains(TOKEN) || a.contains(PASSWORD) {
+                    if a.contains(GITHUB_TOKEN) || a.contains(REGISTRY_PASSWORD) {
                         leaks.lock().unwrap().push(a);
                     }
                 }
@@ -105,19 +102,19 @@ fn tokens_and_passwords_never_show() {
     let log = d.log();
     assert!(log.contains("TRACE"), "trace logging was on");
     assert!(
-        !log.contains(TOKEN) && !log.contains(PASSWORD),
+        !log.contains(GITHUB_TOKEN) && !log.contains(REGISTRY_PASSWORD),
         "a secret in the daemon log"
     );
     let id = builds[0]["id"].as_str().unwrap();
     let build_log = common::daemon::get(&format!("{}/builds/{id}/log", d.url)).1;
-    assert!(!build_log.contains(TOKEN) && !build_log.contains(PASSWORD));
+    assert!(!build_log.contains(GITHUB_TOKEN) && !build_log.contains(REGISTRY_PASSWORD));
 
     // Everything that was pushed: manifest, config, layers, provenance.
     let copy = t.path().join("copy");
     run_ok(
         Command::new("skopeo")
             .args(["copy", "-q", "--src-creds"])
-            .arg(format!("builder:{PASSWORD}"))
+            .arg(format!("builder:{REGISTRY_PASSWORD}"))
             .arg("--src-tls-verify=false")
             .arg(format!("docker://{}/acme/secret-check:{sha}", reg.addr))
             .arg(format!("oci:{}:x", copy.display())),
@@ -144,7 +141,7 @@ fn tokens_and_passwords_never_show() {
         "the build's env was captured"
     );
     assert!(
-        !text.contains(TOKEN) && !text.contains(PASSWORD),
+        !text.contains(GITHUB_TOKEN) && !text.contains(REGISTRY_PASSWORD),
         "a secret in the image"
     );
     // The provenance statement itself, read back through the referrers.
@@ -163,7 +160,7 @@ fn tokens_and_passwords_never_show() {
             &opts,
             Some(kiln::registry::Credential::Basic {
                 username: "builder".into(),
-                password: kiln::registry::Secret::new(PASSWORD),
+                password: kiln::registry::Secret::new(REGISTRY_PASSWORD),
             }),
         )
         .unwrap();
@@ -186,7 +183,7 @@ fn tokens_and_passwords_never_show() {
         let st = String::from_utf8_lossy(&st);
         assert!(st.contains("https://slsa.dev/provenance/v1"), "{st}");
         assert!(
-            !st.contains(TOKEN) && !st.contains(PASSWORD),
+            !st.contains(GITHUB_TOKEN) && !st.contains(REGISTRY_PASSWORD),
             "a secret in the provenance"
         );
     }

@@ -23,7 +23,7 @@ fn the_unit_verifies_and_is_hardened() {
     let out = std::process::Command::new("systemd-analyze")
         .arg("verify")
         .arg(&path)
-        .output()
+        .checked_output()
         .unwrap();
     let said = format!(
         "{}{}",
@@ -59,7 +59,7 @@ fn the_example_config_checks() {
     // The credentials systemd would provide.
     let token = t.path().join("github-token");
     let secret = t.path().join("webhook-secret");
-    std::fs::write(&token, "ghp_example").unwrap();
+    std::fs::write(&token, GITHUB_TOKEN).unwrap();
     std::fs::write(&secret, "example").unwrap();
     let text = EXAMPLE
         .replace(
@@ -75,12 +75,12 @@ fn the_example_config_checks() {
     let out = kiln()
         .args(["daemon", "--check", "--config"])
         .arg(&path)
-        .output()
+        .checked_output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("github acme/widget"), "{err}");
-    assert!(!err.contains("ghp_example"), "the token was printed: {err}");
+    assert!(!err.contains(GITHUB_TOKEN), "the token was printed: {err}");
 }
 
 #[test]
@@ -96,7 +96,7 @@ fn the_daemon_notifies_ready_pings_the_watchdog_and_says_stopping() {
     let mut d = Daemon::start(
         t.path(),
         &body,
-        "info",
+        "trace",
         &[
             ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
             ("WATCHDOG_USEC", "400000"),

@@ -61,7 +61,7 @@ fn verify(reference: &str, extra: &[&str]) -> Output {
         .arg("verify")
         .arg(reference)
         .args(extra)
-        .output()
+        .checked_output()
         .unwrap()
 }
 
@@ -202,7 +202,7 @@ fn build_verify_fails_before_anything_is_pushed() {
         .arg("--verify")
         .arg("--push")
         .arg(format!("{}/acme", reg.addr))
-        .output()
+        .checked_output()
         .unwrap();
     let shown = text(&out);
     assert!(!out.status.success(), "{shown}");
@@ -244,7 +244,7 @@ fn build_verify_fails_before_anything_is_pushed() {
         .arg("--output")
         .arg(&layout)
         .arg("--verify")
-        .output()
+        .checked_output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     validate(&layout);
@@ -277,7 +277,7 @@ fn a_mode_only_difference_is_classified_metadata_only() {
             .arg("--output")
             .arg(t.path().join(format!("l{attempt}")))
             .arg("--verify")
-            .output()
+            .checked_output()
             .unwrap();
         if out.status.success() {
             continue; // the two coin flips agreed: try again
@@ -350,7 +350,7 @@ fn what_cannot_be_verified_exits_2_with_the_reason() {
     std::fs::copy(
         Command::new("sh")
             .args(["-c", "command -v busybox"])
-            .output()
+            .checked_output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
             .unwrap(),
         other.join("bin/sh"),
@@ -361,7 +361,7 @@ fn what_cannot_be_verified_exits_2_with_the_reason() {
         .arg("-C")
         .arg(&other)
         .args(["-cf", "-", "."])
-        .output()
+        .checked_output()
         .unwrap();
     let mut import = Command::new("docker")
         .args(["import", "-", &builder])
@@ -372,7 +372,9 @@ fn what_cannot_be_verified_exits_2_with_the_reason() {
     std::io::Write::write_all(&mut import.stdin.take().unwrap(), &tar.stdout).unwrap();
     assert!(import.wait().unwrap().success());
     let out = verify(&reference, &[]);
-    let _ = Command::new("docker").args(["rmi", &builder]).output();
+    let _ = Command::new("docker")
+        .args(["rmi", &builder])
+        .checked_output();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         text(&out).contains("a rebuild on another builder proves nothing"),
@@ -508,7 +510,7 @@ fn the_build_sees_a_fixed_world_and_the_builder_is_named_by_content() {
 #[test]
 fn the_daemon_reports_a_build_that_is_not_reproducible() {
     builder_image("busybox");
-    let gh = FakeGitHub::start(Some("ghp_verifyToken"));
+    let gh = FakeGitHub::start(Some(GITHUB_TOKEN));
     let recipe = steps_recipe(
         "kiln-builder/busybox:latest",
         &[
@@ -519,13 +521,13 @@ fn the_daemon_reports_a_build_that_is_not_reproducible() {
     );
     let sha = gh.create("acme/flaky", &[("kiln.toml", &recipe)]);
     let t = tempfile::tempdir().unwrap();
-    std::fs::write(t.path().join("token"), "ghp_verifyToken").unwrap();
+    std::fs::write(t.path().join("token"), GITHUB_TOKEN).unwrap();
     let body = format!(
         "verify = \"always\"\n[github]\napi_url = \"{}\"\ntoken_file = \"{}\"\npoll_interval = \"1s\"\n[[repo]]\ngithub = \"acme/flaky\"\n",
         gh.api_url,
         t.path().join("token").display()
     );
-    let d = Daemon::start(t.path(), &body, "info", &[]);
+    let d = Daemon::start(t.path(), &body, "trace", &[]);
     let builds = d.wait_builds("the checked build", Duration::from_secs(120), |b| {
         has(b, &sha, "failure")
     });

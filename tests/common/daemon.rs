@@ -90,8 +90,9 @@ pub fn write_config(dir: &Path, body: &str) -> (PathBuf, String) {
 }
 
 impl Daemon {
-    /// Write the config and start the daemon with `RUST_LOG=rust_log` and extra environment;
-    /// wait until it answers `/healthz`.
+    /// Write the config and start the daemon with `RUST_LOG=rust_log` (tests use `trace`
+    /// unless they measure the default level) and extra environment; wait until it answers
+    /// `/healthz`. When dropped, the harness checks its logs for secrets.
     pub fn start(dir: &Path, body: &str, rust_log: &str, env: &[(&str, &str)]) -> Daemon {
         let (config, url) = write_config(dir, body);
         Daemon::start_with(dir, config, url, rust_log, env)
@@ -233,10 +234,24 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// Stops the daemon; then, unless the test is already failing, checks that neither its
+    /// log nor any build log holds a secret.
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            return;
+        }
+        super::assert_no_secret("the daemon's log", self.log().as_bytes());
+        for e in std::fs::read_dir(self.state_dir.join("logs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let text = std::fs::read(e.path()).unwrap_or_default();
+            super::assert_no_secret(&format!("build log {}", e.path().display()), &text);
         }
     }
 }

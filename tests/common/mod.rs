@@ -18,17 +18,66 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The `kiln` binary cargo built for these tests.
+/// The `kiln` binary cargo built for these tests, at trace logging: every end-to-end run
+/// logs all it can, and [`Checked::checked_output`] / [`run_ok`] look there for secrets. A
+/// test about the default level's output says so with `.env_remove("RUST_LOG")`.
 pub fn kiln() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    c.env_remove("SOURCE_DATE_EPOCH").env_remove("RUST_LOG");
+    c.env_remove("SOURCE_DATE_EPOCH")
+        .env("RUST_LOG", "trace")
+        .env("NO_COLOR", "1");
     c
 }
 
-/// Run a command and return its output; panics with its stderr if it fails.
+/// The GitHub token every test hands kiln. Nothing kiln prints, logs or writes may hold it.
+pub const GITHUB_TOKEN: &str = "ghp_kilnTestToken_NeverShown_0123456789abcdef";
+/// The registry user and password tests use with htpasswd.
+pub const REGISTRY_USER: &str = "builder";
+pub const REGISTRY_PASSWORD: &str = "kiln-registry-Passw0rd-NeverShown-8686";
+
+/// The secrets, and the forms they travel in (a Basic header, a docker config `auth`).
+pub fn secret_forms() -> Vec<String> {
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode(format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}"));
+    vec![GITHUB_TOKEN.into(), REGISTRY_PASSWORD.into(), basic]
+}
+
+/// Panics if `text` holds a secret; `what` names where it came from.
+pub fn assert_no_secret(what: &str, text: &[u8]) {
+    let text = String::from_utf8_lossy(text);
+    for s in secret_forms() {
+        assert!(
+            !text.contains(&s),
+            "a secret appeared in {what}: {}",
+            text.lines()
+                .filter(|l| l.contains(&s))
+                .take(3)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
+
+/// `Command::output`, then a check that neither stdout nor stderr holds a secret.
+pub trait Checked {
+    fn checked_output(&mut self) -> std::io::Result<Output>;
+}
+
+impl Checked for Command {
+    fn checked_output(&mut self) -> std::io::Result<Output> {
+        let out = self.output()?;
+        assert_no_secret(&format!("the stdout of {self:?}"), &out.stdout);
+        assert_no_secret(&format!("the stderr of {self:?}"), &out.stderr);
+        Ok(out)
+    }
+}
+
+/// Run a command and return its output; panics with its stderr if it fails, or if its
+/// output holds a secret.
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd
-        .output()
+        .checked_output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
