@@ -4,97 +4,12 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::daemon::{Daemon, get, has, http, metric, states};
+use common::daemon::*;
 use common::github::{FakeGitHub, terminal_statuses};
 use common::net::Registry;
 use common::*;
-
-const HELLO_SH: &[u8] = include_bytes!("../examples/hello/hello.sh");
-const HOOK_SECRET: &str = "hook-secret-for-tests";
-
-/// The hello recipe, with `first` as an extra first step (say, a sleep).
-fn recipe(first: &str) -> Vec<u8> {
-    let first = if first.is_empty() {
-        String::new()
-    } else {
-        format!("  {first:?},\n")
-    };
-    format!(
-        "[build]\nimage = \"kiln-builder/busybox:latest\"\nsteps = [\n{first}  \"mkdir -p /out/bin\",\n  \"cp /bin/busybox /out/bin/busybox && ln -s busybox /out/bin/sh\",\n  \"sed \\\"s/@EPOCH@/$SOURCE_DATE_EPOCH/\\\" hello.sh > /out/bin/hello && chmod 755 /out/bin/hello\",\n]\ntimeout = \"5m\"\n\n[[artifact]]\nname = \"hello\"\nkind = \"image\"\nentrypoint = [\"/bin/hello\"]\n"
-    )
-    .into_bytes()
-}
-
-/// Files of a hello project whose marker makes its commits unique to one test.
-fn hello(marker: &str, first_step: &str) -> Vec<(&'static str, Vec<u8>)> {
-    vec![
-        ("hello.sh", HELLO_SH.to_vec()),
-        ("kiln.toml", recipe(first_step)),
-        ("marker.txt", marker.as_bytes().to_vec()),
-    ]
-}
-
-fn refs<'a>(files: &'a [(&'static str, Vec<u8>)]) -> Vec<(&'static str, &'a [u8])> {
-    files.iter().map(|(p, c)| (*p, c.as_slice())).collect()
-}
-
-/// Commit a change to `file` in a local work tree; returns the SHA.
-fn commit(dir: &Path, file: &str, content: &str) -> String {
-    std::fs::write(dir.join(file), content).unwrap();
-    git(dir, &["add", "-A"]);
-    git(dir, &["commit", "-q", "-m", &format!("change {file}")]);
-    git(dir, &["rev-parse", "HEAD"])
-}
-
-/// The raw manifest `skopeo` reads for `reference` (`docker://...` or `oci:...`), if any.
-fn skopeo_manifest(reference: &str) -> Option<serde_json::Value> {
-    require("skopeo");
-    let out = Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false", reference])
-        .checked_output()
-        .unwrap();
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).expect("skopeo printed JSON"))
-}
-
-fn manifest_digest(reference: &str) -> Option<String> {
-    let out = Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false", reference])
-        .checked_output()
-        .unwrap();
-    out.status.success().then(|| {
-        use sha2::Digest as _;
-        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&out.stdout)))
-    })
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn secret_file(dir: &Path, name: &str, value: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, format!("{value}\n")).unwrap();
-    p.display().to_string()
-}
-
-fn github_config(gh: &FakeGitHub, dir: &Path, poll: &str, extra: &str) -> String {
-    format!(
-        "public_url = \"https://kiln.example.com\"\n{extra}\n[github]\napi_url = \"{}\"\ntoken_file = \"{}\"\npoll_interval = \"{poll}\"\nwebhook_secret_file = \"{}\"\n",
-        gh.api_url,
-        secret_file(dir, "token", GITHUB_TOKEN),
-        secret_file(dir, "hook-secret", HOOK_SECRET),
-    )
-}
 
 #[test]
 fn github_commits_are_built_pushed_tagged_and_reported_once() {

@@ -4,11 +4,12 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use super::kiln;
+use super::github::FakeGitHub;
 use super::net::free_port;
+use super::{Checked, GITHUB_TOKEN, git, kiln, require};
 
 /// A plain HTTP/1.1 request; returns the status and body.
 pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
@@ -285,4 +286,89 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
             .parse()
             .ok()
     })
+}
+
+// The hello project, as the daemon tests commit it, and the config around it.
+
+pub const HELLO_SH: &[u8] = include_bytes!("../../examples/hello/hello.sh");
+pub const HOOK_SECRET: &str = "hook-secret-for-tests";
+
+/// The hello recipe, with `first` as an extra first step (say, a sleep).
+pub fn recipe(first: &str) -> Vec<u8> {
+    let first = if first.is_empty() {
+        String::new()
+    } else {
+        format!("  {first:?},\n")
+    };
+    format!(
+        "[build]\nimage = \"kiln-builder/busybox:latest\"\nsteps = [\n{first}  \"mkdir -p /out/bin\",\n  \"cp /bin/busybox /out/bin/busybox && ln -s busybox /out/bin/sh\",\n  \"sed \\\"s/@EPOCH@/$SOURCE_DATE_EPOCH/\\\" hello.sh > /out/bin/hello && chmod 755 /out/bin/hello\",\n]\ntimeout = \"5m\"\n\n[[artifact]]\nname = \"hello\"\nkind = \"image\"\nentrypoint = [\"/bin/hello\"]\n"
+    )
+    .into_bytes()
+}
+
+/// Files of a hello project whose marker makes its commits unique to one test.
+pub fn hello(marker: &str, first_step: &str) -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("hello.sh", HELLO_SH.to_vec()),
+        ("kiln.toml", recipe(first_step)),
+        ("marker.txt", marker.as_bytes().to_vec()),
+    ]
+}
+
+pub fn refs<'a>(files: &'a [(&'static str, Vec<u8>)]) -> Vec<(&'static str, &'a [u8])> {
+    files.iter().map(|(p, c)| (*p, c.as_slice())).collect()
+}
+
+/// Commit a change to `file` in a local work tree; returns the SHA.
+pub fn commit(dir: &Path, file: &str, content: &str) -> String {
+    std::fs::write(dir.join(file), content).unwrap();
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", &format!("change {file}")]);
+    git(dir, &["rev-parse", "HEAD"])
+}
+
+/// The raw manifest `skopeo` reads for `reference` (`docker://...` or `oci:...`), if any.
+pub fn skopeo_manifest(reference: &str) -> Option<serde_json::Value> {
+    require("skopeo");
+    let out = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", reference])
+        .checked_output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).expect("skopeo printed JSON"))
+}
+
+pub fn manifest_digest(reference: &str) -> Option<String> {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", reference])
+        .checked_output()
+        .unwrap();
+    out.status.success().then(|| {
+        use sha2::Digest as _;
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&out.stdout)))
+    })
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn secret_file(dir: &Path, name: &str, value: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("{value}\n")).unwrap();
+    p.display().to_string()
+}
+
+pub fn github_config(gh: &FakeGitHub, dir: &Path, poll: &str, extra: &str) -> String {
+    format!(
+        "public_url = \"https://kiln.example.com\"\n{extra}\n[github]\napi_url = \"{}\"\ntoken_file = \"{}\"\npoll_interval = \"{poll}\"\nwebhook_secret_file = \"{}\"\n",
+        gh.api_url,
+        secret_file(dir, "token", GITHUB_TOKEN),
+        secret_file(dir, "hook-secret", HOOK_SECRET),
+    )
 }

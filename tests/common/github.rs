@@ -171,6 +171,16 @@ impl FakeGitHub {
         git(&dir, &["rev-parse", "HEAD"])
     }
 
+    /// Create branch `name` from `main` with one more commit of `files`; returns its SHA.
+    /// `main` stays checked out.
+    pub fn branch(&self, full: &str, name: &str, files: &[(&str, &[u8])], message: &str) -> String {
+        let dir = self.dir(full);
+        git(&dir, &["checkout", "-q", "-b", name, "main"]);
+        let sha = self.commit(full, files, message);
+        git(&dir, &["checkout", "-q", "main"]);
+        sha
+    }
+
     /// Tag `sha` (annotated, as releases usually are).
     pub fn tag(&self, full: &str, name: &str, sha: &str) {
         git(&self.dir(full), &["tag", "-a", "-m", name, name, sha]);
