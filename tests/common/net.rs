@@ -217,17 +217,65 @@ pub struct FaultStats {
     pub unavailable: AtomicUsize,
     pub too_many: AtomicUsize,
     pub resets: AtomicUsize,
+    pub slow: AtomicUsize,
+    pub truncated: AtomicUsize,
     pub connections: AtomicUsize,
     /// Request bytes forwarded so far, over all connections.
     pub forwarded: AtomicUsize,
 }
 
-/// Where (in forwarded request bytes) the proxy resets a connection.
-const RESET_AT: [usize; 2] = [6 << 20, 22 << 20];
+/// What a [`FaultProxy`] does, decided only by a new connection's number and by how many
+/// request bytes it forwarded in all, so that every client meets the same faults.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    /// New connections are numbered from 0; their number modulo `cycle` picks their fault.
+    pub cycle: usize,
+    /// Answered `503 Service Unavailable` and closed.
+    pub unavailable: Vec<usize>,
+    /// Answered `429 Too Many Requests` with `Retry-After: 1` and closed.
+    pub too_many: Vec<usize>,
+    /// Forwarded, but the first response waits `slow_by` before it starts.
+    pub slow: Vec<usize>,
+    pub slow_by: Duration,
+    /// Forwarded, but the first response is cut short (half its body, or half its head when
+    /// it has no body) and the connection reset.
+    pub truncated: Vec<usize>,
+    /// The connection carrying the forwarded request bytes (all connections together) past
+    /// each of these marks is reset on the spot, mid-upload.
+    pub resets_at: Vec<usize>,
+}
 
-/// A TCP proxy in front of a registry that breaks things: some new connections get a 503 or
-/// a 429 with `Retry-After: 1`, and the connection carrying the request bytes past 6 MiB and
-/// past 22 MiB (in total) is reset on the spot, mid-upload.
+impl Schedule {
+    /// Some 503s and 429s, and two resets (past 6 MiB and past 22 MiB).
+    pub fn mild() -> Schedule {
+        Schedule {
+            cycle: 6,
+            unavailable: vec![1],
+            too_many: vec![3],
+            slow: vec![],
+            slow_by: Duration::ZERO,
+            truncated: vec![],
+            resets_at: vec![6 << 20, 22 << 20],
+        }
+    }
+
+    /// Of every 8 new connections, one 503, one 429, one slow (2 s) and one truncated; and a
+    /// reset every 8 MiB of request bytes, 12 times: a client that starts an upload over after
+    /// a reset needs more than 12 tries for a blob over 8 MiB.
+    pub fn harsh() -> Schedule {
+        Schedule {
+            cycle: 8,
+            unavailable: vec![1],
+            too_many: vec![3],
+            slow: vec![5],
+            slow_by: Duration::from_secs(2),
+            truncated: vec![6],
+            resets_at: (1..=12).map(|i| i * (8 << 20)).collect(),
+        }
+    }
+}
+
+/// A TCP proxy in front of a registry that breaks things on a [`Schedule`].
 pub struct FaultProxy {
     pub addr: String,
     pub stats: Arc<FaultStats>,
@@ -278,30 +326,99 @@ impl SlowProxy {
 }
 
 impl FaultProxy {
+    /// A proxy on the [`Schedule::mild`] schedule.
     pub fn start(upstream: &str) -> FaultProxy {
+        FaultProxy::with_schedule(upstream, Schedule::mild())
+    }
+
+    pub fn with_schedule(upstream: &str, schedule: Schedule) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let stats = Arc::new(FaultStats::default());
         let (st, up) = (stats.clone(), upstream.to_owned());
+        let schedule = Arc::new(schedule);
         std::thread::spawn(move || {
             for (k, conn) in listener.incoming().enumerate() {
                 let Ok(client) = conn else { continue };
                 st.connections.fetch_add(1, Ordering::SeqCst);
-                let (st, up) = (st.clone(), up.clone());
-                std::thread::spawn(move || match k % 6 {
-                    1 => canned(client, "503 Service Unavailable", "", &st.unavailable),
-                    3 => canned(
-                        client,
-                        "429 Too Many Requests",
-                        "Retry-After: 1\r\n",
-                        &st.too_many,
-                    ),
-                    _ => pipe(client, &up, &st),
+                let (st, up, sc) = (st.clone(), up.clone(), schedule.clone());
+                std::thread::spawn(move || {
+                    let r = k % sc.cycle;
+                    if sc.unavailable.contains(&r) {
+                        canned(client, "503 Service Unavailable", "", &st.unavailable)
+                    } else if sc.too_many.contains(&r) {
+                        canned(
+                            client,
+                            "429 Too Many Requests",
+                            "Retry-After: 1\r\n",
+                            &st.too_many,
+                        )
+                    } else {
+                        let answer = if sc.slow.contains(&r) {
+                            Answer::Slow(sc.slow_by)
+                        } else if sc.truncated.contains(&r) {
+                            Answer::Truncated
+                        } else {
+                            Answer::Whole
+                        };
+                        pipe(client, &up, &st, &sc.resets_at, answer)
+                    }
                 });
             }
         });
         FaultProxy { addr, stats }
     }
+}
+
+/// How a piped connection's first response is passed back.
+#[derive(Clone, Copy)]
+enum Answer {
+    Whole,
+    Slow(Duration),
+    Truncated,
+}
+
+/// Pass the server's answers back to the client, the first one as `answer` says.
+fn answer_back(mut server: TcpStream, mut client: TcpStream, answer: Answer, stats: &FaultStats) {
+    match answer {
+        Answer::Whole => {}
+        Answer::Slow(by) => {
+            let mut first = [0u8; 1];
+            if server.read_exact(&mut first).is_err() {
+                return;
+            }
+            stats.slow.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(by);
+            if client.write_all(&first).is_err() {
+                return;
+            }
+        }
+        Answer::Truncated => {
+            let head = read_head(&mut server);
+            if head.is_empty() {
+                return;
+            }
+            let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+            let length = text
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            if length >= 2 {
+                let _ = client.write_all(&head);
+                let _ = std::io::copy(&mut (&mut server).take(length / 2), &mut client);
+            } else {
+                let _ = client.write_all(&head[..head.len() / 2]);
+            }
+            stats.truncated.fetch_add(1, Ordering::SeqCst);
+            let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
+            let _ = client.shutdown(std::net::Shutdown::Both);
+            let _ = server.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+    }
+    let _ = std::io::copy(&mut server, &mut client);
+    let _ = client.shutdown(std::net::Shutdown::Write);
 }
 
 fn read_head(s: &mut TcpStream) -> Vec<u8> {
@@ -333,15 +450,19 @@ fn canned(mut client: TcpStream, status: &str, extra: &str, counter: &AtomicUsiz
     let _ = client.flush();
 }
 
-fn pipe(client: TcpStream, upstream: &str, stats: &FaultStats) {
+fn pipe(
+    client: TcpStream,
+    upstream: &str,
+    stats: &Arc<FaultStats>,
+    resets_at: &[usize],
+    answer: Answer,
+) {
     let Ok(server) = TcpStream::connect(upstream) else {
         return;
     };
-    let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-    let back = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut s2, &mut c2);
-        let _ = c2.shutdown(std::net::Shutdown::Write);
-    });
+    let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    let st = stats.clone();
+    let back = std::thread::spawn(move || answer_back(s2, c2, answer, &st));
     let (mut c, mut s) = (client, server);
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -353,7 +474,7 @@ fn pipe(client: TcpStream, upstream: &str, stats: &FaultStats) {
             break;
         }
         let before = stats.forwarded.fetch_add(n, Ordering::SeqCst);
-        if RESET_AT.iter().any(|&at| before < at && before + n >= at) {
+        if resets_at.iter().any(|&at| before < at && before + n >= at) {
             stats.resets.fetch_add(1, Ordering::SeqCst);
             // An abrupt close (RST), as a dying proxy or a dropped link gives.
             // Shut both sockets down first: the reader thread holds duplicates of them.
