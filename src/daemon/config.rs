@@ -37,10 +37,28 @@ pub struct Config {
     pub verify: Verify,
     /// `[limits]`: what a build may use (network per repo: `allow_network`).
     pub limits: crate::runner::Limits,
+    /// Where the state lives: SQLite in `state_dir`, or the farm's PostgreSQL.
+    pub database: Database,
     pub github: Option<GitHub>,
     pub registry: Option<Registry>,
     pub repos: Vec<Repo>,
 }
+
+/// The state's engine.
+#[derive(Clone, Debug)]
+pub enum Database {
+    /// `state_dir/state.db`: one host.
+    Sqlite,
+    /// A PostgreSQL shared by the hosts of a farm. The password comes from
+    /// `database_password_file`, else `$PGPASSWORD`, else the URL.
+    Postgres {
+        url: String,
+        password: Option<Secret>,
+    },
+}
+
+/// Where the database password comes from when `database_password_file` is not set.
+pub const DB_PASSWORD_ENV: &str = "PGPASSWORD";
 
 /// When the daemon builds a commit twice to check that it is reproducible.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -211,6 +229,8 @@ impl Checker<'_> {
                 "lease",
                 "verify",
                 "limits",
+                "database",
+                "database_password_file",
                 "github",
                 "registry",
                 "repo",
@@ -250,6 +270,7 @@ impl Checker<'_> {
                 s
             }
         };
+        let database = self.database(doc);
         let public_url = self.string(doc, "", "public_url").map(|(s, at)| {
             if !(s.starts_with("http://") || s.starts_with("https://")) {
                 self.problem(at, "public_url", format!("{s:?} is not an http(s) URL"));
@@ -337,6 +358,7 @@ impl Checker<'_> {
             lease,
             verify,
             limits,
+            database,
             github,
             registry,
             repos: repos.into_iter().map(|(r, _)| r).collect(),
@@ -506,6 +528,51 @@ impl Checker<'_> {
             return None;
         }
         Some((PathBuf::from(s), at))
+    }
+
+    /// `database = "postgres://user@host:port/db"` and `database_password_file`. Errors
+    /// never repeat a password given in the URL.
+    fn database(&mut self, doc: &DeTable) -> Database {
+        let password = match self.string(doc, "", "database_password_file") {
+            Some((p, at)) if !p.starts_with('/') => {
+                self.problem(
+                    at,
+                    "database_password_file",
+                    format!("{p:?} must be an absolute path"),
+                );
+                None
+            }
+            Some((p, at)) => match read_secret(Path::new(&p)) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    self.problem(at, "database_password_file", e);
+                    None
+                }
+            },
+            None => std::env::var(DB_PASSWORD_ENV)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(Secret::new),
+        };
+        let Some((url, at)) = self.string(doc, "", "database") else {
+            return Database::Sqlite;
+        };
+        let shown = crate::state::redacted_url(&url);
+        match url::Url::parse(&url) {
+            Ok(u) if matches!(u.scheme(), "postgres" | "postgresql") && u.host().is_some() => {
+                Database::Postgres { url, password }
+            }
+            _ => {
+                self.problem(
+                    at,
+                    "database",
+                    format!(
+                        "{shown:?} is not a PostgreSQL URL, like \"postgres://kiln@db.internal:5432/kiln\" (leave it out for SQLite in state_dir)"
+                    ),
+                );
+                Database::Sqlite
+            }
+        }
     }
 
     fn github(&mut self, t: &DeTable) -> GitHub {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::DaemonError;
 use crate::state::{Lease, Renewal, Store};
 
 /// Why a job's token was cancelled.
@@ -69,15 +70,39 @@ impl Drop for HoldGuard {
 
 impl LeaseKeeper {
     /// Start the keeper thread. `duration` is the lease length; renewals happen every third.
-    pub fn start(store: Arc<dyn Store>, duration: Duration) -> std::io::Result<LeaseKeeper> {
+    /// Start the keeper on a thread and runtime of its own, with a store `open` makes there
+    /// (its own connection); returns once that store is open.
+    pub async fn start<F>(open: F, duration: Duration) -> Result<LeaseKeeper, DaemonError>
+    where
+        F: FnOnce()
+                -> futures_util::future::BoxFuture<'static, Result<Arc<dyn Store>, DaemonError>>
+            + Send
+            + 'static,
+    {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Hold>();
+        let (opened_tx, opened) = tokio::sync::oneshot::channel();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()?;
+            .build()
+            .map_err(|source| DaemonError::Io {
+                op: "start the lease keeper's runtime",
+                path: std::path::PathBuf::from("-"),
+                source,
+            })?;
         std::thread::Builder::new()
             .name("kiln-lease".into())
             .spawn(move || {
                 rt.block_on(async move {
+                    let store = match open().await {
+                        Ok(s) => {
+                            let _ = opened_tx.send(Ok(()));
+                            s
+                        }
+                        Err(e) => {
+                            let _ = opened_tx.send(Err(e));
+                            return;
+                        }
+                    };
                     let mut holds: Vec<Hold> = Vec::new();
                     let mut tick = tokio::time::interval(duration / 3);
                     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -98,8 +123,21 @@ impl LeaseKeeper {
                         }
                     }
                 })
+            })
+            .map_err(|source| DaemonError::Io {
+                op: "start the lease keeper's thread",
+                path: std::path::PathBuf::from("-"),
+                source,
             })?;
-        Ok(LeaseKeeper { tx })
+        match opened.await {
+            Ok(Ok(())) => Ok(LeaseKeeper { tx }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(DaemonError::Io {
+                op: "start the lease keeper",
+                path: std::path::PathBuf::from("-"),
+                source: std::io::Error::other("its thread ended"),
+            }),
+        }
     }
 
     /// Keep `lease` alive until the guard drops; cancel `cancel` (with `why` set) when it is

@@ -20,6 +20,7 @@ use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -28,8 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::runner::DockerRunner;
-use crate::state::{SqliteStore, Store};
-use config::{Config, RepoSource};
+use crate::state::{PgStore, SqliteStore, StateError, Store};
+use config::{Config, Database, RepoSource};
 use github::GitHubClient;
 use lease::{LeaseKeeper, STOP_SHUTDOWN, StopReason};
 use metrics::Metrics;
@@ -53,6 +54,8 @@ pub enum DaemonError {
     Locked { dir: PathBuf, pid: Option<u32> },
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    #[error("the database {url}: {source}")]
+    Database { url: String, source: StateError },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -91,6 +94,76 @@ pub struct Daemon {
     pub(crate) tag_lock: tokio::sync::Mutex<()>,
     /// `GET /repos/{o}/{r}` answers, once per repository and config.
     repo_infos: Mutex<HashMap<String, github::RepoInfo>>,
+    /// Whether this host leads the GitHub polls now (one host of a farm at a time).
+    pub(crate) poller: AtomicBool,
+    /// When this process started (Unix milliseconds), for the hosts table.
+    started_at: i64,
+}
+
+/// The farm role whose holder polls GitHub.
+pub const ROLE_POLLER: &str = "poller";
+
+/// Open the state the config names, with up to `connections` connections.
+pub async fn open_state(config: &Config, connections: u32) -> Result<Arc<dyn Store>, DaemonError> {
+    Ok(match &config.database {
+        Database::Sqlite => {
+            let path = config.state_dir.join("state.db");
+            if connections <= 1 {
+                Arc::new(SqliteStore::open_single(&path).await?)
+            } else {
+                Arc::new(SqliteStore::open(&path).await?)
+            }
+        }
+        Database::Postgres { url, password } => Arc::new(
+            PgStore::connect(url, password.as_ref().map(|p| p.expose()), connections)
+                .await
+                .map_err(|source| DaemonError::Database {
+                    url: crate::state::redacted_url(url),
+                    source,
+                })?,
+        ),
+    })
+}
+
+/// Record this host's heartbeat, and take or keep the poller role (another host takes it
+/// once this one stops renewing).
+async fn farm_beat(d: &Daemon) {
+    let running = d.running.lock().unwrap_or_else(|p| p.into_inner()).len() as u32;
+    if let Err(e) = d
+        .store
+        .heartbeat(&d.host_id, env!("CARGO_PKG_VERSION"), d.started_at, running)
+        .await
+    {
+        tracing::warn!(error = %e, "cannot record this host's heartbeat");
+    }
+    let leads = match d.store.lead(ROLE_POLLER, &d.host_id, d.lease).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot renew the poller role; not polling until the database answers");
+            false
+        }
+    };
+    if d.poller.swap(leads, Ordering::SeqCst) != leads {
+        if leads {
+            tracing::info!("this host polls GitHub for the farm now");
+        } else {
+            tracing::info!("another host polls GitHub now");
+        }
+    }
+}
+
+/// [`farm_beat`] every third of the lease; on stop, resign the role and record the stop.
+async fn farm(d: Arc<Daemon>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(d.lease / 3) => {}
+            _ = stop.cancelled() => break,
+        }
+        farm_beat(&d).await;
+    }
+    d.poller.store(false, Ordering::SeqCst);
+    let _ = d.store.resign(ROLE_POLLER, &d.host_id).await;
+    let _ = d.store.host_stopped(&d.host_id).await;
 }
 
 impl Daemon {
@@ -305,7 +378,10 @@ pub async fn run(
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&state_dir.join("state.db")).await?);
+    let store = open_state(&config, 8).await?;
+    if let Database::Postgres { url, .. } = &config.database {
+        tracing::info!(database = %crate::state::redacted_url(url), "the state is the farm's PostgreSQL");
+    }
     let requeued = store.requeue_host(&config.host_id).await?;
     if requeued > 0 {
         tracing::info!(
@@ -330,12 +406,16 @@ pub async fn run(
         }
         None => None,
     };
-    let keeper =
-        LeaseKeeper::start(store.clone(), config.lease).map_err(|source| DaemonError::Io {
-            op: "start the lease keeper for",
-            path: state_dir.clone(),
-            source,
-        })?;
+    // The lease keeper has its own thread, runtime and connection: a busy build cannot
+    // starve it, and neither can a pool the builds exhaust.
+    let keeper = {
+        let cfg = config.clone();
+        LeaseKeeper::start(
+            move || Box::pin(async move { open_state(&cfg, 1).await }),
+            config.lease,
+        )
+        .await?
+    };
     let listen = config.listen;
     let d = Arc::new(Daemon {
         config_tx: tokio::sync::watch::Sender::new(Arc::new(config.clone())),
@@ -354,6 +434,8 @@ pub async fn run(
         running: Mutex::new(HashMap::new()),
         tag_lock: tokio::sync::Mutex::new(()),
         repo_infos: Mutex::new(HashMap::new()),
+        poller: AtomicBool::new(false),
+        started_at: crate::state::now_ms(),
     });
 
     let listener = tokio::net::TcpListener::bind(listen)
@@ -376,6 +458,7 @@ pub async fn run(
             }
         });
     }
+    farm_beat(&d).await;
     tasks.spawn(watch::triggers(d.clone(), stop.clone()));
     tasks.spawn(watch::reload_on_change(
         d.clone(),
@@ -385,6 +468,7 @@ pub async fn run(
     tasks.spawn(send_statuses(d.clone(), stop.clone()));
     tasks.spawn(retagger(d.clone(), stop.clone()));
     tasks.spawn(gauges(d.clone(), stop.clone()));
+    tasks.spawn(farm(d.clone(), stop.clone()));
     let builds = TaskTracker::new();
     let scheduler = tokio::spawn(schedule(d.clone(), stop.clone(), builds.clone()));
     tracing::info!(

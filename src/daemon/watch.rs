@@ -162,17 +162,25 @@ async fn poll_github(d: Arc<Daemon>, repo: Repo, stop: CancellationToken) {
             .mul_f64(jitter() * 0.5);
     let mut failures: u32 = 0;
     loop {
+        let mut poked = false;
         tokio::select! {
             _ = tokio::time::sleep_until(next.into()) => {}
             p = pokes.recv() => match p {
                 Ok(r) if r.eq_ignore_ascii_case(&name) => {
                     tracing::debug!(repo = %name, "webhook: checking now");
+                    poked = true;
                 }
                 Ok(_) => continue,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(_) => return,
             },
             _ = stop.cancelled() => return,
+        }
+        // In a farm one host polls (see `farm`); the others only answer their webhooks, and
+        // look again soon in case the poller role comes to them.
+        if !poked && !d.poller.load(std::sync::atomic::Ordering::SeqCst) {
+            next = Instant::now() + interval.min(d.lease / 3);
+            continue;
         }
         let Some(gh) = d.github() else { return };
         if let Some(until) = gh.gate_closed_until().await {

@@ -23,6 +23,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/builds", get(builds))
         .route("/api/builds/{id}", get(build))
+        .route("/api/hosts", get(hosts))
         .route("/builds/{id}/log", get(log))
         .route("/hooks/github", post(github_hook))
         .with_state(d)
@@ -141,6 +142,41 @@ async fn builds(State(d): State<Arc<Daemon>>, Query(q): Query<ListQuery>) -> Res
             "builds": rows.iter().map(build_json).collect::<Vec<_>>()
         }))
         .into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// The farm's hosts: `{"hosts": [{id, version, started_at, last_heartbeat, running, state,
+/// stopped_at}]}`. `state` is `up` (a heartbeat within two leases), `stopped` (a clean stop) or
+/// `lost` (silent: dead, or cut off from the database).
+async fn hosts(State(d): State<Arc<Daemon>>) -> Response {
+    match d.store.hosts().await {
+        Ok(rows) => {
+            let now = crate::state::now_ms();
+            let fresh = 2 * d.lease.as_millis() as i64;
+            let hosts: Vec<Value> = rows
+                .iter()
+                .map(|h| {
+                    let state = if h.stopped_at.is_some() {
+                        "stopped"
+                    } else if now - h.heartbeat_at <= fresh {
+                        "up"
+                    } else {
+                        "lost"
+                    };
+                    json!({
+                        "id": h.id,
+                        "version": h.version,
+                        "started_at": time(Some(h.started_at)),
+                        "last_heartbeat": time(Some(h.heartbeat_at)),
+                        "running": h.running,
+                        "state": state,
+                        "stopped_at": time(h.stopped_at),
+                    })
+                })
+                .collect();
+            axum::Json(json!({ "hosts": hosts })).into_response()
+        }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }

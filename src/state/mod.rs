@@ -9,12 +9,15 @@
 //!   every write of a result checks that token, so a host that lost its lease records nothing;
 //! - a job and context get at most one terminal commit status.
 
+mod postgres;
+mod sql;
 mod sqlite;
 
 use std::time::Duration;
 
 use serde::Serialize;
 
+pub use postgres::{PgStore, redacted_url};
 pub use sqlite::SqliteStore;
 
 /// The state a build is in.
@@ -211,6 +214,19 @@ pub struct BuildDetail {
     pub steps: Vec<StepRow>,
 }
 
+/// A host of the farm, as `GET /api/hosts` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HostRow {
+    pub id: String,
+    pub version: String,
+    pub started_at: i64,
+    pub heartbeat_at: i64,
+    /// Jobs it was running at its last heartbeat.
+    pub running: u32,
+    /// When it stopped cleanly (none while it runs, or when it died).
+    pub stopped_at: Option<i64>,
+}
+
 /// Which builds to list.
 #[derive(Clone, Debug, Default)]
 pub struct BuildQuery {
@@ -333,6 +349,26 @@ pub trait Store: Send + Sync {
     -> Result<Vec<StatusRow>>;
     /// Record a send: done, or failed and to be tried again after `retry_in`.
     async fn status_sent(&self, id: i64, ok: bool, retry_in: Duration) -> Result<()>;
+
+    // The farm.
+
+    /// Record that `host` is alive, the version it runs, when it started and how many jobs
+    /// it runs now.
+    async fn heartbeat(
+        &self,
+        host: &str,
+        version: &str,
+        started_at: i64,
+        running: u32,
+    ) -> Result<()>;
+    /// Record a clean stop.
+    async fn host_stopped(&self, host: &str) -> Result<()>;
+    async fn hosts(&self) -> Result<Vec<HostRow>>;
+    /// Take `role` (say, the GitHub poller) or keep it, for `ttl`: true while `host` holds
+    /// it. Another host can take it only once the holder's lease ran out.
+    async fn lead(&self, role: &str, host: &str, ttl: Duration) -> Result<bool>;
+    /// Give `role` up at once (a clean stop), if `host` holds it.
+    async fn resign(&self, role: &str, host: &str) -> Result<()>;
 
     // Reads.
 

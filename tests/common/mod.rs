@@ -8,6 +8,7 @@
 pub mod daemon;
 pub mod github;
 pub mod net;
+pub mod postgres;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -40,7 +41,12 @@ pub fn secret_forms() -> Vec<String> {
     use base64::Engine;
     let basic = base64::engine::general_purpose::STANDARD
         .encode(format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}"));
-    vec![GITHUB_TOKEN.into(), REGISTRY_PASSWORD.into(), basic]
+    vec![
+        GITHUB_TOKEN.into(),
+        REGISTRY_PASSWORD.into(),
+        basic,
+        postgres::DB_PASSWORD.into(),
+    ]
 }
 
 /// Panics if `text` holds a secret; `what` names where it came from.

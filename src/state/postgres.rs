@@ -1,0 +1,159 @@
+//! The state in PostgreSQL, shared by the daemons of a farm. The same versioned migrations and
+//! statements as SQLite (see `sql.rs`); what differs is here:
+//! - a claim locks the row it takes with `FOR UPDATE SKIP LOCKED`, so hosts claiming at once
+//!   never wait on each other and never take the same job;
+//! - times come from the database's clock (the host's clock corrected by its measured offset),
+//!   so leases mean the same on every host even when their clocks drift;
+//! - `sqlx`'s migrator holds an advisory lock while it migrates, so hosts upgraded and
+//!   started together run each migration once.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Row};
+
+use super::sql::*;
+use super::*;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/state/migrations/postgres");
+
+/// A [`Store`] in a PostgreSQL database.
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+    /// The database's clock minus this host's, in milliseconds.
+    skew: Arc<AtomicI64>,
+}
+
+/// Where to connect, without the password: for logs and errors.
+pub fn redacted_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "(an unparsable database URL)".to_owned(),
+    }
+}
+
+impl PgStore {
+    /// Connect with up to `connections` connections (the password, when given, overrides the
+    /// URL's and `PGPASSWORD`), bring the schema up to date and measure the clock offset.
+    pub async fn connect(url: &str, password: Option<&str>, connections: u32) -> Result<PgStore> {
+        let mut opts = PgConnectOptions::from_str(url)?;
+        if let Some(p) = password {
+            opts = opts.password(p);
+        }
+        opts = opts.application_name("kiln");
+        let pool = PgPoolOptions::new()
+            .max_connections(connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        let store = PgStore {
+            pool,
+            skew: Arc::new(AtomicI64::new(0)),
+        };
+        store.sync_clock().await?;
+        Ok(store)
+    }
+
+    /// Measure the database's clock against this host's (half the round trip corrected).
+    pub async fn sync_clock(&self) -> Result<()> {
+        let before = now_ms();
+        let db: i64 =
+            sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
+                .fetch_one(&self.pool)
+                .await?;
+        let after = now_ms();
+        self.skew
+            .store(db - (before + after) / 2, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// `?` and `?N` placeholders become `$N` (outside quoted strings).
+    fn q<'s>(&self, sql: &'s str) -> std::borrow::Cow<'s, str> {
+        std::borrow::Cow::Owned(dollar_placeholders(sql))
+    }
+
+    fn now(&self) -> i64 {
+        now_ms() + self.skew.load(Ordering::Relaxed)
+    }
+
+    const SKIP_LOCKED: &'static str = "FOR UPDATE SKIP LOCKED";
+
+    /// The server answers and the schema is the one this kiln migrated to.
+    async fn check(&self) -> Result<String> {
+        let applied: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
+                .await?;
+        let known = MIGRATOR.iter().count() as i64;
+        Ok(if applied >= known {
+            "ok".to_owned()
+        } else {
+            format!("{applied} of {known} migrations applied")
+        })
+    }
+}
+
+fn dollar_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    let mut quoted = false;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                out.push(c);
+            }
+            '?' if !quoted => {
+                let mut digits = String::new();
+                while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                    digits.push(*d);
+                    chars.next();
+                }
+                if digits.is_empty() {
+                    n += 1;
+                    out.push_str(&format!("${n}"));
+                } else {
+                    out.push('$');
+                    out.push_str(&digits);
+                }
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+sql_store!(PgStore, sqlx::Postgres, sqlx::postgres::PgRow);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_outside_strings() {
+        assert_eq!(
+            dollar_placeholders("UPDATE t SET a = ?, b = '?' WHERE c = ? AND d = ?3"),
+            "UPDATE t SET a = $1, b = '?' WHERE c = $2 AND d = $3"
+        );
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redacted_url("postgres://kiln:s3cret@db.internal:5432/kiln"),
+            "postgres://kiln:***@db.internal:5432/kiln"
+        );
+        assert!(!redacted_url("postgres://kiln:s3cret@[bad").contains("s3cret"));
+    }
+}
