@@ -743,6 +743,9 @@ async fn stages_in(
                 }
             }
         }
+        // Nothing goes to the registry unless the lease is ours, with time to spare: a host
+        // that was paused past its lease (another host has the job) pushes nothing.
+        still_ours(d, lease, &contexts, "publishing").await?;
         artifacts = staged(d, lease, attempt, "publish", &log, async {
             let mut out = Vec::new();
             for a in &artifacts {
@@ -761,21 +764,7 @@ async fn stages_in(
     // about to) publishes nothing more. One tag move at a time per daemon, so a branch tag
     // is decided and moved without a retag of the same branch in between.
     let _tagging = d.tag_lock.lock().await;
-    match d.store.holds(lease, d.lease / 3).await {
-        Ok(true) => {}
-        Ok(false) => {
-            return Err(Failure {
-                error: PipelineError::Usage("the lease was lost before tagging".into()),
-                contexts,
-                lost: true,
-            });
-        }
-        Err(e) => {
-            return Err(fail(&contexts)(PipelineError::Retryable(format!(
-                "cannot confirm the lease before tagging: {e}"
-            ))));
-        }
-    }
+    still_ours(d, lease, &contexts, "tagging").await?;
     let refs = d
         .store
         .build(&lease.build_id)
@@ -939,5 +928,28 @@ mod tests {
             ]
         );
         assert_eq!(tag_name("-x/y"), Some("x-y".into()));
+    }
+}
+
+/// Whether the lease is still ours with a third of it to spare, before `what`; a lost lease
+/// is a [`Failure`] that records nothing.
+async fn still_ours(
+    d: &Daemon,
+    lease: &Lease,
+    contexts: &[String],
+    what: &str,
+) -> Result<(), Failure> {
+    match d.store.holds(lease, d.lease / 3).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Failure {
+            error: PipelineError::Usage(format!("the lease was lost before {what}")),
+            contexts: contexts.to_vec(),
+            lost: true,
+        }),
+        Err(e) => Err(Failure {
+            error: PipelineError::Retryable(format!("cannot confirm the lease before {what}: {e}")),
+            contexts: contexts.to_vec(),
+            lost: false,
+        }),
     }
 }

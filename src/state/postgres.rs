@@ -52,7 +52,7 @@ impl PgStore {
         opts = opts.application_name("kiln");
         let pool = PgPoolOptions::new()
             .max_connections(connections.max(1))
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(5))
             .connect_with(opts)
             .await?;
         MIGRATOR.run(&pool).await?;

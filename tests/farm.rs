@@ -1,0 +1,456 @@
+//! The farm: several `kiln daemon` processes (hosts) on one real PostgreSQL, one real registry
+//! and one stand-in GitHub. Hosts are killed, paused past their lease and cut off from the
+//! database; every commit is still built and reported exactly once.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::daemon::*;
+use common::github::{FakeGitHub, terminal_statuses};
+use common::net::Registry;
+use common::postgres::{DB_PASSWORD, Postgres};
+use common::*;
+
+/// A short lease, so takeovers happen within a test's patience.
+const LEASE: &str = "3s";
+
+struct Farm {
+    pg: Postgres,
+    gh: FakeGitHub,
+    reg: Registry,
+    db_url: String,
+    root: tempfile::TempDir,
+}
+
+struct Host {
+    id: String,
+    dir: PathBuf,
+    config: PathBuf,
+    url: String,
+    daemon: Option<Daemon>,
+}
+
+impl Farm {
+    fn new() -> Farm {
+        builder_image("busybox");
+        let pg = Postgres::start();
+        let db_url = pg.database();
+        Farm {
+            pg,
+            gh: FakeGitHub::start(Some(GITHUB_TOKEN)),
+            reg: Registry::start(),
+            db_url,
+            root: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A host watching `repos` (each with `branches`); started.
+    fn host(&self, id: &str, repos: &[&str], branches: &[&str]) -> Host {
+        let dir = self.root.path().join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let password = secret_file(&dir, "db-password", DB_PASSWORD);
+        let mut body = format!(
+            "{}\n[registry]\nurl = \"{}/acme\"\n",
+            github_config(
+                &self.gh,
+                &dir,
+                "1s",
+                &format!(
+                    "host_id = \"{id}\"\nlease = \"{LEASE}\"\nshutdown_grace = \"1s\"\ndatabase = \"{}\"\ndatabase_password_file = \"{password}\"",
+                    self.db_url
+                )
+            ),
+            self.reg.addr
+        );
+        for r in repos {
+            body.push_str(&format!(
+                "\n[[repo]]\ngithub = \"{r}\"\nbranches = {branches:?}\n"
+            ));
+        }
+        let (config, url) = write_config(&dir, &body);
+        let daemon = Daemon::start_with(&dir, config.clone(), url.clone(), "trace", &[]);
+        Host {
+            id: id.to_owned(),
+            dir,
+            config,
+            url,
+            daemon: Some(daemon),
+        }
+    }
+}
+
+impl Host {
+    fn d(&self) -> &Daemon {
+        self.daemon.as_ref().expect("running")
+    }
+
+    fn restart(&mut self) {
+        self.daemon = Some(Daemon::start_with(
+            &self.dir,
+            self.config.clone(),
+            self.url.clone(),
+            "trace",
+            &[],
+        ));
+    }
+
+    fn kill9(&mut self) {
+        let mut d = self.daemon.take().expect("running");
+        d.kill9();
+    }
+
+    fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.d().pid() as libc::pid_t, sig);
+        }
+    }
+}
+
+fn build_of<'a>(builds: &'a [serde_json::Value], sha: &str) -> Option<&'a serde_json::Value> {
+    builds.iter().find(|b| b["commit"] == sha)
+}
+
+/// Every commit has exactly one terminal status, a success, and keeps it for 3 s more.
+fn one_success_each(gh: &FakeGitHub, shas: &[String]) {
+    wait_until("every success status", Duration::from_secs(60), || {
+        let all = gh.statuses();
+        shas.iter()
+            .all(|s| terminal_statuses(&all, s).contains_key("kiln/hello"))
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let all = gh.statuses();
+    for sha in shas {
+        let t = terminal_statuses(&all, sha);
+        assert_eq!(t.len(), 1, "{sha}: {t:?}");
+        assert_eq!(t["kiln/hello"].len(), 1, "{sha}: {t:?}");
+        assert_eq!(t["kiln/hello"][0].state, "success", "{sha}: {t:?}");
+    }
+}
+
+/// Tag writes (`PUT .../manifests/<tag>`) the registry logged for `tag`.
+fn tag_puts(reg: &Registry, tag: &str) -> usize {
+    reg.log()
+        .lines()
+        .filter(|l| l.contains(&format!("\"PUT /v2/acme/hello/manifests/{tag} ")))
+        .count()
+}
+
+fn files(marker: &str, sleep: &str) -> Vec<(&'static str, Vec<u8>)> {
+    hello(marker, sleep)
+}
+
+#[test]
+fn three_hosts_build_each_commit_once_and_one_of_them_polls() {
+    let farm = Farm::new();
+    let branches = ["main", "f1", "f2"];
+    let mut shas = Vec::new();
+    for repo in ["acme/one", "acme/two"] {
+        shas.push(
+            farm.gh
+                .create(repo, &refs(&files(&format!("farm {repo}"), "sleep 2"))),
+        );
+        for b in &branches[1..] {
+            let m = format!("farm {repo} {b}");
+            shas.push(farm.gh.branch(repo, b, &[("marker.txt", m.as_bytes())], b));
+        }
+    }
+    let hosts: Vec<Host> = ["h1", "h2", "h3"]
+        .iter()
+        .map(|id| farm.host(id, &["acme/one", "acme/two"], &branches))
+        .collect();
+    let builds = hosts[0]
+        .d()
+        .wait_builds("six builds", Duration::from_secs(300), |b| {
+            shas.iter().all(|s| has(b, s, "success"))
+        });
+    assert_eq!(
+        builds.len(),
+        shas.len(),
+        "one build record per commit: {builds:#?}"
+    );
+    let by_host: BTreeMap<String, usize> = builds.iter().fold(BTreeMap::new(), |mut m, b| {
+        *m.entry(b["host"].as_str().unwrap().to_owned()).or_default() += 1;
+        m
+    });
+    eprintln!("builds per host: {by_host:?}");
+    assert!(by_host.len() >= 2, "the work was not shared: {by_host:?}");
+    for b in &builds {
+        assert_eq!(b["attempts"], 1, "{b:#}");
+    }
+    // Any host shows the whole farm.
+    for h in &hosts[1..] {
+        let mut theirs: Vec<String> = h.d().builds().iter().map(|b| b["id"].to_string()).collect();
+        let mut ours: Vec<String> = builds.iter().map(|b| b["id"].to_string()).collect();
+        theirs.sort();
+        ours.sort();
+        assert_eq!(theirs, ours, "{} shows another list", h.id);
+    }
+    let (st, body) = get(&format!("{}/api/hosts", hosts[2].url));
+    assert_eq!(st, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let up: BTreeSet<&str> = v["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["state"] == "up")
+        .map(|h| h["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(up, BTreeSet::from(["h1", "h2", "h3"]), "{body}");
+    one_success_each(&farm.gh, &shas);
+    for sha in &shas {
+        assert_eq!(tag_puts(&farm.reg, sha), 1, "{sha} tagged more than once");
+    }
+
+    // Idle: the GitHub GETs are one poller's (2 repos x 3 branches a second), not three.
+    let before = farm.gh.requests().len();
+    let window = Duration::from_secs(6);
+    std::thread::sleep(window);
+    let gets = farm.gh.requests()[before..]
+        .iter()
+        .filter(|r| r.method == "GET")
+        .count();
+    let one_poller = 6 * window.as_secs() as usize;
+    eprintln!("idle GitHub GETs in {window:?}: {gets} (one poller: about {one_poller})");
+    assert!(
+        gets <= one_poller * 13 / 10 + 2,
+        "{gets} GETs in {window:?}: more than one host polls"
+    );
+    assert!(gets >= one_poller / 2, "nobody polls: {gets} GETs");
+}
+
+#[test]
+fn a_killed_host_s_build_is_finished_by_another_and_its_container_removed_on_return() {
+    let farm = Farm::new();
+    let sha = farm
+        .gh
+        .create("acme/slow", &refs(&files("farm kill", "sleep 6")));
+    let mut hosts: Vec<Host> = ["k1", "k2"]
+        .iter()
+        .map(|id| farm.host(id, &["acme/slow"], &["main"]))
+        .collect();
+    let builds = hosts[0]
+        .d()
+        .wait_builds("the build to run", Duration::from_secs(60), |b| {
+            has(b, &sha, "running")
+        });
+    let runner = build_of(&builds, &sha).unwrap()["host"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (dead, alive) = if runner == "k1" { (0, 1) } else { (1, 0) };
+    wait_until("the build container", Duration::from_secs(30), || {
+        !containers_labelled("dev.kiln.host", &runner).is_empty()
+    });
+    let killed_at = Instant::now();
+    hosts[dead].kill9();
+    let builds = hosts[alive]
+        .d()
+        .wait_builds("the takeover", Duration::from_secs(120), |b| {
+            has(b, &sha, "success")
+        });
+    let b = build_of(&builds, &sha).unwrap();
+    eprintln!(
+        "taken over and finished {:?} after the kill",
+        killed_at.elapsed()
+    );
+    assert_eq!(b["host"], hosts[alive].id.as_str());
+    assert_eq!(b["attempts"], 2, "{b:#}");
+    assert_eq!(builds.len(), 1);
+    one_success_each(&farm.gh, std::slice::from_ref(&sha));
+    assert_eq!(tag_puts(&farm.reg, &sha), 1);
+
+    // The killed host comes back and removes its own leftover, and nothing else.
+    assert_eq!(containers_labelled("dev.kiln.host", &runner).len(), 1);
+    hosts[dead].restart();
+    wait_until("the leftover's removal", Duration::from_secs(30), || {
+        containers_labelled("dev.kiln.host", &runner).is_empty()
+    });
+    assert!(
+        hosts[dead]
+            .d()
+            .log()
+            .contains("removed containers left by an earlier run")
+    );
+}
+
+#[test]
+fn a_host_paused_past_its_lease_publishes_nothing_when_it_wakes() {
+    let farm = Farm::new();
+    let sha = farm
+        .gh
+        .create("acme/slow", &refs(&files("farm fence", "sleep 6")));
+    let hosts: Vec<Host> = ["p1", "p2"]
+        .iter()
+        .map(|id| farm.host(id, &["acme/slow"], &["main"]))
+        .collect();
+    let builds = hosts[0]
+        .d()
+        .wait_builds("the build to run", Duration::from_secs(60), |b| {
+            has(b, &sha, "running")
+        });
+    let runner = build_of(&builds, &sha).unwrap()["host"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (paused, other) = if runner == "p1" { (0, 1) } else { (1, 0) };
+    hosts[paused].signal(libc::SIGSTOP);
+    let builds = hosts[other]
+        .d()
+        .wait_builds("the takeover", Duration::from_secs(120), |b| {
+            has(b, &sha, "success")
+        });
+    assert_eq!(
+        build_of(&builds, &sha).unwrap()["host"],
+        hosts[other].id.as_str()
+    );
+    let statuses_before = farm.gh.statuses().len();
+    let puts_before = tag_puts(&farm.reg, &sha);
+    assert_eq!(puts_before, 1);
+
+    // Wake the paused host: it finds its lease gone and records, pushes and sends nothing.
+    hosts[paused].signal(libc::SIGCONT);
+    wait_until(
+        "the woken host to see its lease lost",
+        Duration::from_secs(30),
+        || hosts[paused].d().log().contains("lease lost"),
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(tag_puts(&farm.reg, &sha), 1, "the woken host moved a tag");
+    assert_eq!(
+        farm.gh.statuses().len(),
+        statuses_before,
+        "the woken host sent a status: {:?}",
+        &farm.gh.statuses()[statuses_before..]
+    );
+    one_success_each(&farm.gh, std::slice::from_ref(&sha));
+    let b = hosts[paused].d().builds();
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0]["state"], "success");
+    assert_eq!(b[0]["host"], hosts[other].id.as_str());
+}
+
+#[test]
+fn when_the_poller_dies_another_host_finds_new_commits() {
+    let farm = Farm::new();
+    let first = farm.gh.create("acme/lead", &refs(&files("farm lead", "")));
+    let mut hosts: Vec<Host> = ["l1", "l2"]
+        .iter()
+        .map(|id| farm.host(id, &["acme/lead"], &["main"]))
+        .collect();
+    hosts[0]
+        .d()
+        .wait_builds("the first build", Duration::from_secs(120), |b| {
+            has(b, &first, "success")
+        });
+    let leader = hosts
+        .iter()
+        .position(|h| {
+            h.d()
+                .log()
+                .contains("this host polls GitHub for the farm now")
+        })
+        .expect("a poller");
+    let survivor = 1 - leader;
+    assert!(
+        !hosts[survivor]
+            .d()
+            .log()
+            .contains("this host polls GitHub for the farm now"),
+        "two pollers"
+    );
+    hosts[leader].kill9();
+    let pushed = Instant::now();
+    let second = farm
+        .gh
+        .commit("acme/lead", &[("marker.txt", b"farm lead 2")], "second");
+    hosts[survivor]
+        .d()
+        .wait_builds("the new commit", Duration::from_secs(60), |b| {
+            b.iter().any(|x| x["commit"] == second)
+        });
+    let found = pushed.elapsed();
+    eprintln!("a new commit was found {found:?} after the poller died (lease 3 s, poll 1 s)");
+    assert!(found < Duration::from_secs(8), "found only after {found:?}");
+    hosts[survivor]
+        .d()
+        .wait_builds("its build", Duration::from_secs(120), |b| {
+            has(b, &second, "success")
+        });
+}
+
+#[test]
+fn a_database_restart_loses_and_duplicates_nothing() {
+    let farm = Farm::new();
+    let branches = ["main", "f1", "f2", "f3"];
+    let mut shas = vec![
+        farm.gh
+            .create("acme/db", &refs(&files("farm db", "sleep 3"))),
+    ];
+    for b in &branches[1..] {
+        let m = format!("farm db {b}");
+        shas.push(
+            farm.gh
+                .branch("acme/db", b, &[("marker.txt", m.as_bytes())], b),
+        );
+    }
+    let hosts: Vec<Host> = ["d1", "d2"]
+        .iter()
+        .map(|id| farm.host(id, &["acme/db"], &branches))
+        .collect();
+    hosts[0]
+        .d()
+        .wait_builds("builds to run", Duration::from_secs(60), |b| {
+            b.iter().any(|x| x["state"] == "running")
+        });
+    farm.pg.stop();
+    std::thread::sleep(Duration::from_secs(8));
+    for h in &hosts {
+        assert!(h.daemon.is_some());
+        assert_eq!(
+            get(&format!("{}/healthz", h.url)).0,
+            503,
+            "healthz during the outage"
+        );
+    }
+    farm.pg.restart();
+    let builds = hosts[1].d().wait_builds(
+        "every build after the restart",
+        Duration::from_secs(300),
+        |b| shas.iter().all(|s| has(b, s, "success")),
+    );
+    assert_eq!(builds.len(), shas.len(), "{builds:#?}");
+    let attempts: Vec<_> = builds.iter().map(|b| b["attempts"].clone()).collect();
+    eprintln!("attempts per build across the outage: {attempts:?}");
+    one_success_each(&farm.gh, &shas);
+    for sha in &shas {
+        assert_eq!(tag_puts(&farm.reg, sha), 1, "{sha}");
+    }
+    for h in &hosts {
+        // The same processes all along: no crash, no restart loop.
+        assert_eq!(
+            unsafe { libc::kill(h.d().pid() as libc::pid_t, 0) },
+            0,
+            "{} died",
+            h.id
+        );
+        let log = h.d().log();
+        assert!(!log.contains("panicked"), "{}", h.id);
+        assert_eq!(
+            log.matches("kiln daemon ready").count(),
+            1,
+            "{} restarted",
+            h.id
+        );
+    }
+    let lost = hosts
+        .iter()
+        .filter(|h| {
+            let log = h.d().log();
+            log.contains("lease lost") || log.contains("cannot renew the lease")
+        })
+        .count();
+    eprintln!("hosts whose running build met the outage: {lost}");
+}
