@@ -895,6 +895,29 @@ pub async fn retag_pending(d: &Arc<Daemon>, cancel: &CancellationToken) {
     }
 }
 
+/// Whether the lease is still ours with a third of it to spare, before `what`; a lost lease
+/// is a [`Failure`] that records nothing.
+async fn still_ours(
+    d: &Daemon,
+    lease: &Lease,
+    contexts: &[String],
+    what: &str,
+) -> Result<(), Failure> {
+    match d.store.holds(lease, d.lease / 3).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Failure {
+            error: PipelineError::Usage(format!("the lease was lost before {what}")),
+            contexts: contexts.to_vec(),
+            lost: true,
+        }),
+        Err(e) => Err(Failure {
+            error: PipelineError::Retryable(format!("cannot confirm the lease before {what}: {e}")),
+            contexts: contexts.to_vec(),
+            lost: false,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -928,28 +951,5 @@ mod tests {
             ]
         );
         assert_eq!(tag_name("-x/y"), Some("x-y".into()));
-    }
-}
-
-/// Whether the lease is still ours with a third of it to spare, before `what`; a lost lease
-/// is a [`Failure`] that records nothing.
-async fn still_ours(
-    d: &Daemon,
-    lease: &Lease,
-    contexts: &[String],
-    what: &str,
-) -> Result<(), Failure> {
-    match d.store.holds(lease, d.lease / 3).await {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(Failure {
-            error: PipelineError::Usage(format!("the lease was lost before {what}")),
-            contexts: contexts.to_vec(),
-            lost: true,
-        }),
-        Err(e) => Err(Failure {
-            error: PipelineError::Retryable(format!("cannot confirm the lease before {what}: {e}")),
-            contexts: contexts.to_vec(),
-            lost: false,
-        }),
     }
 }
