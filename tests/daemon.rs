@@ -343,27 +343,6 @@ fn sigterm_mid_build_stops_quickly_and_the_job_waits_for_the_next_start() {
     assert_eq!(builds[0]["attempts"], 1, "{builds:?}");
 }
 
-fn sign(body: &[u8]) -> String {
-    use hmac::Mac;
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(HOOK_SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-fn hook(d: &Daemon, event: &str, delivery: &str, body: &[u8], signature: &str) -> (u16, String) {
-    http(
-        "POST",
-        &format!("{}/hooks/github", d.url),
-        &[
-            ("X-GitHub-Event", event),
-            ("X-GitHub-Delivery", delivery),
-            ("X-Hub-Signature-256", signature),
-            ("Content-Type", "application/json"),
-        ],
-        body,
-    )
-}
-
 #[test]
 fn webhooks_are_verified_deduplicated_and_start_a_check() {
     builder_image("busybox");

@@ -5,109 +5,13 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::daemon::*;
+use common::farm::{Farm, Host};
 use common::github::{FakeGitHub, terminal_statuses};
 use common::net::Registry;
-use common::postgres::{DB_PASSWORD, Postgres};
 use common::*;
-
-/// A short lease, so takeovers happen within a test's patience.
-const LEASE: &str = "3s";
-
-struct Farm {
-    pg: Postgres,
-    gh: FakeGitHub,
-    reg: Registry,
-    db_url: String,
-    root: tempfile::TempDir,
-}
-
-struct Host {
-    id: String,
-    dir: PathBuf,
-    config: PathBuf,
-    url: String,
-    daemon: Option<Daemon>,
-}
-
-impl Farm {
-    fn new() -> Farm {
-        builder_image("busybox");
-        let pg = Postgres::start();
-        let db_url = pg.database();
-        Farm {
-            pg,
-            gh: FakeGitHub::start(Some(GITHUB_TOKEN)),
-            reg: Registry::start(),
-            db_url,
-            root: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    /// A host watching `repos` (each with `branches`); started.
-    fn host(&self, id: &str, repos: &[&str], branches: &[&str]) -> Host {
-        let dir = self.root.path().join(id);
-        std::fs::create_dir_all(&dir).unwrap();
-        let password = secret_file(&dir, "db-password", DB_PASSWORD);
-        let mut body = format!(
-            "{}\n[registry]\nurl = \"{}/acme\"\n",
-            github_config(
-                &self.gh,
-                &dir,
-                "1s",
-                &format!(
-                    "host_id = \"{id}\"\nlease = \"{LEASE}\"\nshutdown_grace = \"1s\"\ndatabase = \"{}\"\ndatabase_password_file = \"{password}\"",
-                    self.db_url
-                )
-            ),
-            self.reg.addr
-        );
-        for r in repos {
-            body.push_str(&format!(
-                "\n[[repo]]\ngithub = \"{r}\"\nbranches = {branches:?}\n"
-            ));
-        }
-        let (config, url) = write_config(&dir, &body);
-        let daemon = Daemon::start_with(&dir, config.clone(), url.clone(), "trace", &[]);
-        Host {
-            id: id.to_owned(),
-            dir,
-            config,
-            url,
-            daemon: Some(daemon),
-        }
-    }
-}
-
-impl Host {
-    fn d(&self) -> &Daemon {
-        self.daemon.as_ref().expect("running")
-    }
-
-    fn restart(&mut self) {
-        self.daemon = Some(Daemon::start_with(
-            &self.dir,
-            self.config.clone(),
-            self.url.clone(),
-            "trace",
-            &[],
-        ));
-    }
-
-    fn kill9(&mut self) {
-        let mut d = self.daemon.take().expect("running");
-        d.kill9();
-    }
-
-    fn signal(&self, sig: i32) {
-        unsafe {
-            libc::kill(self.d().pid() as libc::pid_t, sig);
-        }
-    }
-}
 
 fn build_of<'a>(builds: &'a [serde_json::Value], sha: &str) -> Option<&'a serde_json::Value> {
     builds.iter().find(|b| b["commit"] == sha)
@@ -203,6 +107,22 @@ fn three_hosts_build_each_commit_once_and_one_of_them_polls() {
     for sha in &shas {
         assert_eq!(tag_puts(&farm.reg, sha), 1, "{sha} tagged more than once");
     }
+    // A webhook delivery reaching two hosts (say, retried through a load balancer) is
+    // handled once.
+    let body = br#"{"ref":"refs/heads/main","repository":{"full_name":"acme/one"}}"#;
+    let answers: Vec<String> = hosts[..2]
+        .iter()
+        .map(|h| {
+            let (st, a) = hook(h.d(), "push", "farm-delivery-1", body, &sign(body));
+            assert_eq!(st, 200, "{a}");
+            a
+        })
+        .collect();
+    assert_eq!(
+        answers.iter().filter(|a| a.contains("duplicate")).count(),
+        1,
+        "{answers:?}"
+    );
 
     // Idle: the GitHub GETs are one poller's (2 repos x 3 branches a second), not three.
     let before = farm.gh.requests().len();
@@ -453,4 +373,67 @@ fn a_database_restart_loses_and_duplicates_nothing() {
         })
         .count();
     eprintln!("hosts whose running build met the outage: {lost}");
+}
+
+#[test]
+fn a_drained_host_gives_its_build_back_at_once() {
+    let mut farm = Farm::new();
+    // A takeover by lease expiry would take 30 s.
+    farm.lease = "30s";
+    let sha = farm
+        .gh
+        .create("acme/drain", &refs(&files("farm drain", "sleep 6")));
+    let mut hosts: Vec<Host> = ["s1", "s2"]
+        .iter()
+        .map(|id| farm.host(id, &["acme/drain"], &["main"]))
+        .collect();
+    let builds = hosts[0]
+        .d()
+        .wait_builds("the build to run", Duration::from_secs(60), |b| {
+            has(b, &sha, "running")
+        });
+    let runner = build_of(&builds, &sha).unwrap()["host"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (drained, other) = if runner == "s1" { (0, 1) } else { (1, 0) };
+    let mut d = hosts[drained].daemon.take().unwrap();
+    let stopping = Instant::now();
+    let (st, _) = d.signal(libc::SIGTERM);
+    assert!(st.success(), "{st}");
+    let builds =
+        hosts[other]
+            .d()
+            .wait_builds("the other host to take it", Duration::from_secs(20), |b| {
+                b.iter()
+                    .any(|x| x["commit"] == sha.as_str() && x["host"] == hosts[other].id.as_str())
+            });
+    let took = stopping.elapsed();
+    eprintln!("a drained host's build was running elsewhere {took:?} after SIGTERM (lease 30 s)");
+    assert!(
+        took < Duration::from_secs(10),
+        "{took:?}: waited for the lease"
+    );
+    assert_eq!(
+        build_of(&builds, &sha).unwrap()["attempts"],
+        1,
+        "a drain is not a failed attempt"
+    );
+    hosts[other]
+        .d()
+        .wait_builds("its end", Duration::from_secs(120), |b| {
+            has(b, &sha, "success")
+        });
+    one_success_each(&farm.gh, std::slice::from_ref(&sha));
+    let (_, body) = get(&format!("{}/api/hosts", hosts[other].url));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let me = v["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["id"] == hosts[drained].id.as_str())
+        .unwrap();
+    assert_eq!(me["state"], "stopped", "{body}");
+    drop(d);
+    let _ = &mut hosts;
 }

@@ -346,6 +346,27 @@ async fn postgres_keeps_the_state_contract_and_hosts_never_claim_one_job_twice()
     })
     .await;
 
+    // A kiln older than the database's schema refuses to start, and says why.
+    let url = pg.database();
+    drop(PgStore::connect(&url, Some(DB_PASSWORD), 1).await.unwrap());
+    pg.psql_in(
+        url.rsplit('/').next().unwrap(),
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (999, 'from a newer kiln', true, '\\x00', 0)",
+    );
+    let err = PgStore::connect(&url, Some(DB_PASSWORD), 1)
+        .await
+        .expect_err("an older kiln ran on a newer schema")
+        .to_string();
+    assert!(err.contains("999"), "{err}");
+    assert!(!err.contains(DB_PASSWORD), "{err}");
+    // A wrong password is said, and not shown.
+    let err = PgStore::connect(&url, Some("not-the-password"), 1)
+        .await
+        .expect_err("a wrong password was accepted")
+        .to_string();
+    assert!(err.contains("password"), "{err}");
+
     // Three hosts (three pools) with four workers each claim 60 jobs of three repos at once:
     // each job is claimed exactly once.
     let url = pg.database();

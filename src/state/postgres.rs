@@ -2,8 +2,9 @@
 //! statements as SQLite (see `sql.rs`); what differs is here:
 //! - a claim locks the row it takes with `FOR UPDATE SKIP LOCKED`, so hosts claiming at once
 //!   never wait on each other and never take the same job;
-//! - times come from the database's clock (the host's clock corrected by its measured offset),
-//!   so leases mean the same on every host even when their clocks drift;
+//! - times come from the database's clock (the host's clock corrected by its offset, measured
+//!   at connection and every minute), so leases mean the same on every host even when their
+//!   clocks differ;
 //! - `sqlx`'s migrator holds an advisory lock while it migrates, so hosts upgraded and
 //!   started together run each migration once.
 
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use sqlx::Connection as _;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
 
@@ -61,19 +63,28 @@ impl PgStore {
             skew: Arc::new(AtomicI64::new(0)),
         };
         store.sync_clock().await?;
+        // Clocks drift: measure again every minute, on a connection of its own, for as long
+        // as the store is in use.
+        let (skew, opts) = (Arc::downgrade(&store.skew), store.pool.connect_options());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                let Some(skew) = skew.upgrade() else { return };
+                if let Ok(mut c) = sqlx::PgConnection::connect_with(&opts).await {
+                    if let Ok(off) = offset(&mut c).await {
+                        skew.store(off, Ordering::Relaxed);
+                    }
+                    let _ = c.close().await;
+                }
+            }
+        });
         Ok(store)
     }
 
-    /// Measure the database's clock against this host's (half the round trip corrected).
+    /// Measure the database's clock against this host's.
     pub async fn sync_clock(&self) -> Result<()> {
-        let before = now_ms();
-        let db: i64 =
-            sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
-                .fetch_one(&self.pool)
-                .await?;
-        let after = now_ms();
-        self.skew
-            .store(db - (before + after) / 2, Ordering::Relaxed);
+        let mut c = self.pool.acquire().await?;
+        self.skew.store(offset(&mut c).await?, Ordering::Relaxed);
         Ok(())
     }
 
@@ -101,6 +112,17 @@ impl PgStore {
             format!("{applied} of {known} migrations applied")
         })
     }
+}
+
+/// The database's clock minus this host's, in milliseconds (half the round trip corrected).
+async fn offset(c: &mut sqlx::PgConnection) -> Result<i64> {
+    let before = now_ms();
+    let db: i64 =
+        sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
+            .fetch_one(&mut *c)
+            .await?;
+    let after = now_ms();
+    Ok(db - (before + after) / 2)
 }
 
 fn dollar_placeholders(sql: &str) -> String {

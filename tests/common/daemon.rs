@@ -372,3 +372,32 @@ pub fn github_config(gh: &FakeGitHub, dir: &Path, poll: &str, extra: &str) -> St
         secret_file(dir, "hook-secret", HOOK_SECRET),
     )
 }
+
+/// The `X-Hub-Signature-256` of `body` under [`HOOK_SECRET`].
+pub fn sign(body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(HOOK_SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Deliver a webhook to `d`.
+pub fn hook(
+    d: &Daemon,
+    event: &str,
+    delivery: &str,
+    body: &[u8],
+    signature: &str,
+) -> (u16, String) {
+    http(
+        "POST",
+        &format!("{}/hooks/github", d.url),
+        &[
+            ("X-GitHub-Event", event),
+            ("X-GitHub-Delivery", delivery),
+            ("X-Hub-Signature-256", signature),
+            ("Content-Type", "application/json"),
+        ],
+        body,
+    )
+}

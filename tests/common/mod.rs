@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod farm;
 pub mod github;
 pub mod net;
 pub mod postgres;

@@ -124,6 +124,11 @@ impl Postgres {
 
     /// Run SQL as the superuser over the local socket.
     pub fn psql(&self, sql: &str) -> String {
+        self.psql_in("postgres", sql)
+    }
+
+    /// Run SQL as the superuser in database `db`.
+    pub fn psql_in(&self, db: &str, sql: &str) -> String {
         let out = run_ok(
             as_postgres(&self.bin, "psql")
                 .arg("-h")
@@ -134,7 +139,7 @@ impl Postgres {
                     "-U",
                     "postgres",
                     "-d",
-                    "postgres",
+                    db,
                 ])
                 .args(["-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql]),
         );

@@ -1,0 +1,113 @@
+//! A farm for tests and benchmarks: `kiln daemon` hosts on one real PostgreSQL (a fresh
+//! database), one real registry and one stand-in GitHub.
+
+use std::path::PathBuf;
+
+use super::daemon::*;
+use super::github::FakeGitHub;
+use super::net::Registry;
+use super::postgres::{DB_PASSWORD, Postgres};
+use super::{GITHUB_TOKEN, builder_image};
+
+/// A short lease, so takeovers happen within a test's patience.
+pub const LEASE: &str = "3s";
+
+pub struct Farm {
+    pub pg: Postgres,
+    pub gh: FakeGitHub,
+    pub reg: Registry,
+    pub db_url: String,
+    /// `RUST_LOG` of the hosts (`trace` unless a benchmark says otherwise).
+    pub log_level: &'static str,
+    /// The hosts' `lease` ([`LEASE`] unless a test says otherwise).
+    pub lease: &'static str,
+    root: tempfile::TempDir,
+}
+
+pub struct Host {
+    pub id: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub url: String,
+    pub daemon: Option<Daemon>,
+    log_level: &'static str,
+}
+
+impl Farm {
+    pub fn new() -> Farm {
+        builder_image("busybox");
+        let pg = Postgres::start();
+        let db_url = pg.database();
+        Farm {
+            pg,
+            gh: FakeGitHub::start(Some(GITHUB_TOKEN)),
+            reg: Registry::start(),
+            db_url,
+            log_level: "trace",
+            lease: LEASE,
+            root: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A host watching `repos` (each with `branches`); started.
+    pub fn host(&self, id: &str, repos: &[&str], branches: &[&str]) -> Host {
+        let dir = self.root.path().join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let password = secret_file(&dir, "db-password", DB_PASSWORD);
+        let mut body = format!(
+            "{}\n[registry]\nurl = \"{}/acme\"\n",
+            github_config(
+                &self.gh,
+                &dir,
+                "1s",
+                &format!(
+                    "host_id = \"{id}\"\nlease = \"{}\"\nshutdown_grace = \"1s\"\ndatabase = \"{}\"\ndatabase_password_file = \"{password}\"",
+                    self.lease, self.db_url
+                )
+            ),
+            self.reg.addr
+        );
+        for r in repos {
+            body.push_str(&format!(
+                "\n[[repo]]\ngithub = \"{r}\"\nbranches = {branches:?}\n"
+            ));
+        }
+        let (config, url) = write_config(&dir, &body);
+        let daemon = Daemon::start_with(&dir, config.clone(), url.clone(), self.log_level, &[]);
+        Host {
+            id: id.to_owned(),
+            log_level: self.log_level,
+            dir,
+            config,
+            url,
+            daemon: Some(daemon),
+        }
+    }
+}
+
+impl Host {
+    pub fn d(&self) -> &Daemon {
+        self.daemon.as_ref().expect("running")
+    }
+
+    pub fn restart(&mut self) {
+        self.daemon = Some(Daemon::start_with(
+            &self.dir,
+            self.config.clone(),
+            self.url.clone(),
+            self.log_level,
+            &[],
+        ));
+    }
+
+    pub fn kill9(&mut self) {
+        let mut d = self.daemon.take().expect("running");
+        d.kill9();
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.d().pid() as libc::pid_t, sig);
+        }
+    }
+}
