@@ -373,6 +373,26 @@ fn a_database_restart_loses_and_duplicates_nothing() {
         })
         .count();
     eprintln!("hosts whose running build met the outage: {lost}");
+
+    // A host that starts while the database is down waits for it instead of exiting (and
+    // being restarted in a loop by systemd).
+    farm.pg.stop();
+    let late = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            // Longer than one connection attempt (5 s), so the host has to wait.
+            std::thread::sleep(Duration::from_secs(8));
+            farm.pg.restart();
+        });
+        farm.host("d3", &["acme/db"], &branches)
+    });
+    assert!(
+        late.d()
+            .log()
+            .contains("the database does not answer; waiting for it"),
+        "{}",
+        late.d().log()
+    );
+    assert_eq!(late.d().builds().len(), shas.len());
 }
 
 #[test]
@@ -436,4 +456,47 @@ fn a_drained_host_gives_its_build_back_at_once() {
     assert_eq!(me["state"], "stopped", "{body}");
     drop(d);
     let _ = &mut hosts;
+}
+
+#[test]
+fn a_password_in_the_database_url_never_shows() {
+    let t = tempfile::tempdir().unwrap();
+    let secret = "url-password-Kq93";
+    for (url, expect) in [
+        // Not a PostgreSQL URL: the config check says so without the password.
+        (
+            format!("mysql://kiln:{secret}@127.0.0.1:1/kiln"),
+            "not a PostgreSQL URL",
+        ),
+        // Nobody listens: the daemon waits for the database, and names it without it.
+        (
+            format!("postgres://kiln:{secret}@127.0.0.1:1/kiln"),
+            "postgres://kiln:***@127.0.0.1:1/kiln",
+        ),
+    ] {
+        let (config, _) = write_config(
+            t.path(),
+            &format!("database = \"{url}\"\n[[repo]]\npath = \"/srv/none\"\n"),
+        );
+        let child = kiln()
+            .args(["daemon", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // One connection attempt lasts up to 5 s before the daemon says it waits.
+        std::thread::sleep(Duration::from_secs(7));
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains(expect), "{text}");
+        assert!(!text.contains(secret), "the password showed: {text}");
+    }
 }

@@ -65,6 +65,25 @@ pub enum DaemonError {
     GitHub(#[from] github::GitHubError),
 }
 
+impl DaemonError {
+    /// Whether the database is only unavailable for now (down, restarting, unreachable), so
+    /// waiting for it can help.
+    pub fn worth_waiting(&self) -> bool {
+        let e = match self {
+            DaemonError::Database { source, .. } | DaemonError::State(source) => source,
+            _ => return false,
+        };
+        match e {
+            StateError::Database(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut) => true,
+            // 57P0x: the server is shutting down or starting up.
+            StateError::Database(sqlx::Error::Database(d)) => {
+                d.code().is_some_and(|c| c.starts_with("57P"))
+            }
+            _ => false,
+        }
+    }
+}
+
 /// What the daemon's tasks share.
 pub struct Daemon {
     /// The running config; reloads replace it and wake the triggers.
@@ -378,7 +397,32 @@ pub async fn run(
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
-    let store = open_state(&config, 8).await?;
+    tokio::pin!(shutdown);
+    // A database that is down (restarting, unreachable) is waited for, not a reason to exit
+    // and be restarted in a loop; a wrong password or schema is.
+    let mut wait = Duration::from_secs(1);
+    let store = loop {
+        match open_state(&config, 8).await {
+            Ok(s) => break s,
+            Err(e) if e.worth_waiting() => {
+                tracing::warn!(error = %e, retry_in_s = wait.as_secs(), "the database does not answer; waiting for it");
+                // Tell systemd the start is slow, not stuck (a start timeout would restart
+                // the service in a loop while the database is away).
+                let _ = sd_notify::notify(&[
+                    sd_notify::NotifyState::Status("waiting for the database"),
+                    sd_notify::NotifyState::ExtendTimeoutUsec(
+                        (wait + Duration::from_secs(30)).as_micros() as u32,
+                    ),
+                ]);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = &mut shutdown => return Ok(()),
+                }
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e),
+        }
+    };
     if let Database::Postgres { url, .. } = &config.database {
         tracing::info!(database = %crate::state::redacted_url(url), "the state is the farm's PostgreSQL");
     }
@@ -481,7 +525,7 @@ pub async fn run(
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     let watchdog = watchdog_pinger(stop.clone());
 
-    shutdown.await;
+    (&mut shutdown).await;
     tracing::info!("stopping: no new builds");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     stop.cancel();

@@ -133,14 +133,7 @@ impl Postgres {
             as_postgres(&self.bin, "psql")
                 .arg("-h")
                 .arg(self.socket_dir())
-                .args([
-                    "-p",
-                    &self.port.to_string(),
-                    "-U",
-                    "postgres",
-                    "-d",
-                    db,
-                ])
+                .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", db])
                 .args(["-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql]),
         );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
