@@ -282,6 +282,42 @@ async fn a_ref_that_returns_to_a_built_commit_is_tagged_again(s: &dyn Store) {
     );
 }
 
+async fn a_head_s_tags_can_be_asked_for_again(s: &dyn Store) {
+    s.enqueue(&job("a")).await.unwrap();
+    let c = s
+        .claim("h", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let outcome = Outcome {
+        state: BuildState::Success,
+        error: None,
+        artifacts: vec![],
+        tagged_refs: vec!["refs/heads/main".into()],
+        statuses: vec![],
+    };
+    assert!(s.finish(&c.lease, &outcome).await.unwrap());
+    assert!(s.untagged_refs(10).await.unwrap().is_empty());
+    s.untag_head("acme/widget", "kiln.toml", "refs/heads/main")
+        .await
+        .unwrap();
+    let u = s.untagged_refs(10).await.unwrap();
+    assert_eq!(u.len(), 1);
+    assert_eq!(
+        (u[0].commit.as_str(), u[0].git_ref.as_str()),
+        ("a", "refs/heads/main")
+    );
+    // Another ref, or another recipe's head, is left alone.
+    s.mark_tagged(&u[0].build_id, "refs/heads/main")
+        .await
+        .unwrap();
+    s.untag_head("acme/widget", "other.toml", "refs/heads/main")
+        .await
+        .unwrap();
+    assert!(s.untagged_refs(10).await.unwrap().is_empty());
+    assert!((s.clock_ms() - kiln::state::now_ms()).abs() < 5_000);
+}
+
 async fn hosts_beat_and_one_host_leads_at_a_time(s: &dyn Store) {
     s.heartbeat("a", "0.1.0", 1, 0).await.unwrap();
     s.heartbeat("b", "0.1.0", 2, 3).await.unwrap();
@@ -330,6 +366,7 @@ where
     statuses_go_out_in_order_per_context_and_cancels_reach_the_owner(&*fresh().await).await;
     a_ref_that_returns_to_a_built_commit_is_tagged_again(&*fresh().await).await;
     hosts_beat_and_one_host_leads_at_a_time(&*fresh().await).await;
+    a_head_s_tags_can_be_asked_for_again(&*fresh().await).await;
 }
 
 #[tokio::test]
@@ -412,5 +449,53 @@ async fn postgres_keeps_the_state_contract_and_hosts_never_claim_one_job_twice()
     assert_eq!(all.len(), 60, "claims: {}", all.len());
     assert_eq!(unique.len(), 60, "a job was claimed twice");
     assert_eq!(stores[1].queue_depth().await.unwrap(), 0);
+
+    // Their status senders claim at once too: every status goes to exactly one of them.
+    let c = stores[0]
+        .claim("host0", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(c.is_none(), "every job is running");
+    let url2 = pg.database();
+    let one = PgStore::connect(&url2, Some(DB_PASSWORD), 4).await.unwrap();
+    one.enqueue(&job("s1")).await.unwrap();
+    let c = one
+        .claim("h", Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    for i in 0..40 {
+        let st = NewStatus {
+            context: format!("kiln/a{i}"),
+            state: "pending".into(),
+            description: "queued".into(),
+            target_url: None,
+        };
+        assert!(one.add_status(&c.lease, &st).await.unwrap());
+    }
+    let mut senders = Vec::new();
+    for h in 0..6 {
+        let s = Arc::new(PgStore::connect(&url2, Some(DB_PASSWORD), 2).await.unwrap());
+        senders.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let batch = s
+                    .claim_statuses(&format!("sender{h}"), Duration::from_secs(60), 3)
+                    .await
+                    .unwrap();
+                if batch.is_empty() {
+                    return got;
+                }
+                got.extend(batch.into_iter().map(|r| r.id));
+            }
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in senders {
+        ids.extend(t.await.unwrap());
+    }
+    let unique: BTreeSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), 40);
+    assert_eq!(ids.len(), 40, "a status was claimed twice");
     assert_eq!(stores[2].integrity_check().await.unwrap(), "ok");
 }

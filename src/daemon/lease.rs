@@ -156,7 +156,13 @@ impl LeaseKeeper {
 }
 
 async fn renew(store: &dyn Store, h: &mut Hold, duration: Duration) {
-    match store.renew(&h.lease, duration).await {
+    // A renewal that hangs (a partition) counts as failed after a third of the lease, so a
+    // build whose lease ran out is still cancelled.
+    let answer = match tokio::time::timeout(duration / 3, store.renew(&h.lease, duration)).await {
+        Ok(a) => a,
+        Err(_) => Err(crate::state::StateError::Timeout("renewing the lease")),
+    };
+    match answer {
         Ok(Renewal::Held) => h.last_ok = Instant::now(),
         Ok(Renewal::CancelRequested) => {
             h.last_ok = Instant::now();

@@ -73,12 +73,15 @@ impl DaemonError {
             DaemonError::Database { source, .. } | DaemonError::State(source) => source,
             _ => return false,
         };
-        match e {
-            StateError::Database(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut) => true,
+        let sql = match e {
+            StateError::Database(e) => e,
+            StateError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => e,
+            _ => return false,
+        };
+        match sql {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
             // 57P0x: the server is shutting down or starting up.
-            StateError::Database(sqlx::Error::Database(d)) => {
-                d.code().is_some_and(|c| c.starts_with("57P"))
-            }
+            sqlx::Error::Database(d) => d.code().is_some_and(|c| c.starts_with("57P")),
             _ => false,
         }
     }
@@ -115,12 +118,44 @@ pub struct Daemon {
     repo_infos: Mutex<HashMap<String, github::RepoInfo>>,
     /// Whether this host leads the GitHub polls now (one host of a farm at a time).
     pub(crate) poller: AtomicBool,
+    /// Until when the poller role is surely still ours (its lease, less a margin, from when
+    /// it was asked for): a renewal that hangs does not keep this host polling.
+    pub(crate) poller_until: Mutex<Option<std::time::Instant>>,
     /// When this process started (Unix milliseconds), for the hosts table.
     started_at: i64,
 }
 
 /// The farm role whose holder polls GitHub.
 pub const ROLE_POLLER: &str = "poller";
+
+impl Daemon {
+    /// Whether this host polls GitHub now: it holds the poller role, and its lease on it has
+    /// not run out even if the last renewal still hangs.
+    pub fn polls(&self) -> bool {
+        self.poller.load(Ordering::SeqCst)
+            && self
+                .poller_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some_and(|t| std::time::Instant::now() < t)
+    }
+}
+
+/// Everything the daemon needs from its database before it starts: the store, the lease
+/// keeper (its own thread, runtime and connection: a busy build cannot starve it, and neither
+/// can a pool the builds exhaust), and the jobs this host held when it last stopped, queued
+/// again.
+async fn connect(config: &Config) -> Result<(Arc<dyn Store>, LeaseKeeper, u64), DaemonError> {
+    let store = open_state(config, 8).await?;
+    let cfg = config.clone();
+    let keeper = LeaseKeeper::start(
+        move || Box::pin(async move { open_state(&cfg, 1).await }),
+        config.lease,
+    )
+    .await?;
+    let requeued = store.requeue_host(&config.host_id).await?;
+    Ok((store, keeper, requeued))
+}
 
 /// Open the state the config names, with up to `connections` connections.
 pub async fn open_state(config: &Config, connections: u32) -> Result<Arc<dyn Store>, DaemonError> {
@@ -147,21 +182,34 @@ pub async fn open_state(config: &Config, connections: u32) -> Result<Arc<dyn Sto
 /// Record this host's heartbeat, and take or keep the poller role (another host takes it
 /// once this one stops renewing).
 async fn farm_beat(d: &Daemon) {
+    // A database call that hangs (a partition) must not keep a stale role: each call gets a
+    // third of the lease, and the role counts only until its lease would run out.
+    let limit = d.lease / 3;
     let running = d.running.lock().unwrap_or_else(|p| p.into_inner()).len() as u32;
-    if let Err(e) = d
+    let beat = d
         .store
-        .heartbeat(&d.host_id, env!("CARGO_PKG_VERSION"), d.started_at, running)
+        .heartbeat(&d.host_id, env!("CARGO_PKG_VERSION"), d.started_at, running);
+    match tokio::time::timeout(limit, beat).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot record this host's heartbeat"),
+        Err(_) => tracing::warn!("the database did not record this host's heartbeat in time"),
+    }
+    let asked = std::time::Instant::now();
+    let leads = match tokio::time::timeout(limit, d.store.lead(ROLE_POLLER, &d.host_id, d.lease))
         .await
     {
-        tracing::warn!(error = %e, "cannot record this host's heartbeat");
-    }
-    let leads = match d.store.lead(ROLE_POLLER, &d.host_id, d.lease).await {
-        Ok(l) => l,
-        Err(e) => {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "cannot renew the poller role; not polling until the database answers");
             false
         }
+        Err(_) => {
+            tracing::warn!("the database did not answer the poller role in time; not polling");
+            false
+        }
     };
+    *d.poller_until.lock().unwrap_or_else(|p| p.into_inner()) =
+        leads.then(|| asked + d.lease - limit);
     if d.poller.swap(leads, Ordering::SeqCst) != leads {
         if leads {
             tracing::info!("this host polls GitHub for the farm now");
@@ -181,6 +229,7 @@ async fn farm(d: Arc<Daemon>, stop: CancellationToken) {
         farm_beat(&d).await;
     }
     d.poller.store(false, Ordering::SeqCst);
+    *d.poller_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
     let _ = d.store.resign(ROLE_POLLER, &d.host_id).await;
     let _ = d.store.host_stopped(&d.host_id).await;
 }
@@ -401,8 +450,8 @@ pub async fn run(
     // A database that is down (restarting, unreachable) is waited for, not a reason to exit
     // and be restarted in a loop; a wrong password or schema is.
     let mut wait = Duration::from_secs(1);
-    let store = loop {
-        match open_state(&config, 8).await {
+    let (store, keeper, requeued) = loop {
+        match connect(&config).await {
             Ok(s) => break s,
             Err(e) if e.worth_waiting() => {
                 tracing::warn!(error = %e, retry_in_s = wait.as_secs(), "the database does not answer; waiting for it");
@@ -426,7 +475,7 @@ pub async fn run(
     if let Database::Postgres { url, .. } = &config.database {
         tracing::info!(database = %crate::state::redacted_url(url), "the state is the farm's PostgreSQL");
     }
-    let requeued = store.requeue_host(&config.host_id).await?;
+    let store_clock = store.clock_ms();
     if requeued > 0 {
         tracing::info!(
             jobs = requeued,
@@ -450,16 +499,6 @@ pub async fn run(
         }
         None => None,
     };
-    // The lease keeper has its own thread, runtime and connection: a busy build cannot
-    // starve it, and neither can a pool the builds exhaust.
-    let keeper = {
-        let cfg = config.clone();
-        LeaseKeeper::start(
-            move || Box::pin(async move { open_state(&cfg, 1).await }),
-            config.lease,
-        )
-        .await?
-    };
     let listen = config.listen;
     let d = Arc::new(Daemon {
         config_tx: tokio::sync::watch::Sender::new(Arc::new(config.clone())),
@@ -479,7 +518,8 @@ pub async fn run(
         tag_lock: tokio::sync::Mutex::new(()),
         repo_infos: Mutex::new(HashMap::new()),
         poller: AtomicBool::new(false),
-        started_at: crate::state::now_ms(),
+        poller_until: Mutex::new(None),
+        started_at: store_clock,
     });
 
     let listener = tokio::net::TcpListener::bind(listen)

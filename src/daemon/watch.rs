@@ -178,7 +178,7 @@ async fn poll_github(d: Arc<Daemon>, repo: Repo, stop: CancellationToken) {
         }
         // In a farm one host polls (see `farm`); the others only answer their webhooks, and
         // look again soon in case the poller role comes to them.
-        if !poked && !d.poller.load(std::sync::atomic::Ordering::SeqCst) {
+        if !poked && !d.polls() {
             next = Instant::now() + interval.min(d.lease / 3);
             continue;
         }

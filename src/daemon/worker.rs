@@ -795,6 +795,12 @@ async fn stages_in(
         .map_err(fail(&contexts))?;
     }
     note(&log, &format!("tagged {}", tags.join(", ")));
+    let moved: Vec<String> = with_heads
+        .iter()
+        .filter(|(_, head)| *head)
+        .map(|(r, _)| r.clone())
+        .collect();
+    recheck_heads(d, &claim.repo, &claim.recipe, &claim.commit, &moved).await;
     let statuses = if github {
         artifacts
             .iter()
@@ -891,6 +897,33 @@ pub async fn retag_pending(d: &Arc<Daemon>, cancel: &CancellationToken) {
                 tracing::info!(build = %u.build_id, git_ref = %u.git_ref, tags = %tags.join(", "), "tagged a published build for a ref");
             }
             let _ = d.store.mark_tagged(&u.build_id, &u.git_ref).await;
+            if is_head {
+                recheck_heads(
+                    d,
+                    &u.repo,
+                    &detail.build.recipe,
+                    &u.commit,
+                    std::slice::from_ref(&u.git_ref),
+                )
+                .await;
+            }
+        }
+    }
+}
+
+/// After moving the tags of `refs` to `commit`: a ref whose head moved meanwhile (another
+/// host of the farm may have tagged the new head in between, and been overtaken by this
+/// move) gets its head's tags moved again, by the retagger.
+async fn recheck_heads(d: &Daemon, repo: &str, recipe: &str, commit: &str, refs: &[String]) {
+    for r in refs {
+        match d.store.head(repo, recipe, r).await {
+            Ok(Some(h)) if h != commit => {
+                tracing::info!(repo, git_ref = %r, "the ref moved while its tags were moved; tagging its head again");
+                if d.store.untag_head(repo, recipe, r).await.is_ok() {
+                    d.wake_retag.notify_one();
+                }
+            }
+            _ => {}
         }
     }
 }

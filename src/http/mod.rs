@@ -152,7 +152,7 @@ async fn builds(State(d): State<Arc<Daemon>>, Query(q): Query<ListQuery>) -> Res
 async fn hosts(State(d): State<Arc<Daemon>>) -> Response {
     match d.store.hosts().await {
         Ok(rows) => {
-            let now = crate::state::now_ms();
+            let now = d.store.clock_ms();
             let fresh = 2 * d.lease.as_millis() as i64;
             let hosts: Vec<Value> = rows
                 .iter()

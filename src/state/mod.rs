@@ -253,6 +253,8 @@ pub enum StateError {
     Database(#[from] sqlx::Error),
     #[error("migrating the state database: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the state database did not answer in time ({0})")]
+    Timeout(&'static str),
     #[error("the state database holds {what} {value:?}, which this kiln does not know")]
     Corrupt { what: &'static str, value: String },
 }
@@ -269,6 +271,7 @@ impl StateError {
                     | sqlx::Error::WorkerCrashed
                     | sqlx::Error::Database(_)
             ),
+            StateError::Timeout(_) => true,
             _ => false,
         }
     }
@@ -337,6 +340,9 @@ pub trait Store: Send + Sync {
 
     async fn untagged_refs(&self, limit: u32) -> Result<Vec<UntaggedRef>>;
     async fn mark_tagged(&self, build_id: &str, git_ref: &str) -> Result<()>;
+    /// Mark the ref untagged on the successful job of its current head, so its tags are moved
+    /// (again) to that head.
+    async fn untag_head(&self, repo: &str, recipe: &str, git_ref: &str) -> Result<()>;
 
     // Commit statuses (the outbox).
 
@@ -369,6 +375,9 @@ pub trait Store: Send + Sync {
     async fn lead(&self, role: &str, host: &str, ttl: Duration) -> Result<bool>;
     /// Give `role` up at once (a clean stop), if `host` holds it.
     async fn resign(&self, role: &str, host: &str) -> Result<()>;
+    /// Now, in Unix milliseconds, on the clock the state's times use (the database's, for a
+    /// farm): compare stored times with this, not with the host's clock.
+    fn clock_ms(&self) -> i64;
 
     // Reads.
 

@@ -2,16 +2,16 @@
 //! statements as SQLite (see `sql.rs`); what differs is here:
 //! - a claim locks the row it takes with `FOR UPDATE SKIP LOCKED`, so hosts claiming at once
 //!   never wait on each other and never take the same job;
-//! - times come from the database's clock (the host's clock corrected by its offset, measured
-//!   at connection and every minute), so leases mean the same on every host even when their
-//!   clocks differ;
+//! - times come from the database's clock (read at connection and every minute, advanced in
+//!   between by this host's monotonic clock), so leases mean the same on every host even when
+//!   their wall clocks differ or jump;
 //! - `sqlx`'s migrator holds an advisory lock while it migrates, so hosts upgraded and
 //!   started together run each migration once.
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use sqlx::Connection as _;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -26,8 +26,10 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/state/migrations/
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
-    /// The database's clock minus this host's, in milliseconds.
-    skew: Arc<AtomicI64>,
+    /// The database's clock (Unix ms) at an instant of this host's monotonic clock: times
+    /// are that plus the time elapsed since, so a jump of the host's wall clock (an NTP step,
+    /// a resumed VM) changes nothing.
+    clock: Arc<Mutex<(i64, Instant)>>,
 }
 
 /// Where to connect, without the password: for logs and errors.
@@ -36,6 +38,20 @@ pub fn redacted_url(url: &str) -> String {
         Ok(mut u) => {
             if u.password().is_some() {
                 let _ = u.set_password(Some("***"));
+            }
+            // libpq-style `?password=...` (and `sslpassword`) too.
+            if u.query().is_some() {
+                let pairs: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let hide = k.to_ascii_lowercase().contains("password");
+                        (
+                            k.into_owned(),
+                            if hide { "***".into() } else { v.into_owned() },
+                        )
+                    })
+                    .collect();
+                u.query_pairs_mut().clear().extend_pairs(pairs);
             }
             u.to_string()
         }
@@ -60,19 +76,19 @@ impl PgStore {
         MIGRATOR.run(&pool).await?;
         let store = PgStore {
             pool,
-            skew: Arc::new(AtomicI64::new(0)),
+            clock: Arc::new(Mutex::new((now_ms(), Instant::now()))),
         };
         store.sync_clock().await?;
         // Clocks drift: measure again every minute, on a connection of its own, for as long
         // as the store is in use.
-        let (skew, opts) = (Arc::downgrade(&store.skew), store.pool.connect_options());
+        let (clock, opts) = (Arc::downgrade(&store.clock), store.pool.connect_options());
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(60)).await;
-                let Some(skew) = skew.upgrade() else { return };
+                let Some(clock) = clock.upgrade() else { return };
                 if let Ok(mut c) = sqlx::PgConnection::connect_with(&opts).await {
-                    if let Ok(off) = offset(&mut c).await {
-                        skew.store(off, Ordering::Relaxed);
+                    if let Ok(at) = db_clock(&mut c).await {
+                        *clock.lock().unwrap_or_else(|p| p.into_inner()) = at;
                     }
                     let _ = c.close().await;
                 }
@@ -84,7 +100,8 @@ impl PgStore {
     /// Measure the database's clock against this host's.
     pub async fn sync_clock(&self) -> Result<()> {
         let mut c = self.pool.acquire().await?;
-        self.skew.store(offset(&mut c).await?, Ordering::Relaxed);
+        let at = db_clock(&mut c).await?;
+        *self.clock.lock().unwrap_or_else(|p| p.into_inner()) = at;
         Ok(())
     }
 
@@ -94,7 +111,8 @@ impl PgStore {
     }
 
     fn now(&self) -> i64 {
-        now_ms() + self.skew.load(Ordering::Relaxed)
+        let (db, at) = *self.clock.lock().unwrap_or_else(|p| p.into_inner());
+        db + at.elapsed().as_millis() as i64
     }
 
     const SKIP_LOCKED: &'static str = "FOR UPDATE SKIP LOCKED";
@@ -114,15 +132,14 @@ impl PgStore {
     }
 }
 
-/// The database's clock minus this host's, in milliseconds (half the round trip corrected).
-async fn offset(c: &mut sqlx::PgConnection) -> Result<i64> {
-    let before = now_ms();
+/// The database's clock (Unix ms), as of the returned instant (half the round trip corrected).
+async fn db_clock(c: &mut sqlx::PgConnection) -> Result<(i64, Instant)> {
+    let before = Instant::now();
     let db: i64 =
         sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
             .fetch_one(&mut *c)
             .await?;
-    let after = now_ms();
-    Ok(db - (before + after) / 2)
+    Ok((db, before + before.elapsed() / 2))
 }
 
 fn dollar_placeholders(sql: &str) -> String {
@@ -177,5 +194,9 @@ mod tests {
             "postgres://kiln:***@db.internal:5432/kiln"
         );
         assert!(!redacted_url("postgres://kiln:s3cret@[bad").contains("s3cret"));
+        let q =
+            redacted_url("postgres://kiln@db/kiln?sslmode=require&password=s3cret&sslpassword=k3y");
+        assert!(!q.contains("s3cret") && !q.contains("k3y"), "{q}");
+        assert!(q.contains("sslmode=require"), "{q}");
     }
 }

@@ -541,6 +541,22 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            async fn untag_head(&self, repo: &str, recipe: &str, git_ref: &str) -> Result<()> {
+                sqlx::query(&self.q(
+                    "UPDATE job_refs SET tagged = 0 WHERE git_ref = ? AND job_id IN ( \
+                         SELECT j.id FROM jobs j JOIN heads h ON h.repo = j.repo \
+                         AND h.recipe = j.recipe AND h.commit_sha = j.commit_sha \
+                         WHERE h.repo = ? AND h.recipe = ? AND h.git_ref = ? AND j.state = 'success')",
+                ))
+                .bind(git_ref)
+                .bind(repo)
+                .bind(recipe)
+                .bind(git_ref)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
             async fn add_status(&self, lease: &Lease, status: &NewStatus) -> Result<bool> {
                 // One statement: the fence check and the insert cannot be split by another writer.
                 Ok(sqlx::query(&self.q(&format!(
@@ -569,15 +585,19 @@ macro_rules! sql_store {
                 limit: u32,
             ) -> Result<Vec<StatusRow>> {
                 let now = self.now();
+                // Rows another host is claiming right now are skipped (PostgreSQL), and the
+                // claimable condition is checked again on the row as updated, so two hosts
+                // claiming at once never both get a status.
                 let rows = sqlx::query(
-                    &self.q("UPDATE statuses SET claimed_by = ?, claimed_until = ?, claims = claims + 1 WHERE id IN ( \
+                    &self.q(&format!("UPDATE statuses SET claimed_by = ?1, claimed_until = ?2, claims = claims + 1 \
+                     WHERE sent_at IS NULL AND (claimed_until IS NULL OR claimed_until < ?3) AND id IN ( \
                          SELECT s.id FROM statuses s WHERE s.sent_at IS NULL \
-                         AND (s.claimed_until IS NULL OR s.claimed_until < ?) \
+                         AND (s.claimed_until IS NULL OR s.claimed_until < ?3) \
                          AND NOT EXISTS (SELECT 1 FROM statuses e WHERE e.job_id = s.job_id \
                              AND e.context = s.context AND e.sent_at IS NULL AND e.id < s.id) \
-                         ORDER BY s.id LIMIT ?) \
+                         ORDER BY s.id LIMIT ?4 {}) \
                      RETURNING id, job_id, repo, commit_sha, context, state, description, target_url, \
-                               attempts, claims"),
+                               attempts, claims", $store::SKIP_LOCKED)),
                 )
                 .bind(host)
                 .bind(now + ms(ttl))
@@ -624,6 +644,10 @@ macro_rules! sql_store {
                     .await?;
                 }
                 Ok(())
+            }
+
+            fn clock_ms(&self) -> i64 {
+                self.now()
             }
 
             async fn heartbeat(
