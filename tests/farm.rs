@@ -500,3 +500,34 @@ fn a_password_in_the_database_url_never_shows() {
         assert!(!text.contains(secret), "the password showed: {text}");
     }
 }
+
+#[test]
+fn a_second_machine_with_the_same_host_id_is_refused() {
+    let farm = Farm::new();
+    let first = farm.host("twin", &["acme/none"], &["main"]);
+    // The same config on another machine (another state directory, another port).
+    let text = std::fs::read_to_string(&first.config).unwrap();
+    let other = first.dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let text = text
+        .replace(
+            &format!("state_dir = \"{}\"", first.dir.join("state").display()),
+            &format!("state_dir = \"{}\"", other.join("state").display()),
+        )
+        .replace(
+            first.url.trim_start_matches("http://"),
+            &format!("127.0.0.1:{}", common::net::free_port()),
+        );
+    let config = other.join("kiln.toml");
+    std::fs::write(&config, text).unwrap();
+    let out = kiln()
+        .args(["daemon", "--config"])
+        .arg(&config)
+        .checked_output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("host_id \"twin\" is in use"), "{err}");
+    // The first host kept its work and its role.
+    assert_eq!(get(&format!("{}/healthz", first.url)).0, 200);
+}

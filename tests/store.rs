@@ -319,8 +319,8 @@ async fn a_head_s_tags_can_be_asked_for_again(s: &dyn Store) {
 }
 
 async fn hosts_beat_and_one_host_leads_at_a_time(s: &dyn Store) {
-    s.heartbeat("a", "0.1.0", 1, 0).await.unwrap();
-    s.heartbeat("b", "0.1.0", 2, 3).await.unwrap();
+    s.heartbeat("a", "i-a", "0.1.0", 1, 0).await.unwrap();
+    s.heartbeat("b", "i-b", "0.1.0", 2, 3).await.unwrap();
     s.host_stopped("a").await.unwrap();
     let hosts = s.hosts().await.unwrap();
     assert_eq!(
@@ -330,7 +330,7 @@ async fn hosts_beat_and_one_host_leads_at_a_time(s: &dyn Store) {
     assert!(hosts[0].stopped_at.is_some() && hosts[0].running == 0);
     assert!(hosts[1].stopped_at.is_none() && hosts[1].running == 3);
     // A start clears the stop.
-    s.heartbeat("a", "0.1.1", 5, 1).await.unwrap();
+    s.heartbeat("a", "i-a", "0.1.1", 5, 1).await.unwrap();
     let a = &s.hosts().await.unwrap()[0];
     assert!(a.stopped_at.is_none());
     assert_eq!(a.version, "0.1.1");

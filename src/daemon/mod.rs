@@ -56,6 +56,10 @@ pub enum DaemonError {
     State(#[from] crate::state::StateError),
     #[error("the database {url}: {source}")]
     Database { url: String, source: StateError },
+    #[error(
+        "host_id {host:?} is in use by another kiln daemon of the farm (with another state directory; its last heartbeat was {silent_s} s ago): give each host its own host_id"
+    )]
+    HostIdTaken { host: String, silent_s: u64 },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -145,8 +149,30 @@ impl Daemon {
 /// keeper (its own thread, runtime and connection: a busy build cannot starve it, and neither
 /// can a pool the builds exhaust), and the jobs this host held when it last stopped, queued
 /// again.
-async fn connect(config: &Config) -> Result<(Arc<dyn Store>, LeaseKeeper, u64), DaemonError> {
+async fn connect(
+    config: &Config,
+    instance: &str,
+) -> Result<(Arc<dyn Store>, LeaseKeeper, u64), DaemonError> {
     let store = open_state(config, 8).await?;
+    // Two machines with one host_id would requeue (steal) each other's builds and remove each
+    // other's work: refuse while the other one is alive.
+    if let Some(h) = store
+        .hosts()
+        .await?
+        .into_iter()
+        .find(|h| h.id == config.host_id)
+    {
+        let silent_ms = store.clock_ms() - h.heartbeat_at;
+        if h.instance != instance
+            && h.stopped_at.is_none()
+            && silent_ms < 2 * config.lease.as_millis() as i64
+        {
+            return Err(DaemonError::HostIdTaken {
+                host: config.host_id.clone(),
+                silent_s: silent_ms.max(0) as u64 / 1000,
+            });
+        }
+    }
     let cfg = config.clone();
     let keeper = LeaseKeeper::start(
         move || Box::pin(async move { open_state(&cfg, 1).await }),
@@ -186,9 +212,13 @@ async fn farm_beat(d: &Daemon) {
     // third of the lease, and the role counts only until its lease would run out.
     let limit = d.lease / 3;
     let running = d.running.lock().unwrap_or_else(|p| p.into_inner()).len() as u32;
-    let beat = d
-        .store
-        .heartbeat(&d.host_id, env!("CARGO_PKG_VERSION"), d.started_at, running);
+    let beat = d.store.heartbeat(
+        &d.host_id,
+        &d.instance,
+        env!("CARGO_PKG_VERSION"),
+        d.started_at,
+        running,
+    );
     match tokio::time::timeout(limit, beat).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "cannot record this host's heartbeat"),
@@ -451,7 +481,7 @@ pub async fn run(
     // and be restarted in a loop; a wrong password or schema is.
     let mut wait = Duration::from_secs(1);
     let (store, keeper, requeued) = loop {
-        match connect(&config).await {
+        match connect(&config, &instance).await {
             Ok(s) => break s,
             Err(e) if e.worth_waiting() => {
                 tracing::warn!(error = %e, retry_in_s = wait.as_secs(), "the database does not answer; waiting for it");

@@ -218,6 +218,9 @@ pub struct BuildDetail {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HostRow {
     pub id: String,
+    /// The identity of the host's state directory: two processes claiming one `host_id`
+    /// from two state directories are two machines configured alike, not a restart.
+    pub instance: String,
     pub version: String,
     pub started_at: i64,
     pub heartbeat_at: i64,
@@ -363,6 +366,7 @@ pub trait Store: Send + Sync {
     async fn heartbeat(
         &self,
         host: &str,
+        instance: &str,
         version: &str,
         started_at: i64,
         running: u32,

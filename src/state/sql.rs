@@ -653,18 +653,20 @@ macro_rules! sql_store {
             async fn heartbeat(
                 &self,
                 host: &str,
+                instance: &str,
                 version: &str,
                 started_at: i64,
                 running: u32,
             ) -> Result<()> {
                 sqlx::query(&self.q(
-                    "INSERT INTO hosts (id, version, started_at, heartbeat_at, running) \
-                     VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET \
-                     version = excluded.version, started_at = excluded.started_at, \
+                    "INSERT INTO hosts (id, instance, version, started_at, heartbeat_at, running) \
+                     VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET \
+                     instance = excluded.instance, version = excluded.version, started_at = excluded.started_at, \
                      heartbeat_at = excluded.heartbeat_at, running = excluded.running, \
                      stopped_at = NULL",
                 ))
                 .bind(host)
+                .bind(instance)
                 .bind(version)
                 .bind(started_at)
                 .bind(self.now())
@@ -685,7 +687,7 @@ macro_rules! sql_store {
 
             async fn hosts(&self) -> Result<Vec<HostRow>> {
                 let rows = sqlx::query(&self.q(
-                    "SELECT id, version, started_at, heartbeat_at, running, stopped_at \
+                    "SELECT id, instance, version, started_at, heartbeat_at, running, stopped_at \
                      FROM hosts ORDER BY id",
                 ))
                 .fetch_all(&self.pool)
@@ -694,6 +696,7 @@ macro_rules! sql_store {
                     .iter()
                     .map(|r| HostRow {
                         id: r.get("id"),
+                        instance: r.get("instance"),
                         version: r.get("version"),
                         started_at: r.get("started_at"),
                         heartbeat_at: r.get("heartbeat_at"),

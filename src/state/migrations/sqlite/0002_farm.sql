@@ -3,6 +3,7 @@
 
 CREATE TABLE hosts (
     id            TEXT PRIMARY KEY,                -- host_id
+    instance      TEXT NOT NULL,                   -- its state directory's identity
     version       TEXT NOT NULL,                   -- the kiln version it runs
     started_at    BIGINT NOT NULL,
     heartbeat_at  BIGINT NOT NULL,
