@@ -42,6 +42,26 @@ fn tag_puts(reg: &Registry, tag: &str) -> usize {
         .count()
 }
 
+/// Two hosts (`ids`) watching `repo`, whose one commit runs `sleep 6`: waits until one of
+/// them runs it. Returns the hosts, the commit and the index of the host running it.
+fn pair_running(farm: &Farm, ids: [&str; 2], repo: &str) -> (Vec<Host>, String, usize) {
+    let sha = farm
+        .gh
+        .create(repo, &refs(&files(&format!("farm {}", ids[0]), "sleep 6")));
+    let hosts: Vec<Host> = ids
+        .iter()
+        .map(|id| farm.host(id, &[repo], &["main"]))
+        .collect();
+    let builds = hosts[0]
+        .d()
+        .wait_builds("the build to run", Duration::from_secs(60), |b| {
+            has(b, &sha, "running")
+        });
+    let runner = build_of(&builds, &sha).unwrap()["host"].clone();
+    let i = hosts.iter().position(|h| runner == h.id.as_str()).unwrap();
+    (hosts, sha, i)
+}
+
 fn files(marker: &str, sleep: &str) -> Vec<(&'static str, Vec<u8>)> {
     hello(marker, sleep)
 }
@@ -144,23 +164,9 @@ fn three_hosts_build_each_commit_once_and_one_of_them_polls() {
 #[test]
 fn a_killed_host_s_build_is_finished_by_another_and_its_container_removed_on_return() {
     let farm = Farm::new();
-    let sha = farm
-        .gh
-        .create("acme/slow", &refs(&files("farm kill", "sleep 6")));
-    let mut hosts: Vec<Host> = ["k1", "k2"]
-        .iter()
-        .map(|id| farm.host(id, &["acme/slow"], &["main"]))
-        .collect();
-    let builds = hosts[0]
-        .d()
-        .wait_builds("the build to run", Duration::from_secs(60), |b| {
-            has(b, &sha, "running")
-        });
-    let runner = build_of(&builds, &sha).unwrap()["host"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (dead, alive) = if runner == "k1" { (0, 1) } else { (1, 0) };
+    let (mut hosts, sha, dead) = pair_running(&farm, ["k1", "k2"], "acme/slow");
+    let alive = 1 - dead;
+    let runner = hosts[dead].id.clone();
     wait_until("the build container", Duration::from_secs(30), || {
         !containers_labelled("dev.kiln.host", &runner).is_empty()
     });
@@ -199,23 +205,8 @@ fn a_killed_host_s_build_is_finished_by_another_and_its_container_removed_on_ret
 #[test]
 fn a_host_paused_past_its_lease_publishes_nothing_when_it_wakes() {
     let farm = Farm::new();
-    let sha = farm
-        .gh
-        .create("acme/slow", &refs(&files("farm fence", "sleep 6")));
-    let hosts: Vec<Host> = ["p1", "p2"]
-        .iter()
-        .map(|id| farm.host(id, &["acme/slow"], &["main"]))
-        .collect();
-    let builds = hosts[0]
-        .d()
-        .wait_builds("the build to run", Duration::from_secs(60), |b| {
-            has(b, &sha, "running")
-        });
-    let runner = build_of(&builds, &sha).unwrap()["host"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (paused, other) = if runner == "p1" { (0, 1) } else { (1, 0) };
+    let (hosts, sha, paused) = pair_running(&farm, ["p1", "p2"], "acme/slow");
+    let other = 1 - paused;
     hosts[paused].signal(libc::SIGSTOP);
     let builds = hosts[other]
         .d()
@@ -400,23 +391,8 @@ fn a_drained_host_gives_its_build_back_at_once() {
     let mut farm = Farm::new();
     // A takeover by lease expiry would take 30 s.
     farm.lease = "30s";
-    let sha = farm
-        .gh
-        .create("acme/drain", &refs(&files("farm drain", "sleep 6")));
-    let mut hosts: Vec<Host> = ["s1", "s2"]
-        .iter()
-        .map(|id| farm.host(id, &["acme/drain"], &["main"]))
-        .collect();
-    let builds = hosts[0]
-        .d()
-        .wait_builds("the build to run", Duration::from_secs(60), |b| {
-            has(b, &sha, "running")
-        });
-    let runner = build_of(&builds, &sha).unwrap()["host"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (drained, other) = if runner == "s1" { (0, 1) } else { (1, 0) };
+    let (mut hosts, sha, drained) = pair_running(&farm, ["s1", "s2"], "acme/drain");
+    let other = 1 - drained;
     let mut d = hosts[drained].daemon.take().unwrap();
     let stopping = Instant::now();
     let (st, _) = d.signal(libc::SIGTERM);
