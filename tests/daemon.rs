@@ -38,6 +38,17 @@ fn github_commits_are_built_pushed_tagged_and_reported_once() {
         format!("{}/acme/hello@{digest1}", reg.addr)
     );
 
+    // The branch's badge; a branch with a slash works too (no build there yet).
+    let (st, head, svg) = get_full(&format!("{}/badges/acme/hello/main.svg", d.url));
+    assert_eq!(st, 200);
+    assert!(
+        head.to_ascii_lowercase().contains("image/svg+xml"),
+        "{head}"
+    );
+    assert!(svg.contains(">passing<"), "{svg}");
+    let (_, _, svg) = get_full(&format!("{}/badges/acme/hello/release/1.x.svg", d.url));
+    assert!(svg.contains(">unknown<"), "{svg}");
+
     // In the registry: tagged by the full SHA and the branch, with source-linked annotations.
     let by_sha = format!("docker://{}/acme/hello:{sha1}", reg.addr);
     let m = skopeo_manifest(&by_sha).expect("tagged by the commit SHA");
@@ -217,6 +228,38 @@ fn local_repositories_build_without_registry_and_restarts_rebuild_nothing() {
         has(b, &sha2, "success")
     });
 
+    // Badges: the branch's last finished build, as text in an SVG, briefly cached.
+    let badge = |branch: &str| {
+        let (st, head, body) = get_full(&format!(
+            "{}/badges/local.svg?path={}&branch={branch}",
+            d.url,
+            repo.display()
+        ));
+        assert_eq!(st, 200, "{body}");
+        let head = head.to_ascii_lowercase();
+        assert!(head.contains("content-type: image/svg+xml"), "{head}");
+        assert!(head.contains("cache-control: max-age=30"), "{head}");
+        assert!(
+            body.starts_with("<svg") && body.contains(">kiln<"),
+            "{body}"
+        );
+        body
+    };
+    assert!(badge("main").contains(">passing<"));
+    assert!(badge("no-such-branch").contains(">unknown<"));
+    let (st, _, _) = get_full(&format!("{}/badges/acme/hello/main.png", d.url));
+    assert_eq!(st, 404);
+    std::fs::write(
+        repo.join("kiln.toml"),
+        String::from_utf8(recipe("exit 3")).unwrap(),
+    )
+    .unwrap();
+    let sha3 = commit(&repo, "marker.txt", "local-e2e 3");
+    d.wait_builds("the failing build", Duration::from_secs(120), |b| {
+        has(b, &sha3, "failure")
+    });
+    assert!(badge("main").contains(">failing<"));
+
     // SIGTERM: a quick, clean exit.
     let (st, took) = d.signal(libc::SIGTERM);
     assert!(st.success(), "exit status {st}");
@@ -226,8 +269,12 @@ fn local_repositories_build_without_registry_and_restarts_rebuild_nothing() {
     let d2 = Daemon::start_with(&dir, d.config.clone(), d.url.clone(), "trace", &[]);
     std::thread::sleep(Duration::from_secs(3));
     let builds = d2.builds();
-    assert_eq!(states(&builds), vec!["success", "success"], "{builds:?}");
-    assert_eq!(d2.log().matches("build started").count(), 2, "{}", d2.log());
+    assert_eq!(
+        states(&builds),
+        vec!["failure", "success", "success"],
+        "{builds:?}"
+    );
+    assert_eq!(d2.log().matches("build started").count(), 3, "{}", d2.log());
 
     // A second daemon on the same state directory refuses to start.
     let out = kiln()

@@ -24,6 +24,8 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/api/builds", get(builds))
         .route("/api/builds/{id}", get(build))
         .route("/api/hosts", get(hosts))
+        .route("/badges/local.svg", get(local_badge))
+        .route("/badges/{owner}/{repo}/{*branch}", get(github_badge))
         .route("/builds/{id}/log", get(log))
         .route("/hooks/github", post(github_hook))
         .with_state(d)
@@ -325,4 +327,63 @@ mod tests {
         assert!(!signature_ok(secret, body, "sha256=zz"));
         assert!(!signature_ok(secret, body, ""));
     }
+}
+
+/// `GET /badges/{owner}/{repo}/{branch}.svg`: the status badge of a GitHub repository's
+/// branch (the branch may hold slashes).
+async fn github_badge(
+    State(d): State<Arc<Daemon>>,
+    Path((owner, repo, branch)): Path<(String, String, String)>,
+) -> Response {
+    let Some(branch) = branch.strip_suffix(".svg") else {
+        return error(StatusCode::NOT_FOUND, "badges end in .svg");
+    };
+    badge(&d, &format!("{owner}/{repo}"), branch).await
+}
+
+#[derive(Deserialize)]
+struct LocalBadge {
+    path: String,
+    branch: Option<String>,
+}
+
+/// `GET /badges/local.svg?path=/srv/git/widget.git&branch=main`: the badge of a local
+/// repository (`path = ...` in the config; `branch` defaults to `main`).
+async fn local_badge(State(d): State<Arc<Daemon>>, Query(q): Query<LocalBadge>) -> Response {
+    badge(&d, &q.path, q.branch.as_deref().unwrap_or("main")).await
+}
+
+async fn badge(d: &Daemon, repo: &str, branch: &str) -> Response {
+    let (label, color) = match d
+        .store
+        .last_finished(repo, &format!("refs/heads/{branch}"))
+        .await
+    {
+        Ok(Some(BuildState::Success)) => ("passing", "#2e7d32"),
+        Ok(Some(BuildState::Failure)) => ("failing", "#c62828"),
+        Ok(Some(_)) => ("error", "#ef6c00"),
+        Ok(None) | Err(_) => ("unknown", "#757575"),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml; charset=utf-8"),
+            // Short: a badge follows the branch within a minute.
+            (header::CACHE_CONTROL, "max-age=30, must-revalidate"),
+        ],
+        badge_svg(label, color),
+    )
+        .into_response()
+}
+
+/// A flat two-part badge, "kiln | <label>", as text in the SVG. Both parts are fixed
+/// strings: nothing user-controlled reaches the markup.
+fn badge_svg(label: &str, color: &str) -> String {
+    // About 6.5 px per character at 11 px Verdana, plus padding.
+    let w = |s: &str| 10 + (s.len() as u32 * 13).div_ceil(2);
+    let (lw, rw) = (w("kiln"), w(label));
+    let total = lw + rw;
+    let (lx, rx) = (lw * 5, lw * 10 + rw * 5);
+    format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{total}" height="20" role="img" aria-label="kiln: {label}"><title>kiln: {label}</title><rect width="{lw}" height="20" fill="#555"/><rect x="{lw}" width="{rw}" height="20" fill="{color}"/><g fill="#fff" text-anchor="middle" font-family="Verdana,DejaVu Sans,sans-serif" font-size="110" transform="scale(.1)"><text x="{lx}" y="140">kiln</text><text x="{rx}" y="140">{label}</text></g></svg>"##
+    )
 }

@@ -388,6 +388,8 @@ pub trait Store: Send + Sync {
     async fn builds(&self, q: &BuildQuery) -> Result<Vec<BuildRow>>;
     async fn build(&self, id: &str) -> Result<Option<BuildDetail>>;
     async fn artifacts(&self, build_id: &str) -> Result<Vec<ArtifactRow>>;
+    /// How the last finished build (success, failure or error) of `git_ref` in `repo` ended.
+    async fn last_finished(&self, repo: &str, git_ref: &str) -> Result<Option<BuildState>>;
     /// Jobs waiting to run (queued).
     async fn queue_depth(&self) -> Result<u64>;
     /// A consistency check of the database file, where the engine has one ("ok" when fine).

@@ -826,6 +826,24 @@ macro_rules! sql_store {
                     .collect())
             }
 
+            async fn last_finished(
+                &self,
+                repo: &str,
+                git_ref: &str,
+            ) -> Result<Option<BuildState>> {
+                let state: Option<String> = sqlx::query_scalar(&self.q(
+                    "SELECT j.state FROM job_refs r JOIN jobs j ON j.id = r.job_id \
+                     WHERE r.git_ref = ? AND j.repo = ? \
+                     AND j.state IN ('success', 'failure', 'error') \
+                     ORDER BY j.finished_at DESC, j.id DESC LIMIT 1",
+                ))
+                .bind(git_ref)
+                .bind(repo)
+                .fetch_optional(&self.pool)
+                .await?;
+                state.map(|s| state_of(&s)).transpose()
+            }
+
             async fn queue_depth(&self) -> Result<u64> {
                 let n: i64 = sqlx::query_scalar(&self.q("SELECT count(*) FROM jobs WHERE state = 'queued'"))
                     .fetch_one(&self.pool)

@@ -13,6 +13,22 @@ use super::{Checked, GITHUB_TOKEN, git, kiln, require};
 
 /// A plain HTTP/1.1 request; returns the status and body.
 pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    let (status, _, body) = http_full(method, url, headers, body);
+    (status, body)
+}
+
+/// `GET`, with the response's head (status line and headers) too.
+pub fn get_full(url: &str) -> (u16, String, String) {
+    http_full("GET", url, &[], b"")
+}
+
+/// A plain HTTP/1.1 request; returns the status, the head and the body.
+pub fn http_full(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, String) {
     let rest = url.strip_prefix("http://").expect("an http:// URL");
     let (host, path) = rest
         .split_once('/')
@@ -46,7 +62,7 @@ pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> (
     } else {
         body.to_owned()
     };
-    (status, body)
+    (status, head.to_owned(), body)
 }
 
 fn dechunk(mut s: &str) -> String {
