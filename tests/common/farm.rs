@@ -21,6 +21,8 @@ pub struct Farm {
     pub log_level: &'static str,
     /// The hosts' `lease` ([`LEASE`] unless a test says otherwise).
     pub lease: &'static str,
+    /// The hosts' GitHub `poll_interval` (`1s` unless a test says otherwise).
+    pub poll: &'static str,
     root: tempfile::TempDir,
 }
 
@@ -45,6 +47,7 @@ impl Farm {
             db_url,
             log_level: "trace",
             lease: LEASE,
+            poll: "1s",
             root: tempfile::tempdir().unwrap(),
         }
     }
@@ -59,7 +62,7 @@ impl Farm {
             github_config(
                 &self.gh,
                 &dir,
-                "1s",
+                self.poll,
                 &format!(
                     "host_id = \"{id}\"\nlease = \"{}\"\nshutdown_grace = \"1s\"\ndatabase = \"{}\"\ndatabase_password_file = \"{password}\"",
                     self.lease, self.db_url
