@@ -20,6 +20,17 @@ fn job(commit: &str) -> NewJob {
     }
 }
 
+/// A successful outcome that tagged `refs` and records `statuses`.
+fn success(refs: &[&str], statuses: Vec<NewStatus>) -> Outcome {
+    Outcome {
+        state: BuildState::Success,
+        error: None,
+        artifacts: vec![],
+        tagged_refs: refs.iter().map(|r| r.to_string()).collect(),
+        statuses,
+    }
+}
+
 async fn a_commit_is_queued_once_whoever_triggers_it(s: &dyn Store) {
     let a = s.enqueue(&job("c1")).await.unwrap();
     assert!(a.created && a.ref_added);
@@ -70,13 +81,7 @@ async fn leases_fence_every_result(s: &dyn Store) {
         target_url: None,
     };
     assert!(!s.add_status(&first.lease, &st).await.unwrap());
-    let outcome = Outcome {
-        state: BuildState::Success,
-        error: None,
-        artifacts: vec![],
-        tagged_refs: vec!["refs/heads/main".into()],
-        statuses: vec![st.clone()],
-    };
+    let outcome = success(&["refs/heads/main"], vec![st.clone()]);
     assert!(!s.finish(&first.lease, &outcome).await.unwrap());
     assert!(s.finish(&second.lease, &outcome).await.unwrap());
     // Exactly one terminal status per job and context.
@@ -177,13 +182,7 @@ async fn statuses_go_out_in_order_per_context_and_cancels_reach_the_owner(s: &dy
     s.status_sent(batch[0].id, false, Duration::from_millis(50))
         .await
         .unwrap();
-    let outcome = Outcome {
-        state: BuildState::Success,
-        error: None,
-        artifacts: vec![],
-        tagged_refs: vec![],
-        statuses: vec![st("success")],
-    };
+    let outcome = success(&[], vec![st("success")]);
     assert!(s.finish(&c.lease, &outcome).await.unwrap());
     assert!(
         s.claim_statuses("h", Duration::from_secs(30), 10)
@@ -253,13 +252,7 @@ async fn a_ref_that_returns_to_a_built_commit_is_tagged_again(s: &dyn Store) {
         .await
         .unwrap()
         .unwrap();
-    let outcome = Outcome {
-        state: BuildState::Success,
-        error: None,
-        artifacts: vec![],
-        tagged_refs: vec!["refs/heads/main".into()],
-        statuses: vec![],
-    };
+    let outcome = success(&["refs/heads/main"], vec![]);
     assert!(s.finish(&c.lease, &outcome).await.unwrap());
     assert!(s.untagged_refs(10).await.unwrap().is_empty());
     s.enqueue(&job("b")).await.unwrap();
@@ -289,13 +282,7 @@ async fn a_head_s_tags_can_be_asked_for_again(s: &dyn Store) {
         .await
         .unwrap()
         .unwrap();
-    let outcome = Outcome {
-        state: BuildState::Success,
-        error: None,
-        artifacts: vec![],
-        tagged_refs: vec!["refs/heads/main".into()],
-        statuses: vec![],
-    };
+    let outcome = success(&["refs/heads/main"], vec![]);
     assert!(s.finish(&c.lease, &outcome).await.unwrap());
     assert!(s.untagged_refs(10).await.unwrap().is_empty());
     s.untag_head("acme/widget", "kiln.toml", "refs/heads/main")
