@@ -20,6 +20,15 @@ fn job(commit: &str) -> NewJob {
     }
 }
 
+/// Queue commit `commit` and claim it as host `h`.
+async fn queued_and_claimed(s: &dyn Store, commit: &str) -> Claim {
+    s.enqueue(&job(commit)).await.unwrap();
+    s.claim("h", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("the job just queued")
+}
+
 /// A successful outcome that tagged `refs` and records `statuses`.
 fn success(refs: &[&str], statuses: Vec<NewStatus>) -> Outcome {
     Outcome {
@@ -121,12 +130,7 @@ async fn claims_are_fair_across_repos_and_restarts_requeue(s: &dyn Store) {
 }
 
 async fn a_restart_frees_its_status_claims_and_counts_them(s: &dyn Store) {
-    s.enqueue(&job("c1")).await.unwrap();
-    let c = s
-        .claim("h", Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
+    let c = queued_and_claimed(s, "c1").await;
     let st = NewStatus {
         context: "kiln/app".into(),
         state: "pending".into(),
@@ -160,12 +164,7 @@ async fn a_restart_frees_its_status_claims_and_counts_them(s: &dyn Store) {
 }
 
 async fn statuses_go_out_in_order_per_context_and_cancels_reach_the_owner(s: &dyn Store) {
-    s.enqueue(&job("c1")).await.unwrap();
-    let c = s
-        .claim("h", Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
+    let c = queued_and_claimed(s, "c1").await;
     let st = |state: &str| NewStatus {
         context: "kiln/app".into(),
         state: state.into(),
@@ -218,12 +217,7 @@ async fn statuses_go_out_in_order_per_context_and_cancels_reach_the_owner(s: &dy
 
     // Cancelling: a queued job ends at once; a running one is flagged for its owner.
     s.enqueue(&job("c2")).await.unwrap();
-    s.enqueue(&job("c3")).await.unwrap();
-    let running = s
-        .claim("h", Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
+    let running = queued_and_claimed(s, "c3").await;
     assert!(s.cancel(&running.lease.build_id).await.unwrap());
     assert_eq!(
         s.renew(&running.lease, Duration::from_secs(30))
@@ -246,12 +240,7 @@ async fn statuses_go_out_in_order_per_context_and_cancels_reach_the_owner(s: &dy
 }
 
 async fn a_ref_that_returns_to_a_built_commit_is_tagged_again(s: &dyn Store) {
-    s.enqueue(&job("a")).await.unwrap();
-    let c = s
-        .claim("h", Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
+    let c = queued_and_claimed(s, "a").await;
     let outcome = success(&["refs/heads/main"], vec![]);
     assert!(s.finish(&c.lease, &outcome).await.unwrap());
     assert!(s.untagged_refs(10).await.unwrap().is_empty());
@@ -276,12 +265,7 @@ async fn a_ref_that_returns_to_a_built_commit_is_tagged_again(s: &dyn Store) {
 }
 
 async fn a_head_s_tags_can_be_asked_for_again(s: &dyn Store) {
-    s.enqueue(&job("a")).await.unwrap();
-    let c = s
-        .claim("h", Duration::from_secs(30))
-        .await
-        .unwrap()
-        .unwrap();
+    let c = queued_and_claimed(s, "a").await;
     let outcome = success(&["refs/heads/main"], vec![]);
     assert!(s.finish(&c.lease, &outcome).await.unwrap());
     assert!(s.untagged_refs(10).await.unwrap().is_empty());

@@ -84,9 +84,8 @@ impl LeaseKeeper {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|source| DaemonError::Io {
-                op: "start the lease keeper's runtime",
-                path: std::path::PathBuf::from("-"),
+            .map_err(|source| DaemonError::LeaseKeeper {
+                op: "runtime",
                 source,
             })?;
         std::thread::Builder::new()
@@ -124,18 +123,16 @@ impl LeaseKeeper {
                     }
                 })
             })
-            .map_err(|source| DaemonError::Io {
-                op: "start the lease keeper's thread",
-                path: std::path::PathBuf::from("-"),
+            .map_err(|source| DaemonError::LeaseKeeper {
+                op: "thread",
                 source,
             })?;
         match opened.await {
             Ok(Ok(())) => Ok(LeaseKeeper { tx }),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(DaemonError::Io {
-                op: "start the lease keeper",
-                path: std::path::PathBuf::from("-"),
-                source: std::io::Error::other("its thread ended"),
+            Err(_) => Err(DaemonError::LeaseKeeper {
+                op: "thread",
+                source: std::io::Error::other("it ended before opening its store"),
             }),
         }
     }

@@ -54,6 +54,11 @@ pub enum DaemonError {
     Locked { dir: PathBuf, pid: Option<u32> },
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    #[error("cannot start the lease keeper's {op}: {source}")]
+    LeaseKeeper {
+        op: &'static str,
+        source: std::io::Error,
+    },
     #[error("the database {url}: {source}")]
     Database { url: String, source: StateError },
     #[error(

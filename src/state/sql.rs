@@ -26,6 +26,11 @@ pub(super) fn state_of(s: &str) -> Result<BuildState> {
 pub(super) const JOB_COLUMNS: &str = "id, repo, commit_sha, recipe, git_ref, state, host, attempts, \
                            queued_at, started_at, finished_at, error";
 
+/// Record a ref's head (binds: repo, recipe, git_ref, commit, time).
+pub(super) const UPSERT_HEAD: &str = "INSERT INTO heads (repo, recipe, git_ref, commit_sha, updated_at) \
+     VALUES (?, ?, ?, ?, ?) ON CONFLICT (repo, recipe, git_ref) DO UPDATE \
+     SET commit_sha = excluded.commit_sha, updated_at = excluded.updated_at";
+
 /// `WHERE` clause pieces that hold only while `lease` does.
 pub(super) const FENCED: &str = "id = ? AND owner = ? AND fence = ? AND state = 'running'";
 
@@ -154,9 +159,7 @@ macro_rules! sql_store {
                 .rows_affected()
                     == 1;
                 sqlx::query(
-                    &self.q("INSERT INTO heads (repo, recipe, git_ref, commit_sha, updated_at) \
-                     VALUES (?, ?, ?, ?, ?) ON CONFLICT (repo, recipe, git_ref) DO UPDATE \
-                     SET commit_sha = excluded.commit_sha, updated_at = excluded.updated_at"),
+                    &self.q(UPSERT_HEAD),
                 )
                 .bind(&job.repo)
                 .bind(&job.recipe)
@@ -187,9 +190,7 @@ macro_rules! sql_store {
 
             async fn set_head(&self, repo: &str, recipe: &str, git_ref: &str, commit: &str) -> Result<()> {
                 sqlx::query(
-                    &self.q("INSERT INTO heads (repo, recipe, git_ref, commit_sha, updated_at) \
-                     VALUES (?, ?, ?, ?, ?) ON CONFLICT (repo, recipe, git_ref) DO UPDATE \
-                     SET commit_sha = excluded.commit_sha, updated_at = excluded.updated_at"),
+                    &self.q(UPSERT_HEAD),
                 )
                 .bind(repo)
                 .bind(recipe)
