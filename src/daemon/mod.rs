@@ -11,6 +11,7 @@
 pub mod config;
 pub mod github;
 pub mod lease;
+pub mod logship;
 pub mod metrics;
 pub mod watch;
 pub mod worker;

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::Daemon;
 use super::config::{Repo, RepoSource};
 use super::lease::{STOP_CANCEL_REQUESTED, STOP_LEASE_LOST, STOP_SHUTDOWN, StopReason};
+use super::logship::LogShipper;
 use crate::events::{Event, Observer};
 use crate::pipeline::{self, ArtifactResult, Build, PipelineError, SourceSpec, Target};
 use crate::runner::DockerRunner;
@@ -152,27 +153,57 @@ pub async fn run(
         .keeper
         .hold(claim.lease.clone(), cancel.clone(), why.clone());
     d.metrics.running.inc();
+    let log = d.log_path(&id);
+    // The log goes into the state as it grows, for the dashboard of every host.
+    let stop_shipping = CancellationToken::new();
+    let shipping = match LogShipper::new(d.store.clone(), claim.lease.clone(), log.clone()).await {
+        Ok(s) => Some(tokio::spawn(s.follow(stop_shipping.clone()))),
+        Err(e) => {
+            tracing::warn!(error = %e, "the build log will not reach the state");
+            None
+        }
+    };
     let end =
         tracing::Instrument::instrument(attempt(&d, &claim, &runner, &cancel, &why), span.clone())
             .await;
     d.metrics.running.dec();
-    let _enter = span.enter();
-    let log = d.log_path(&id);
     let lease = &claim.lease;
+    // kiln's last word on this attempt, then the log is complete in the state before the
+    // end is recorded (a page streaming it stops at the end).
+    note(
+        &log,
+        &match &end {
+            End::Finished(outcome) => format!(
+                "build {}{}",
+                outcome.state.as_str(),
+                outcome
+                    .error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ),
+            End::RetryLater { error, delay } => format!(
+                "attempt {} failed ({error}); retrying in {}s",
+                claim.attempt,
+                delay.as_secs()
+            ),
+            End::Release => "stopped by a shutdown; the build will run again".to_owned(),
+            End::Abandon => {
+                "lease lost: another host takes over; this run published nothing".to_owned()
+            }
+        },
+    );
+    stop_shipping.cancel();
+    if let Some(Ok(mut shipper)) = match shipping {
+        Some(h) => Some(h.await),
+        None => None,
+    } {
+        shipper.ship(true).await;
+    }
+    let _enter = span.enter();
     let recorded = match end {
         End::Finished(outcome) => {
             let result = outcome.state.as_str();
-            note(
-                &log,
-                &format!(
-                    "build {result}{}",
-                    outcome
-                        .error
-                        .as_deref()
-                        .map(|e| format!(": {e}"))
-                        .unwrap_or_default()
-                ),
-            );
             match d.store.finish(lease, &outcome).await {
                 Ok(true) => {
                     d.metrics
@@ -209,28 +240,13 @@ pub async fn run(
         }
         End::RetryLater { error, delay } => {
             tracing::warn!(error = %error, retry_in_s = delay.as_secs(), "build failed; it will be retried");
-            note(
-                &log,
-                &format!(
-                    "attempt {} failed ({error}); retrying in {}s",
-                    claim.attempt,
-                    delay.as_secs()
-                ),
-            );
             d.store.retry_later(lease, &error, delay).await.map(|_| ())
         }
         End::Release => {
             tracing::info!("stopping: the job goes back to the queue");
-            note(&log, "stopped by a shutdown; the build will run again");
             d.store.release(lease).await
         }
-        End::Abandon => {
-            note(
-                &log,
-                "lease lost: another host takes over; this run published nothing",
-            );
-            Ok(())
-        }
+        End::Abandon => Ok(()),
     };
     if let Err(e) = recorded {
         // The lease will expire and the job run again; nothing was half-recorded.
@@ -265,10 +281,11 @@ async fn attempt(
         ),
     );
     tracing::info!(attempt = claim.attempt, git_ref = %claim.git_ref, "build started");
-    if claim.attempt > MAX_CLAIMS {
+    let this_run = claim.attempt.saturating_sub(claim.runs_from);
+    if this_run > MAX_CLAIMS {
         let msg = format!(
             "gave up after {} attempts: each one ended with the daemon",
-            claim.attempt - 1
+            this_run - 1
         );
         return End::Finished(failed_outcome(d, claim, BuildState::Error, msg, Vec::new()).await);
     }
@@ -291,9 +308,9 @@ async fn attempt(
             STOP_SHUTDOWN => End::Release,
             _ => End::Release,
         },
-        Err(f) if f.error.is_retryable() && claim.attempt <= MAX_RETRIES => End::RetryLater {
+        Err(f) if f.error.is_retryable() && this_run <= MAX_RETRIES => End::RetryLater {
             error: f.error.to_string(),
-            delay: Duration::from_secs(15 * (1u64 << (claim.attempt - 1).min(5))),
+            delay: Duration::from_secs(15 * (1u64 << (this_run.max(1) - 1).min(5))),
         },
         Err(f) => {
             let state = if f.error.is_build_failure() {
@@ -565,12 +582,18 @@ async fn stages_in(
             claim.git_ref.clone(),
             b.cancel.clone(),
         );
-        let mirror = pipeline_blocking(move || -> Result<Mirror, SourceError> {
+        let (mirror, subject) = pipeline_blocking(move || -> Result<_, SourceError> {
             let m = Mirror::open(&mirror_dir, &cancel)?;
             m.fetch(&clone_url, &commit, Some(&git_ref), auth.as_ref(), &cancel)?;
-            Ok(m)
+            let subject = crate::source::commit_subject(m.dir(), &commit, &cancel).ok();
+            Ok((m, subject))
         })
         .await??;
+        if let Some(subject) = subject
+            && let Err(e) = d.store.set_subject(lease, &subject).await
+        {
+            tracing::debug!(error = %e, "the commit's subject was not recorded");
+        }
         let spec = SourceSpec::Commit(CommitSource {
             repo: mirror.dir().to_owned(),
             commit: claim.commit.clone(),
@@ -609,9 +632,11 @@ async fn stages_in(
     }
 
     // Already published (say the state was lost, or the CLI pushed it)? Then only tags move.
+    // Not for a rebuild someone asked for: that runs the steps again.
     let target = target(d);
     let mut artifacts: Vec<ArtifactResult> = Vec::new();
-    for a in &sourced.recipe.artifacts {
+    let rebuild = claim.runs_from > 0;
+    for a in sourced.recipe.artifacts.iter().filter(|_| !rebuild) {
         match pipeline::find_published(&target, &a.name, &claim.commit, &b.cancel).await {
             Ok(Some((found, ann)))
                 if ann.get(pipeline::annotations::REVISION) == Some(&claim.commit)
@@ -628,7 +653,7 @@ async fn stages_in(
             }
         }
     }
-    let already = artifacts.len() == sourced.recipe.artifacts.len();
+    let already = !rebuild && artifacts.len() == sourced.recipe.artifacts.len();
     if already {
         note(
             &log,

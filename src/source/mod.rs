@@ -316,6 +316,17 @@ pub fn open_commit(
     })
 }
 
+/// The first line of a commit's message (for people: the dashboard's build list).
+pub fn commit_subject(
+    repo: &Path,
+    rev: &str,
+    cancel: &CancellationToken,
+) -> Result<String, SourceError> {
+    Ok(git(repo, &["show", "-s", "--format=%s", rev], cancel)?
+        .trim_end()
+        .to_owned())
+}
+
 fn commit_time(repo: &Path, rev: &str, cancel: &CancellationToken) -> Result<u64, SourceError> {
     git(repo, &["show", "-s", "--format=%ct", rev], cancel)?
         .trim()

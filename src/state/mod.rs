@@ -113,8 +113,11 @@ pub struct Claim {
     pub commit: String,
     pub recipe: String,
     pub git_ref: String,
-    /// 1 for the first run.
+    /// 1 for the first run; attempts keep counting across rebuilds.
     pub attempt: u32,
+    /// The attempt count when the job was last queued by a rebuild (0 if never): this run's
+    /// attempts are `attempt - runs_from`.
+    pub runs_from: u32,
 }
 
 /// One published artifact of a build.
@@ -202,6 +205,8 @@ pub struct BuildRow {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub error: Option<String>,
+    /// The commit message's first line, once a worker fetched the commit.
+    pub subject: Option<String>,
     pub artifacts: Vec<ArtifactRow>,
 }
 
@@ -325,6 +330,10 @@ pub trait Store: Send + Sync {
     async fn finish(&self, lease: &Lease, outcome: &Outcome) -> Result<bool>;
     /// Cancel a queued job, or mark a running one for cancellation by its owner.
     async fn cancel(&self, build_id: &str) -> Result<bool>;
+    /// Queue a finished job (success, failure, error, cancelled) to run again: its artifacts
+    /// and the finality of its statuses are cleared, its records and log are kept. False if
+    /// it is not finished (or does not exist).
+    async fn rebuild(&self, build_id: &str) -> Result<bool>;
 
     // Records.
 
@@ -338,6 +347,17 @@ pub trait Store: Send + Sync {
         detail: Option<&str>,
     ) -> Result<()>;
     async fn step(&self, lease: &Lease, attempt: u32, step: &StepRow) -> Result<()>;
+    /// Record the commit's first line, fenced by the lease.
+    async fn set_subject(&self, lease: &Lease, subject: &str) -> Result<()>;
+    /// Append whole log lines numbered from `first_line`, fenced by the lease: false if the
+    /// lease was lost (or those lines exist).
+    async fn append_log(&self, lease: &Lease, first_line: u64, lines: &[String]) -> Result<bool>;
+    /// The number the next log line of a build gets (1 for an empty log).
+    async fn log_end(&self, build_id: &str) -> Result<u64>;
+    /// Log lines numbered above `after`, in order, about `limit` of them at most (whole
+    /// stored runs: a few more may come).
+    async fn log_lines(&self, build_id: &str, after: u64, limit: u32)
+    -> Result<Vec<(u64, String)>>;
 
     // Tags of refs that arrived after their job finished.
 

@@ -24,7 +24,7 @@ pub(super) fn state_of(s: &str) -> Result<BuildState> {
 }
 
 pub(super) const JOB_COLUMNS: &str = "id, repo, commit_sha, recipe, git_ref, state, host, attempts, \
-                           queued_at, started_at, finished_at, error";
+                           queued_at, started_at, finished_at, error, subject";
 
 /// Record a ref's head (binds: repo, recipe, git_ref, commit, time).
 pub(super) const UPSERT_HEAD: &str = "INSERT INTO heads (repo, recipe, git_ref, commit_sha, updated_at) \
@@ -113,6 +113,7 @@ macro_rules! sql_store {
                 started_at: r.get("started_at"),
                 finished_at: r.get("finished_at"),
                 error: r.get("error"),
+                subject: r.get("subject"),
                 artifacts: Vec::new(),
             })
         }
@@ -266,7 +267,7 @@ macro_rules! sql_store {
                                    AND r.state = 'running' AND r.lease_until >= ?3), \
                                   j.queued_at, j.id \
                          LIMIT 1 {}) \
-                     RETURNING id, repo, commit_sha, recipe, git_ref, fence, attempts", $store::SKIP_LOCKED)),
+                     RETURNING id, repo, commit_sha, recipe, git_ref, fence, attempts, runs_from", $store::SKIP_LOCKED)),
                 )
                 .bind(host)
                 .bind(now + ms(lease))
@@ -284,6 +285,7 @@ macro_rules! sql_store {
                     recipe: r.get("recipe"),
                     git_ref: r.get("git_ref"),
                     attempt: r.get::<i64, _>("attempts") as u32,
+                    runs_from: r.get::<i64, _>("runs_from") as u32,
                 }))
             }
 
@@ -444,6 +446,114 @@ macro_rules! sql_store {
                         .await?
                         .rows_affected();
                 Ok(queued + running > 0)
+            }
+
+            async fn rebuild(&self, build_id: &str) -> Result<bool> {
+                let mut tx = self.pool.begin().await?;
+                let queued = sqlx::query(&self.q(
+                    "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, run_after = 0, \
+                     queued_at = ?, finished_at = NULL, error = NULL, cancel_requested = 0, \
+                     runs_from = attempts \
+                     WHERE id = ? AND state IN ('success', 'failure', 'error', 'cancelled')",
+                ))
+                .bind(self.now())
+                .bind(build_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1;
+                if !queued {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                // The new run publishes its own artifacts and sends its own final statuses.
+                sqlx::query(&self.q("DELETE FROM artifacts WHERE job_id = ?"))
+                    .bind(build_id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(&self.q("UPDATE statuses SET terminal = 0 WHERE job_id = ? AND terminal = 1"))
+                    .bind(build_id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn set_subject(&self, lease: &Lease, subject: &str) -> Result<()> {
+                sqlx::query(&self.q(&format!("UPDATE jobs SET subject = ? WHERE {FENCED}")))
+                    .bind(subject)
+                    .bind(&lease.build_id)
+                    .bind(&lease.owner)
+                    .bind(lease.fence)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn append_log(&self, lease: &Lease, first_line: u64, lines: &[String]) -> Result<bool> {
+                if lines.is_empty() {
+                    return Ok(true);
+                }
+                Ok(sqlx::query(&self.q(&format!(
+                    "INSERT INTO log_chunks (job_id, first_line, lines, body) \
+                     SELECT id, ?, ?, ? FROM jobs WHERE {FENCED} ON CONFLICT DO NOTHING"
+                )))
+                .bind(first_line as i64)
+                .bind(lines.len() as i64)
+                .bind(lines.join("\n"))
+                .bind(&lease.build_id)
+                .bind(&lease.owner)
+                .bind(lease.fence)
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                    == 1)
+            }
+
+            async fn log_end(&self, build_id: &str) -> Result<u64> {
+                let end: Option<i64> = sqlx::query_scalar(&self.q(
+                    "SELECT max(first_line + lines) FROM log_chunks WHERE job_id = ?",
+                ))
+                .bind(build_id)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(end.unwrap_or(1) as u64)
+            }
+
+            async fn log_lines(&self, build_id: &str, after: u64, limit: u32) -> Result<Vec<(u64, String)>> {
+                let after = after as i64;
+                // Runs are contiguous: the one holding line `after + 1` starts at or before
+                // it, so the scan starts there (the primary key) and stops at `limit` lines.
+                let start: Option<i64> = sqlx::query_scalar(&self.q(
+                    "SELECT max(first_line) FROM log_chunks WHERE job_id = ? AND first_line <= ?",
+                ))
+                .bind(build_id)
+                .bind(after + 1)
+                .fetch_one(&self.pool)
+                .await?;
+                let rows = sqlx::query(&self.q(
+                    "SELECT first_line, body FROM log_chunks WHERE job_id = ? AND first_line >= ? \
+                     ORDER BY first_line LIMIT ?",
+                ))
+                .bind(build_id)
+                .bind(start.unwrap_or(0))
+                .bind(i64::from(limit.clamp(1, 100_000)))
+                .fetch_all(&self.pool)
+                .await?;
+                let mut out = Vec::new();
+                for r in rows {
+                    let first = r.get::<i64, _>("first_line");
+                    for (i, line) in r.get::<&str, _>("body").split('\n').enumerate() {
+                        let n = first + i as i64;
+                        if n > after {
+                            out.push((n as u64, line.to_owned()));
+                        }
+                    }
+                    if out.len() >= limit as usize {
+                        break;
+                    }
+                }
+                Ok(out)
             }
 
             async fn stage_started(&self, lease: &Lease, attempt: u32, name: &str) -> Result<()> {
