@@ -39,6 +39,9 @@ pub struct Config {
     pub limits: crate::runner::Limits,
     /// Where the state lives: SQLite in `state_dir`, or the farm's PostgreSQL.
     pub database: Database,
+    /// `admin_token_file`: the bearer token the dashboard's actions (rebuild, cancel)
+    /// require; without it they are off and the dashboard is read-only.
+    pub admin_token: Option<Secret>,
     pub github: Option<GitHub>,
     pub registry: Option<Registry>,
     pub repos: Vec<Repo>,
@@ -231,6 +234,7 @@ impl Checker<'_> {
                 "limits",
                 "database",
                 "database_password_file",
+                "admin_token_file",
                 "github",
                 "registry",
                 "repo",
@@ -291,6 +295,15 @@ impl Checker<'_> {
             Some((t, _)) => self.limits(t),
             None => crate::runner::Limits::host_defaults(),
         };
+        let admin_token = self
+            .abs_file(doc, "", "admin_token_file")
+            .and_then(|(p, at)| match read_secret(&p) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    self.problem(at, "admin_token_file", e);
+                    None
+                }
+            });
         let github = self.table(doc, "github").map(|(t, _)| self.github(t));
         let registry = self
             .table(doc, "registry")
@@ -359,6 +372,7 @@ impl Checker<'_> {
             verify,
             limits,
             database,
+            admin_token,
             github,
             registry,
             repos: repos.into_iter().map(|(r, _)| r).collect(),
@@ -520,11 +534,12 @@ impl Checker<'_> {
     fn abs_file(&mut self, t: &DeTable, prefix: &str, key: &str) -> Option<(PathBuf, usize)> {
         let (s, at) = self.string(t, prefix, key)?;
         if !s.starts_with('/') {
-            self.problem(
-                at,
-                &format!("{prefix}.{key}"),
-                format!("{s:?} must be an absolute path"),
-            );
+            let name = if prefix.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            self.problem(at, &name, format!("{s:?} must be an absolute path"));
             return None;
         }
         Some((PathBuf::from(s), at))

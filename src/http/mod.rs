@@ -1,5 +1,7 @@
-//! The daemon's HTTP side: health, metrics, the build API, build logs and the GitHub webhook.
-//! It reads the state and pokes triggers; it never runs a build itself.
+//! The daemon's HTTP side: health, metrics, the build API, build logs, the GitHub webhook
+//! and the dashboard. It reads the state and pokes triggers; it never runs a build itself.
+
+pub mod dashboard;
 
 use std::sync::Arc;
 
@@ -14,11 +16,19 @@ use serde_json::{Value, json};
 
 use crate::daemon::Daemon;
 use crate::daemon::metrics::Metrics;
-use crate::state::{BuildDetail, BuildQuery, BuildRow, BuildState};
+use crate::state::{BuildDetail, BuildQuery, BuildRow, BuildState, HostRow};
 
 /// The routes, over the daemon's shared state.
 pub fn router(d: Arc<Daemon>) -> Router {
     Router::new()
+        .route("/", get(dashboard::index))
+        .route("/builds/{id}", get(dashboard::build_page))
+        .route("/builds/{id}/events", get(dashboard::events))
+        .route("/assets/kiln.css", get(dashboard::css))
+        .route("/assets/kiln.js", get(dashboard::js))
+        .route("/favicon.ico", get(dashboard::favicon))
+        .route("/api/builds/{id}/cancel", post(dashboard::cancel))
+        .route("/api/builds/{id}/rebuild", post(dashboard::rebuild))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/builds", get(builds))
@@ -155,17 +165,10 @@ async fn hosts(State(d): State<Arc<Daemon>>) -> Response {
     match d.store.hosts().await {
         Ok(rows) => {
             let now = d.store.clock_ms();
-            let fresh = 2 * d.lease.as_millis() as i64;
             let hosts: Vec<Value> = rows
                 .iter()
                 .map(|h| {
-                    let state = if h.stopped_at.is_some() {
-                        "stopped"
-                    } else if now - h.heartbeat_at <= fresh {
-                        "up"
-                    } else {
-                        "lost"
-                    };
+                    let state = host_state(h, now, d.lease);
                     json!({
                         "id": h.id,
                         "version": h.version,
@@ -183,6 +186,18 @@ async fn hosts(State(d): State<Arc<Daemon>>) -> Response {
     }
 }
 
+/// `up` (a heartbeat within two leases), `stopped` (a clean stop) or `lost` (silent: dead,
+/// or cut off from the database).
+pub fn host_state(h: &HostRow, now: i64, lease: std::time::Duration) -> &'static str {
+    if h.stopped_at.is_some() {
+        "stopped"
+    } else if now - h.heartbeat_at <= 2 * lease.as_millis() as i64 {
+        "up"
+    } else {
+        "lost"
+    }
+}
+
 async fn build(State(d): State<Arc<Daemon>>, Path(id): Path<String>) -> Response {
     match d.store.build(&id).await {
         Ok(Some(x)) => axum::Json(detail_json(&x)).into_response(),
@@ -197,10 +212,28 @@ async fn log(State(d): State<Arc<Daemon>>, Path(id): Path<String>) -> Response {
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no build {id}")),
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
-    // The id came from the state, so it names a file of ours (no path tricks).
+    // The id came from the state, so it names a file of ours (no path tricks). The file is
+    // on the host that ran the build; any other host answers from the state's copy.
     let text = match tokio::fs::read(d.log_path(&id)).await {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut text = Vec::new();
+            let mut after = 0;
+            loop {
+                match d.store.log_lines(&id, after, 10_000).await {
+                    Ok(lines) if lines.is_empty() => break,
+                    Ok(lines) => {
+                        for (n, l) in lines {
+                            text.extend_from_slice(l.as_bytes());
+                            text.push(b'\n');
+                            after = n;
+                        }
+                    }
+                    Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+                }
+            }
+            text
+        }
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     (
