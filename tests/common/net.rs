@@ -592,3 +592,59 @@ impl FakeServer {
         FakeServer { addr }
     }
 }
+
+/// A TCP proxy whose open connections can all be cut at once (a network blip between a
+/// browser and the daemon); new connections go through as before.
+pub struct CutProxy {
+    pub addr: String,
+    open: Arc<std::sync::Mutex<Vec<TcpStream>>>,
+    pub connections: Arc<AtomicUsize>,
+}
+
+impl CutProxy {
+    pub fn start(upstream: &str) -> CutProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let open = Arc::new(std::sync::Mutex::new(Vec::<TcpStream>::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (up, o, n) = (upstream.to_owned(), open.clone(), connections.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut c) = conn else { continue };
+                let Ok(mut s) = TcpStream::connect(&up) else {
+                    continue;
+                };
+                n.fetch_add(1, Ordering::SeqCst);
+                {
+                    let mut o = o.lock().unwrap();
+                    o.push(c.try_clone().unwrap());
+                    o.push(s.try_clone().unwrap());
+                }
+                let (mut c2, mut s2) = (c.try_clone().unwrap(), s.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s2, &mut c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Both);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c, &mut s);
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        CutProxy {
+            addr,
+            open,
+            connections,
+        }
+    }
+
+    /// Cut every connection open now; returns how many sockets were shut.
+    pub fn cut(&self) -> usize {
+        let mut o = self.open.lock().unwrap();
+        let n = o.len();
+        for s in o.drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        n
+    }
+}
