@@ -207,6 +207,20 @@ fn a_host_paused_past_its_lease_publishes_nothing_when_it_wakes() {
     let farm = Farm::new();
     let (hosts, sha, paused) = pair_running(&farm, ["p1", "p2"], "acme/slow");
     let other = 1 - paused;
+    // The other host's dashboard shows the running build's log from the state.
+    let id = hosts[other].d().builds()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_until(
+        "the first attempt's log on the other host's page",
+        Duration::from_secs(10),
+        || {
+            get(&format!("{}/builds/{id}", hosts[other].url))
+                .1
+                .contains(&format!("attempt 1 on {}", hosts[paused].id))
+        },
+    );
     hosts[paused].signal(libc::SIGSTOP);
     let builds = hosts[other]
         .d()
@@ -241,6 +255,35 @@ fn a_host_paused_past_its_lease_publishes_nothing_when_it_wakes() {
     assert_eq!(b.len(), 1);
     assert_eq!(b[0]["state"], "success");
     assert_eq!(b[0]["host"], hosts[other].id.as_str());
+
+    // The log in the state, as any host's dashboard streams it: both attempts, numbered
+    // without a gap, and nothing from the host that lost its lease after it lost it.
+    assert_eq!(b[0]["id"], id.as_str());
+    let (st, _, sse) = http_full(
+        "GET",
+        &format!("{}/builds/{id}/events", hosts[paused].url),
+        &[],
+        b"",
+    );
+    assert_eq!(st, 200);
+    let ids: Vec<u64> = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(ids, (1..=ids.len() as u64).collect::<Vec<_>>());
+    for want in [
+        format!("attempt 1 on {}", hosts[paused].id),
+        format!("attempt 2 on {}", hosts[other].id),
+        "kiln: build success".to_owned(),
+    ] {
+        assert!(
+            sse.contains(&want),
+            "{want:?} not in the stored log:\n{sse}"
+        );
+    }
+    assert!(!sse.contains("lease lost"), "{sse}");
+    assert!(sse.ends_with("event: end\ndata: success\n\n"), "{sse}");
 }
 
 #[test]

@@ -324,6 +324,111 @@ async fn hosts_beat_and_one_host_leads_at_a_time(s: &dyn Store) {
     assert!(s.lead("other", "b", ttl).await.unwrap());
 }
 
+async fn logs_are_numbered_fenced_and_rebuilds_run_again(s: &dyn Store) {
+    let c = queued_and_claimed(s, "c1").await;
+    let id = c.lease.build_id.clone();
+    s.set_subject(&c.lease, "Fix <the> build").await.unwrap();
+    assert_eq!(s.log_end(&id).await.unwrap(), 1);
+    let lines = |v: &[&str]| v.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+    assert!(
+        s.append_log(&c.lease, 1, &lines(&["one", "", "three"]))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.append_log(&c.lease, 4, &lines(&["four", "five"]))
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.log_end(&id).await.unwrap(), 6);
+    assert_eq!(
+        s.log_lines(&id, 0, 100).await.unwrap(),
+        vec![
+            (1, "one".to_owned()),
+            (2, String::new()),
+            (3, "three".to_owned()),
+            (4, "four".to_owned()),
+            (5, "five".to_owned())
+        ]
+    );
+    // From the middle of a stored run, and limited (whole runs: at least `limit` lines).
+    assert_eq!(
+        s.log_lines(&id, 2, 1).await.unwrap(),
+        vec![(3, "three".to_owned())]
+    );
+    assert_eq!(
+        s.log_lines(&id, 4, 100).await.unwrap(),
+        vec![(5, "five".to_owned())]
+    );
+    assert!(s.log_lines(&id, 5, 100).await.unwrap().is_empty());
+    // Lines that exist, or a lease that is not the current one, add nothing.
+    assert!(!s.append_log(&c.lease, 4, &lines(&["again"])).await.unwrap());
+    let stale = Lease {
+        fence: c.lease.fence - 1,
+        ..c.lease.clone()
+    };
+    assert!(!s.append_log(&stale, 6, &lines(&["late"])).await.unwrap());
+    assert_eq!(s.log_end(&id).await.unwrap(), 6);
+
+    // Only a finished job can be rebuilt; its subject and log stay, its artifacts go.
+    assert!(!s.rebuild(&id).await.unwrap());
+    assert!(!s.rebuild("no-such-build").await.unwrap());
+    let status = NewStatus {
+        context: "kiln/app".into(),
+        state: "success".into(),
+        description: "built".into(),
+        target_url: None,
+    };
+    let mut outcome = success(&["refs/heads/main"], vec![status.clone()]);
+    outcome.artifacts = vec![ArtifactRow {
+        name: "app".into(),
+        kind: "image".into(),
+        digest: format!("sha256:{}", "a".repeat(64)),
+        size: 1,
+        media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        pushed_to: "r/app".into(),
+        provenance: None,
+    }];
+    assert!(s.finish(&c.lease, &outcome).await.unwrap());
+    assert!(s.rebuild(&id).await.unwrap());
+    assert!(!s.rebuild(&id).await.unwrap(), "queued already");
+    assert_eq!(s.build_state(&id).await.unwrap(), Some(BuildState::Queued));
+    assert_eq!(s.build_state("no-such-build").await.unwrap(), None);
+    let x = s.build(&id).await.unwrap().unwrap();
+    assert_eq!(x.build.state, BuildState::Queued);
+    assert!(x.build.artifacts.is_empty());
+    assert_eq!(x.build.subject.as_deref(), Some("Fix <the> build"));
+    let again = s
+        .claim("h2", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("the rebuild");
+    assert_eq!((again.attempt, again.runs_from), (2, 1));
+    // The log goes on after the first run's lines; the run gets its own final status.
+    assert!(
+        s.append_log(&again.lease, 6, &lines(&["rebuilt"]))
+            .await
+            .unwrap()
+    );
+    assert!(s.finish(&again.lease, &outcome).await.unwrap());
+    let mut sent = 0;
+    while let Some(st) = s
+        .claim_statuses("h2", Duration::from_secs(30), 10)
+        .await
+        .unwrap()
+        .pop()
+    {
+        assert_eq!(st.status, status);
+        s.status_sent(st.id, true, Duration::ZERO).await.unwrap();
+        sent += 1;
+    }
+    assert_eq!(sent, 2, "one final status per run");
+    assert_eq!(
+        s.build(&id).await.unwrap().unwrap().build.artifacts.len(),
+        1
+    );
+}
+
 /// Every case on a fresh store from `fresh`.
 async fn contract<F, Fut>(fresh: F)
 where
@@ -338,6 +443,7 @@ where
     a_ref_that_returns_to_a_built_commit_is_tagged_again(&*fresh().await).await;
     hosts_beat_and_one_host_leads_at_a_time(&*fresh().await).await;
     a_head_s_tags_can_be_asked_for_again(&*fresh().await).await;
+    logs_are_numbered_fenced_and_rebuilds_run_again(&*fresh().await).await;
 }
 
 #[tokio::test]

@@ -546,7 +546,7 @@ pub async fn events(
     Query(q): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> Response {
-    match d.store.build(&id).await {
+    match d.store.build_state(&id).await {
         Ok(Some(_)) => {}
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no build {id}")),
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
@@ -598,8 +598,8 @@ impl Follow {
             if self.read_lines().await {
                 continue;
             }
-            let state = match self.d.store.build(&self.id).await {
-                Ok(Some(x)) => x.build.state,
+            let state = match self.d.store.build_state(&self.id).await {
+                Ok(Some(s)) => s,
                 Ok(None) => return None,
                 Err(_) => {
                     tokio::time::sleep(FOLLOW_EVERY).await;
@@ -685,10 +685,10 @@ fn unauthorized(d: &Daemon, headers: &HeaderMap) -> Option<Response> {
 
 /// Why an action did nothing: no such build (404) or the wrong state for it (409).
 async fn refused(d: &Daemon, id: &str, what: &str) -> Response {
-    match d.store.build(id).await {
-        Ok(Some(x)) => error(
+    match d.store.build_state(id).await {
+        Ok(Some(state)) => error(
             StatusCode::CONFLICT,
-            format!("build {id} is {}: {what}", x.build.state.as_str()),
+            format!("build {id} is {}: {what}", state.as_str()),
         ),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no build {id}")),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),

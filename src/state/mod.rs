@@ -408,6 +408,8 @@ pub trait Store: Send + Sync {
     async fn builds(&self, q: &BuildQuery) -> Result<Vec<BuildRow>>;
     async fn build(&self, id: &str) -> Result<Option<BuildDetail>>;
     async fn artifacts(&self, build_id: &str) -> Result<Vec<ArtifactRow>>;
+    /// A build's state alone (one indexed read, for pages that follow a build).
+    async fn build_state(&self, build_id: &str) -> Result<Option<BuildState>>;
     /// How the last finished build (success, failure or error) of `git_ref` in `repo` ended.
     async fn last_finished(&self, repo: &str, git_ref: &str) -> Result<Option<BuildState>>;
     /// Jobs waiting to run (queued).

@@ -937,6 +937,14 @@ macro_rules! sql_store {
                     .collect())
             }
 
+            async fn build_state(&self, build_id: &str) -> Result<Option<BuildState>> {
+                let state: Option<String> = sqlx::query_scalar(&self.q("SELECT state FROM jobs WHERE id = ?"))
+                    .bind(build_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                state.map(|s| state_of(&s)).transpose()
+            }
+
             async fn last_finished(
                 &self,
                 repo: &str,
