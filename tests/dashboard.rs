@@ -20,10 +20,12 @@ const ADMIN_TOKEN: &str = "kiln-admin-token-for-tests-31337";
 const XSS_SUBJECT: &str = "<script>alert(1)</script>";
 const XSS_LINE: &str = "<img src=x onerror=window.kilnXss=1>";
 
-/// A step that prints a numbered line every quarter second for about 15 s, then the hostile
-/// line.
+/// A step that prints a numbered line every 0.4 s for about 24 s, with the hostile line after
+/// the 30th (so it reaches an open page live).
 fn slow_printing_step() -> String {
-    format!("for i in $(seq 1 60); do echo progress line $i; sleep 0.25; done; echo '{XSS_LINE}'")
+    format!(
+        "for i in $(seq 1 60); do echo progress line $i; [ $i = 30 ] && echo '{XSS_LINE}'; sleep 0.4; done"
+    )
 }
 
 fn line_numbers(v: &Value) -> Vec<u64> {
@@ -103,6 +105,14 @@ async fn the_dashboard_in_a_real_browser() {
         "return window.kilnLines >= 6",
     )
     .await;
+    // Live lines are shown as their text.
+    assert_eq!(
+        b.js("return Array.from(document.querySelectorAll('#log .line')).slice(-3).every(e => /^progress line [0-9]+$/.test(e.textContent))")
+            .await,
+        true,
+        "{}",
+        b.js("return document.getElementById('log').innerText.slice(-200)").await
+    );
     let grown = b
         .js("return document.querySelectorAll('#log .line').length")
         .await
@@ -118,6 +128,12 @@ async fn the_dashboard_in_a_real_browser() {
         proxy.cut() > 0,
         "the event stream was open through the proxy"
     );
+    b.wait_for(
+        "the browser to reconnect",
+        Duration::from_secs(10),
+        "return window.kilnReconnects >= 1",
+    )
+    .await;
     b.wait_for(
         "lines after the reconnect",
         Duration::from_secs(20),
@@ -137,6 +153,27 @@ async fn the_dashboard_in_a_real_browser() {
     let want: Vec<u64> = (1..=ns.len() as u64).collect();
     assert_eq!(ns, want, "every line once, in order");
     assert_eq!(b.js("return window.kilnDuplicates").await, 0);
+
+    // The hostile line arrives live: shown as text, nothing runs.
+    b.wait_for(
+        "the hostile line, live",
+        Duration::from_secs(20),
+        &format!(
+            "return Array.from(document.querySelectorAll('#log .line')).some(e => e.textContent === {XSS_LINE:?})"
+        ),
+    )
+    .await;
+    assert_eq!(
+        b.js("return document.getElementById('log').dataset.live")
+            .await,
+        "true"
+    );
+    assert_eq!(b.js("return typeof window.kilnXss").await, "undefined");
+    assert_eq!(
+        b.js("return document.querySelectorAll('#log img').length")
+            .await,
+        0
+    );
 
     // The build ends; the page reloads itself with its final state.
     blocking(|| {
@@ -358,11 +395,11 @@ async fn the_dashboard_in_a_real_browser() {
             d.build(&id)["state"] == "cancelled"
         })
     });
-    assert!(
-        b.js("return document.getElementById('token-form').hidden")
-            .await
-            == true,
-        "the token was not asked for again"
+    assert_eq!(
+        b.js("return sessionStorage.getItem('kiln-admin-token')")
+            .await,
+        ADMIN_TOKEN,
+        "the token was kept for the session"
     );
 
     // The event stream over plain HTTP: resumes after Last-Event-ID, ends with the build.
@@ -424,9 +461,13 @@ async fn the_dashboard_in_a_real_browser() {
     b.close().await;
 }
 
-/// Screenshots go to `docs/` (the README shows them).
+/// Screenshots: to `docs/` (the README shows them) with `KILN_SCREENSHOTS=docs`, else to
+/// cargo's scratch directory for tests (a test run leaves the work tree alone).
 fn docs(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("docs")
-        .join(name)
+    let dir = if std::env::var("KILN_SCREENSHOTS").as_deref() == Ok("docs") {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs")
+    } else {
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots")
+    };
+    dir.join(name)
 }

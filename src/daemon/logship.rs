@@ -3,6 +3,7 @@
 //! shipper follows that file and appends whole lines, numbered from where the state's copy
 //! ends, fenced by the build's lease (a host that lost the lease adds nothing).
 
+use std::collections::VecDeque;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,6 +17,10 @@ const EVERY: Duration = Duration::from_millis(300);
 const MAX_LINE: usize = 16 * 1024;
 /// At most this many bytes of lines go in one stored run.
 const MAX_RUN: usize = 256 * 1024;
+/// At most this much of the file is read at a time.
+const READ: u64 = 4 * 1024 * 1024;
+/// Tries of the final flush when the state does not answer.
+const FINAL_TRIES: u32 = 5;
 
 /// Follows one build log file from the offset it had when the attempt began.
 pub struct LogShipper {
@@ -24,7 +29,10 @@ pub struct LogShipper {
     path: PathBuf,
     offset: u64,
     next_line: u64,
+    /// Bytes read after the last whole line.
     partial: Vec<u8>,
+    /// Whole lines read but not stored yet (kept across a failed write).
+    pending: VecDeque<String>,
     lost: bool,
 }
 
@@ -45,20 +53,39 @@ impl LogShipper {
             offset,
             next_line,
             partial: Vec::new(),
+            pending: VecDeque::new(),
             lost: false,
         })
     }
 
-    /// Append what the file gained since the last call. With `last`, a final line without a
-    /// newline goes too. A failed write is tried again on the next call (the lines are kept).
-    pub async fn ship(&mut self, last: bool) {
-        if self.lost {
-            return;
+    /// The number the next stored line gets.
+    pub fn next_line(&self) -> u64 {
+        self.next_line
+    }
+
+    /// Store what the file gained since the last call, reading on to its end. With `last`, a
+    /// final line without a newline goes too. On an error the unstored lines are kept for
+    /// the next call.
+    pub async fn ship(&mut self, last: bool) -> Result<(), String> {
+        loop {
+            if self.lost {
+                return Ok(());
+            }
+            let more = self.read_more().await?;
+            let lines = split_lines(&mut self.partial, last && !more);
+            self.pending.extend(lines);
+            self.send_pending().await?;
+            if !more {
+                return Ok(());
+            }
         }
-        let path = self.path.clone();
-        let offset = self.offset;
+    }
+
+    /// Read the next part of the file; true if it was a full part (more may follow).
+    async fn read_more(&mut self) -> Result<bool, String> {
+        let (path, offset) = (self.path.clone(), self.offset);
         // Off the runtime: a plain file read.
-        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+        let bytes = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
             let mut f = match std::fs::File::open(&path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -66,17 +93,22 @@ impl LogShipper {
             };
             f.seek(SeekFrom::Start(offset))?;
             let mut buf = Vec::new();
-            f.take(4 * 1024 * 1024).read_to_end(&mut buf)?;
+            f.take(READ).read_to_end(&mut buf)?;
             Ok(buf)
         })
-        .await;
-        let Ok(Ok(bytes)) = read else { return };
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("reading {}: {e}", self.path.display()))?;
         self.offset += bytes.len() as u64;
         self.partial.extend_from_slice(&bytes);
-        let mut lines = split_lines(&mut self.partial, last);
-        while !lines.is_empty() {
+        Ok(bytes.len() as u64 == READ)
+    }
+
+    async fn send_pending(&mut self) -> Result<(), String> {
+        while !self.pending.is_empty() {
             let mut size = 0;
-            let n = lines
+            let n = self
+                .pending
                 .iter()
                 .take_while(|l| {
                     size += l.len() + 1;
@@ -84,43 +116,73 @@ impl LogShipper {
                 })
                 .count()
                 .max(1);
-            let run: Vec<String> = lines.drain(..n).collect();
+            let run: Vec<String> = self.pending.iter().take(n).cloned().collect();
             match self
                 .store
                 .append_log(&self.lease, self.next_line, &run)
                 .await
             {
-                Ok(true) => self.next_line += run.len() as u64,
+                Ok(true) => {
+                    self.pending.drain(..n);
+                    self.next_line += n as u64;
+                }
+                // Not stored: the lease is gone, or these line numbers are taken. While the
+                // lease is held only this shipper writes, so taken lines are its own (a write
+                // that landed though its answer was lost): skip them.
                 Ok(false) => {
-                    tracing::debug!("log lines not stored: the lease is gone");
-                    self.lost = true;
-                    return;
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "log lines not stored yet; trying again");
-                    // Keep the unsent lines for the next call.
-                    let mut rest = Vec::new();
-                    for l in run.into_iter().chain(lines) {
-                        rest.extend_from_slice(l.as_bytes());
-                        rest.push(b'\n');
+                    let id = &self.lease.build_id;
+                    let end = self.store.log_end(id).await.map_err(|e| e.to_string())?;
+                    let held = self
+                        .store
+                        .holds(&self.lease, Duration::ZERO)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if !held {
+                        tracing::debug!("log lines not stored: the lease is gone");
+                        self.lost = true;
+                        self.pending.clear();
+                        return Ok(());
                     }
-                    rest.append(&mut self.partial);
-                    self.partial = rest;
-                    return;
+                    if end <= self.next_line {
+                        return Err(format!("line {} was refused", self.next_line));
+                    }
+                    let stored = ((end - self.next_line) as usize).min(self.pending.len());
+                    self.pending.drain(..stored);
+                    self.next_line = end;
                 }
+                Err(e) => return Err(e.to_string()),
             }
         }
+        Ok(())
     }
 
-    /// Ship every `EVERY` until `stop` fires, then once more with the last partial line.
+    /// Ship every `EVERY` until `stop` fires.
     pub async fn follow(mut self, stop: tokio_util::sync::CancellationToken) -> LogShipper {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(EVERY) => self.ship(false).await,
+                _ = tokio::time::sleep(EVERY) => {
+                    if let Err(e) = self.ship(false).await {
+                        tracing::debug!(error = %e, "log lines not stored yet; trying again");
+                    }
+                }
             }
         }
         self
+    }
+
+    /// The last flush, with the final unterminated line: everything the file holds, tried a
+    /// few times if the state does not answer (the end of the build is recorded after it).
+    pub async fn finish(&mut self) {
+        for i in 1..=FINAL_TRIES {
+            match self.ship(true).await {
+                Ok(()) => return,
+                Err(e) if i == FINAL_TRIES => {
+                    tracing::warn!(error = %e, "the end of the build log did not reach the state")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(300 * u64::from(i))).await,
+            }
+        }
     }
 }
 
@@ -166,6 +228,81 @@ mod tests {
         assert_eq!(split_lines(&mut b, false), Vec::<String>::new());
         assert_eq!(split_lines(&mut b, true), ["three\u{fffd}\u{fffd}"]);
         assert!(b.is_empty());
+    }
+
+    async fn claimed() -> (Arc<dyn Store>, Lease) {
+        let store: Arc<dyn Store> = Arc::new(crate::state::SqliteStore::memory().await.unwrap());
+        store
+            .enqueue(&crate::state::NewJob {
+                repo: "acme/widget".into(),
+                commit: "c1".into(),
+                recipe: "kiln.toml".into(),
+                git_ref: "refs/heads/main".into(),
+            })
+            .await
+            .unwrap();
+        let c = store
+            .claim("h", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap();
+        (store, c.lease)
+    }
+
+    #[tokio::test]
+    async fn the_final_flush_stores_a_log_larger_than_one_read() {
+        let (store, lease) = claimed().await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.log");
+        let mut shipper = LogShipper::new(store.clone(), lease.clone(), path.clone())
+            .await
+            .unwrap();
+        // 10 MiB of lines, the last one unterminated.
+        let mut text = String::new();
+        let n = 160_000;
+        for i in 1..=n {
+            text.push_str(&format!("line {i:08} {}\n", "x".repeat(50)));
+        }
+        text.push_str("tail");
+        std::fs::write(&path, &text).unwrap();
+        assert!(text.len() as u64 > 2 * READ);
+        shipper.finish().await;
+        assert_eq!(store.log_end(&lease.build_id).await.unwrap(), n + 2);
+        let last = store.log_lines(&lease.build_id, n - 1, 10).await.unwrap();
+        assert_eq!(last[1].0, n + 1);
+        assert_eq!(last[1].1, "tail");
+        assert!(last[0].1.starts_with(&format!("line {n:08} ")));
+    }
+
+    #[tokio::test]
+    async fn lines_stored_by_a_write_whose_answer_was_lost_are_not_stored_twice() {
+        let (store, lease) = claimed().await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.log");
+        let mut shipper = LogShipper::new(store.clone(), lease.clone(), path.clone())
+            .await
+            .unwrap();
+        std::fs::write(&path, "one\ntwo\nthree\n").unwrap();
+        // The first two landed, though the shipper never heard so.
+        let landed = vec!["one".to_owned(), "two".to_owned()];
+        assert!(store.append_log(&lease, 1, &landed).await.unwrap());
+        shipper.ship(false).await.unwrap();
+        assert_eq!(shipper.next_line(), 4);
+        let all = store.log_lines(&lease.build_id, 0, 10).await.unwrap();
+        let text: Vec<&str> = all.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(text, ["one", "two", "three"]);
+        // A lost lease stops the shipping without an error.
+        let stale = Lease {
+            fence: lease.fence + 1,
+            ..lease.clone()
+        };
+        let mut late = LogShipper::new(store.clone(), stale, path.clone())
+            .await
+            .unwrap();
+        std::fs::write(&path, "one\ntwo\nthree\nfour\n").unwrap();
+        late.offset = 14;
+        late.ship(true).await.unwrap();
+        assert_eq!(store.log_end(&lease.build_id).await.unwrap(), 4);
     }
 
     #[test]

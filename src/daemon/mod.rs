@@ -119,6 +119,9 @@ pub struct Daemon {
     pub wake_retag: Notify,
     /// Webhook pokes: the name of a repository to check now.
     pub pokes: tokio::sync::broadcast::Sender<String>,
+    /// Fires when the HTTP server stops: long-lived answers (a live log) end then, so the
+    /// graceful shutdown does not wait on an open browser tab.
+    pub http_stop: CancellationToken,
     /// Builds running here, by build id and fencing token (one build can be claimed again
     /// by this host after its lease expired): their tokens and stop reasons.
     running: Mutex<HashMap<(String, i64), (CancellationToken, StopReason)>>,
@@ -550,6 +553,7 @@ pub async fn run(
         wake_outbox: Notify::new(),
         wake_retag: Notify::new(),
         pokes: tokio::sync::broadcast::channel(256).0,
+        http_stop: CancellationToken::new(),
         running: Mutex::new(HashMap::new()),
         tag_lock: tokio::sync::Mutex::new(()),
         repo_infos: Mutex::new(HashMap::new()),
@@ -566,7 +570,7 @@ pub async fn run(
         })?;
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let http_stop = CancellationToken::new();
+    let http_stop = d.http_stop.clone();
     {
         let (router, hs) = (crate::http::router(d.clone()), http_stop.clone());
         tasks.spawn(async move {

@@ -198,7 +198,7 @@ pub async fn run(
         Some(h) => Some(h.await),
         None => None,
     } {
-        shipper.ship(true).await;
+        shipper.finish().await;
     }
     let _enter = span.enter();
     let recorded = match end {

@@ -268,8 +268,10 @@ pub async fn index(State(d): State<Arc<Daemon>>, Query(q): Query<IndexQuery>) ->
             button type="submit" { "Filter" }
             @if repo.is_some() || state.is_some() { a href="/" { "clear" } }
         }
-        (build_table(&d, builds, now))
-        @if let Some(u) = older { p.pager { a #older href=(u) { "Older builds →" } } }
+        section #list {
+            (build_table(&d, builds, now))
+            @if let Some(u) = older { p.pager { a #older href=(u) { "Older builds →" } } }
+        }
     };
     page_response(StatusCode::OK, layout(&d, "builds", body))
 }
@@ -436,8 +438,9 @@ fn stages_table(x: &BuildDetail, now: i64) -> Markup {
                     tr data-stage=(s.name) {
                         td.num { (s.attempt) }
                         td { (s.name) }
-                        td.num { (duration(s.finished_at.unwrap_or(now) - s.started_at)) }
-                        td { (s.outcome.as_deref().unwrap_or("running")) }
+                        @let abandoned = s.finished_at.is_none() && (s.attempt < x.build.attempts || x.build.state.is_terminal());
+                        td.num { @if abandoned { "–" } @else { (duration(s.finished_at.unwrap_or(now) - s.started_at)) } }
+                        td { (s.outcome.as_deref().unwrap_or(if abandoned { "abandoned" } else { "running" })) }
                         td { @if let Some(dt) = &s.detail { code { (dt) } } }
                     }
                 }
@@ -481,7 +484,17 @@ fn artifacts_table(x: &BuildDetail) -> Markup {
                         td { (a.kind) }
                         td { (digest_with_copy(&a.digest, true)) }
                         td.num { (size(a.size)) }
-                        td { code { (a.pushed_to) } }
+                        td {
+                            code { (a.pushed_to) }
+                            @if b.state == BuildState::Success {
+                                @let repo = a.pushed_to.rsplit_once('@').map_or(a.pushed_to.as_str(), |(r, _)| r);
+                                div.muted.tags { "tags: "
+                                    @for t in crate::daemon::worker::tags_for(&b.commit, &x.refs.iter().map(|r| (r.clone(), true)).collect::<Vec<_>>()) {
+                                        code { (repo) ":" (t) } " "
+                                    }
+                                }
+                            }
+                        }
                         td { (provenance(b, a)) }
                     }
                 }
@@ -515,6 +528,7 @@ fn verify_result(x: &BuildDetail) -> Markup {
                     Some("ok") => strong.host-up { "reproduced" },
                     Some("skipped") => span.muted { "skipped" },
                     Some(o) => strong.host-lost { "not reproduced (" (o) ")" },
+                    None if s.attempt < x.build.attempts || x.build.state.is_terminal() => span.muted { "abandoned" },
                     None => span.live { "rebuilding…" },
                 }
                 @if let Some(dt) = &s.detail { " " code { (dt) } }
@@ -592,17 +606,22 @@ impl Follow {
             if let Some(e) = self.queue.pop_front() {
                 return Some(e);
             }
-            if self.done {
+            if self.done || self.d.http_stop.is_cancelled() {
                 return None;
             }
-            if self.read_lines().await {
-                continue;
+            match self.read_lines().await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(()) => {
+                    self.pause().await;
+                    continue;
+                }
             }
             let state = match self.d.store.build_state(&self.id).await {
                 Ok(Some(s)) => s,
                 Ok(None) => return None,
                 Err(_) => {
-                    tokio::time::sleep(FOLLOW_EVERY).await;
+                    self.pause().await;
                     continue;
                 }
             };
@@ -612,34 +631,53 @@ impl Follow {
                     .push_back(Event::default().event("state").data(state.as_str()));
             }
             if state.is_terminal() {
-                // Lines are stored before the end is: any that came since the read above are
-                // here now.
-                self.read_lines().await;
+                // Lines are stored before the end is: every line is there now. Send them all
+                // (the read above may predate the last ones), then the end.
+                loop {
+                    match self.read_lines().await {
+                        Ok(true) => {}
+                        Ok(false) => break,
+                        Err(()) => self.pause().await,
+                    }
+                    if self.d.http_stop.is_cancelled() {
+                        return self.queue.pop_front();
+                    }
+                }
                 self.queue
                     .push_back(Event::default().event("end").data(state.as_str()));
                 self.done = true;
                 continue;
             }
             if self.queue.is_empty() {
-                tokio::time::sleep(FOLLOW_EVERY).await;
+                self.pause().await;
             }
         }
     }
 
-    /// Queue the lines after `self.after`; true if there were any.
-    async fn read_lines(&mut self) -> bool {
-        match self.d.store.log_lines(&self.id, self.after, 1000).await {
-            Ok(lines) if !lines.is_empty() => {
-                for (n, line) in lines {
-                    self.after = n;
-                    let data = serde_json::to_string(&line).unwrap_or_default();
-                    self.queue
-                        .push_back(Event::default().id(n.to_string()).data(data));
-                }
-                true
-            }
-            _ => false,
+    /// Wait a little, or until the server stops.
+    async fn pause(&self) {
+        tokio::select! {
+            _ = tokio::time::sleep(FOLLOW_EVERY) => {}
+            _ = self.d.http_stop.cancelled() => {}
         }
+    }
+
+    /// Queue the lines after `self.after`: whether there were any.
+    async fn read_lines(&mut self) -> Result<bool, ()> {
+        let lines = self
+            .d
+            .store
+            .log_lines(&self.id, self.after, 1000)
+            .await
+            .map_err(|_| ())?;
+        let any = !lines.is_empty();
+        for (n, line) in lines {
+            self.after = n;
+            let data = serde_json::to_string(&line).unwrap_or_default();
+            self.queue
+                .push_back(Event::default().id(n.to_string()).data(data));
+        }
+        Ok(any)
     }
 }
 
@@ -656,9 +694,9 @@ fn unauthorized(d: &Daemon, headers: &HeaderMap) -> Option<Response> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("")
-        .trim();
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, t)| t.trim());
     use sha2::Digest;
     let (a, b) = (
         sha2::Sha256::digest(given.as_bytes()),

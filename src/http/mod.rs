@@ -212,34 +212,41 @@ async fn log(State(d): State<Arc<Daemon>>, Path(id): Path<String>) -> Response {
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no build {id}")),
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
-    // The id came from the state, so it names a file of ours (no path tricks). The file is
-    // on the host that ran the build; any other host answers from the state's copy.
-    let text = match tokio::fs::read(d.log_path(&id)).await {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut text = Vec::new();
-            let mut after = 0;
-            loop {
-                match d.store.log_lines(&id, after, 10_000).await {
-                    Ok(lines) if lines.is_empty() => break,
-                    Ok(lines) => {
-                        for (n, l) in lines {
-                            text.extend_from_slice(l.as_bytes());
-                            text.push(b'\n');
-                            after = n;
-                        }
-                    }
-                    Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    // The state's copy: every attempt, wherever it ran, numbered as the dashboard shows it.
+    let mut text = Vec::new();
+    let mut after = 0;
+    loop {
+        match d.store.log_lines(&id, after, 10_000).await {
+            Ok(lines) if lines.is_empty() => break,
+            Ok(lines) => {
+                for (n, l) in lines {
+                    text.extend_from_slice(l.as_bytes());
+                    text.push(b'\n');
+                    after = n;
                 }
             }
-            text
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         }
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
+    }
+    // A build logged before the state kept logs: this host's file, if it ran it. The id came
+    // from the state, so it names a file of ours (no path tricks).
+    if after == 0 {
+        match tokio::fs::read(d.log_path(&id)).await {
+            Ok(b) => text = b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
     (
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),
+            // Build output: never sniffed as anything else, never scripted.
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; sandbox",
+            ),
         ],
         text,
     )

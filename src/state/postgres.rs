@@ -116,6 +116,9 @@ impl PgStore {
     }
 
     const SKIP_LOCKED: &'static str = "FOR UPDATE SKIP LOCKED";
+    /// A fenced insert locks the job's row, so a claim (which bumps the fence) waits for it
+    /// and a new owner never reads the log's end before the old owner's last lines land.
+    const FOR_SHARE: &'static str = "FOR SHARE";
 
     /// The server answers and the schema is the one this kiln migrated to.
     async fn check(&self) -> Result<String> {

@@ -35,7 +35,7 @@ pub(super) const UPSERT_HEAD: &str = "INSERT INTO heads (repo, recipe, git_ref, 
 pub(super) const FENCED: &str = "id = ? AND owner = ? AND fence = ? AND state = 'running'";
 
 /// The [`Store`] implementation over an engine's pool: `$store` has a `pool` of `$db`, and
-/// the inherent `q`, `now`, `check` and `SKIP_LOCKED`.
+/// the inherent `q`, `now`, `check`, `SKIP_LOCKED` and `FOR_SHARE`.
 macro_rules! sql_store {
     ($store:ident, $db:ty, $row:ty) => {
         impl $store {
@@ -452,8 +452,8 @@ macro_rules! sql_store {
                 let mut tx = self.pool.begin().await?;
                 let queued = sqlx::query(&self.q(
                     "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, run_after = 0, \
-                     queued_at = ?, finished_at = NULL, error = NULL, cancel_requested = 0, \
-                     runs_from = attempts \
+                     queued_at = ?, started_at = NULL, finished_at = NULL, host = NULL, error = NULL, \
+                     cancel_requested = 0, runs_from = attempts \
                      WHERE id = ? AND state IN ('success', 'failure', 'error', 'cancelled')",
                 ))
                 .bind(self.now())
@@ -496,7 +496,8 @@ macro_rules! sql_store {
                 }
                 Ok(sqlx::query(&self.q(&format!(
                     "INSERT INTO log_chunks (job_id, first_line, lines, body) \
-                     SELECT id, ?, ?, ? FROM jobs WHERE {FENCED} ON CONFLICT DO NOTHING"
+                     SELECT id, ?, ?, ? FROM jobs WHERE {FENCED} {} ON CONFLICT DO NOTHING",
+                    $store::FOR_SHARE
                 )))
                 .bind(first_line as i64)
                 .bind(lines.len() as i64)
@@ -523,33 +524,43 @@ macro_rules! sql_store {
             async fn log_lines(&self, build_id: &str, after: u64, limit: u32) -> Result<Vec<(u64, String)>> {
                 let after = after as i64;
                 // Runs are contiguous: the one holding line `after + 1` starts at or before
-                // it, so the scan starts there (the primary key) and stops at `limit` lines.
-                let start: Option<i64> = sqlx::query_scalar(&self.q(
+                // it, so the scan starts there (the primary key), a batch of runs at a time,
+                // and stops once it has `limit` lines.
+                let mut from: i64 = sqlx::query_scalar::<_, Option<i64>>(&self.q(
                     "SELECT max(first_line) FROM log_chunks WHERE job_id = ? AND first_line <= ?",
                 ))
                 .bind(build_id)
                 .bind(after + 1)
                 .fetch_one(&self.pool)
-                .await?;
-                let rows = sqlx::query(&self.q(
-                    "SELECT first_line, body FROM log_chunks WHERE job_id = ? AND first_line >= ? \
-                     ORDER BY first_line LIMIT ?",
-                ))
-                .bind(build_id)
-                .bind(start.unwrap_or(0))
-                .bind(i64::from(limit.clamp(1, 100_000)))
-                .fetch_all(&self.pool)
-                .await?;
+                .await?
+                .unwrap_or(0);
                 let mut out = Vec::new();
-                for r in rows {
-                    let first = r.get::<i64, _>("first_line");
-                    for (i, line) in r.get::<&str, _>("body").split('\n').enumerate() {
-                        let n = first + i as i64;
-                        if n > after {
-                            out.push((n as u64, line.to_owned()));
+                while out.len() < limit as usize {
+                    let rows = sqlx::query(&self.q(
+                        "SELECT first_line, body FROM log_chunks WHERE job_id = ? AND first_line >= ? \
+                         AND first_line + lines > ? ORDER BY first_line LIMIT 64",
+                    ))
+                    .bind(build_id)
+                    .bind(from)
+                    .bind(after)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    let Some(last) = rows.last() else { break };
+                    from = last.get::<i64, _>("first_line") + 1;
+                    let batch = rows.len();
+                    for r in rows {
+                        let first = r.get::<i64, _>("first_line");
+                        for (i, line) in r.get::<&str, _>("body").split('\n').enumerate() {
+                            let n = first + i as i64;
+                            if n > after {
+                                out.push((n as u64, line.to_owned()));
+                            }
+                        }
+                        if out.len() >= limit as usize {
+                            break;
                         }
                     }
-                    if out.len() >= limit as usize {
+                    if batch < 64 {
                         break;
                     }
                 }

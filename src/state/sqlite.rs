@@ -79,6 +79,8 @@ impl SqliteStore {
 
     /// SQLite runs each statement under its one write lock: claims need no row locks.
     const SKIP_LOCKED: &'static str = "";
+    /// One writer at a time: a fenced insert cannot interleave with a claim.
+    const FOR_SHARE: &'static str = "";
 
     async fn check(&self) -> Result<String> {
         let rows: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")

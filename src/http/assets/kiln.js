@@ -7,6 +7,7 @@
   window.kilnDuplicates = 0;
   window.kilnLines = 0;
   window.kilnRefreshes = 0;
+  window.kilnReconnects = 0;
 
   // Copy buttons: the whole digest, though the page shows it short.
   function copy(text) {
@@ -45,7 +46,8 @@
       const line = document.createElement('span');
       line.className = 'line';
       line.dataset.n = String(n);
-      line.textContent = e.data;
+      // The data is the line as a JSON string (an empty line survives that way).
+      line.textContent = JSON.parse(e.data);
       log.appendChild(line);
       last = n;
       window.kilnLines += 1;
@@ -57,6 +59,14 @@
         label.className = 'state state-' + e.data;
       }
     });
+    es.onerror = () => {
+      // The browser reconnects by itself, sending Last-Event-ID; unless it gave up.
+      if (es.readyState === EventSource.CLOSED) {
+        if (live) live.textContent = 'disconnected: reload the page';
+      } else {
+        window.kilnReconnects += 1;
+      }
+    };
     es.addEventListener('end', (e) => {
       es.close();
       if (live) live.textContent = 'finished: ' + e.data;
@@ -66,15 +76,14 @@
   }
 
   // The build list follows the farm: refreshed in place while the tab is visible.
-  const builds = document.getElementById('builds');
-  if (builds) {
+  if (document.getElementById('list')) {
     setInterval(() => {
       if (document.hidden) return;
       fetch(location.href, { headers: { Accept: 'text/html' } })
         .then((r) => (r.ok ? r.text() : Promise.reject(new Error(r.statusText))))
         .then((html) => {
           const doc = new DOMParser().parseFromString(html, 'text/html');
-          for (const id of ['builds', 'farm']) {
+          for (const id of ['list', 'farm']) {
             const fresh = doc.getElementById(id);
             const old = document.getElementById(id);
             if (fresh && old) old.replaceWith(fresh);
