@@ -59,14 +59,15 @@ async fn the_dashboard_in_a_real_browser() {
 
     let t = tempfile::tempdir().unwrap();
     let admin = secret_file(t.path(), "admin-token", ADMIN_TOKEN);
-    let admin_line = format!("admin_token_file = \"{admin}\"\nconcurrency = 2\n");
+    let admin_line =
+        format!("admin_token_file = \"{admin}\"\nconcurrency = 2\nshutdown_grace = \"1s\"\n");
     let repos = "[[repo]]\ngithub = \"acme/web\"\nbranches = [\"main\"]\n\n\
                  [[repo]]\ngithub = \"acme/api\"\nbranches = [\"main\"]\n";
     let body = format!(
         "{}\n{repos}",
         github_config(&gh, t.path(), "1s", &admin_line)
     );
-    let d = Daemon::start(t.path(), &body, "debug", &[]);
+    let mut d = Daemon::start(t.path(), &body, "debug", &[]);
     // The browser reaches the daemon through a proxy whose connections can be cut.
     let proxy = CutProxy::start(d.url.strip_prefix("http://").unwrap());
     let base = format!("http://{}", proxy.addr);
@@ -271,6 +272,12 @@ async fn the_dashboard_in_a_real_browser() {
         .js("return document.querySelector('#builds .digest code').textContent")
         .await;
     assert_eq!(short, &digest[..19]);
+    // The short SHA links to the commit on (the stand-in) GitHub.
+    assert_eq!(
+        b.js("return document.querySelector('#builds tr[data-state=success] a.sha').href")
+            .await,
+        format!("{}/acme/web/commit/{web_sha}", gh.api_url)
+    );
     assert_eq!(
         b.js("return document.querySelector('#builds button.copy').dataset.copy")
             .await,
@@ -435,6 +442,23 @@ async fn the_dashboard_in_a_real_browser() {
     );
     assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
 
+    // A running build (rebuilt once more) with its live log open on a plain connection.
+    assert_eq!(
+        http("POST", &rebuild, &[("Authorization", &bearer)], b"").0,
+        202
+    );
+    blocking(|| {
+        wait_until("the second rebuild to run", Duration::from_secs(60), || {
+            d.build(&id)["state"] == "running"
+        })
+    });
+    let mut stream = std::net::TcpStream::connect(d.url.strip_prefix("http://").unwrap()).unwrap();
+    std::io::Write::write_all(
+        &mut stream,
+        format!("GET /builds/{id}/events HTTP/1.1\r\nHost: kiln\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+
     // Without admin_token_file the actions are off (the config reloads without a restart).
     let reloads = d.log().matches("config reloaded").count();
     let text = std::fs::read_to_string(&d.config).unwrap();
@@ -459,6 +483,21 @@ async fn the_dashboard_in_a_real_browser() {
         0
     );
     b.close().await;
+
+    // SIGTERM: the open event stream ends with the server instead of holding the stop up.
+    let (status, took) = blocking(|| d.signal(libc::SIGTERM));
+    assert!(status.success(), "{}", d.log());
+    assert!(
+        took < Duration::from_secs(8),
+        "the daemon took {took:?} to stop with a live log open"
+    );
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let read = std::io::Read::read_to_end(&mut stream, &mut rest);
+    assert!(read.is_ok(), "the stream was closed: {read:?}");
+    assert!(String::from_utf8_lossy(&rest).contains("text/event-stream"));
 }
 
 /// Screenshots: to `docs/` (the README shows them) with `KILN_SCREENSHOTS=docs`, else to

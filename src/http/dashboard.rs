@@ -721,14 +721,32 @@ fn unauthorized(d: &Daemon, headers: &HeaderMap) -> Option<Response> {
     None
 }
 
-/// Why an action did nothing: no such build (404) or the wrong state for it (409).
-async fn refused(d: &Daemon, id: &str, what: &str) -> Response {
-    match d.store.build_state(id).await {
-        Ok(Some(state)) => error(
-            StatusCode::CONFLICT,
-            format!("build {id} is {}: {what}", state.as_str()),
-        ),
-        Ok(None) => error(StatusCode::NOT_FOUND, format!("no build {id}")),
+/// The answer to an action: 202 when the store did it; else why not: no such build (404) or
+/// the wrong state for it (409).
+async fn answer(
+    d: &Daemon,
+    id: &str,
+    verb: &str,
+    done: crate::state::Result<bool>,
+    refusal: &str,
+) -> Response {
+    match done {
+        Ok(true) => {
+            tracing::info!(build = %id, "{verb} requested through the API");
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({"ok": true, "id": id})),
+            )
+                .into_response()
+        }
+        Ok(false) => match d.store.build_state(id).await {
+            Ok(Some(state)) => error(
+                StatusCode::CONFLICT,
+                format!("build {id} is {}: {refusal}", state.as_str()),
+            ),
+            Ok(None) => error(StatusCode::NOT_FOUND, format!("no build {id}")),
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        },
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
@@ -743,22 +761,13 @@ pub async fn cancel(
     if let Some(r) = unauthorized(&d, &headers) {
         return r;
     }
-    match d.store.cancel(&id).await {
-        Ok(true) => {
-            tracing::info!(build = %id, "cancel requested through the API");
-            (
-                StatusCode::ACCEPTED,
-                axum::Json(json!({"ok": true, "id": id})),
-            )
-                .into_response()
-        }
-        Ok(false) => refused(&d, &id, "only a queued or running build can be cancelled").await,
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    }
+    let done = d.store.cancel(&id).await;
+    let refusal = "only a queued or running build can be cancelled";
+    answer(&d, &id, "cancel", done, refusal).await
 }
 
 /// `POST /api/builds/{id}/rebuild`: a finished build runs again (same id, a new attempt;
-/// its artifacts are published again when it succeeds).
+/// its steps run again and its artifacts are published again when it succeeds).
 pub async fn rebuild(
     State(d): State<Arc<Daemon>>,
     Path(id): Path<String>,
@@ -767,19 +776,12 @@ pub async fn rebuild(
     if let Some(r) = unauthorized(&d, &headers) {
         return r;
     }
-    match d.store.rebuild(&id).await {
-        Ok(true) => {
-            tracing::info!(build = %id, "rebuild requested through the API");
-            d.wake_scheduler.notify_one();
-            (
-                StatusCode::ACCEPTED,
-                axum::Json(json!({"ok": true, "id": id})),
-            )
-                .into_response()
-        }
-        Ok(false) => refused(&d, &id, "only a finished build can be rebuilt").await,
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    let done = d.store.rebuild(&id).await;
+    if matches!(done, Ok(true)) {
+        d.wake_scheduler.notify_one();
     }
+    let refusal = "only a finished build can be rebuilt";
+    answer(&d, &id, "rebuild", done, refusal).await
 }
 
 /// The favicon: none (an empty answer rather than a 404 in every log).
