@@ -40,6 +40,22 @@ fn build_of<'a>(builds: &'a [Value], repo: &str) -> Option<&'a Value> {
     builds.iter().find(|b| b["repo"] == repo)
 }
 
+/// The status line of a `GET` (without waiting for a body that may never end).
+fn status_line(base: &str, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(base.strip_prefix("http://").unwrap()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    std::io::Write::write_all(
+        &mut s,
+        format!("GET {path} HTTP/1.1\r\nHost: kiln\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while !line.ends_with(b"\r\n") && std::io::Read::read(&mut s, &mut b).unwrap_or(0) == 1 {
+        line.push(b[0]);
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}
 /// Block on a blocking helper without stalling the browser's runtime.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
@@ -458,6 +474,34 @@ async fn the_dashboard_in_a_real_browser() {
         format!("GET /builds/{id}/events HTTP/1.1\r\nHost: kiln\r\n\r\n").as_bytes(),
     )
     .unwrap();
+
+    // Live logs are capped (256 per daemon): with the cap reached, one more is refused.
+    let open: Vec<std::net::TcpStream> = (0..255)
+        .map(|_| {
+            let mut s =
+                std::net::TcpStream::connect(d.url.strip_prefix("http://").unwrap()).unwrap();
+            std::io::Write::write_all(
+                &mut s,
+                format!("GET /builds/{id}/events HTTP/1.1\r\nHost: kiln\r\n\r\n").as_bytes(),
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    let events = format!("/builds/{id}/events");
+    blocking(|| {
+        wait_until("the cap to be reached", Duration::from_secs(20), || {
+            status_line(&d.url, &events).contains(" 503 ")
+        })
+    });
+    drop(open);
+    blocking(|| {
+        wait_until(
+            "a live log after the others closed",
+            Duration::from_secs(20),
+            || status_line(&d.url, &events).contains(" 200 "),
+        )
+    });
 
     // Without admin_token_file the actions are off (the config reloads without a restart).
     let reloads = d.log().matches("config reloaded").count();

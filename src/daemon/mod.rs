@@ -122,6 +122,9 @@ pub struct Daemon {
     /// Fires when the HTTP server stops: long-lived answers (a live log) end then, so the
     /// graceful shutdown does not wait on an open browser tab.
     pub http_stop: CancellationToken,
+    /// Live logs being streamed: each holds a permit, so open tabs cannot load the state
+    /// without bound.
+    pub live_logs: Arc<tokio::sync::Semaphore>,
     /// Builds running here, by build id and fencing token (one build can be claimed again
     /// by this host after its lease expired): their tokens and stop reasons.
     running: Mutex<HashMap<(String, i64), (CancellationToken, StopReason)>>,
@@ -554,6 +557,9 @@ pub async fn run(
         wake_retag: Notify::new(),
         pokes: tokio::sync::broadcast::channel(256).0,
         http_stop: CancellationToken::new(),
+        live_logs: Arc::new(tokio::sync::Semaphore::new(
+            crate::http::dashboard::MAX_LIVE_LOGS,
+        )),
         running: Mutex::new(HashMap::new()),
         tag_lock: tokio::sync::Mutex::new(()),
         repo_infos: Mutex::new(HashMap::new()),

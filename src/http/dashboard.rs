@@ -25,6 +25,8 @@ use crate::state::{ArtifactRow, BuildDetail, BuildQuery, BuildRow, BuildState, H
 const PAGE: u32 = 50;
 /// Log lines a build page holds (the latest ones); the full log is at `/builds/{id}/log`.
 const PAGE_LINES: u32 = 5_000;
+/// Live logs streamed at once by one daemon; one more is refused (503) until one ends.
+pub const MAX_LIVE_LOGS: usize = 256;
 /// How often a live log looks for new lines.
 const FOLLOW_EVERY: Duration = Duration::from_millis(400);
 
@@ -565,6 +567,15 @@ pub async fn events(
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no build {id}")),
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
+    let Ok(permit) = d.live_logs.clone().try_acquire_owned() else {
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_LIVE_LOGS} live logs are open already; try again later"),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+        return r;
+    };
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -577,6 +588,7 @@ pub async fn events(
         queue: VecDeque::from([Event::default().retry(Duration::from_millis(1000))]),
         state: None,
         done: false,
+        _permit: permit,
     };
     let stream = futures_util::stream::unfold(follow, |mut f| async move {
         let e = f.next().await?;
@@ -598,6 +610,7 @@ struct Follow {
     queue: VecDeque<Event>,
     state: Option<BuildState>,
     done: bool,
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Follow {
