@@ -40,8 +40,9 @@ fn build_of<'a>(builds: &'a [Value], repo: &str) -> Option<&'a Value> {
     builds.iter().find(|b| b["repo"] == repo)
 }
 
-/// The status line of a `GET` (without waiting for a body that may never end).
-fn status_line(base: &str, path: &str) -> String {
+/// A `GET` of `path` and its status line (without waiting for a body that may never end);
+/// the connection stays open.
+fn open_events(base: &str, path: &str) -> (std::net::TcpStream, String) {
     let mut s = std::net::TcpStream::connect(base.strip_prefix("http://").unwrap()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     std::io::Write::write_all(
@@ -54,7 +55,11 @@ fn status_line(base: &str, path: &str) -> String {
     while !line.ends_with(b"\r\n") && std::io::Read::read(&mut s, &mut b).unwrap_or(0) == 1 {
         line.push(b[0]);
     }
-    String::from_utf8_lossy(&line).into_owned()
+    (s, String::from_utf8_lossy(&line).into_owned())
+}
+
+fn status_line(base: &str, path: &str) -> String {
+    open_events(base, path).1
 }
 /// Block on a blocking helper without stalling the browser's runtime.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -475,25 +480,23 @@ async fn the_dashboard_in_a_real_browser() {
     )
     .unwrap();
 
-    // Live logs are capped (256 per daemon): with the cap reached, one more is refused.
-    let open: Vec<std::net::TcpStream> = (0..255)
-        .map(|_| {
-            let mut s =
-                std::net::TcpStream::connect(d.url.strip_prefix("http://").unwrap()).unwrap();
-            std::io::Write::write_all(
-                &mut s,
-                format!("GET /builds/{id}/events HTTP/1.1\r\nHost: kiln\r\n\r\n").as_bytes(),
-            )
-            .unwrap();
-            s
-        })
-        .collect();
+    // Live logs are capped (256 per daemon): opened one by one, they are refused once the
+    // cap is reached (this test's other stream, and the browser's if its page is live, count).
     let events = format!("/builds/{id}/events");
-    blocking(|| {
-        wait_until("the cap to be reached", Duration::from_secs(20), || {
-            status_line(&d.url, &events).contains(" 503 ")
-        })
-    });
+    let mut open = Vec::new();
+    let opened = loop {
+        let (s, line) = open_events(&d.url, &events);
+        if line.contains(" 503 ") {
+            break open.len();
+        }
+        assert!(line.contains(" 200 "), "{line:?}");
+        open.push(s);
+        assert!(open.len() <= 256, "no cap after {} live logs", open.len());
+    };
+    assert!(
+        (253..=255).contains(&opened),
+        "{opened} live logs (besides this test's other one) before the refusal"
+    );
     drop(open);
     blocking(|| {
         wait_until(

@@ -342,6 +342,11 @@ async fn logs_are_numbered_fenced_and_rebuilds_run_again(s: &dyn Store) {
     );
     assert_eq!(s.log_end(&id).await.unwrap(), 6);
     assert_eq!(
+        s.progress(&id).await.unwrap(),
+        Some((BuildState::Running, 6))
+    );
+    assert_eq!(s.progress("no-such-build").await.unwrap(), None);
+    assert_eq!(
         s.log_lines(&id, 0, 100).await.unwrap(),
         vec![
             (1, "one".to_owned()),

@@ -562,11 +562,7 @@ pub async fn events(
     Query(q): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> Response {
-    match d.store.build_state(&id).await {
-        Ok(Some(_)) => {}
-        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no build {id}")),
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    }
+    // The cap first: a refusal costs no read of the state.
     let Ok(permit) = d.live_logs.clone().try_acquire_owned() else {
         let mut r = error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -576,6 +572,11 @@ pub async fn events(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
         return r;
     };
+    match d.store.build_state(&id).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no build {id}")),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -614,6 +615,8 @@ struct Follow {
 }
 
 impl Follow {
+    /// One read of the state per tick while nothing happens: the build's state and how far
+    /// its log goes, together; lines are read only when there are new ones.
     async fn next(&mut self) -> Option<Event> {
         loop {
             if let Some(e) = self.queue.pop_front() {
@@ -622,40 +625,29 @@ impl Follow {
             if self.done || self.d.http_stop.is_cancelled() {
                 return None;
             }
-            match self.read_lines().await {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(()) => {
-                    self.pause().await;
-                    continue;
-                }
-            }
-            let state = match self.d.store.build_state(&self.id).await {
-                Ok(Some(s)) => s,
+            let (state, end) = match self.d.store.progress(&self.id).await {
+                Ok(Some(p)) => p,
                 Ok(None) => return None,
                 Err(_) => {
                     self.pause().await;
                     continue;
                 }
             };
+            // Lines first (up to the end read with the state), then the state.
+            if end > self.after + 1 {
+                if !matches!(self.read_lines().await, Ok(true)) {
+                    self.pause().await;
+                }
+                continue;
+            }
             if self.state != Some(state) {
                 self.state = Some(state);
                 self.queue
                     .push_back(Event::default().event("state").data(state.as_str()));
             }
             if state.is_terminal() {
-                // Lines are stored before the end is: every line is there now. Send them all
-                // (the read above may predate the last ones), then the end.
-                loop {
-                    match self.read_lines().await {
-                        Ok(true) => {}
-                        Ok(false) => break,
-                        Err(()) => self.pause().await,
-                    }
-                    if self.d.http_stop.is_cancelled() {
-                        return self.queue.pop_front();
-                    }
-                }
+                // Lines are stored before the end is recorded, and `end` was read with the
+                // final state: every line has been sent.
                 self.queue
                     .push_back(Event::default().event("end").data(state.as_str()));
                 self.done = true;

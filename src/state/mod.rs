@@ -410,6 +410,9 @@ pub trait Store: Send + Sync {
     async fn artifacts(&self, build_id: &str) -> Result<Vec<ArtifactRow>>;
     /// A build's state alone (one indexed read, for pages that follow a build).
     async fn build_state(&self, build_id: &str) -> Result<Option<BuildState>>;
+    /// A build's state and the number its next log line gets, read together (one snapshot:
+    /// once the state is final, no line beyond that number will come).
+    async fn progress(&self, build_id: &str) -> Result<Option<(BuildState, u64)>>;
     /// How the last finished build (success, failure or error) of `git_ref` in `repo` ended.
     async fn last_finished(&self, repo: &str, git_ref: &str) -> Result<Option<BuildState>>;
     /// Jobs waiting to run (queued).

@@ -956,6 +956,21 @@ macro_rules! sql_store {
                 state.map(|s| state_of(&s)).transpose()
             }
 
+            async fn progress(&self, build_id: &str) -> Result<Option<(BuildState, u64)>> {
+                let row = sqlx::query(&self.q(
+                    "SELECT j.state, (SELECT max(c.first_line + c.lines) FROM log_chunks c \
+                     WHERE c.job_id = j.id) AS log_end FROM jobs j WHERE j.id = ?",
+                ))
+                .bind(build_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(|r| {
+                    let end = r.get::<Option<i64>, _>("log_end").unwrap_or(1) as u64;
+                    Ok((state_of(r.get::<&str, _>("state"))?, end))
+                })
+                .transpose()
+            }
+
             async fn last_finished(
                 &self,
                 repo: &str,
