@@ -82,12 +82,28 @@ fn watch(reg: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Watch> {
             };
             for tag in tags {
                 w.tags_seen += 1;
-                let (st, body) = http(
-                    "GET",
-                    &format!("http://{reg}/v2/{REPO}/manifests/{tag}"),
-                    &[("Accept", ACCEPT)],
-                    b"",
-                );
+                // A tag written again (a client's retried PUT) is briefly unreadable: the
+                // registry's filesystem driver rewrites the tag's link file in place, so a
+                // reader can meet it empty and answer 404 (distribution/distribution#4489:
+                // empty link files under the filesystem driver). That is the registry between two
+                // writes of the same tag, not a tag pointing at something incomplete: read
+                // it again shortly; only a tag that stays unreadable counts.
+                let get = || {
+                    http(
+                        "GET",
+                        &format!("http://{reg}/v2/{REPO}/manifests/{tag}"),
+                        &[("Accept", ACCEPT)],
+                        b"",
+                    )
+                };
+                let (mut st, mut body) = get();
+                for _ in 0..5 {
+                    if st != 404 {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                    (st, body) = get();
+                }
                 let mut blobs = Vec::new();
                 let checked = if st == 200 {
                     serde_json::from_str(&body)
