@@ -230,7 +230,14 @@ mod tests {
         assert!(b.is_empty());
     }
 
-    async fn claimed() -> (Arc<dyn Store>, Lease) {
+    /// A claimed job, a log file path (not written yet) and a shipper following it.
+    async fn claimed() -> (
+        Arc<dyn Store>,
+        Lease,
+        tempfile::TempDir,
+        PathBuf,
+        LogShipper,
+    ) {
         let store: Arc<dyn Store> = Arc::new(crate::state::SqliteStore::memory().await.unwrap());
         store
             .enqueue(&crate::state::NewJob {
@@ -246,17 +253,17 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        (store, c.lease)
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.log");
+        let shipper = LogShipper::new(store.clone(), c.lease.clone(), path.clone())
+            .await
+            .unwrap();
+        (store, c.lease, dir, path, shipper)
     }
 
     #[tokio::test]
     async fn the_final_flush_stores_a_log_larger_than_one_read() {
-        let (store, lease) = claimed().await;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("b.log");
-        let mut shipper = LogShipper::new(store.clone(), lease.clone(), path.clone())
-            .await
-            .unwrap();
+        let (store, lease, _dir, path, mut shipper) = claimed().await;
         // 10 MiB of lines, the last one unterminated.
         let mut text = String::new();
         let n = 160_000;
@@ -276,12 +283,7 @@ mod tests {
 
     #[tokio::test]
     async fn lines_stored_by_a_write_whose_answer_was_lost_are_not_stored_twice() {
-        let (store, lease) = claimed().await;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("b.log");
-        let mut shipper = LogShipper::new(store.clone(), lease.clone(), path.clone())
-            .await
-            .unwrap();
+        let (store, lease, _dir, path, mut shipper) = claimed().await;
         std::fs::write(&path, "one\ntwo\nthree\n").unwrap();
         // The first two landed, though the shipper never heard so.
         let landed = vec!["one".to_owned(), "two".to_owned()];
