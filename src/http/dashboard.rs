@@ -572,10 +572,8 @@ pub async fn events(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
         return r;
     };
-    match d.store.build_state(&id).await {
-        Ok(Some(_)) => {}
-        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no build {id}")),
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    if let Some(r) = super::no_such_build(&d, &id).await {
+        return r;
     }
     let resume = headers
         .get("last-event-id")

@@ -206,11 +206,19 @@ async fn build(State(d): State<Arc<Daemon>>, Path(id): Path<String>) -> Response
     }
 }
 
+/// The answer when build `id` is not there (404) or the state cannot say (503): one indexed
+/// read, for endpoints that need only to know the build exists.
+pub(crate) async fn no_such_build(d: &Daemon, id: &str) -> Option<Response> {
+    match d.store.build_state(id).await {
+        Ok(Some(_)) => None,
+        Ok(None) => Some(error(StatusCode::NOT_FOUND, format!("no build {id}"))),
+        Err(e) => Some(error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+    }
+}
+
 async fn log(State(d): State<Arc<Daemon>>, Path(id): Path<String>) -> Response {
-    match d.store.build(&id).await {
-        Ok(Some(_)) => {}
-        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no build {id}")),
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    if let Some(r) = no_such_build(&d, &id).await {
+        return r;
     }
     // The state's copy: every attempt, wherever it ran, numbered as the dashboard shows it.
     let mut text = Vec::new();
