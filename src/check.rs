@@ -281,7 +281,6 @@ pub(crate) fn check<T>(
 }
 
 /// Read a file and check it with [`check`]; a file that cannot be read is one problem.
-#[allow(dead_code)] // the daemon config uses it
 pub(crate) fn load<T>(
     path: &Path,
     f: impl FnOnce(&mut Checker, &DeTable) -> Option<T>,

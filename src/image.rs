@@ -401,7 +401,7 @@ pub fn write_docker_archive(
                 reason: e.to_string(),
             })
         })?;
-        let mut blob = crate::store::Store::open_blob(layout, &digest)?;
+        let mut blob = crate::store::ContentStore::open_blob(layout, &digest)?;
         add(&blob_name(d), d.size(), &mut blob)?;
     }
     tar.finish().map_err(io_err)

@@ -18,13 +18,18 @@
 //! base fetches, inspect, docker load) takes a cancellation token and stops promptly, removing
 //! what it started. Stages report progress as [`events`] and return typed errors whose
 //! `is_retryable()` says whether running them again could help. No stage keeps
-//! process-global state.
+//! process-global state: even the state's ordered build ids come from an [`ids::Sequence`]
+//! each store owns.
 
+pub mod body;
 pub mod check;
+pub mod compare;
 pub mod daemon;
 pub mod digest;
+pub mod errors;
 pub mod events;
 pub mod http;
+pub mod ids;
 pub mod image;
 pub mod inspect;
 pub mod json;
@@ -34,30 +39,15 @@ pub mod provenance;
 pub mod recipe;
 pub mod reference;
 pub mod registry;
+pub mod retry;
 pub mod runner;
+pub mod secret;
 pub mod source;
 pub mod state;
 pub mod store;
+pub mod sync;
+pub mod text;
 pub mod validate;
 pub mod verify;
 
 pub use digest::Digest;
-
-/// Whether an I/O error is the kind that can go away on its own (an interrupted call, a reset
-/// connection, a timeout), as opposed to one that repeats until someone acts (no space, no
-/// permission, a missing file).
-pub fn io_retryable(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::*;
-    matches!(
-        e.kind(),
-        Interrupted
-            | WouldBlock
-            | TimedOut
-            | ConnectionReset
-            | ConnectionAborted
-            | ConnectionRefused
-            | BrokenPipe
-            | UnexpectedEof
-            | NotConnected
-    )
-}

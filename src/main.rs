@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use kiln::events::Event;
 use kiln::image::{ImageSpec, Platform, RunConfig};
 use kiln::pack::{Compression, PackOptions};
-use kiln::store::{OciLayout, Store};
+use kiln::store::{ContentStore, OciLayout};
 
 #[derive(Parser)]
 #[command(
@@ -544,7 +544,7 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
         token: std::env::var("KILN_GITHUB_TOKEN")
             .ok()
             .filter(|t| !t.trim().is_empty())
-            .map(|t| kiln::registry::Secret::new(t.trim())),
+            .map(|t| kiln::secret::Secret::new(t.trim())),
         work: work.path().to_owned(),
         allow_network: a.allow_network,
     };
@@ -796,9 +796,7 @@ impl kiln::events::Observer for Progress {
         if !self.on {
             return;
         }
-        let lock = |m: &std::sync::Mutex<Option<ProgressBar>>| {
-            m.lock().unwrap_or_else(|p| p.into_inner()).take()
-        };
+        let lock = |m: &std::sync::Mutex<Option<ProgressBar>>| kiln::sync::lock(m).take();
         match e {
             Event::StepStarted {
                 index,
@@ -815,7 +813,7 @@ impl kiln::events::Observer for Progress {
                 );
                 pb.set_message(format!("{}step {index}/{total}: {command}", self.label));
                 pb.enable_steady_tick(std::time::Duration::from_millis(120));
-                *self.step.lock().unwrap_or_else(|p| p.into_inner()) = Some(pb);
+                *kiln::sync::lock(&self.step) = Some(pb);
             }
             Event::StepFinished {
                 index,
@@ -842,7 +840,7 @@ impl kiln::events::Observer for Progress {
                 done,
                 total,
             } => {
-                let mut blobs = self.blobs.lock().unwrap_or_else(|p| p.into_inner());
+                let mut blobs = kiln::sync::lock(&self.blobs);
                 let pb = blobs.entry(*digest).or_insert_with(|| {
                     let pb = self.multi.add(ProgressBar::new(*total));
                     pb.set_style(
@@ -857,12 +855,7 @@ impl kiln::events::Observer for Progress {
                 pb.set_position(*done);
             }
             Event::BlobPushed { digest, size, how } => {
-                if let Some(pb) = self
-                    .blobs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(digest)
-                {
+                if let Some(pb) = kiln::sync::lock(&self.blobs).remove(digest) {
                     pb.finish_and_clear();
                 }
                 if *how != "present" {

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::digest::Digest;
 use crate::image::{ImageError, rfc3339};
-use crate::store::{BlobSink, OciLayout, StoreError};
+use crate::store::{BlobSink, OciLayout};
 
 pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
 pub const PREDICATE_TYPE: &str = "https://slsa.dev/provenance/v1";
@@ -20,8 +20,6 @@ pub const PREDICATE_TYPE: &str = "https://slsa.dev/provenance/v1";
 pub const IN_TOTO_MEDIA_TYPE: &str = "application/vnd.in-toto+json";
 /// kiln's build type: what `externalParameters` and `internalParameters` mean.
 pub const BUILD_TYPE: &str = "https://github.com/kiln-build/kiln/build/v1";
-/// Index annotation naming the subject of a referrer stored in a layout.
-pub const REFERRER_SUBJECT: &str = "dev.kiln.referrer.subject";
 
 /// Everything a statement records.
 #[derive(Clone, Debug)]
@@ -167,32 +165,9 @@ pub fn attach(
             what: "provenance manifest",
             source,
         })?;
-    let mut d = crate::image::put_manifest(layout, &manifest)?;
-    let mut index_ann = std::collections::HashMap::new();
-    index_ann.insert(REFERRER_SUBJECT.to_owned(), subject.digest().to_string());
-    d.set_annotations(Some(index_ann));
-    layout.replace_referrer(subject, &d)?;
+    let d = crate::image::put_manifest(layout, &manifest)?;
+    layout.add_referrer(subject, d.clone())?;
     Ok(d)
-}
-
-/// The referrers of `subject` recorded in `layout`.
-pub fn local_referrers(
-    layout: &OciLayout,
-    subject: &Digest,
-) -> Result<Vec<Descriptor>, StoreError> {
-    let want = subject.to_string();
-    Ok(layout
-        .index()?
-        .manifests()
-        .iter()
-        .filter(|d| {
-            d.annotations()
-                .as_ref()
-                .and_then(|a| a.get(REFERRER_SUBJECT))
-                == Some(&want)
-        })
-        .cloned()
-        .collect())
 }
 
 /// A short human summary of a statement, for `kiln inspect`.

@@ -202,7 +202,9 @@ fn builds_are_offline_and_see_the_commit_time() {
     );
     // A generic artifact: artifactType and the empty config.
     let l = kiln::store::OciLayout::open(t.path().join("l")).unwrap();
-    let d = kiln::store::Store::resolve(&l, "probe").unwrap().unwrap();
+    let d = kiln::store::ContentStore::resolve(&l, "probe")
+        .unwrap()
+        .unwrap();
     let m: serde_json::Value =
         serde_json::from_slice(&l.read_blob(&d.digest().as_ref().parse().unwrap()).unwrap())
             .unwrap();
@@ -364,7 +366,9 @@ fn dirty_trees_need_allow_dirty_and_are_marked() {
     let files = layer_files(&t.path().join("l"), "hello");
     assert_eq!(files["bin/hello"], b"#!/bin/sh\necho uncommitted\n");
     let l = kiln::store::OciLayout::open(t.path().join("l")).unwrap();
-    let d = kiln::store::Store::resolve(&l, "hello").unwrap().unwrap();
+    let d = kiln::store::ContentStore::resolve(&l, "hello")
+        .unwrap()
+        .unwrap();
     let m: serde_json::Value =
         serde_json::from_slice(&l.read_blob(&d.digest().as_ref().parse().unwrap()).unwrap())
             .unwrap();

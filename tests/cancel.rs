@@ -56,7 +56,9 @@ fn a_cancelled_push_stops_promptly_and_moves_no_tag() {
     // 30 ms per 64 KiB: the 6 MiB layer takes about three seconds to upload.
     let slow = SlowProxy::start(&reg.addr, Duration::from_millis(30));
     let l = kiln::store::OciLayout::open(&layout).unwrap();
-    let desc = kiln::store::Store::resolve(&l, "t").unwrap().unwrap();
+    let desc = kiln::store::ContentStore::resolve(&l, "t")
+        .unwrap()
+        .unwrap();
     let rt = runtime();
     let cancel = CancellationToken::new();
     cancel_after(&cancel, Duration::from_millis(400));

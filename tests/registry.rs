@@ -811,7 +811,9 @@ fn builds_on_a_registry_base_image_and_reuses_its_layers() {
             .arg(format!("oci:{}:one", idx_layout.display())),
     );
     let l = kiln::store::OciLayout::open(&idx_layout).unwrap();
-    let one = kiln::store::Store::resolve(&l, "one").unwrap().unwrap();
+    let one = kiln::store::ContentStore::resolve(&l, "one")
+        .unwrap()
+        .unwrap();
     let entry = |arch: &str| serde_json::json!({"mediaType": one.media_type().to_string(), "digest": one.digest().to_string(), "size": one.size(), "platform": {"os": "linux", "architecture": arch}});
     let index = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [entry("s390x"), entry("amd64"), entry("arm64")]});
     let bytes = serde_json::to_vec(&index).unwrap();
@@ -821,7 +823,7 @@ fn builds_on_a_registry_base_image_and_reuses_its_layers() {
         blob.size,
         blob.digest.to_oci(),
     );
-    kiln::store::Store::tag(&l, Some("multi"), &idx_desc).unwrap();
+    kiln::store::ContentStore::tag(&l, Some("multi"), &idx_desc).unwrap();
     run_ok(
         kiln()
             .arg("push")

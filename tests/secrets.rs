@@ -160,7 +160,7 @@ fn tokens_and_passwords_never_show() {
             &opts,
             Some(kiln::registry::Credential::Basic {
                 username: "builder".into(),
-                password: kiln::registry::Secret::new(REGISTRY_PASSWORD),
+                password: kiln::secret::Secret::new(REGISTRY_PASSWORD),
             }),
         )
         .unwrap();

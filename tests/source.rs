@@ -31,7 +31,7 @@ fn a_fetch_token_goes_only_to_its_host() {
     let url = format!("http://{}/acme/widget.git", server.addr);
     let auth = |base: String| kiln::source::mirror::FetchAuth {
         base,
-        token: kiln::registry::Secret::new(TOKEN),
+        token: kiln::secret::Secret::new(TOKEN),
     };
 
     // Scoped to this server: git sends the token as basic auth.

@@ -21,7 +21,7 @@ fn job(commit: &str) -> NewJob {
 }
 
 /// Queue commit `commit` and claim it as host `h`.
-async fn queued_and_claimed(s: &dyn Store, commit: &str) -> Claim {
+async fn queued_and_claimed(s: &dyn JobStore, commit: &str) -> Claim {
     s.enqueue(&job(commit)).await.unwrap();
     s.claim("h", Duration::from_secs(30))
         .await
@@ -40,7 +40,7 @@ fn success(refs: &[&str], statuses: Vec<NewStatus>) -> Outcome {
     }
 }
 
-async fn a_commit_is_queued_once_whoever_triggers_it(s: &dyn Store) {
+async fn a_commit_is_queued_once_whoever_triggers_it(s: &dyn JobStore) {
     let a = s.enqueue(&job("c1")).await.unwrap();
     assert!(a.created && a.ref_added);
     let b = s.enqueue(&job("c1")).await.unwrap();
@@ -53,7 +53,7 @@ async fn a_commit_is_queued_once_whoever_triggers_it(s: &dyn Store) {
     assert_eq!(s.queue_depth().await.unwrap(), 1);
 }
 
-async fn leases_fence_every_result(s: &dyn Store) {
+async fn leases_fence_every_result(s: &dyn JobStore) {
     s.enqueue(&job("c1")).await.unwrap();
     let first = s
         .claim("a", Duration::from_millis(50))
@@ -105,7 +105,7 @@ async fn leases_fence_every_result(s: &dyn Store) {
     assert_eq!(b.build.host.as_deref(), Some("b"));
 }
 
-async fn claims_are_fair_across_repos_and_restarts_requeue(s: &dyn Store) {
+async fn claims_are_fair_across_repos_and_restarts_requeue(s: &dyn JobStore) {
     for c in ["a1", "a2", "a3"] {
         s.enqueue(&job(c)).await.unwrap();
     }
@@ -129,7 +129,7 @@ async fn claims_are_fair_across_repos_and_restarts_requeue(s: &dyn Store) {
     assert_eq!(s.queue_depth().await.unwrap(), 4);
 }
 
-async fn a_restart_frees_its_status_claims_and_counts_them(s: &dyn Store) {
+async fn a_restart_frees_its_status_claims_and_counts_them(s: &dyn JobStore) {
     let c = queued_and_claimed(s, "c1").await;
     let st = NewStatus {
         context: "kiln/app".into(),
@@ -163,7 +163,7 @@ async fn a_restart_frees_its_status_claims_and_counts_them(s: &dyn Store) {
     );
 }
 
-async fn statuses_go_out_in_order_per_context_and_cancels_reach_the_owner(s: &dyn Store) {
+async fn statuses_go_out_in_order_per_context_and_cancels_reach_the_owner(s: &dyn JobStore) {
     let c = queued_and_claimed(s, "c1").await;
     let st = |state: &str| NewStatus {
         context: "kiln/app".into(),
@@ -239,7 +239,7 @@ async fn statuses_go_out_in_order_per_context_and_cancels_reach_the_owner(s: &dy
     assert!(!s.cancel("no-such-build").await.unwrap());
 }
 
-async fn a_ref_that_returns_to_a_built_commit_is_tagged_again(s: &dyn Store) {
+async fn a_ref_that_returns_to_a_built_commit_is_tagged_again(s: &dyn JobStore) {
     let c = queued_and_claimed(s, "a").await;
     let outcome = success(&["refs/heads/main"], vec![]);
     assert!(s.finish(&c.lease, &outcome).await.unwrap());
@@ -264,7 +264,7 @@ async fn a_ref_that_returns_to_a_built_commit_is_tagged_again(s: &dyn Store) {
     );
 }
 
-async fn a_head_s_tags_can_be_asked_for_again(s: &dyn Store) {
+async fn a_head_s_tags_can_be_asked_for_again(s: &dyn JobStore) {
     let c = queued_and_claimed(s, "a").await;
     let outcome = success(&["refs/heads/main"], vec![]);
     assert!(s.finish(&c.lease, &outcome).await.unwrap());
@@ -289,7 +289,7 @@ async fn a_head_s_tags_can_be_asked_for_again(s: &dyn Store) {
     assert!((s.clock_ms() - kiln::state::now_ms()).abs() < 5_000);
 }
 
-async fn hosts_beat_and_one_host_leads_at_a_time(s: &dyn Store) {
+async fn hosts_beat_and_one_host_leads_at_a_time(s: &dyn JobStore) {
     s.heartbeat("a", "i-a", "0.1.0", 1, 0).await.unwrap();
     s.heartbeat("b", "i-b", "0.1.0", 2, 3).await.unwrap();
     s.host_stopped("a").await.unwrap();
@@ -324,7 +324,7 @@ async fn hosts_beat_and_one_host_leads_at_a_time(s: &dyn Store) {
     assert!(s.lead("other", "b", ttl).await.unwrap());
 }
 
-async fn logs_are_numbered_fenced_and_rebuilds_run_again(s: &dyn Store) {
+async fn logs_are_numbered_fenced_and_rebuilds_run_again(s: &dyn JobStore) {
     let c = queued_and_claimed(s, "c1").await;
     let id = c.lease.build_id.clone();
     s.set_subject(&c.lease, "Fix <the> build").await.unwrap();
@@ -438,7 +438,7 @@ async fn logs_are_numbered_fenced_and_rebuilds_run_again(s: &dyn Store) {
 async fn contract<F, Fut>(fresh: F)
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Box<dyn Store>>,
+    Fut: std::future::Future<Output = Box<dyn JobStore>>,
 {
     a_commit_is_queued_once_whoever_triggers_it(&*fresh().await).await;
     leases_fence_every_result(&*fresh().await).await;
@@ -453,7 +453,8 @@ where
 
 #[tokio::test]
 async fn sqlite_keeps_the_state_contract() {
-    contract(|| async { Box::new(SqliteStore::memory().await.unwrap()) as Box<dyn Store> }).await;
+    contract(|| async { Box::new(SqliteStore::memory().await.unwrap()) as Box<dyn JobStore> })
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -461,7 +462,7 @@ async fn postgres_keeps_the_state_contract_and_hosts_never_claim_one_job_twice()
     let pg = Postgres::start();
     contract(|| async {
         let url = pg.database();
-        Box::new(PgStore::connect(&url, Some(DB_PASSWORD), 4).await.unwrap()) as Box<dyn Store>
+        Box::new(PgStore::connect(&url, Some(DB_PASSWORD), 4).await.unwrap()) as Box<dyn JobStore>
     })
     .await;
 

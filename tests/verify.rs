@@ -384,7 +384,7 @@ fn what_cannot_be_verified_exits_2_with_the_reason() {
 
     // A compressor this kiln does not have: the provenance says another zlib-rs.
     let layout = kiln::store::OciLayout::open(t.path().join("l1")).unwrap();
-    let desc = kiln::store::Store::resolve(&layout, "gone")
+    let desc = kiln::store::ContentStore::resolve(&layout, "gone")
         .unwrap()
         .unwrap();
     let subject: kiln::Digest = desc.digest().as_ref().parse().unwrap();
@@ -407,7 +407,7 @@ fn what_cannot_be_verified_exits_2_with_the_reason() {
 
 /// The provenance statement attached to `subject` in a layout.
 fn statement_of(layout: &kiln::store::OciLayout, subject: &kiln::Digest) -> serde_json::Value {
-    let r = kiln::provenance::local_referrers(layout, subject).unwrap();
+    let r = layout.referrers(subject).unwrap();
     let m: serde_json::Value = serde_json::from_slice(
         &layout
             .read_blob(&r[0].digest().as_ref().parse().unwrap())
@@ -458,7 +458,9 @@ fn the_build_sees_a_fixed_world_and_the_builder_is_named_by_content() {
 
     // The builder digest is the image's content, not the engine's image ID.
     let l = kiln::store::OciLayout::open(&layout).unwrap();
-    let desc = kiln::store::Store::resolve(&l, "world").unwrap().unwrap();
+    let desc = kiln::store::ContentStore::resolve(&l, "world")
+        .unwrap()
+        .unwrap();
     let m: serde_json::Value = serde_json::from_slice(
         &l.read_blob(&desc.digest().as_ref().parse().unwrap())
             .unwrap(),

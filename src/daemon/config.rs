@@ -9,7 +9,7 @@ use toml::de::{DeTable, DeValue};
 
 use crate::check::{CheckError, Checker, type_name};
 use crate::recipe::{normalize_rel, parse_duration};
-use crate::registry::Secret;
+use crate::secret::Secret;
 
 /// The default config path.
 pub const DEFAULT_PATH: &str = "/etc/kiln/kiln.toml";
@@ -78,9 +78,7 @@ impl Verify {
         match self {
             Verify::Never => false,
             Verify::Always => true,
-            Verify::Sample(f) => {
-                (crate::registry::client::random_u64() % 1_000_000) as f64 / 1_000_000.0 < f
-            }
+            Verify::Sample(f) => (crate::retry::random_u64() % 1_000_000) as f64 / 1_000_000.0 < f,
         }
     }
 }

@@ -13,13 +13,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, AUTHORIZATION, ETAG, HeaderMap, IF_NONE_MATCH, RETRY_AFTER};
+use reqwest::header::{ACCEPT, AUTHORIZATION, ETAG, HeaderMap, IF_NONE_MATCH};
 use serde::Deserialize;
 use sha2::Digest as _;
 
 use super::metrics::Metrics;
-use crate::registry::Secret;
-use crate::state::{NewStatus, StateError, Store};
+use crate::secret::Secret;
+use crate::state::{JobStore, NewStatus, StateError};
+use crate::text::truncate;
 
 /// Accept header for the cheapest head check: the bare SHA.
 pub const ACCEPT_SHA: &str = "application/vnd.github.sha";
@@ -122,7 +123,7 @@ pub struct GitHubClient {
     token: Option<Secret>,
     /// Keys the ETag cache: ETags belong to the token that got them.
     token_key: String,
-    store: Arc<dyn Store>,
+    store: Arc<dyn JobStore>,
     metrics: Arc<Metrics>,
     /// No request before this instant (rate limited).
     gate: tokio::sync::Mutex<Option<Instant>>,
@@ -151,7 +152,7 @@ impl GitHubClient {
     pub fn new(
         api_url: &str,
         token: Option<Secret>,
-        store: Arc<dyn Store>,
+        store: Arc<dyn JobStore>,
         metrics: Arc<Metrics>,
     ) -> Result<GitHubClient, GitHubError> {
         let http = reqwest::Client::builder()
@@ -250,11 +251,7 @@ impl GitHubClient {
         if status != StatusCode::FORBIDDEN && status != StatusCode::TOO_MANY_REQUESTS {
             return None;
         }
-        let retry_after = h
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = crate::retry::retry_after(h);
         let reset = h
             .get("x-ratelimit-reset")
             .and_then(|v| v.to_str().ok())
@@ -315,7 +312,7 @@ impl GitHubClient {
                 self.count("error");
                 return Err(GitHubError::Network {
                     what: what.to_owned(),
-                    message: crate::registry::client::error_chain(&e.without_url()),
+                    message: crate::errors::chain(&e.without_url()),
                 });
             }
         };
@@ -335,7 +332,7 @@ impl GitHubClient {
                 message: "304 Not Modified for a request kiln has no cached answer for".into(),
             });
         }
-        let body = read_capped(resp, 4 << 20)
+        let body = crate::body::read_capped_text(resp, 4 << 20)
             .await
             .map_err(|m| GitHubError::Network {
                 what: what.to_owned(),
@@ -481,7 +478,7 @@ impl GitHubClient {
         if let Some(u) = &status.target_url {
             body["target_url"] = serde_json::Value::String(u.clone());
         }
-        let what = format!("status for {owner}/{name}@{}", super::worker::short(sha));
+        let what = format!("status for {owner}/{name}@{}", crate::text::short(sha));
         let resp = self
             .request(
                 reqwest::Method::POST,
@@ -497,14 +494,16 @@ impl GitHubClient {
                 self.count("error");
                 return Err(GitHubError::Network {
                     what,
-                    message: crate::registry::client::error_chain(&e.without_url()),
+                    message: crate::errors::chain(&e.without_url()),
                 });
             }
         };
         let status_code = resp.status();
         self.count(status_code.as_str());
         let headers = resp.headers().clone();
-        let text = read_capped(resp, 64 * 1024).await.unwrap_or_default();
+        let text = crate::body::read_capped_text(resp, 64 * 1024)
+            .await
+            .unwrap_or_default();
         if let Some(until) = self.observe(status_code, &headers, &text).await {
             return Err(GitHubError::RateLimited { until });
         }
@@ -520,21 +519,6 @@ impl GitHubClient {
     }
 }
 
-async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<String, String> {
-    let mut out = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| crate::registry::client::error_chain(&e.without_url()))?
-    {
-        out.extend_from_slice(&chunk[..chunk.len().min(cap.saturating_sub(out.len()))]);
-        if out.len() >= cap {
-            break;
-        }
-    }
-    Ok(String::from_utf8_lossy(&out).into_owned())
-}
-
 fn short(s: &str) -> String {
     let s = s.trim();
     let msg = serde_json::from_str::<serde_json::Value>(s)
@@ -542,17 +526,6 @@ fn short(s: &str) -> String {
         .and_then(|v| v["message"].as_str().map(str::to_owned))
         .unwrap_or_else(|| s.to_owned());
     truncate(&msg, 200)
-}
-
-/// At most `n` characters.
-pub fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_owned()
-    } else {
-        let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
-        t.push('…');
-        t
-    }
 }
 
 #[cfg(test)]
@@ -581,12 +554,11 @@ mod tests {
     fn refs_keep_slashes_and_lose_nothing() {
         assert_eq!(path_ref("release/1.x"), "release/1.x");
         assert_eq!(path_ref("a b#c"), "a%20b%23c");
-        assert_eq!(truncate("abcdef", 4), "abc…");
     }
 
     #[tokio::test]
     async fn the_git_host_follows_the_api_url() {
-        let store: Arc<dyn Store> = Arc::new(crate::state::SqliteStore::memory().await.unwrap());
+        let store: Arc<dyn JobStore> = Arc::new(crate::state::SqliteStore::memory().await.unwrap());
         let m = Arc::new(Metrics::new());
         let c =
             GitHubClient::new("https://api.github.com", None, store.clone(), m.clone()).unwrap();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::DaemonError;
-use crate::state::{Lease, Renewal, Store};
+use crate::state::{JobStore, Lease, Renewal};
 
 /// Why a job's token was cancelled.
 pub const STOP_SHUTDOWN: u8 = 1;
@@ -74,9 +74,10 @@ impl LeaseKeeper {
     /// (its own connection); returns once that store is open.
     pub async fn start<F>(open: F, duration: Duration) -> Result<LeaseKeeper, DaemonError>
     where
-        F: FnOnce()
-                -> futures_util::future::BoxFuture<'static, Result<Arc<dyn Store>, DaemonError>>
-            + Send
+        F: FnOnce() -> futures_util::future::BoxFuture<
+                'static,
+                Result<Arc<dyn JobStore>, DaemonError>,
+            > + Send
             + 'static,
     {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Hold>();
@@ -152,7 +153,7 @@ impl LeaseKeeper {
     }
 }
 
-async fn renew(store: &dyn Store, h: &mut Hold, duration: Duration) {
+async fn renew(store: &dyn JobStore, h: &mut Hold, duration: Duration) {
     // A renewal that hangs (a partition) counts as failed after a third of the lease, so a
     // build whose lease ran out is still cancelled.
     let answer = match tokio::time::timeout(duration / 3, store.renew(&h.lease, duration)).await {

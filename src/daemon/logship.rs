@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::state::{Lease, Store};
+use crate::state::{JobStore, Lease};
 
 /// How often the file is read while the build runs.
 const EVERY: Duration = Duration::from_millis(300);
@@ -24,7 +24,7 @@ const FINAL_TRIES: u32 = 5;
 
 /// Follows one build log file from the offset it had when the attempt began.
 pub struct LogShipper {
-    store: Arc<dyn Store>,
+    store: Arc<dyn JobStore>,
     lease: Lease,
     path: PathBuf,
     offset: u64,
@@ -40,7 +40,7 @@ impl LogShipper {
     /// Start at the file's current end (earlier attempts on this host were shipped by their
     /// own shippers) and at the state's next line number.
     pub async fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn JobStore>,
         lease: Lease,
         path: PathBuf,
     ) -> crate::state::Result<LogShipper> {
@@ -232,13 +232,13 @@ mod tests {
 
     /// A claimed job, a log file path (not written yet) and a shipper following it.
     async fn claimed() -> (
-        Arc<dyn Store>,
+        Arc<dyn JobStore>,
         Lease,
         tempfile::TempDir,
         PathBuf,
         LogShipper,
     ) {
-        let store: Arc<dyn Store> = Arc::new(crate::state::SqliteStore::memory().await.unwrap());
+        let store: Arc<dyn JobStore> = Arc::new(crate::state::SqliteStore::memory().await.unwrap());
         store
             .enqueue(&crate::state::NewJob {
                 repo: "acme/widget".into(),

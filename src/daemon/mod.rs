@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::runner::DockerRunner;
-use crate::state::{PgStore, SqliteStore, StateError, Store};
+use crate::state::{JobStore, PgStore, SqliteStore, StateError};
 use config::{Config, Database, RepoSource};
 use github::GitHubClient;
 use lease::{LeaseKeeper, STOP_SHUTDOWN, StopReason};
@@ -101,7 +101,7 @@ impl DaemonError {
 pub struct Daemon {
     /// The running config; reloads replace it and wake the triggers.
     pub(crate) config_tx: tokio::sync::watch::Sender<Arc<Config>>,
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn JobStore>,
     pub metrics: Arc<Metrics>,
     github: RwLock<Option<Arc<GitHubClient>>>,
     /// Fixed for the process: changing them needs a restart.
@@ -149,11 +149,7 @@ impl Daemon {
     /// not run out even if the last renewal still hangs.
     pub fn polls(&self) -> bool {
         self.poller.load(Ordering::SeqCst)
-            && self
-                .poller_until
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_some_and(|t| std::time::Instant::now() < t)
+            && crate::sync::lock(&self.poller_until).is_some_and(|t| std::time::Instant::now() < t)
     }
 }
 
@@ -164,7 +160,7 @@ impl Daemon {
 async fn connect(
     config: &Config,
     instance: &str,
-) -> Result<(Arc<dyn Store>, LeaseKeeper, u64), DaemonError> {
+) -> Result<(Arc<dyn JobStore>, LeaseKeeper, u64), DaemonError> {
     let store = open_state(config, 8).await?;
     // Two machines with one host_id would requeue (steal) each other's builds and remove each
     // other's work: refuse while the other one is alive.
@@ -196,7 +192,10 @@ async fn connect(
 }
 
 /// Open the state the config names, with up to `connections` connections.
-pub async fn open_state(config: &Config, connections: u32) -> Result<Arc<dyn Store>, DaemonError> {
+pub async fn open_state(
+    config: &Config,
+    connections: u32,
+) -> Result<Arc<dyn JobStore>, DaemonError> {
     Ok(match &config.database {
         Database::Sqlite => {
             let path = config.state_dir.join("state.db");
@@ -223,7 +222,7 @@ async fn farm_beat(d: &Daemon) {
     // A database call that hangs (a partition) must not keep a stale role: each call gets a
     // third of the lease, and the role counts only until its lease would run out.
     let limit = d.lease / 3;
-    let running = d.running.lock().unwrap_or_else(|p| p.into_inner()).len() as u32;
+    let running = crate::sync::lock(&d.running).len() as u32;
     let beat = d.store.heartbeat(
         &d.host_id,
         &d.instance,
@@ -250,8 +249,7 @@ async fn farm_beat(d: &Daemon) {
             false
         }
     };
-    *d.poller_until.lock().unwrap_or_else(|p| p.into_inner()) =
-        leads.then(|| asked + d.lease - limit);
+    *crate::sync::lock(&d.poller_until) = leads.then(|| asked + d.lease - limit);
     if d.poller.swap(leads, Ordering::SeqCst) != leads {
         if leads {
             tracing::info!("this host polls GitHub for the farm now");
@@ -271,7 +269,7 @@ async fn farm(d: Arc<Daemon>, stop: CancellationToken) {
         farm_beat(&d).await;
     }
     d.poller.store(false, Ordering::SeqCst);
-    *d.poller_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    *crate::sync::lock(&d.poller_until) = None;
     let _ = d.store.resign(ROLE_POLLER, &d.host_id).await;
     let _ = d.store.host_stopped(&d.host_id).await;
 }
@@ -284,10 +282,7 @@ impl Daemon {
 
     /// The GitHub client, when a `[github]` section is configured.
     pub fn github(&self) -> Option<Arc<GitHubClient>> {
-        self.github
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        crate::sync::read(&self.github).clone()
     }
 
     /// Whether `repo` (a state name) is a GitHub repository of the current config.
@@ -320,21 +315,13 @@ impl Daemon {
         name: &str,
     ) -> Result<github::RepoInfo, crate::pipeline::PipelineError> {
         let key = format!("{owner}/{name}");
-        if let Some(i) = self
-            .repo_infos
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
+        if let Some(i) = crate::sync::lock(&self.repo_infos).get(&key) {
             return Ok(i.clone());
         }
         loop {
             match gh.repo(owner, name).await {
                 Ok(info) => {
-                    self.repo_infos
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(key, info.clone());
+                    crate::sync::lock(&self.repo_infos).insert(key, info.clone());
                     return Ok(info);
                 }
                 Err(github::GitHubError::RateLimited { .. }) => gh.wait_gate().await,
@@ -383,20 +370,15 @@ impl Daemon {
                     self.metrics.clone(),
                 )
             }) {
-                Some(Ok(c)) => {
-                    *self.github.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(c))
-                }
+                Some(Ok(c)) => *crate::sync::write(&self.github) = Some(Arc::new(c)),
                 Some(Err(e)) => {
                     tracing::error!(error = %e, "cannot use the new [github] settings; keeping the old ones");
                     return;
                 }
-                None => *self.github.write().unwrap_or_else(|p| p.into_inner()) = None,
+                None => *crate::sync::write(&self.github) = None,
             }
         }
-        self.repo_infos
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        crate::sync::lock(&self.repo_infos).clear();
         tracing::info!(repos = new.repos.len(), "config reloaded");
         self.config_tx.send_replace(Arc::new(new));
     }
@@ -448,7 +430,7 @@ fn instance_id(dir: &Path) -> Result<String, DaemonError> {
     {
         return Ok(s.trim().to_owned());
     }
-    let id = crate::pipeline::new_build_id();
+    let id = crate::ids::new_id();
     let tmp = dir.join("instance.tmp");
     std::fs::write(&tmp, format!("{id}\n"))
         .and_then(|()| std::fs::rename(&tmp, &path))
@@ -624,7 +606,7 @@ pub async fn run(
             grace_s = grace.as_secs(),
             "grace period over: cancelling running builds"
         );
-        for (_, (cancel, why)) in d.running.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for (_, (cancel, why)) in crate::sync::lock(&d.running).iter() {
             why.set(STOP_SHUTDOWN);
             cancel.cancel();
         }
@@ -720,17 +702,11 @@ async fn schedule(d: Arc<Daemon>, stop: CancellationToken, builds: TaskTracker) 
         let cancel = CancellationToken::new();
         let why = StopReason::default();
         let id = (claim.lease.build_id.clone(), claim.lease.fence);
-        d.running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), (cancel.clone(), why.clone()));
+        crate::sync::lock(&d.running).insert(id.clone(), (cancel.clone(), why.clone()));
         let (d2, runner) = (d.clone(), runner.clone());
         builds.spawn(async move {
             worker::run(d2.clone(), claim, runner, cancel, why).await;
-            d2.running
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+            crate::sync::lock(&d2.running).remove(&id);
             drop(permit);
         });
     }
@@ -769,7 +745,7 @@ async fn send_statuses(d: Arc<Daemon>, stop: CancellationToken) {
             // Claimed before by a sender that died: it may be on GitHub already. Look first,
             // so a crash never makes a second terminal status.
             if s.claims > 1 {
-                let desc = github::truncate(&s.status.description, 140);
+                let desc = crate::text::truncate(&s.status.description, 140);
                 let already = gh.statuses(owner, name, &s.commit).await.is_ok_and(|list| {
                     list.iter().any(|(c, st, d)| {
                         *c == s.status.context && *st == s.status.state && *d == desc

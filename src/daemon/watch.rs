@@ -21,10 +21,7 @@ const LOCAL_FALLBACK_POLL: Duration = Duration::from_secs(60);
 /// A marker head: the tags a repo had when kiln first saw them were recorded, not built.
 const TAGS_BASELINE: &str = "kiln:tags-baseline";
 
-/// A random fraction in [0, 1), for spreading polls.
-fn jitter() -> f64 {
-    (crate::registry::client::jitter_ms() % 1000) as f64 / 1000.0
-}
+use crate::retry::fraction as jitter;
 
 /// `git_ref` of `repo` points at `commit`: queue a build if that is news.
 pub async fn trigger(d: &Daemon, repo: &Repo, git_ref: &str, commit: &str) {

@@ -20,6 +20,7 @@ use crate::source::mirror::{FetchAuth, Mirror};
 use crate::source::{CommitSource, SourceError};
 use crate::state::{ArtifactRow, BuildState, Claim, Lease, NewStatus, Outcome, StepRow};
 use crate::store::OciLayout;
+use crate::text::short;
 
 /// Runs of one job that failed for a reason worth retrying, before it is an error.
 const MAX_RETRIES: u32 = 3;
@@ -125,11 +126,6 @@ pub fn target(d: &Daemon) -> Target {
             root: d.state_dir.join("layout"),
         },
     }
-}
-
-/// The first 12 characters of a commit, for messages (safe on any string).
-pub fn short(commit: &str) -> &str {
-    commit.get(..12).unwrap_or(commit)
 }
 
 /// The commit status context of an artifact, or of a recipe whose artifacts are not known.
@@ -352,7 +348,7 @@ async fn failed_outcome(
             .map(|c| NewStatus {
                 context: c,
                 state: status_state.into(),
-                description: super::github::truncate(&first_line, 140),
+                description: crate::text::truncate(&first_line, 140),
                 target_url: d.target_url(&claim.lease.build_id),
             })
             .collect()

@@ -321,7 +321,7 @@ fn build_table(d: &Daemon, builds: &[BuildRow], now: i64) -> Markup {
                         td { code { (ref_label(&b.git_ref)) } }
                         td { code {
                             @match commit_url(d, &b.repo, &b.commit) {
-                                Some(u) => a.sha href=(u) title=(b.commit) { (crate::daemon::worker::short(&b.commit)[..7.min(b.commit.len())]) },
+                                Some(u) => a.sha href=(u) title=(b.commit) { (crate::text::short(&b.commit)[..7.min(b.commit.len())]) },
                                 None => span.sha title=(b.commit) { (&b.commit[..7.min(b.commit.len())]) },
                             }
                         } }
@@ -367,7 +367,7 @@ pub async fn build_page(State(d): State<Arc<Daemon>>, Path(id): Path<String>) ->
     let now = d.store.clock_ms();
     let admin = d.config().admin_token.is_some();
     let b = &x.build;
-    let title = format!("{} {}", b.repo, crate::daemon::worker::short(&b.commit));
+    let title = format!("{} {}", b.repo, crate::text::short(&b.commit));
     let body = html! {
         h1 {
             span #build-state .state.(format!("state-{}", b.state.as_str())) { (b.state.as_str()) }
@@ -513,7 +513,7 @@ fn provenance(b: &BuildRow, a: &ArtifactRow) -> Markup {
                 "SLSA v1 (" code { (crate::provenance::PREDICATE_TYPE) } "), a referrer of the artifact: "
                 (digest_with_copy(p, false))
                 br;
-                span.muted { "built from " (b.repo) " at " code { (crate::daemon::worker::short(&b.commit)) } " with " code { (b.recipe) } }
+                span.muted { "built from " (b.repo) " at " code { (crate::text::short(&b.commit)) } " with " code { (b.recipe) } }
             }
             None => span.muted { "none" },
         }

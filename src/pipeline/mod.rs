@@ -21,7 +21,7 @@ use crate::recipe::RecipeError;
 use crate::registry::RegistryOptions;
 use crate::runner::{BuildError, DockerRunner};
 use crate::source::{SourceError, SourceInfo, SourceOptions};
-use crate::store::{OciLayout, Store, StoreError};
+use crate::store::{ContentStore, OciLayout, StoreError};
 
 pub use stage::{
     Packed, SourceSpec, Sourced, Target, build_again_and_compare, find_published, image, pack,
@@ -41,22 +41,6 @@ pub mod annotations {
     pub const BUILDER_DIGEST: &str = "dev.kiln.builder.digest";
     /// "true" when built from uncommitted changes.
     pub const DIRTY: &str = "dev.kiln.dirty";
-}
-
-/// A new, unique build id: a ULID (time-ordered, 26 characters), lower-cased so it can name a
-/// container and a file. Two builds of one commit in one second never share one.
-pub fn new_build_id() -> String {
-    // Monotonic within the process: ids made in one millisecond still sort in the order they
-    // were made (the list's "newest first", the queue's first-come tie-break). Hosts of a farm
-    // order by time only.
-    static IDS: std::sync::Mutex<ulid::Generator> = std::sync::Mutex::new(ulid::Generator::new());
-    let mut ids = IDS.lock().unwrap_or_else(|p| p.into_inner());
-    let id = match ids.generate() {
-        Ok(id) => id,
-        // 2^80 ids in one millisecond: not reachable; fall back to a random one.
-        Err(_) => ulid::Ulid::generate(),
-    };
-    id.to_string().to_ascii_lowercase()
 }
 
 /// One build in progress: what every stage shares.
@@ -99,7 +83,7 @@ impl Build {
         }
         Ok(Build {
             log: logs.join(format!("{id}.log")),
-            run_id: new_build_id(),
+            run_id: crate::ids::new_id(),
             id,
             layout,
             scratch,
@@ -223,7 +207,7 @@ pub enum PipelineError {
         source: Box<crate::registry::PushError>,
     },
     #[error("{}", not_reproducible(.0))]
-    NotReproducible(Vec<(String, crate::verify::Comparison)>),
+    NotReproducible(Vec<(String, crate::compare::Comparison)>),
     #[error("{0}")]
     Usage(String),
     /// A condition outside the build that may pass by itself (the state database was busy).
@@ -233,7 +217,7 @@ pub enum PipelineError {
     Internal(String),
 }
 
-fn not_reproducible(d: &[(String, crate::verify::Comparison)]) -> String {
+fn not_reproducible(d: &[(String, crate::compare::Comparison)]) -> String {
     // The first line stands alone (a commit status shows only it); the details follow.
     let mut s = format!(
         "not reproducible: {}",
@@ -367,7 +351,13 @@ pub async fn build(
         Some((a, _)) => OciLayout::open_or_create(a.path())?,
         None => output_layout.clone(),
     };
-    let mut b = Build::new(new_build_id(), layout, &logs, cancel.clone(), observer)?;
+    let mut b = Build::new(
+        crate::ids::new_id(),
+        layout,
+        &logs,
+        cancel.clone(),
+        observer,
+    )?;
     b.scratch = scratch;
     b.limits = plan.limits.clone();
     let spec = SourceSpec::Dir {
@@ -550,14 +540,4 @@ pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn build_ids_sort_in_the_order_they_were_made() {
-        let ids: Vec<String> = (0..1000).map(|_| super::new_build_id()).collect();
-        assert!(ids.windows(2).all(|w| w[0] < w[1]));
-        assert!(ids.iter().all(|id| id.len() == 26));
-    }
 }

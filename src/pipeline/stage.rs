@@ -14,7 +14,7 @@ use crate::recipe::{Artifact, ArtifactKind, FileMapping, Recipe};
 use crate::registry::{PushError, RegistryOptions};
 use crate::runner::{BuildOutput, BuildRequest, DockerRunner};
 use crate::source::{Checkout, CommitSource, SourceOptions};
-use crate::store::{OciLayout, Store, StoreError};
+use crate::store::{ContentStore, OciLayout, StoreError};
 
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
@@ -317,7 +317,7 @@ pub async fn build_again_and_compare(
 ) -> Result<(), PipelineError> {
     let second = Build {
         id: b.id.clone(),
-        run_id: super::new_build_id(),
+        run_id: crate::ids::new_id(),
         layout: again,
         scratch: b.scratch.clone(),
         log: b.log.clone(),
@@ -350,7 +350,7 @@ pub async fn build_again_and_compare(
         };
         let (da, dr) = (parse(&a.digest)?, parse(&r.digest)?);
         let (la, lr, cancel) = (b.layout.clone(), second.layout.clone(), b.cancel.clone());
-        let c = blocking(move || crate::verify::compare(&la, &da, &lr, &dr, &cancel)).await??;
+        let c = blocking(move || crate::compare::compare(&la, &da, &lr, &dr, &cancel)).await??;
         differ.push((a.name.clone(), c));
     }
     if differ.is_empty() {

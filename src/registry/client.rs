@@ -16,25 +16,7 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode};
 
 use crate::reference::Reference;
-
-/// A string that must never be printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+use crate::secret::Secret;
 
 /// Credentials for one registry.
 #[derive(Clone, Debug)]
@@ -495,10 +477,7 @@ impl RegistryClient {
                     if status == StatusCode::UNAUTHORIZED {
                         // Rejected even after a fresh challenge: drop cached tokens so a later request
                         // authenticates afresh; this one fails below (401 is not retryable).
-                        self.tokens
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .clear();
+                        crate::sync::lock(&self.tokens).clear();
                     }
                     if !e.retryable {
                         return Err(e);
@@ -575,15 +554,7 @@ impl RegistryClient {
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .retry
-            .initial
-            .saturating_mul(1u32 << attempt.min(16).saturating_sub(1));
-        let cap = exp.min(self.retry.max_delay);
-        // Full jitter: a uniform delay in [cap/2, cap].
-        let nanos = cap.as_nanos() as u64;
-        let jitter = random_u64() % (nanos / 2 + 1);
-        Duration::from_nanos(nanos / 2 + jitter)
+        crate::retry::backoff(self.retry.initial, self.retry.max_delay, attempt)
     }
 
     fn authorization(
@@ -592,18 +563,14 @@ impl RegistryClient {
         credential: Option<&Credential>,
     ) -> Option<HeaderValue> {
         let key = scopes.join(" ");
-        if let Some(t) = self
-            .tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
+        if let Some(t) = crate::sync::lock(&self.tokens).get(&key)
             && t.expires > Instant::now()
         {
             let mut v = HeaderValue::from_str(&format!("Bearer {}", t.value.expose())).ok()?;
             v.set_sensitive(true);
             return Some(v);
         }
-        if *self.basic.lock().unwrap_or_else(|p| p.into_inner())
+        if *crate::sync::lock(&self.basic)
             && let Some(Credential::Basic { username, password }) = credential
         {
             return Some(basic_header(username, password.expose()));
@@ -628,7 +595,7 @@ impl RegistryClient {
                         false,
                     ));
                 }
-                *self.basic.lock().unwrap_or_else(|p| p.into_inner()) = true;
+                *crate::sync::lock(&self.basic) = true;
                 Ok(())
             }
             "bearer" => {
@@ -689,7 +656,7 @@ impl RegistryClient {
                 if !resp.status().is_success() {
                     return Err(self.failure("get a token from", realm, resp).await);
                 }
-                let body = read_capped(resp, 1 << 20)
+                let body = crate::body::read_capped(resp, 1 << 20)
                     .await
                     .map_err(|e| err("get a token from", realm, e, true))?;
                 #[derive(serde::Deserialize)]
@@ -712,16 +679,13 @@ impl RegistryClient {
                 // Refresh a little early so a token does not expire in flight.
                 let life = Duration::from_secs(t.expires_in.unwrap_or(60).max(10));
                 let expires = Instant::now() + life.mul_f64(0.9);
-                self.tokens
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(
-                        scopes.join(" "),
-                        Token {
-                            value: Secret::new(value),
-                            expires,
-                        },
-                    );
+                crate::sync::lock(&self.tokens).insert(
+                    scopes.join(" "),
+                    Token {
+                        value: Secret::new(value),
+                        expires,
+                    },
+                );
                 Ok(())
             }
             other => Err(err(
@@ -735,7 +699,9 @@ impl RegistryClient {
 
     async fn failure(&self, op: &str, url: &str, resp: reqwest::Response) -> RegistryError {
         let status = resp.status();
-        let body = read_capped(resp, ERROR_BODY_CAP).await.unwrap_or_default();
+        let body = crate::body::read_capped(resp, ERROR_BODY_CAP)
+            .await
+            .unwrap_or_default();
         let mut codes = Vec::new();
         let mut message = String::new();
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body)
@@ -785,19 +751,6 @@ fn basic_header(user: &str, password: &str) -> HeaderValue {
     v
 }
 
-/// Read at most `cap` bytes of a body.
-pub async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(reqwest_chain)? {
-        let room = cap.saturating_sub(out.len());
-        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if out.len() >= cap {
-            break;
-        }
-    }
-    Ok(out)
-}
-
 /// Whether `url` is on `base` (same scheme, host and port).
 fn same_origin(url: &str, base: &str) -> bool {
     url == base || url.starts_with(&format!("{base}/")) || url.starts_with(&format!("{base}?"))
@@ -805,32 +758,12 @@ fn same_origin(url: &str, base: &str) -> bool {
 
 /// A reqwest error's message without its URL: upload and blob URLs can carry signed queries.
 fn reqwest_chain(e: reqwest::Error) -> String {
-    error_chain(&e.without_url())
+    crate::errors::chain(&e.without_url())
 }
 
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-/// `Retry-After` in seconds or as an HTTP date, capped at a minute.
+/// `Retry-After`, capped at a minute: a registry does not get to park a push for longer.
 fn retry_after(h: &HeaderMap) -> Option<Duration> {
-    let v = h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
-    let d = match v.parse::<u64>() {
-        Ok(s) => Duration::from_secs(s),
-        Err(_) => {
-            let t = httpdate::parse_http_date(v).ok()?;
-            t.duration_since(std::time::SystemTime::now())
-                .unwrap_or_default()
-        }
-    };
-    Some(d.min(Duration::from_secs(60)))
+    crate::retry::retry_after(h).map(|d| d.min(Duration::from_secs(60)))
 }
 
 /// Upload locations may carry state in their query; none of it is a credential we hold, but
@@ -879,19 +812,6 @@ pub fn parse_challenge(h: &str) -> (String, HashMap<String, String>) {
     (scheme.to_owned(), params)
 }
 
-/// A few random milliseconds, for spreading retries.
-pub fn jitter_ms() -> u64 {
-    random_u64() % 1000
-}
-
-/// A random number (from the standard library's hasher seeds and the clock).
-pub fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    h.finish()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -913,7 +833,7 @@ mod tests {
     }
 
     #[test]
-    fn secrets_do_not_print() {
+    fn credentials_do_not_print() {
         let c = Credential::Basic {
             username: "u".into(),
             password: Secret::new("hunter2"),
@@ -926,14 +846,14 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_forms() {
+    fn a_registry_waits_a_minute_at_most() {
         let mut h = HeaderMap::new();
         h.insert(reqwest::header::RETRY_AFTER, HeaderValue::from_static("2"));
         assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
         h.insert(
             reqwest::header::RETRY_AFTER,
-            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+            HeaderValue::from_static("3600"),
         );
-        assert_eq!(retry_after(&h), Some(Duration::ZERO));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(60)));
     }
 }

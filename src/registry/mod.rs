@@ -5,5 +5,5 @@ pub mod client;
 pub mod push;
 pub mod tls;
 
-pub use client::{Credential, RegistryClient, RegistryError, RegistryOptions, RetryPolicy, Secret};
+pub use client::{Credential, RegistryClient, RegistryError, RegistryOptions, RetryPolicy};
 pub use push::{PushError, PushReport, Pusher, Repository};

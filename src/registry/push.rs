@@ -209,7 +209,7 @@ impl<'a> Repository<'a> {
             .get(reqwest::header::ETAG)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let bytes = super::client::read_capped(resp, MANIFEST_CAP)
+        let bytes = crate::body::read_capped(resp, MANIFEST_CAP)
             .await
             .map_err(|m| PushError::Invalid(format!("reading manifest {reference}: {m}")))?;
         if bytes.len() >= MANIFEST_CAP {
@@ -249,7 +249,7 @@ impl<'a> Repository<'a> {
                 Err(PushError::Registry(e)) if e.retryable && attempt < ATTEMPTS => {
                     tracing::info!(%digest, attempt, error = %e, "blob download broke off; starting it again");
                     tokio::time::sleep(Duration::from_millis(
-                        200 * u64::from(attempt) + super::client::jitter_ms() / 4,
+                        200 * u64::from(attempt) + crate::retry::jitter_ms() / 4,
                     ))
                     .await;
                 }
@@ -283,7 +283,7 @@ impl<'a> Repository<'a> {
                         codes: Vec::new(),
                         message: format!(
                             "the download broke off after {got} of {size} bytes: {}",
-                            super::client::error_chain(&e.without_url())
+                            crate::errors::chain(&e.without_url())
                         ),
                         retryable: true,
                     }));
@@ -339,7 +339,7 @@ impl<'a> Repository<'a> {
     /// GET a small blob (a config, a statement), verified against its digest.
     pub async fn get_blob(&self, digest: &Digest, cap: usize) -> Result<Bytes, PushError> {
         let resp = self.blob_response(digest).await?;
-        let bytes = super::client::read_capped(resp, cap)
+        let bytes = crate::body::read_capped(resp, cap)
             .await
             .map_err(|m| PushError::Invalid(format!("reading blob {digest}: {m}")))?;
         if bytes.len() >= cap {
@@ -372,7 +372,7 @@ impl<'a> Repository<'a> {
             )
             .await?;
         if resp.status() == StatusCode::OK {
-            let bytes = super::client::read_capped(resp, MANIFEST_CAP)
+            let bytes = crate::body::read_capped(resp, MANIFEST_CAP)
                 .await
                 .map_err(PushError::Invalid)?;
             if let Ok(index) = serde_json::from_slice::<ImageIndex>(&bytes) {
@@ -446,10 +446,8 @@ impl<'a> Repository<'a> {
                 if confirmed >= CONFIRMATIONS {
                     return Ok(());
                 }
-                tokio::time::sleep(Duration::from_millis(
-                    100 + super::client::jitter_ms() % 300,
-                ))
-                .await;
+                tokio::time::sleep(Duration::from_millis(100 + crate::retry::jitter_ms() % 300))
+                    .await;
                 continue;
             }
             if wrote {
@@ -494,7 +492,7 @@ impl<'a> Repository<'a> {
                 .await?;
             if resp.status() == StatusCode::PRECONDITION_FAILED {
                 // Someone else wrote first: back off a varying while, then merge again.
-                let pause = 20 + u64::from(attempt) * 30 + super::client::jitter_ms() % 100;
+                let pause = 20 + u64::from(attempt) * 30 + crate::retry::jitter_ms() % 100;
                 tokio::time::sleep(Duration::from_millis(pause)).await;
             } else {
                 wrote = true;
@@ -664,7 +662,7 @@ impl<'a> Pusher<'a> {
         subject: &Digest,
         report: &mut PushReport,
     ) -> Result<usize, PushError> {
-        let referrers = crate::provenance::local_referrers(self.layout, subject)?;
+        let referrers = self.layout.referrers(subject)?;
         let mut api: Option<bool> = None;
         for r in &referrers {
             let mut clean = Descriptor::new(r.media_type().clone(), r.size(), r.digest().clone());

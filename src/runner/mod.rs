@@ -246,7 +246,7 @@ impl BuildError {
                 }
             ),
             BuildError::PullTimeout { .. } => true,
-            BuildError::Io { source, .. } => crate::io_retryable(source),
+            BuildError::Io { source, .. } => crate::errors::io_retryable(source),
             BuildError::Output(e) => e.is_retryable(),
             _ => false,
         }

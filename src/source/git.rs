@@ -268,7 +268,7 @@ struct Process {
 /// Kill the child's process group, unless the child was already reaped (then its pid, and so
 /// its group id, may belong to someone else).
 fn kill_group(child: &Mutex<Child>) {
-    let mut c = child.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = crate::sync::lock(child);
     if matches!(c.try_wait(), Ok(None)) {
         // SAFETY: kill(2) with a negative pid signals the process group the child leads; the
         // child is not reaped (try_wait said so while we hold the lock), so the id is its own.
@@ -321,11 +321,7 @@ impl Process {
     fn wait(mut self) -> (std::io::Result<ExitStatus>, u8) {
         let mut pause = Duration::from_millis(1);
         let status = loop {
-            let r = self
-                .child
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .try_wait();
+            let r = crate::sync::lock(&self.child).try_wait();
             match r {
                 Ok(Some(s)) => break Ok(s),
                 Ok(None) => {

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::SourceError;
 use super::git::{Git, NETWORK_TIMEOUT};
-use crate::registry::Secret;
+use crate::secret::Secret;
 
 /// Credentials for fetching: sent as an `Authorization` header, only to URLs under `base`
 /// (`https://github.com/`), through git's environment (never its arguments).

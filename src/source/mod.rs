@@ -119,7 +119,7 @@ impl SourceError {
         match self {
             SourceError::Git { retryable, .. } => *retryable,
             SourceError::GitTimeout { .. } => true,
-            SourceError::Io { source, .. } => crate::io_retryable(source),
+            SourceError::Io { source, .. } => crate::errors::io_retryable(source),
             SourceError::Extract(e) => e.is_retryable(),
             _ => false,
         }

@@ -2,7 +2,7 @@
 //! point at them, build records, heads and ETags for polling, webhook deliveries, and the
 //! commit-status outbox.
 //!
-//! Everything goes through the [`Store`] trait, so a farm can share one PostgreSQL where a
+//! Everything goes through the [`JobStore`] trait, so a farm can share one PostgreSQL where a
 //! single host keeps SQLite. The guarantees live in the database, not in the process:
 //! - a job is keyed by (repo, commit, recipe) and inserting it again does nothing;
 //! - a claim gives the claimer a lease and a fencing token that grows on every claim, and
@@ -73,7 +73,7 @@ pub struct NewJob {
     pub git_ref: String,
 }
 
-/// What [`Store::enqueue`] did.
+/// What [`JobStore::enqueue`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Enqueued {
     pub build_id: String,
@@ -289,7 +289,7 @@ pub type Result<T> = std::result::Result<T, StateError>;
 
 /// The daemon's state, wherever it lives.
 #[async_trait::async_trait]
-pub trait Store: Send + Sync {
+pub trait JobStore: Send + Sync {
     // Triggers.
 
     /// Record that `job.git_ref` points at `job.commit` (the ref's head, in the same

@@ -22,7 +22,7 @@ use super::*;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/state/migrations/postgres");
 
-/// A [`Store`] in a PostgreSQL database.
+/// A [`JobStore`] in a PostgreSQL database.
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
@@ -30,6 +30,8 @@ pub struct PgStore {
     /// are that plus the time elapsed since, so a jump of the host's wall clock (an NTP step,
     /// a resumed VM) changes nothing.
     clock: Arc<Mutex<(i64, Instant)>>,
+    /// New build ids, in the order this host makes them.
+    ids: Arc<crate::ids::Sequence>,
 }
 
 /// Where to connect, without the password: for logs and errors.
@@ -77,6 +79,7 @@ impl PgStore {
         let store = PgStore {
             pool,
             clock: Arc::new(Mutex::new((now_ms(), Instant::now()))),
+            ids: Default::default(),
         };
         store.sync_clock().await?;
         // Clocks drift: measure again every minute, on a connection of its own, for as long
@@ -88,7 +91,7 @@ impl PgStore {
                 let Some(clock) = clock.upgrade() else { return };
                 if let Ok(mut c) = sqlx::PgConnection::connect_with(&opts).await {
                     if let Ok(at) = db_clock(&mut c).await {
-                        *clock.lock().unwrap_or_else(|p| p.into_inner()) = at;
+                        *crate::sync::lock(&clock) = at;
                     }
                     let _ = c.close().await;
                 }
@@ -101,7 +104,7 @@ impl PgStore {
     pub async fn sync_clock(&self) -> Result<()> {
         let mut c = self.pool.acquire().await?;
         let at = db_clock(&mut c).await?;
-        *self.clock.lock().unwrap_or_else(|p| p.into_inner()) = at;
+        *crate::sync::lock(&self.clock) = at;
         Ok(())
     }
 
@@ -111,7 +114,7 @@ impl PgStore {
     }
 
     fn now(&self) -> i64 {
-        let (db, at) = *self.clock.lock().unwrap_or_else(|p| p.into_inner());
+        let (db, at) = *crate::sync::lock(&self.clock);
         db + at.elapsed().as_millis() as i64
     }
 

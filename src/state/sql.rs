@@ -34,7 +34,7 @@ pub(super) const UPSERT_HEAD: &str = "INSERT INTO heads (repo, recipe, git_ref, 
 /// `WHERE` clause pieces that hold only while `lease` does.
 pub(super) const FENCED: &str = "id = ? AND owner = ? AND fence = ? AND state = 'running'";
 
-/// The [`Store`] implementation over an engine's pool: `$store` has a `pool` of `$db`, and
+/// The [`JobStore`] implementation over an engine's pool: `$store` has a `pool` of `$db`, and
 /// the inherent `q`, `now`, `check`, `SKIP_LOCKED` and `FOR_SHARE`.
 macro_rules! sql_store {
     ($store:ident, $db:ty, $row:ty) => {
@@ -119,10 +119,10 @@ macro_rules! sql_store {
         }
 
         #[async_trait::async_trait]
-        impl Store for $store {
+        impl JobStore for $store {
             async fn enqueue(&self, job: &NewJob) -> Result<Enqueued> {
                 let mut tx = self.pool.begin().await?;
-                let id = crate::pipeline::new_build_id();
+                let id = self.ids.next();
                 let created = sqlx::query(
                     &self.q("INSERT INTO jobs (id, repo, commit_sha, recipe, git_ref, queued_at) \
                      VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (repo, commit_sha, recipe) DO NOTHING"),

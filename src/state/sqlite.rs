@@ -14,10 +14,12 @@ use sqlx::{Row, SqlitePool};
 use super::sql::*;
 use super::*;
 
-/// A [`Store`] in a SQLite database file.
+/// A [`JobStore`] in a SQLite database file.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// New build ids, in the order they are made.
+    ids: std::sync::Arc<crate::ids::Sequence>,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/state/migrations/sqlite");
@@ -47,7 +49,10 @@ impl SqliteStore {
             .max_connections(1)
             .connect_with(opts)
             .await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            ids: Default::default(),
+        })
     }
 
     /// A private in-memory database (for tests).
@@ -64,7 +69,10 @@ impl SqliteStore {
             .connect_with(opts)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            ids: Default::default(),
+        })
     }
 
     /// SQLite takes the statements as written.

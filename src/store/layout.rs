@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::image::{Descriptor, ImageIndex, MediaType};
 
-use super::{BlobInfo, BlobSink, BlobUpload, Store, StoreError, validate_tag};
+use super::{BlobInfo, BlobSink, BlobUpload, ContentStore, StoreError, validate_tag};
 use crate::digest::{Digest, HashingWriter};
 
 /// The annotation that names a tag in `index.json`.
@@ -123,7 +123,7 @@ impl OciLayout {
     /// finished blob is renamed into place), removed when the last handle drops, and cleaned
     /// up by the next opener if the process dies.
     pub fn scratch(&self) -> Result<PathBuf, StoreError> {
-        let mut s = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = crate::sync::lock(&self.session);
         if let Some(sess) = s.as_ref() {
             return Ok(sess.dir.clone());
         }
@@ -226,7 +226,7 @@ impl OciLayout {
         })
     }
 
-    fn lock(&self) -> Result<File, StoreError> {
+    pub(super) fn lock(&self) -> Result<File, StoreError> {
         let dir = self.root.join(".kiln");
         fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
         let p = dir.join("lock");
@@ -261,7 +261,7 @@ impl OciLayout {
 
     /// Entries are written sorted (by tag, then digest), so `index.json` is byte-identical for
     /// the same set of entries however they were added.
-    fn write_index(&self, index: &ImageIndex) -> Result<(), StoreError> {
+    pub(super) fn write_index(&self, index: &ImageIndex) -> Result<(), StoreError> {
         let mut index = index.clone();
         let mut entries = index.manifests().clone();
         entries.sort_by(|a, b| {
@@ -358,13 +358,13 @@ impl OciLayout {
             reason: e.to_string(),
         })?;
         self.import_tree(src, &digest, desc.media_type())?;
-        for r in crate::provenance::local_referrers(src, &digest)? {
+        for r in src.referrers(&digest)? {
             let rd = Digest::from_oci(r.digest()).map_err(|e| StoreError::Corrupt {
                 path: src.root.clone(),
                 reason: e.to_string(),
             })?;
             self.import_tree(src, &rd, r.media_type())?;
-            self.replace_referrer(desc, &r)?;
+            self.add_referrer(desc, r)?;
         }
         Ok(())
     }
@@ -430,34 +430,9 @@ impl OciLayout {
             }
         }
     }
-
-    /// Record `referrer` (annotated with its subject) in the index, dropping earlier referrers
-    /// of the same subject with the same `artifactType`.
-    pub fn replace_referrer(
-        &self,
-        subject: &Descriptor,
-        referrer: &Descriptor,
-    ) -> Result<(), StoreError> {
-        let _lock = self.lock()?;
-        let mut index = self.index()?;
-        let key = crate::provenance::REFERRER_SUBJECT;
-        let subject = subject.digest().to_string();
-        let mut entries: Vec<Descriptor> = index
-            .manifests()
-            .iter()
-            .filter(|d| {
-                !(d.annotations().as_ref().and_then(|a| a.get(key)) == Some(&subject)
-                    && d.artifact_type() == referrer.artifact_type())
-            })
-            .cloned()
-            .collect();
-        entries.push(referrer.clone());
-        index.set_manifests(entries);
-        self.write_index(&index)
-    }
 }
 
-impl Store for OciLayout {
+impl ContentStore for OciLayout {
     fn tag(&self, tag: Option<&str>, manifest: &Descriptor) -> Result<(), StoreError> {
         if let Some(t) = tag {
             validate_tag(t)?;

@@ -1,15 +1,17 @@
 //! Where blobs, manifests and tags go.
 //!
 //! The packer only needs a [`BlobSink`]: somewhere to stream a blob that reports its digest
-//! on commit. A [`Store`] adds tags and reads. The local OCI image layout ([`OciLayout`]) is
+//! on commit. A [`ContentStore`] adds tags and reads. The local OCI image layout ([`OciLayout`]) is
 //! kiln's default store; a registry publisher plugs in behind the same traits.
 
 mod layout;
+mod referrers;
 
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
 pub use layout::{OciLayout, REF_NAME};
+pub use referrers::REFERRER_SUBJECT;
 
 use crate::digest::Digest;
 
@@ -45,7 +47,7 @@ pub trait BlobSink: Send + Sync {
 }
 
 /// A content-addressed store with tags.
-pub trait Store: BlobSink {
+pub trait ContentStore: BlobSink {
     /// Point `tag` at `manifest` (moving it if it pointed elsewhere). Without a tag, the
     /// manifest is recorded untagged, once.
     fn tag(

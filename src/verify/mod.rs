@@ -6,8 +6,6 @@
 //! image digest and the compressor. The rebuild goes through the same pipeline calls as a
 //! build; anything that cannot be had as recorded is an error, never a comparison.
 
-pub mod compare;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,15 +14,16 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-pub use compare::{Comparison, KeyDiff, LayerDiff, PathDiff, compare, unpack_image};
+use crate::compare::{Comparison, compare, unpack_image};
 
 use crate::digest::Digest;
 use crate::events::Observer;
 use crate::pack::Compression;
 use crate::pipeline::{self, Build, PipelineError, SourceSpec};
 use crate::reference::Reference;
-use crate::registry::{PushError, RegistryClient, RegistryOptions, Repository, Secret};
+use crate::registry::{PushError, RegistryClient, RegistryOptions, Repository};
 use crate::runner::{BuildError, DockerRunner};
+use crate::secret::Secret;
 use crate::source::CommitSource;
 use crate::source::mirror::{FetchAuth, Mirror};
 use crate::store::{BlobSink, OciLayout};
@@ -498,7 +497,7 @@ pub async fn verify(
     let layout = OciLayout::open_or_create(opts.work.join("rebuilt"))
         .map_err(|e| rebuild_error(PipelineError::Store(e)))?;
     let b = Build::new(
-        pipeline::new_build_id(),
+        crate::ids::new_id(),
         layout,
         &opts.work.join("logs"),
         cancel.clone(),

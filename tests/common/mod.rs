@@ -146,7 +146,7 @@ pub fn validate(layout: &Path) -> kiln::validate::Report {
 /// The uncompressed tar of the single layer of `tag` in `layout`.
 pub fn layer_tar(layout: &Path, tag: &str) -> Vec<u8> {
     let l = kiln::store::OciLayout::open(layout).unwrap();
-    let d = kiln::store::Store::resolve(&l, tag)
+    let d = kiln::store::ContentStore::resolve(&l, tag)
         .unwrap()
         .expect("tag exists");
     let m: serde_json::Value =

@@ -10,7 +10,7 @@ use serde_json::Value;
 use sha2::Digest as _;
 
 use crate::digest::Digest;
-use crate::store::{OciLayout, Store, StoreError};
+use crate::store::{ContentStore, OciLayout, StoreError};
 
 /// One side of a file whose content differs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
