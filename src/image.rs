@@ -16,6 +16,21 @@ use crate::store::{BlobSink, StoreError};
 /// `org.opencontainers.image.created`.
 pub const ANNOTATION_CREATED: &str = "org.opencontainers.image.created";
 
+/// Manifest annotations kiln adds to every artifact: where it came from.
+pub mod annotations {
+    pub const REVISION: &str = "org.opencontainers.image.revision";
+    pub const SOURCE: &str = "org.opencontainers.image.source";
+    pub const TITLE: &str = "org.opencontainers.image.title";
+    /// sha256 of the recipe file.
+    pub const RECIPE_DIGEST: &str = "dev.kiln.recipe.digest";
+    /// The builder image reference from the recipe.
+    pub const BUILDER_IMAGE: &str = "dev.kiln.builder.image";
+    /// The builder image's content-addressed ID, as the engine resolved it.
+    pub const BUILDER_DIGEST: &str = "dev.kiln.builder.digest";
+    /// "true" when built from uncommitted changes.
+    pub const DIRTY: &str = "dev.kiln.dirty";
+}
+
 /// The platform an image is for, `os/arch[/variant]` as in `linux/amd64`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Platform {

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::digest::Digest;
-use crate::pipeline::annotations;
+use crate::image::annotations;
 use crate::reference::Reference;
 use crate::registry::{PushError, RegistryClient, RegistryOptions, Repository};
 
@@ -171,33 +171,15 @@ async fn inspect_inner(
             out.created = c["created"].as_str().map(str::to_owned);
         }
     }
-    for r in repo.referrers(&digest).await? {
-        if r.artifact_type().as_ref().map(|t| t.to_string()).as_deref()
-            != Some(crate::provenance::IN_TOTO_MEDIA_TYPE)
-        {
-            continue;
-        }
-        let rd = Digest::from_oci(r.digest()).map_err(|e| PushError::Invalid(e.to_string()))?;
-        let Some((rbytes, _, _)) = repo.get_manifest(&rd.to_string()).await? else {
+    for (r, read) in repo.statements(&digest).await? {
+        let Some(st) = read? else {
             continue;
         };
-        let rm: serde_json::Value = serde_json::from_slice(&rbytes)
-            .map_err(|e| PushError::Invalid(format!("provenance manifest {rd}: malformed: {e}")))?;
-        let Some(layer) = rm["layers"][0]["digest"]
-            .as_str()
-            .and_then(|d| d.parse::<Digest>().ok())
-        else {
-            continue;
-        };
-        let stmt = repo.get_blob(&layer, 4 << 20).await?;
-        let stmt: serde_json::Value = serde_json::from_slice(&stmt).map_err(|e| {
-            PushError::Invalid(format!("provenance statement {layer}: malformed: {e}"))
-        })?;
-        let summary = crate::provenance::summary(&stmt);
+        let summary = crate::attest::provenance::summary(&st.statement);
         let subject_matches = summary.get("subject") == Some(&digest.to_string())
-            && rm["subject"]["digest"].as_str() == Some(digest.to_string().as_str());
+            && st.subject.as_deref() == Some(digest.to_string().as_str());
         out.provenance = Some(ProvenanceInfo {
-            digest: rd.to_string(),
+            digest: r.digest().to_string(),
             summary,
             subject_matches,
         });

@@ -1,18 +1,20 @@
 //! kiln: reproducible builds packed into deterministic, content-addressed OCI images.
 //!
 //! One pipeline, a module per stage, each a library call behind a narrow interface:
-//! - [`source`]: the exact tree to build (a work tree's committed HEAD, or a commit in a bare
-//!   mirror), its revision, commit time and URL;
-//! - [`runner`]: the recipe's steps in a Docker container; it runs, it never publishes;
+//! - [`source`]: the exact tree to build (a work tree's committed HEAD, or a commit fetched
+//!   into a bare mirror), its revision, commit time and URL;
+//! - [`runner`]: the recipe's steps in a container, behind the [`runner::Runner`] trait (the
+//!   Docker engine); it runs, it never publishes;
 //! - [`pack`]: a directory tree or tar stream into a deterministic layer blob;
 //! - [`image`]: config and manifest around layers (on base layers given as values), as
-//!   byte-stable JSON; [`provenance`] adds an SLSA statement as a referrer;
-//! - [`store`] and [`registry`]: where blobs, manifests and tags go (the local OCI layout, a
-//!   distribution registry);
-//! - [`pipeline`]: the stages as separate calls with a record between them.
+//!   byte-stable JSON; [`attest`] adds statements (the SLSA provenance) as referrers;
+//! - [`store`]: the local OCI layout every build writes to; [`publish`]: where artifacts go
+//!   from there, behind [`publish::Target`] (local layouts, a [`registry`]);
+//! - [`pipeline`]: the stages as separate calls, composed once by [`pipeline::Plan`].
 //!
-//! The CLI (`kiln build`, `pack`, `push`, `inspect`, `validate`) and the [`daemon`] only
-//! compose them; the daemon keeps its [`state`] behind a trait and serves [`http`].
+//! The CLI (`kiln build`, `pack`, `push`, `inspect`, `verify`, `validate`) and the
+//! [`daemon`] only compose them. The daemon hears of commits through [`forge`]s, keeps its
+//! [`state`] behind a trait and serves [`http`].
 //!
 //! Every stage that can take long (source and fetches, the container run, packing, pushes,
 //! base fetches, inspect, docker load) takes a cancellation token and stops promptly, removing
@@ -21,6 +23,8 @@
 //! process-global state: even the state's ordered build ids come from an [`ids::Sequence`]
 //! each store owns.
 
+pub mod artifact;
+pub mod attest;
 pub mod body;
 pub mod check;
 pub mod compare;
@@ -28,14 +32,16 @@ pub mod daemon;
 pub mod digest;
 pub mod errors;
 pub mod events;
+pub mod forge;
 pub mod http;
 pub mod ids;
 pub mod image;
 pub mod inspect;
 pub mod json;
+pub mod metrics;
 pub mod pack;
 pub mod pipeline;
-pub mod provenance;
+pub mod publish;
 pub mod recipe;
 pub mod reference;
 pub mod registry;

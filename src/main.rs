@@ -483,9 +483,9 @@ fn build(a: BuildArgs) -> Result<ExitCode> {
     rt.block_on(async move {
         let (cancel, interrupted) =
             cancel_on_signals("stopping the build and removing its container");
-        let runner = kiln::runner::DockerRunner::connect().await?;
+        let runner = kiln::runner::connect().await?;
         let observer: Arc<dyn kiln::events::Observer + Send + Sync> = Progress::new(a.json, "");
-        match kiln::pipeline::build(&plan, &runner, &cancel, observer).await {
+        match kiln::pipeline::build(&plan, runner.as_ref(), &cancel, observer).await {
             Ok(result) => {
                 if a.json {
                     println!("{}", serde_json::to_string_pretty(&result)?);
@@ -541,10 +541,7 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
     let opts = kiln::verify::VerifyOptions {
         registry: a.registry.options(),
         keep: a.keep.clone(),
-        token: std::env::var("KILN_GITHUB_TOKEN")
-            .ok()
-            .filter(|t| !t.trim().is_empty())
-            .map(|t| kiln::secret::Secret::new(t.trim())),
+        tokens: kiln::forge::Tokens::from_env(),
         work: work.path().to_owned(),
         allow_network: a.allow_network,
     };
@@ -557,7 +554,7 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
     };
     let result = rt.block_on(async {
         let (cancel, _) = cancel_on_signals("stopping the verification");
-        let runner = match kiln::runner::DockerRunner::connect().await {
+        let runner = match kiln::runner::connect().await {
             Ok(r) => r,
             Err(e) => {
                 return Err(kiln::verify::VerifyError::BuilderMissing {
@@ -568,7 +565,7 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
         };
         let observer: Arc<dyn kiln::events::Observer + Send + Sync> =
             Progress::new(json, "rebuilding: ");
-        kiln::verify::verify(&reference, &opts, &runner, &cancel, observer).await
+        kiln::verify::verify(&reference, &opts, runner.as_ref(), &cancel, observer).await
     });
     match result {
         Ok(report) => {
@@ -601,7 +598,7 @@ fn verify(a: VerifyArgs) -> Result<ExitCode> {
 }
 
 fn daemon(a: DaemonArgs) -> Result<ExitCode> {
-    use kiln::daemon::config::{Config, RepoSource};
+    use kiln::daemon::config::Config;
     let config = match Config::load(&a.config) {
         Ok(c) => c,
         Err(e) => {
@@ -620,10 +617,7 @@ fn daemon(a: DaemonArgs) -> Result<ExitCode> {
             if config.concurrency == 1 { "" } else { "s" }
         );
         for r in &config.repos {
-            let kind = match r.source {
-                RepoSource::GitHub { .. } => "github",
-                RepoSource::Path(_) => "path",
-            };
+            let kind = r.source_key();
             eprintln!(
                 "  {kind} {} (recipe {}; branches {}{})",
                 r.name(),
@@ -657,7 +651,7 @@ fn daemon(a: DaemonArgs) -> Result<ExitCode> {
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
             }
         };
-        kiln::daemon::run(config, &a.config, shutdown).await
+        kiln::daemon::run(config, &a.config, shutdown, kiln::http::router).await
     });
     // Blocking work still running (a credential helper, a git process being killed) gets a
     // moment, never a hang.

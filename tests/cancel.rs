@@ -192,7 +192,7 @@ fn a_cancelled_docker_load_loads_nothing() {
     let cancel = CancellationToken::new();
     cancel.cancel();
     let r = rt.block_on(async {
-        let runner = kiln::runner::DockerRunner::connect().await.unwrap();
+        let runner = kiln::runner::connect().await.unwrap();
         runner.load_archive(&archive, &cancel).await
     });
     assert!(

@@ -178,7 +178,7 @@ fn killed_twenty_times_mid_build_every_commit_is_published_once() {
         .build()
         .unwrap();
     let check = rt.block_on(async {
-        use kiln::state::JobStore as _;
+        use kiln::state::prelude::*;
         let store = kiln::state::SqliteStore::open(&t.path().join("state/state.db"))
             .await
             .unwrap();

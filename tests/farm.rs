@@ -310,7 +310,7 @@ fn when_the_poller_dies_another_host_finds_new_commits() {
         .position(|h| {
             h.d()
                 .log()
-                .contains("this host polls GitHub for the farm now")
+                .contains("this host polls the forges for the farm now")
         })
         .expect("a poller");
     let survivor = 1 - leader;
@@ -318,7 +318,7 @@ fn when_the_poller_dies_another_host_finds_new_commits() {
         !hosts[survivor]
             .d()
             .log()
-            .contains("this host polls GitHub for the farm now"),
+            .contains("this host polls the forges for the farm now"),
         "two pollers"
     );
     hosts[leader].kill9();

@@ -206,8 +206,8 @@ proptest! {
 
     #[test]
     fn auth_challenges_never_panic(h in ".{0,200}", key in "[a-z]{1,8}", v in "[^\"]{0,20}") {
-        let _ = kiln::registry::client::parse_challenge(&h);
-        let (scheme, p) = kiln::registry::client::parse_challenge(&format!("Bearer {key}=\"{v}\",service=x"));
+        let _ = kiln::registry::auth::parse_challenge(&h);
+        let (scheme, p) = kiln::registry::auth::parse_challenge(&format!("Bearer {key}=\"{v}\",service=x"));
         prop_assert_eq!(scheme, "Bearer");
         prop_assert_eq!(p.get(&key).map(String::as_str), Some(v.as_str()));
     }
@@ -217,17 +217,17 @@ proptest! {
                                                sig in ".{0,80}",
                                                secret in prop::collection::vec(any::<u8>(), 0..40),
                                                payload in prop::collection::vec(any::<u8>(), 0..300)) {
-        let _ = kiln::daemon::github::parse_tags(&body);
-        let _ = kiln::daemon::github::next_link(&body, "https://api.github.com");
-        prop_assert!(!kiln::http::signature_ok(&secret, &payload, &sig) || sig.starts_with("sha256="));
+        let _ = kiln::forge::github::parse_tags(&body);
+        let _ = kiln::forge::github::next_link(&body, "https://api.github.com");
+        prop_assert!(!kiln::forge::github::signature_ok(&secret, &payload, &sig) || sig.starts_with("sha256="));
         // A signature made with the secret always verifies; any other change never does.
         use hmac::Mac;
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&secret).unwrap();
         mac.update(&payload);
         let good = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-        prop_assert!(kiln::http::signature_ok(&secret, &payload, &good));
+        prop_assert!(kiln::forge::github::signature_ok(&secret, &payload, &good));
         let mut other = payload.clone();
         other.push(b'!');
-        prop_assert!(!kiln::http::signature_ok(&secret, &other, &good));
+        prop_assert!(!kiln::forge::github::signature_ok(&secret, &other, &good));
     }
 }

@@ -1,5 +1,6 @@
-//! Triggers: GitHub polling (conditional, jittered, rate-limit aware), webhook pokes, local
-//! repositories watched on disk, and the config file watched for reloads.
+//! Triggers: each repository's forge asked for its heads (polled, conditional, jittered and
+//! rate-limit aware, by the host holding the poller role; or watched on disk), webhook pokes,
+//! and the config file watched for reloads.
 //!
 //! Every trigger ends in [`trigger`]: a head that changed becomes a job, inserted once per
 //! repo, commit and recipe whoever found it.
@@ -11,17 +12,13 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::Daemon;
-use super::config::{Config, Repo, RepoSource, tag_matches};
-use super::github::{GitHubClient, GitHubError};
-use crate::source::git::Git;
+use super::config::{Config, Repo, tag_matches};
+use crate::forge::{Forge, ForgeError, Watch};
+use crate::retry::fraction as jitter;
 use crate::state::NewJob;
 
-/// How often a local repository is re-read when no change was seen on disk.
-const LOCAL_FALLBACK_POLL: Duration = Duration::from_secs(60);
 /// A marker head: the tags a repo had when kiln first saw them were recorded, not built.
 const TAGS_BASELINE: &str = "kiln:tags-baseline";
-
-use crate::retry::fraction as jitter;
 
 /// `git_ref` of `repo` points at `commit`: queue a build if that is news.
 pub async fn trigger(d: &Daemon, repo: &Repo, git_ref: &str, commit: &str) {
@@ -96,13 +93,16 @@ pub async fn triggers(d: Arc<Daemon>, stop: CancellationToken) {
         let cfg = d.config();
         let mut tasks = tokio::task::JoinSet::new();
         for repo in cfg.repos.clone() {
+            let Some(forge) = d.forge(&repo) else {
+                continue;
+            };
             let (d, g) = (d.clone(), generation.clone());
-            match &repo.source {
-                RepoSource::GitHub { .. } => {
-                    tasks.spawn(async move { poll_github(d, repo, g).await });
+            match forge.watch() {
+                Watch::Poll { every } => {
+                    tasks.spawn(async move { poll(d, repo, forge, every, g).await });
                 }
-                RepoSource::Path(_) => {
-                    tasks.spawn(async move { watch_local(d, repo, g).await });
+                Watch::Notify { fallback } => {
+                    tasks.spawn(async move { follow(d, repo, forge, fallback, g).await });
                 }
             }
         }
@@ -123,34 +123,34 @@ pub async fn triggers(d: Arc<Daemon>, stop: CancellationToken) {
     }
 }
 
-async fn check_github(d: &Daemon, gh: &GitHubClient, repo: &Repo) -> Result<(), GitHubError> {
-    let RepoSource::GitHub { owner, name } = &repo.source else {
-        return Ok(());
-    };
+/// Ask the forge for the heads of `repo`'s branches (and its tags, when it builds tags), and
+/// trigger on each.
+async fn check(d: &Daemon, forge: &dyn Forge, repo: &Repo) -> Result<(), ForgeError> {
+    let name = repo.name();
     for branch in &repo.branches {
-        match gh.head(owner, name, branch).await {
-            Ok(sha) => trigger(d, repo, &format!("refs/heads/{branch}"), &sha).await,
-            Err(GitHubError::Http {
-                status: 404 | 422, ..
-            }) => {
-                tracing::debug!(repo = %repo.name(), branch, "no such branch (yet)")
-            }
-            Err(e) => return Err(e),
+        match forge.head(&name, branch).await? {
+            Some(sha) => trigger(d, repo, &format!("refs/heads/{branch}"), &sha).await,
+            None => tracing::debug!(repo = %name, branch, "no such branch (yet)"),
         }
     }
     if repo.tags.is_some() {
-        let tags = gh.tags(owner, name).await?;
+        let tags = forge.tags(&name).await?;
         tags_seen(d, repo, tags).await;
     }
     Ok(())
 }
 
-async fn poll_github(d: Arc<Daemon>, repo: Repo, stop: CancellationToken) {
+/// A polled repository: checked every `interval` (±10 %) while this host holds the poller
+/// role, and at once when a webhook pokes it.
+async fn poll(
+    d: Arc<Daemon>,
+    repo: Repo,
+    forge: Arc<dyn Forge>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
     let name = repo.name();
     let mut pokes = d.pokes.subscribe();
-    let Some(interval) = d.config().github.as_ref().map(|g| g.poll_interval) else {
-        return;
-    };
     // Spread the first polls (over half the interval, at most 30 s), so a hundred repos do
     // not all poll at once.
     let mut next = Instant::now()
@@ -179,25 +179,24 @@ async fn poll_github(d: Arc<Daemon>, repo: Repo, stop: CancellationToken) {
             next = Instant::now() + interval.min(d.lease / 3);
             continue;
         }
-        let Some(gh) = d.github() else { return };
-        if let Some(until) = gh.gate_closed_until().await {
+        if let Some(until) = forge.paused_until().await {
             next = until;
             continue;
         }
-        match check_github(&d, &gh, &repo).await {
+        match check(&d, forge.as_ref(), &repo).await {
             Ok(()) => {
                 failures = 0;
                 // Each repo keeps its own jittered rhythm: ±10% around the interval.
                 next = Instant::now() + interval.mul_f64(0.9 + 0.2 * jitter());
             }
-            Err(GitHubError::RateLimited { until }) => {
+            Err(ForgeError::RateLimited { until, .. }) => {
                 next = until;
             }
             Err(e) => {
                 failures += 1;
                 let wait = interval.min(Duration::from_secs(5) * failures.min(12));
                 if failures <= 3 || failures.is_multiple_of(10) {
-                    tracing::warn!(repo = %name, error = %e, failures, "polling GitHub failed");
+                    tracing::warn!(repo = %name, error = %e, failures, "polling failed");
                 }
                 next = Instant::now() + wait;
             }
@@ -205,120 +204,42 @@ async fn poll_github(d: Arc<Daemon>, repo: Repo, stop: CancellationToken) {
     }
 }
 
-/// `(ref, commit)` of the branches and tags of a local repository (tags peeled to commits).
-fn local_refs(git_dir: &Path, cancel: &CancellationToken) -> Result<Vec<(String, String)>, String> {
-    let out = Git::new(
-        git_dir,
-        [
-            "for-each-ref",
-            "--format=%(objectname) %(*objectname) %(refname)",
-            "refs/heads",
-            "refs/tags",
-        ],
-    )
-    .text(cancel)
-    .map_err(|e| e.to_string())?;
-    Ok(out
-        .lines()
-        .filter_map(|l| {
-            let mut p = l.splitn(3, ' ');
-            let (obj, peeled, name) = (p.next()?, p.next()?, p.next()?);
-            let commit = if peeled.is_empty() { obj } else { peeled };
-            Some((name.to_owned(), commit.to_owned()))
-        })
-        .collect())
-}
-
-async fn scan_local(d: &Daemon, repo: &Repo, git_dir: &Path) {
-    let (dir, cancel) = (git_dir.to_owned(), CancellationToken::new());
-    let refs = match tokio::task::spawn_blocking(move || local_refs(&dir, &cancel)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            tracing::warn!(repo = %repo.name(), error = %e, "cannot read the repository's refs");
-            return;
-        }
-        Err(_) => return,
-    };
-    for b in &repo.branches {
-        let want = format!("refs/heads/{b}");
-        if let Some((_, sha)) = refs.iter().find(|(r, _)| *r == want) {
-            trigger(d, repo, &want, sha).await;
-        }
-    }
-    let tags = refs
-        .iter()
-        .filter_map(|(r, sha)| Some((r.strip_prefix("refs/tags/")?.to_owned(), sha.clone())))
-        .collect();
-    tags_seen(d, repo, tags).await;
-}
-
-async fn watch_local(d: Arc<Daemon>, repo: Repo, stop: CancellationToken) {
-    let RepoSource::Path(path) = &repo.source else {
-        return;
-    };
+/// A watched repository: checked whenever its forge says it changed, and every `fallback`.
+async fn follow(
+    d: Arc<Daemon>,
+    repo: Repo,
+    forge: Arc<dyn Forge>,
+    fallback: Duration,
+    stop: CancellationToken,
+) {
     let name = repo.name();
-    // The git directory: the path itself for a bare repository, else its .git.
-    let git_dir = loop {
-        let (p, c) = (path.clone(), stop.clone());
-        let found = tokio::task::spawn_blocking(move || {
-            Git::new(&p, ["rev-parse", "--absolute-git-dir"]).text(&c)
-        })
-        .await;
-        match found {
-            Ok(Ok(g)) => break PathBuf::from(g),
-            Ok(Err(e)) => {
+    let mut changes = loop {
+        match forge.changes(&name, &stop).await {
+            Ok(c) => break c,
+            Err(_) if stop.is_cancelled() => return,
+            Err(e) => {
                 tracing::warn!(repo = %name, error = %e, "not a readable git repository; retrying")
             }
-            Err(_) => return,
         }
         tokio::select! {
-            _ = tokio::time::sleep(LOCAL_FALLBACK_POLL) => {}
+            _ = tokio::time::sleep(fallback) => {}
             _ = stop.cancelled() => return,
         }
     };
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let watcher = {
-        use notify::Watcher;
-        let tx = tx.clone();
-        let w = notify::recommended_watcher(move |r: notify::Result<notify::Event>| {
-            if r.is_ok_and(|e| !e.kind.is_access()) {
-                let _ = tx.send(());
-            }
-        });
-        match w {
-            Ok(mut w) => {
-                let refs = git_dir.join("refs");
-                let ok = w.watch(&refs, notify::RecursiveMode::Recursive).is_ok()
-                    && w.watch(&git_dir, notify::RecursiveMode::NonRecursive)
-                        .is_ok();
-                if !ok {
-                    tracing::warn!(repo = %name, "cannot watch the repository; polling it instead");
-                }
-                Some(w)
-            }
-            Err(e) => {
-                tracing::warn!(repo = %name, error = %e, "cannot watch the repository; polling it instead");
-                None
-            }
-        }
-    };
-    tracing::info!(repo = %name, git_dir = %git_dir.display(), "watching a local repository");
     loop {
-        scan_local(&d, &repo, &git_dir).await;
+        if let Err(e) = check(&d, forge.as_ref(), &repo).await {
+            tracing::warn!(repo = %name, error = %e, "cannot read the repository's refs");
+        }
         tokio::select! {
-            got = rx.recv() => {
+            got = changes.next() => {
                 if got.is_none() {
                     return;
                 }
-                // A ref update is several file events: let them settle, then read once.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                while rx.try_recv().is_ok() {}
             }
-            _ = tokio::time::sleep(LOCAL_FALLBACK_POLL) => {}
-            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(fallback) => {}
+            _ = stop.cancelled() => return,
         }
     }
-    drop(watcher);
 }
 
 /// Reload the config when its file changes or on SIGHUP. A config that does not check is

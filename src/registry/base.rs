@@ -61,44 +61,7 @@ async fn fetch_inner(
         .map_err(|e: crate::reference::ReferenceError| invalid(e.to_string()))?;
     let client = RegistryClient::for_reference(&reference, options)?;
     let repo = Repository::new(&client, &reference.repository);
-    let (bytes, media_type, _) = repo
-        .get_manifest(&reference.target())
-        .await?
-        .ok_or_else(|| invalid(format!("base image {name} does not exist")))?;
-    let mut manifest: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| invalid(format!("base image {name}: malformed manifest: {e}")))?;
-    let mut digest = Digest::of(&bytes);
-    let is_index = media_type.contains("index")
-        || media_type.contains("manifest.list")
-        || manifest.get("manifests").is_some();
-    if is_index {
-        let entries = manifest["manifests"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let pick = entries
-            .iter()
-            .find(|m| {
-                let p = &m["platform"];
-                p["os"] == platform.os.as_str()
-                    && p["architecture"] == platform.architecture.as_str()
-                    && platform
-                        .variant
-                        .as_deref()
-                        .is_none_or(|v| p["variant"] == v)
-            })
-            .ok_or_else(|| invalid(format!("base image {name} has no {platform} image")))?;
-        let d = pick["digest"]
-            .as_str()
-            .ok_or_else(|| invalid(format!("base image {name}: index entry without a digest")))?;
-        let (b, _, _) = repo
-            .get_manifest(d)
-            .await?
-            .ok_or_else(|| invalid(format!("base image {name}: {d} is missing")))?;
-        manifest = serde_json::from_slice(&b)
-            .map_err(|e| invalid(format!("base image {name}: malformed manifest {d}: {e}")))?;
-        digest = Digest::of(&b);
-    }
+    let (manifest, digest) = platform_manifest(&repo, name, &reference, platform).await?;
     // The config, verified and stored.
     let cfg_digest: Digest = manifest["config"]["digest"]
         .as_str()
@@ -112,6 +75,79 @@ async fn fetch_inner(
     layout.put_blob(&cfg_bytes)?;
     let config: Value = serde_json::from_slice(&cfg_bytes)
         .map_err(|e| invalid(format!("base image {name}: malformed config: {e}")))?;
+    let layers = fetch_layers(&repo, name, &manifest, &config, layout).await?;
+    let history: Vec<History> = config["history"].as_array().map_or_else(Vec::new, |h| {
+        h.iter()
+            .filter_map(|e| serde_json::from_value(e.clone()).ok())
+            .collect()
+    });
+    Ok(BaseImage {
+        name: name.to_owned(),
+        digest,
+        registry: reference.registry,
+        repository: reference.repository,
+        layers,
+        history,
+        run: run_config(&config["config"]),
+    })
+}
+
+/// The image manifest of `reference` for `platform` (picked from an index if it is one), and
+/// its digest.
+async fn platform_manifest(
+    repo: &Repository<'_>,
+    name: &str,
+    reference: &Reference,
+    platform: &Platform,
+) -> Result<(Value, Digest), PushError> {
+    let (bytes, media_type, _) = repo
+        .get_manifest(&reference.target())
+        .await?
+        .ok_or_else(|| invalid(format!("base image {name} does not exist")))?;
+    let manifest: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| invalid(format!("base image {name}: malformed manifest: {e}")))?;
+    let is_index = media_type.contains("index")
+        || media_type.contains("manifest.list")
+        || manifest.get("manifests").is_some();
+    if !is_index {
+        return Ok((manifest, Digest::of(&bytes)));
+    }
+    let entries = manifest["manifests"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let pick = entries
+        .iter()
+        .find(|m| {
+            let p = &m["platform"];
+            p["os"] == platform.os.as_str()
+                && p["architecture"] == platform.architecture.as_str()
+                && platform
+                    .variant
+                    .as_deref()
+                    .is_none_or(|v| p["variant"] == v)
+        })
+        .ok_or_else(|| invalid(format!("base image {name} has no {platform} image")))?;
+    let d = pick["digest"]
+        .as_str()
+        .ok_or_else(|| invalid(format!("base image {name}: index entry without a digest")))?;
+    let (b, _, _) = repo
+        .get_manifest(d)
+        .await?
+        .ok_or_else(|| invalid(format!("base image {name}: {d} is missing")))?;
+    let manifest = serde_json::from_slice(&b)
+        .map_err(|e| invalid(format!("base image {name}: malformed manifest {d}: {e}")))?;
+    Ok((manifest, Digest::of(&b)))
+}
+
+/// Copy the layers of `manifest` into `layout`, each with its `diff_id` from `config`.
+async fn fetch_layers(
+    repo: &Repository<'_>,
+    name: &str,
+    manifest: &Value,
+    config: &Value,
+    layout: &OciLayout,
+) -> Result<Vec<Layer>, PushError> {
     let diff_ids: Vec<Digest> = config["rootfs"]["diff_ids"]
         .as_array()
         .map(|a| a.iter().filter_map(|d| d.as_str()?.parse().ok()).collect())
@@ -146,12 +182,11 @@ async fn fetch_inner(
             uncompressed_size: 0,
         });
     }
-    let history: Vec<History> = config["history"].as_array().map_or_else(Vec::new, |h| {
-        h.iter()
-            .filter_map(|e| serde_json::from_value(e.clone()).ok())
-            .collect()
-    });
-    let c = &config["config"];
+    Ok(layers)
+}
+
+/// The runtime part of a base's config (`config.config`).
+fn run_config(c: &Value) -> RunConfig {
     let strings = |v: &Value| {
         v.as_array().map(|a| {
             a.iter()
@@ -159,7 +194,7 @@ async fn fetch_inner(
                 .collect::<Vec<_>>()
         })
     };
-    let run = RunConfig {
+    RunConfig {
         entrypoint: strings(&c["Entrypoint"]),
         cmd: strings(&c["Cmd"]),
         env: strings(&c["Env"]).unwrap_or_default(),
@@ -179,16 +214,7 @@ async fn fetch_inner(
                     .collect()
             })
             .unwrap_or_default(),
-    };
-    Ok(BaseImage {
-        name: name.to_owned(),
-        digest,
-        registry: reference.registry,
-        repository: reference.repository,
-        layers,
-        history,
-        run,
-    })
+    }
 }
 
 #[cfg(test)]

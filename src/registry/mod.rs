@@ -1,9 +1,27 @@
-//! The publish side: OCI distribution registries (and fetching base images from them).
+//! The registry side: OCI distribution registries, read and written.
+//!
+//! - `client.rs`: one host, its TLS (`tls.rs`), authentication (`auth.rs`) and retries;
+//!   `error.rs`: what a failed request says;
+//! - `repository.rs`: one repository's manifests and blobs;
+//! - `referrers.rs`: the referrers API, its fallback tag, and the statements attached to an
+//!   artifact;
+//! - `push.rs` and `upload.rs`: a push from a local layout (blobs, manifest, referrers, tags);
+//! - `base.rs`: base images fetched into a local layout.
 
+pub mod auth;
 pub mod base;
 pub mod client;
+pub mod error;
 pub mod push;
+mod referrers;
+pub mod repository;
 pub mod tls;
+mod upload;
 
-pub use client::{Credential, RegistryClient, RegistryError, RegistryOptions, RetryPolicy};
-pub use push::{PushError, PushReport, Pusher, Repository};
+pub use auth::Credential;
+pub use client::{RegistryClient, RegistryOptions, Request, RetryPolicy};
+pub use error::RegistryError;
+pub use push::{PushReport, Pusher};
+pub use referrers::{Statement, fallback_tag};
+pub use repository::{PushError, Repository};
+pub use upload::{BlobOutcome, CHUNK_SIZE, MONOLITHIC_MAX};

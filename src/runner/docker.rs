@@ -23,7 +23,8 @@ use bollard::query_parameters::{
 use futures_util::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
-use super::{BuildError, BuildOutput, BuildRequest, BuilderImage, LABEL_BUILD, StepRecord};
+use super::steplog::{StepLog, Tail};
+use super::{BuildError, BuilderImage, LABEL_BUILD, RunOutput, RunRequest, Runner, StepRecord};
 use crate::events::{Event, Observer};
 
 /// Lines of output kept for a failed step's error message.
@@ -64,54 +65,27 @@ impl DockerRunner {
         Ok(DockerRunner { docker })
     }
 
-    /// The builder image as the engine has it, pulling it if it is missing.
-    pub async fn resolve_image(
+    /// The engine's record of an image, pulling it if it is missing.
+    async fn inspect_or_pull(
         &self,
         reference: &str,
-        cancel: &CancellationToken,
-    ) -> Result<BuilderImage, BuildError> {
-        let inspect = async {
-            match self.docker.inspect_image(reference).await {
-                Ok(info) => Ok(info),
-                Err(DockerError::DockerResponseServerError {
-                    status_code: 404, ..
-                }) => {
-                    self.pull(reference).await?;
-                    self.docker
-                        .inspect_image(reference)
-                        .await
-                        .map_err(engine("inspect the builder image"))
-                }
-                Err(e) => Err(BuildError::Engine {
-                    op: "inspect the builder image",
-                    source: e,
-                }),
+    ) -> Result<bollard::models::ImageInspect, BuildError> {
+        match self.docker.inspect_image(reference).await {
+            Ok(info) => Ok(info),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {
+                self.pull(reference).await?;
+                self.docker
+                    .inspect_image(reference)
+                    .await
+                    .map_err(engine("inspect the builder image"))
             }
-        };
-        let info = tokio::select! {
-            r = inspect => r?,
-            _ = cancel.cancelled() => return Err(BuildError::Cancelled),
-        };
-        let cfg = info.config.clone().unwrap_or_default();
-        let digest = super::content_digest(
-            &info
-                .root_fs
-                .as_ref()
-                .and_then(|r| r.layers.clone())
-                .unwrap_or_default(),
-            &cfg.env.clone().unwrap_or_default(),
-            cfg.user.as_deref().unwrap_or(""),
-            cfg.working_dir.as_deref().unwrap_or(""),
-            info.os.as_deref().unwrap_or(""),
-            info.architecture.as_deref().unwrap_or(""),
-            info.variant.as_deref().unwrap_or(""),
-        );
-        Ok(BuilderImage {
-            reference: reference.to_owned(),
-            id: info.id.unwrap_or_default(),
-            digest,
-            repo_digests: info.repo_digests.unwrap_or_default(),
-        })
+            Err(e) => Err(BuildError::Engine {
+                op: "inspect the builder image",
+                source: e,
+            }),
+        }
     }
 
     async fn pull(&self, reference: &str) -> Result<(), BuildError> {
@@ -142,68 +116,10 @@ impl DockerRunner {
         }
     }
 
-    /// Remove every container (running or not) carrying `label=value`: what a dead run of
-    /// this host left behind. Returns their names.
-    pub async fn remove_labelled(
-        &self,
-        label: &str,
-        value: &str,
-    ) -> Result<Vec<String>, BuildError> {
-        let mut filters = HashMap::new();
-        filters.insert("label".to_owned(), vec![format!("{label}={value}")]);
-        let opts = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let found = self
-            .docker
-            .list_containers(Some(opts))
-            .await
-            .map_err(engine("list containers"))?;
-        let mut removed = Vec::new();
-        for c in found {
-            let Some(id) = c.id else { continue };
-            let rm = RemoveContainerOptionsBuilder::default()
-                .force(true)
-                .v(true)
-                .build();
-            match self.docker.remove_container(&id, Some(rm)).await {
-                Ok(())
-                | Err(DockerError::DockerResponseServerError {
-                    status_code: 404, ..
-                }) => removed.push(
-                    c.names
-                        .and_then(|n| n.first().cloned())
-                        .unwrap_or(id)
-                        .trim_start_matches('/')
-                        .to_owned(),
-                ),
-                Err(e) => {
-                    return Err(BuildError::Engine {
-                        op: "remove a leftover container",
-                        source: e,
-                    });
-                }
-            }
-        }
-        Ok(removed)
-    }
-
-    /// Run a build. The container is always removed before this returns.
-    pub async fn run(
-        &self,
-        req: &BuildRequest<'_>,
-        cancel: &CancellationToken,
-        observer: &(dyn Observer + Send + Sync),
-    ) -> Result<BuildOutput, BuildError> {
+    /// The container a build runs in: idle until removed, never privileged, no host mounts,
+    /// the host's limits, and no network unless the recipe asks and the host allows it.
+    fn container(req: &RunRequest<'_>, builder: &BuilderImage) -> ContainerCreateBody {
         let b = req.build;
-        // The host decides: a recipe cannot turn the network on by itself.
-        if b.network && !req.limits.allow_network {
-            return Err(BuildError::NetworkNotAllowed {
-                hint: " (allow it with --allow-network on the command line, or allow_network = true for the repo in the daemon config)",
-            });
-        }
-        let builder = self.resolve_image(&req.build.image, cancel).await?;
         let (memory, cpus) = req.limits.effective(b);
         // The fixed world: the recipe may set TZ itself, never SOURCE_DATE_EPOCH.
         let mut env = vec![
@@ -214,7 +130,7 @@ impl DockerRunner {
         env.extend(b.env.iter().map(|(k, v)| format!("{k}={v}")));
         let mut labels: HashMap<String, String> = req.labels.clone().into_iter().collect();
         labels.insert(LABEL_BUILD.to_owned(), req.build_id.to_owned());
-        let config = ContainerCreateBody {
+        ContainerCreateBody {
             image: Some(builder.id.clone()),
             // Idle until removed: a shell reading a stdin that never closes. Steps are execs.
             entrypoint: Some(vec![
@@ -254,86 +170,70 @@ impl DockerRunner {
                 ..Default::default()
             }),
             ..Default::default()
-        };
-        let name = format!("kiln-{}", req.build_id);
-        let opts = CreateContainerOptionsBuilder::default().name(&name).build();
-        let id = self
-            .docker
-            .create_container(Some(opts), config)
-            .await
-            .map_err(engine("create the build container"))?
-            .id;
-        tracing::debug!(container = %id, "created build container");
+        }
+    }
 
-        // The run's own token: a timeout stops the blocking work (tar spooling) too, not
-        // only the futures that are dropped.
-        let run_cancel = cancel.child_token();
-        let drive = self.drive(&id, req, &run_cancel, observer);
-        tokio::pin!(drive);
-        let stopped = tokio::select! {
-            r = &mut drive => Ok(r),
-            _ = tokio::time::sleep(b.timeout) => Err(BuildError::Timeout { after: b.timeout }),
-            _ = cancel.cancelled() => Err(BuildError::Cancelled),
-        };
-        let result = match stopped {
-            Ok(r) => r,
-            Err(why) => {
-                // Stop everything: the token for blocking work, the container for the engine
-                // streams; then let the drive unwind (removing its spool) before reporting.
-                run_cancel.cancel();
-                let _ = self
-                    .docker
-                    .kill_container(&id, None::<bollard::query_parameters::KillContainerOptions>)
-                    .await;
-                if tokio::time::timeout(DRAIN, &mut drive).await.is_err() {
-                    tracing::warn!(container = %id, "the stopped build did not unwind within {DRAIN:?}");
-                }
-                Err(why)
-            }
-        };
-        // Always remove the container (force kills it first), whatever happened above.
+    /// Remove a container, killing it first; one that is gone already is fine.
+    async fn remove(&self, id: &str) -> Result<(), DockerError> {
         let rm = RemoveContainerOptionsBuilder::default()
             .force(true)
             .v(true)
             .build();
-        match self.docker.remove_container(&id, Some(rm)).await {
+        match self.docker.remove_container(id, Some(rm)).await {
             Ok(())
             | Err(DockerError::DockerResponseServerError {
                 status_code: 404, ..
-            }) => {}
-            Err(e) => {
-                tracing::warn!(container = %id, error = %e, "could not remove the build container");
-                if result.is_ok() {
-                    return Err(BuildError::Engine {
-                        op: "remove the build container",
-                        source: e,
-                    });
-                }
-            }
+            }) => Ok(()),
+            Err(e) => Err(e),
         }
-        let (dir, root, steps) = result?;
-        Ok(BuildOutput {
-            dir,
-            root,
-            builder,
-            steps,
-        })
     }
 
+    /// Everything inside the container: the source in, the steps, the output out.
     async fn drive(
         &self,
         id: &str,
-        req: &BuildRequest<'_>,
+        req: &RunRequest<'_>,
         cancel: &CancellationToken,
         observer: &(dyn Observer + Send + Sync),
     ) -> Result<(tempfile::TempDir, std::path::PathBuf, Vec<StepRecord>), BuildError> {
-        let b = req.build;
-        // The source, as a deterministic tar rooted at the workdir, plus an empty output dir.
         let spool = tempfile::Builder::new()
             .prefix("kiln-build-")
             .tempdir_in(req.scratch)
             .map_err(io("create a directory in", req.scratch))?;
-        let tar_path = spool.path().join("source.tar");
+        self.upload_source(id, req, spool.path(), cancel).await?;
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(engine("start the build container"))?;
+        // The engine writes the container's own address into /etc/hosts when it has a
+        // network: the build sees localhost only, like an offline one.
+        if req.build.network {
+            self.fix_hosts(id).await?;
+        }
+        let mut log = StepLog::open(req.log, req.limits.log)?;
+        let total = req.build.steps.len();
+        let mut records = Vec::new();
+        for (i, step) in req.build.steps.iter().enumerate() {
+            let record = self
+                .step(id, req, (i + 1, total), step, &mut log, observer)
+                .await?;
+            records.push(record);
+        }
+        let root = self.collect_output(id, req, spool.path(), cancel).await?;
+        Ok((spool, root, records))
+    }
+
+    /// The source, as a deterministic tar rooted at the workdir (plus an empty output
+    /// directory), copied into the container.
+    async fn upload_source(
+        &self,
+        id: &str,
+        req: &RunRequest<'_>,
+        spool: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<(), BuildError> {
+        let b = req.build;
+        let tar_path = spool.join("source.tar");
         {
             let (source, tar_path, workdir, output, epoch, cancel) = (
                 req.source.to_owned(),
@@ -368,139 +268,119 @@ impl DockerRunner {
             .upload_to_container(id, Some(up), body)
             .await
             .map_err(engine("copy the source into the container"))?;
-        std::fs::remove_file(&tar_path).map_err(io("remove", &tar_path))?;
-        self.docker
-            .start_container(id, None)
-            .await
-            .map_err(engine("start the build container"))?;
-        // The engine writes the container's own address into /etc/hosts when it has a
-        // network: the build sees localhost only, like an offline one.
-        if b.network {
-            self.fix_hosts(id).await?;
-        }
+        std::fs::remove_file(&tar_path).map_err(io("remove", &tar_path))
+    }
 
-        let mut log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(req.log)
-            .map_err(io("open the build log", req.log))?;
-        let total = b.steps.len();
-        let mut records = Vec::new();
-        // Step output kept in the log so far, against the host's limit.
-        let mut logged: u64 = 0;
-        let mut log_full = false;
-        for (i, step) in b.steps.iter().enumerate() {
-            let step_started = std::time::Instant::now();
-            let index = i + 1;
-            observer.event(&Event::StepStarted {
+    /// Run one step (`index` of `total`) as an exec, its output streaming into the log; a
+    /// step that exits non-zero is [`BuildError::StepFailed`].
+    async fn step(
+        &self,
+        id: &str,
+        req: &RunRequest<'_>,
+        (index, total): (usize, usize),
+        step: &str,
+        log: &mut StepLog<'_>,
+        observer: &(dyn Observer + Send + Sync),
+    ) -> Result<StepRecord, BuildError> {
+        let started = std::time::Instant::now();
+        observer.event(&Event::StepStarted {
+            index,
+            total,
+            command: step.to_owned(),
+        });
+        tracing::info!(step = index, command = %step, "running step");
+        log.line(&format!("$ {step}"))?;
+        let exec = self
+            .docker
+            .create_exec(
+                id,
+                CreateExecOptions::<String> {
+                    // The step as written, under a fixed umask.
+                    cmd: Some(vec![
+                        "/bin/sh".into(),
+                        "-c".into(),
+                        format!("umask {}\n{step}", super::UMASK),
+                    ]),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    working_dir: Some(req.build.workdir.clone()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(engine("create a step"))?
+            .id;
+        let mut tail = Tail::default();
+        if let StartExecResults::Attached { mut output, .. } = self
+            .docker
+            .start_exec(&exec, None)
+            .await
+            .map_err(engine("start a step"))?
+        {
+            while let Some(chunk) = output.next().await {
+                let bytes = match chunk.map_err(engine("read a step's output"))? {
+                    LogOutput::StdOut { message }
+                    | LogOutput::StdErr { message }
+                    | LogOutput::Console { message } => message,
+                    LogOutput::StdIn { .. } => continue,
+                };
+                tail.push(&bytes);
+                log.output(&bytes, observer)?;
+            }
+        }
+        let code = self.exit_code(&exec).await?;
+        let millis = started.elapsed().as_millis() as u64;
+        observer.event(&Event::StepFinished {
+            index,
+            exit_code: code,
+            millis,
+        });
+        if code != 0 {
+            let _ = log.line(&format!("kiln: step {index} exited with code {code}"));
+            return Err(BuildError::StepFailed {
                 index,
                 total,
-                command: step.clone(),
+                command: step.to_owned(),
+                code,
+                tail: tail.lines(TAIL_LINES),
             });
-            tracing::info!(step = index, command = %step, "running step");
-            writeln!(log, "$ {step}").map_err(io("write", req.log))?;
-            let exec = self
+        }
+        Ok(StepRecord {
+            index,
+            command: step.to_owned(),
+            exit_code: code,
+            millis,
+        })
+    }
+
+    /// A step's exit code. The output stream can end before the exec is reaped (a step that
+    /// closed its stdio): wait until the engine says it is done.
+    async fn exit_code(&self, exec: &str) -> Result<i64, BuildError> {
+        loop {
+            let info = self
                 .docker
-                .create_exec(
-                    id,
-                    CreateExecOptions::<String> {
-                        // The step as written, under a fixed umask.
-                        cmd: Some(vec![
-                            "/bin/sh".into(),
-                            "-c".into(),
-                            format!("umask {}\n{step}", super::UMASK),
-                        ]),
-                        attach_stdout: Some(true),
-                        attach_stderr: Some(true),
-                        working_dir: Some(b.workdir.clone()),
-                        ..Default::default()
-                    },
-                )
+                .inspect_exec(exec)
                 .await
-                .map_err(engine("create a step"))?
-                .id;
-            let mut tail = Tail::default();
-            match self
-                .docker
-                .start_exec(&exec, None)
-                .await
-                .map_err(engine("start a step"))?
-            {
-                StartExecResults::Attached { mut output, .. } => {
-                    while let Some(chunk) = output.next().await {
-                        let bytes = match chunk.map_err(engine("read a step's output"))? {
-                            LogOutput::StdOut { message }
-                            | LogOutput::StdErr { message }
-                            | LogOutput::Console { message } => message,
-                            LogOutput::StdIn { .. } => continue,
-                        };
-                        tail.push(&bytes);
-                        // Past the log limit, output is dropped (once said so); the build
-                        // goes on.
-                        let room = req.limits.log.saturating_sub(logged);
-                        if room > 0 {
-                            let keep = &bytes[..bytes.len().min(room as usize)];
-                            log.write_all(keep).map_err(io("write", req.log))?;
-                            logged += keep.len() as u64;
-                            observer.event(&Event::StepOutput {
-                                bytes: keep.to_vec(),
-                            });
-                        } else if !log_full {
-                            log_full = true;
-                            let note = format!(
-                                "\nkiln: the log reached its limit of {} bytes; further output is not kept\n",
-                                req.limits.log
-                            );
-                            log.write_all(note.as_bytes())
-                                .map_err(io("write", req.log))?;
-                            observer.event(&Event::StepOutput {
-                                bytes: note.into_bytes(),
-                            });
-                        }
-                    }
-                }
-                StartExecResults::Detached => {}
-            }
-            // The output stream can end before the exec is reaped (a step that closed its
-            // stdio): wait until the engine says it is done.
-            let code = loop {
-                let info = self
-                    .docker
-                    .inspect_exec(&exec)
-                    .await
-                    .map_err(engine("inspect a step"))?;
-                match (info.running, info.exit_code) {
-                    (Some(false), Some(code)) | (None, Some(code)) => break code,
-                    _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
-                }
-            };
-            let millis = step_started.elapsed().as_millis() as u64;
-            observer.event(&Event::StepFinished {
-                index,
-                exit_code: code,
-                millis,
-            });
-            records.push(StepRecord {
-                index,
-                command: step.clone(),
-                exit_code: code,
-                millis,
-            });
-            if code != 0 {
-                let _ = writeln!(log, "kiln: step {index} exited with code {code}");
-                return Err(BuildError::StepFailed {
-                    index,
-                    total,
-                    command: step.clone(),
-                    code,
-                    tail: tail.lines(TAIL_LINES),
-                });
+                .map_err(engine("inspect a step"))?;
+            match (info.running, info.exit_code) {
+                (Some(false), Some(code)) | (None, Some(code)) => return Ok(code),
+                _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
             }
         }
+    }
 
-        // The output directory, streamed out as a tar and spooled (safely) to local disk.
+    /// The output directory, streamed out as a tar and spooled (safely) to local disk; the
+    /// path of its copy.
+    async fn collect_output(
+        &self,
+        id: &str,
+        req: &RunRequest<'_>,
+        spool: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<std::path::PathBuf, BuildError> {
+        let output = &req.build.output;
         let down = DownloadFromContainerOptionsBuilder::default()
-            .path(&b.output)
+            .path(output)
             .build();
         let mut stream = self.docker.download_from_container(id, Some(down)).boxed();
         let first = match stream.next().await {
@@ -508,7 +388,7 @@ impl DockerRunner {
                 status_code: 404, ..
             })) => {
                 return Err(BuildError::NoOutput {
-                    path: b.output.clone(),
+                    path: output.clone(),
                 });
             }
             Some(Err(e)) => {
@@ -524,7 +404,7 @@ impl DockerRunner {
             .chain(stream)
             .map_err(std::io::Error::other);
         let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-        let out_dir = spool.path().join("output");
+        let out_dir = spool.join("output");
         std::fs::create_dir(&out_dir).map_err(io("create", &out_dir))?;
         let (dst, c) = (out_dir.clone(), cancel.clone());
         let max = req.limits.output;
@@ -539,7 +419,7 @@ impl DockerRunner {
                 crate::pack::PackError::TooLarge { limit } => BuildError::OutputTooLarge { limit },
                 e => BuildError::Output(e),
             })?;
-        let base = Path::new(&b.output)
+        let base = Path::new(output)
             .file_name()
             .map(|n| n.to_owned())
             .unwrap_or_default();
@@ -547,19 +427,14 @@ impl DockerRunner {
         // Never follow a symlink here: a step that replaced the output directory with a link
         // to, say, /home would otherwise have kiln pack the host's files.
         match std::fs::symlink_metadata(&root) {
-            Ok(m) if m.is_dir() => {}
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(BuildError::OutputIsSymlink {
-                    path: b.output.clone(),
-                });
-            }
-            _ => {
-                return Err(BuildError::NoOutput {
-                    path: b.output.clone(),
-                });
-            }
+            Ok(m) if m.is_dir() => Ok(root),
+            Ok(m) if m.file_type().is_symlink() => Err(BuildError::OutputIsSymlink {
+                path: output.clone(),
+            }),
+            _ => Err(BuildError::NoOutput {
+                path: output.clone(),
+            }),
         }
-        Ok((spool, root, records))
     }
 
     /// Replace /etc/hosts with localhost entries only (as root inside the container).
@@ -593,10 +468,144 @@ impl DockerRunner {
         }
         Ok(())
     }
+}
+
+#[async_trait::async_trait]
+impl Runner for DockerRunner {
+    async fn resolve_image(
+        &self,
+        reference: &str,
+        cancel: &CancellationToken,
+    ) -> Result<BuilderImage, BuildError> {
+        let info = tokio::select! {
+            r = self.inspect_or_pull(reference) => r?,
+            _ = cancel.cancelled() => return Err(BuildError::Cancelled),
+        };
+        let cfg = info.config.clone().unwrap_or_default();
+        let digest = super::content_digest(
+            &info
+                .root_fs
+                .as_ref()
+                .and_then(|r| r.layers.clone())
+                .unwrap_or_default(),
+            &cfg.env.clone().unwrap_or_default(),
+            cfg.user.as_deref().unwrap_or(""),
+            cfg.working_dir.as_deref().unwrap_or(""),
+            info.os.as_deref().unwrap_or(""),
+            info.architecture.as_deref().unwrap_or(""),
+            info.variant.as_deref().unwrap_or(""),
+        );
+        Ok(BuilderImage {
+            reference: reference.to_owned(),
+            id: info.id.unwrap_or_default(),
+            digest,
+            repo_digests: info.repo_digests.unwrap_or_default(),
+        })
+    }
+
+    /// Remove every container (running or not) carrying `label=value`: what a dead run of
+    /// this host left behind. Returns their names.
+    async fn remove_labelled(&self, label: &str, value: &str) -> Result<Vec<String>, BuildError> {
+        let mut filters = HashMap::new();
+        filters.insert("label".to_owned(), vec![format!("{label}={value}")]);
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let found = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(engine("list containers"))?;
+        let mut removed = Vec::new();
+        for c in found {
+            let Some(id) = c.id else { continue };
+            self.remove(&id)
+                .await
+                .map_err(engine("remove a leftover container"))?;
+            removed.push(
+                c.names
+                    .and_then(|n| n.first().cloned())
+                    .unwrap_or(id)
+                    .trim_start_matches('/')
+                    .to_owned(),
+            );
+        }
+        Ok(removed)
+    }
+
+    async fn run(
+        &self,
+        req: &RunRequest<'_>,
+        cancel: &CancellationToken,
+        observer: &(dyn Observer + Send + Sync),
+    ) -> Result<RunOutput, BuildError> {
+        let b = req.build;
+        // The host decides: a recipe cannot turn the network on by itself.
+        if b.network && !req.limits.allow_network {
+            return Err(BuildError::NetworkNotAllowed {
+                hint: " (allow it with --allow-network on the command line, or allow_network = true for the repo in the daemon config)",
+            });
+        }
+        let builder = self.resolve_image(&req.build.image, cancel).await?;
+        let name = format!("kiln-{}", req.build_id);
+        let opts = CreateContainerOptionsBuilder::default().name(&name).build();
+        let id = self
+            .docker
+            .create_container(Some(opts), Self::container(req, &builder))
+            .await
+            .map_err(engine("create the build container"))?
+            .id;
+        tracing::debug!(container = %id, "created build container");
+
+        // The run's own token: a timeout stops the blocking work (tar spooling) too, not
+        // only the futures that are dropped.
+        let run_cancel = cancel.child_token();
+        let drive = self.drive(&id, req, &run_cancel, observer);
+        tokio::pin!(drive);
+        let stopped = tokio::select! {
+            r = &mut drive => Ok(r),
+            _ = tokio::time::sleep(b.timeout) => Err(BuildError::Timeout { after: b.timeout }),
+            _ = cancel.cancelled() => Err(BuildError::Cancelled),
+        };
+        let result = match stopped {
+            Ok(r) => r,
+            Err(why) => {
+                // Stop everything: the token for blocking work, the container for the engine
+                // streams; then let the drive unwind (removing its spool) before reporting.
+                run_cancel.cancel();
+                let _ = self
+                    .docker
+                    .kill_container(&id, None::<bollard::query_parameters::KillContainerOptions>)
+                    .await;
+                if tokio::time::timeout(DRAIN, &mut drive).await.is_err() {
+                    tracing::warn!(container = %id, "the stopped build did not unwind within {DRAIN:?}");
+                }
+                Err(why)
+            }
+        };
+        // Always remove the container (force kills it first), whatever happened above.
+        if let Err(e) = self.remove(&id).await {
+            tracing::warn!(container = %id, error = %e, "could not remove the build container");
+            if result.is_ok() {
+                return Err(BuildError::Engine {
+                    op: "remove the build container",
+                    source: e,
+                });
+            }
+        }
+        let (dir, root, steps) = result?;
+        Ok(RunOutput {
+            dir,
+            root,
+            builder,
+            steps,
+        })
+    }
 
     /// Load a `docker save`-format archive into the engine (`docker load`). Cancelling drops
     /// the upload, and the engine discards the partial image.
-    pub async fn load_archive(
+    async fn load_archive(
         &self,
         archive: &Path,
         cancel: &CancellationToken,
@@ -615,26 +624,5 @@ impl DockerRunner {
             _ = cancel.cancelled() => return Err(BuildError::Cancelled),
         }
         Ok(())
-    }
-}
-
-/// The last bytes of a step's output, for its error message.
-#[derive(Default)]
-struct Tail(Vec<u8>);
-
-impl Tail {
-    const KEEP: usize = 16 * 1024;
-
-    fn push(&mut self, bytes: &[u8]) {
-        self.0.extend_from_slice(bytes);
-        if self.0.len() > 2 * Self::KEEP {
-            self.0.drain(..self.0.len() - Self::KEEP);
-        }
-    }
-
-    fn lines(&self, n: usize) -> String {
-        let text = String::from_utf8_lossy(&self.0);
-        let lines: Vec<&str> = text.trim_end().lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
     }
 }

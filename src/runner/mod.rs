@@ -1,15 +1,60 @@
 //! The run stage: a recipe's steps in a container on an exact source tree, handing back the
 //! output directory. Knows nothing of layers or registries; it runs, it never publishes.
+//!
+//! A [`Runner`] is an engine that runs builds. The Docker engine (`docker.rs`, through
+//! bollard) is the one there is; [`connect`] is the one place that picks it. It honours
+//! `DOCKER_HOST`, so an engine that speaks Docker's API on another socket (Podman's service)
+//! works through it; a second engine would be a second file here behind the same trait.
 
 mod docker;
+mod steplog;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-pub use docker::DockerRunner;
+use tokio_util::sync::CancellationToken;
 
+use crate::events::Observer;
 use crate::recipe::BuildSection;
+
+/// An engine that runs builds in containers.
+#[async_trait::async_trait]
+pub trait Runner: Send + Sync {
+    /// Run a build: its steps in a fresh container on `req.source`, then its output directory
+    /// spooled to local disk. Whatever the engine made for it is gone when this returns,
+    /// whatever happened (success, failure, timeout, cancellation).
+    async fn run(
+        &self,
+        req: &RunRequest<'_>,
+        cancel: &CancellationToken,
+        observer: &(dyn Observer + Send + Sync),
+    ) -> Result<RunOutput, BuildError>;
+
+    /// The builder image as the engine has it (pulled if it is missing and can be pulled).
+    async fn resolve_image(
+        &self,
+        reference: &str,
+        cancel: &CancellationToken,
+    ) -> Result<BuilderImage, BuildError>;
+
+    /// Load an image archive in `docker save` format into the engine (`--load`).
+    async fn load_archive(
+        &self,
+        archive: &Path,
+        cancel: &CancellationToken,
+    ) -> Result<(), BuildError>;
+
+    /// Remove every container carrying `label=value` (what a dead run left behind); returns
+    /// their names.
+    async fn remove_labelled(&self, label: &str, value: &str) -> Result<Vec<String>, BuildError>;
+}
+
+/// The engine builds run on: Docker's API at `DOCKER_HOST`, else the local socket.
+pub async fn connect() -> Result<Arc<dyn Runner>, BuildError> {
+    Ok(Arc::new(docker::DockerRunner::connect().await?))
+}
 
 /// Label on every container kiln creates, so leftovers can be found:
 /// `docker ps -a --filter label=dev.kiln.build`.
@@ -82,8 +127,8 @@ pub const KEPT_CAPABILITIES: &[&str] = &[
     "KILL",
 ];
 
-/// What to build.
-pub struct BuildRequest<'a> {
+/// What to run.
+pub struct RunRequest<'a> {
     pub build: &'a BuildSection,
     /// The exact tree copied to the recipe's `workdir`.
     pub source: &'a Path,
@@ -158,15 +203,15 @@ pub struct StepRecord {
     pub millis: u64,
 }
 
-/// A finished build: the output directory, spooled to local disk.
-pub struct BuildOutput {
+/// A finished run: the output directory, spooled to local disk.
+pub struct RunOutput {
     dir: tempfile::TempDir,
     root: PathBuf,
     pub builder: BuilderImage,
     pub steps: Vec<StepRecord>,
 }
 
-impl BuildOutput {
+impl RunOutput {
     /// The collected output directory (the recipe's `output`).
     pub fn root(&self) -> &Path {
         &self.root

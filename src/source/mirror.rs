@@ -12,11 +12,23 @@ use super::git::{Git, NETWORK_TIMEOUT};
 use crate::secret::Secret;
 
 /// Credentials for fetching: sent as an `Authorization` header, only to URLs under `base`
-/// (`https://github.com/`), through git's environment (never its arguments).
+/// (`https://HOST/`), through git's environment (never its arguments).
 #[derive(Clone, Debug)]
 pub struct FetchAuth {
     pub base: String,
     pub token: Secret,
+}
+
+/// Where a repository is fetched from, and what to record as its source.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    /// The URL git fetches from (https, `git://`, or a local path).
+    pub fetch_url: String,
+    /// Credentials for `fetch_url`, scoped to its host.
+    pub auth: Option<FetchAuth>,
+    /// What annotations and provenance record as the source: the repository's web address,
+    /// or its path.
+    pub web_url: String,
 }
 
 /// A bare repository kiln fetches into.

@@ -16,13 +16,16 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use git::Git;
+pub use mirror::{FetchAuth, Origin};
 
 /// What identifies a source, as recorded in annotations and `--json` output.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SourceInfo {
     /// The commit SHA, for git sources.
     pub revision: Option<String>,
-    /// The `origin` remote, normalized and without credentials.
+    /// Where the source comes from: the `origin` remote of a work tree (as git reports it:
+    /// the pipeline records it in its canonical form, without credentials), or the URL an
+    /// exact commit was recorded from.
     pub url: Option<String>,
     /// SOURCE_DATE_EPOCH: the commit time, or the caller's epoch for a plain directory.
     pub epoch: u64,
@@ -106,6 +109,12 @@ pub enum SourceError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot find where to fetch {repo} from: {message}")]
+    Locate {
+        repo: String,
+        message: String,
+        retryable: bool,
+    },
     #[error("extracting the committed tree: {0}")]
     Extract(#[from] crate::pack::PackError),
     #[error("reading the source was cancelled")]
@@ -117,7 +126,9 @@ impl SourceError {
     /// transient I/O condition. Bad input (a dirty tree, a missing commit) does not fix itself.
     pub fn is_retryable(&self) -> bool {
         match self {
-            SourceError::Git { retryable, .. } => *retryable,
+            SourceError::Git { retryable, .. } | SourceError::Locate { retryable, .. } => {
+                *retryable
+            }
             SourceError::GitTimeout { .. } => true,
             SourceError::Io { source, .. } => crate::errors::io_retryable(source),
             SourceError::Extract(e) => e.is_retryable(),
@@ -227,7 +238,7 @@ pub fn open(
     };
     let url = git(dir, &["remote", "get-url", "origin"], cancel)
         .ok()
-        .map(|u| normalize_remote(&u));
+        .filter(|u| !u.is_empty());
     let git_ref = git(dir, &["symbolic-ref", "-q", "HEAD"], cancel)
         .ok()
         .filter(|r| !r.is_empty());
@@ -254,8 +265,8 @@ pub struct CommitSource {
     pub commit: String,
     /// The directory to build inside the repository (`""` for the root, else `a/b`).
     pub subdir: String,
-    /// What to record as the source: the repository's web URL (`https://github.com/o/r`) or
-    /// its path, whatever URL it was fetched from.
+    /// What to record as the source: the repository's web URL or its path, whatever URL it
+    /// was fetched from.
     pub url: String,
     /// The ref that led to the commit (`refs/heads/main`), for provenance.
     pub git_ref: Option<String>,
@@ -368,21 +379,74 @@ fn extract_tree(
     dst: &Path,
     cancel: &CancellationToken,
 ) -> Result<(), SourceError> {
-    use std::io::{BufRead, BufReader, Write};
-    let git_err = |args: &str, message: String| SourceError::Git {
+    use std::io::{BufReader, Write};
+    let entries = list_tree(top, treeish, cancel)?;
+    let mut batch = Git::new(top, ["cat-file", "--batch"]).spawn_piped(cancel)?;
+    let mut stdin = batch
+        .stdin
+        .take()
+        .ok_or_else(|| git_error(top, "cat-file --batch", "no stdin".into()))?;
+    let oids: Vec<String> = entries.iter().map(|e| e.oid.clone()).collect();
+    let feeder = std::thread::spawn(move || {
+        for oid in oids {
+            if writeln!(stdin, "{oid}").is_err() {
+                break;
+            }
+        }
+    });
+    let stdout = batch
+        .stdout
+        .take()
+        .ok_or_else(|| git_error(top, "cat-file --batch", "no stdout".into()))?;
+    let mut out = BufReader::new(stdout);
+    let result = entries.iter().try_for_each(|e| {
+        if cancel.is_cancelled() {
+            return Err(SourceError::Cancelled);
+        }
+        write_entry(top, e, &mut out, dst)
+    });
+    // A read that failed because the watchdog killed git is a cancellation or a timeout.
+    let result = match (result, batch.interrupted()) {
+        (Err(_), Some(why)) => Err(why),
+        (r, _) => r,
+    };
+    drop(out);
+    let finished = batch.finish();
+    let _ = feeder.join();
+    result.and(finished)
+}
+
+fn git_error(top: &Path, args: &str, message: String) -> SourceError {
+    SourceError::Git {
         dir: top.to_owned(),
         args: args.to_owned(),
         message,
         retryable: false,
-    };
+    }
+}
+
+/// A blob of a committed tree: its mode, object and path.
+struct TreeEntry {
+    mode: String,
+    oid: String,
+    path: std::ffi::OsString,
+}
+
+/// The blobs of `treeish` (`ls-tree -r`), each path checked: no `..`, no absolute path, no
+/// `.git`.
+fn list_tree(
+    top: &Path,
+    treeish: &str,
+    cancel: &CancellationToken,
+) -> Result<Vec<TreeEntry>, SourceError> {
     let listing = Git::new(top, ["ls-tree", "-r", "-z", treeish]).output(cancel, false)?;
     // "<mode> <type> <object>\t<path>" records, NUL-terminated.
-    let mut entries: Vec<(String, String, std::ffi::OsString)> = Vec::new();
+    let mut entries = Vec::new();
     for rec in listing.split(|&b| b == 0).filter(|r| !r.is_empty()) {
         let tab = rec
             .iter()
             .position(|&b| b == b'\t')
-            .ok_or_else(|| git_err("ls-tree", "malformed output".into()))?;
+            .ok_or_else(|| git_error(top, "ls-tree", "malformed output".into()))?;
         let head = String::from_utf8_lossy(&rec[..tab]).into_owned();
         let mut parts = head.split(' ');
         let (mode, kind, oid) = (
@@ -398,170 +462,88 @@ fn extract_tree(
             .components()
             .any(|c| !matches!(c, std::path::Component::Normal(n) if n != ".git"));
         if bad {
-            return Err(git_err(
+            return Err(git_error(
+                top,
                 "ls-tree",
                 format!("refusing the path {:?} in the tree", Path::new(&path)),
             ));
         }
-        entries.push((mode.to_owned(), oid.to_owned(), path));
+        entries.push(TreeEntry {
+            mode: mode.to_owned(),
+            oid: oid.to_owned(),
+            path,
+        });
     }
-    let mut batch = Git::new(top, ["cat-file", "--batch"]).spawn_piped(cancel)?;
-    let mut stdin = batch
-        .stdin
-        .take()
-        .ok_or_else(|| git_err("cat-file --batch", "no stdin".into()))?;
-    let oids: Vec<String> = entries.iter().map(|e| e.1.clone()).collect();
-    let feeder = std::thread::spawn(move || {
-        for oid in oids {
-            if writeln!(stdin, "{oid}").is_err() {
-                break;
-            }
-        }
-    });
-    let stdout = batch
-        .stdout
-        .take()
-        .ok_or_else(|| git_err("cat-file --batch", "no stdout".into()))?;
-    let mut out = BufReader::new(stdout);
-    let result = (|| -> Result<(), SourceError> {
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source: std::io::Error| SourceError::Io { path, source }
-        };
-        for (mode, oid, rel) in &entries {
-            if cancel.is_cancelled() {
-                return Err(SourceError::Cancelled);
-            }
-            let mut header = String::new();
-            out.read_line(&mut header)
-                .map_err(|e| git_err("cat-file --batch", e.to_string()))?;
-            let size: u64 = header
-                .trim_end()
-                .strip_prefix(&format!("{oid} blob "))
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(|| {
-                    git_err(
-                        "cat-file --batch",
-                        format!("unexpected answer {:?} for {oid}", header.trim_end()),
-                    )
-                })?;
-            let target = dst.join(rel);
-            let parent = target.parent().unwrap_or(dst);
-            // No component on the way may be a symlink written earlier.
-            let mut at = dst.to_owned();
-            for c in Path::new(rel)
-                .parent()
-                .into_iter()
-                .flat_map(|p| p.components())
-            {
-                at.push(c);
-                if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
-                    return Err(git_err(
-                        "cat-file",
-                        format!("the tree writes through the symlink {:?}", at),
-                    ));
-                }
-            }
-            std::fs::create_dir_all(parent).map_err(io(parent))?;
-            let mut body = (&mut out).take(size);
-            if mode == "120000" {
-                let mut link = Vec::new();
-                body.read_to_end(&mut link).map_err(io(&target))?;
-                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&link), &target)
-                    .map_err(io(&target))?;
-            } else {
-                // A new file, never through a symlink: a crafted tree (a symlink, then a file of
-                // the same name) cannot write outside the directory.
-                use std::os::unix::fs::OpenOptionsExt;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&target)
-                    .map_err(io(&target))?;
-                std::io::copy(&mut body, &mut f).map_err(io(&target))?;
-                let perm = if mode == "100755" { 0o755 } else { 0o644 };
-                f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(perm))
-                    .map_err(io(&target))?;
-            }
-            let mut nl = [0u8; 1];
-            out.read_exact(&mut nl)
-                .map_err(|e| git_err("cat-file --batch", e.to_string()))?;
-        }
-        Ok(())
-    })();
-    // A read that failed because the watchdog killed git is a cancellation or a timeout.
-    let result = match (result, batch.interrupted()) {
-        (Err(_), Some(why)) => Err(why),
-        (r, _) => r,
-    };
-    drop(out);
-    let finished = batch.finish();
-    let _ = feeder.join();
-    result.and(finished)
+    Ok(entries)
 }
 
-/// GitHub remotes in any form become `https://github.com/<owner>/<repo>`; other URLs keep their
-/// form minus any credentials (`user:password@`) in their authority.
-pub fn normalize_remote(url: &str) -> String {
-    let url = url.trim();
-    let (scheme, rest) = match url.split_once("://") {
-        Some((s, r)) => (Some(s), r),
-        None => (None, url),
+/// Write one entry under `dst` from the next answer of `cat-file --batch`.
+fn write_entry(
+    top: &Path,
+    e: &TreeEntry,
+    out: &mut impl std::io::BufRead,
+    dst: &Path,
+) -> Result<(), SourceError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source: std::io::Error| SourceError::Io { path, source }
     };
-    // host and path, for URL forms and scp-like `user@host:path`
-    let (authority, path) = match scheme {
-        Some(_) => rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p)),
-        None => match rest.split_once(':') {
-            Some((a, p)) if !a.contains('/') => (a, p),
-            _ => return url.to_owned(),
-        },
-    };
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = host_port.split(':').next().unwrap_or(host_port);
-    if host.eq_ignore_ascii_case("github.com") || host.eq_ignore_ascii_case("www.github.com") {
-        let path = path.trim_matches('/');
-        let path = path.strip_suffix(".git").unwrap_or(path);
-        return format!("https://github.com/{path}");
-    }
-    match scheme {
-        Some(s) => format!("{s}://{host_port}/{path}"),
-        None => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn github_remotes_are_normalized() {
-        for u in [
-            "git@github.com:o/r.git",
-            "https://github.com/o/r.git",
-            "https://github.com/o/r",
-            "ssh://git@github.com/o/r.git",
-            "https://x-access-token:ghs_secret@github.com/o/r.git",
-            "git://github.com/o/r.git",
-        ] {
-            assert_eq!(normalize_remote(u), "https://github.com/o/r", "{u}");
+    let oid = &e.oid;
+    let mut header = String::new();
+    out.read_line(&mut header)
+        .map_err(|err| git_error(top, "cat-file --batch", err.to_string()))?;
+    let size: u64 = header
+        .trim_end()
+        .strip_prefix(&format!("{oid} blob "))
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| {
+            git_error(
+                top,
+                "cat-file --batch",
+                format!("unexpected answer {:?} for {oid}", header.trim_end()),
+            )
+        })?;
+    let target = dst.join(&e.path);
+    let parent = target.parent().unwrap_or(dst);
+    // No component on the way may be a symlink written earlier.
+    let mut at = dst.to_owned();
+    for c in Path::new(&e.path)
+        .parent()
+        .into_iter()
+        .flat_map(|p| p.components())
+    {
+        at.push(c);
+        if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(git_error(
+                top,
+                "cat-file",
+                format!("the tree writes through the symlink {:?}", at),
+            ));
         }
     }
-
-    #[test]
-    fn other_remotes_lose_credentials_only() {
-        assert_eq!(
-            normalize_remote("https://user:pw@git.example.com:8443/team/app.git"),
-            "https://git.example.com:8443/team/app.git"
-        );
-        assert_eq!(
-            normalize_remote("https://git.example.com/team/app"),
-            "https://git.example.com/team/app"
-        );
-        assert_eq!(
-            normalize_remote("git@gitlab.example.com:team/app.git"),
-            "git@gitlab.example.com:team/app.git"
-        );
-        assert_eq!(normalize_remote("/srv/git/app.git"), "/srv/git/app.git");
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let mut body = (&mut *out).take(size);
+    if e.mode == "120000" {
+        let mut link = Vec::new();
+        body.read_to_end(&mut link).map_err(io(&target))?;
+        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&link), &target)
+            .map_err(io(&target))?;
+    } else {
+        // A new file, never through a symlink: a crafted tree (a symlink, then a file of
+        // the same name) cannot write outside the directory.
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&target)
+            .map_err(io(&target))?;
+        std::io::copy(&mut body, &mut f).map_err(io(&target))?;
+        let perm = if e.mode == "100755" { 0o755 } else { 0o644 };
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(perm))
+            .map_err(io(&target))?;
     }
+    let mut nl = [0u8; 1];
+    out.read_exact(&mut nl)
+        .map_err(|err| git_error(top, "cat-file --batch", err.to_string()))
 }

@@ -2,8 +2,10 @@
 //! point at them, build records, heads and ETags for polling, webhook deliveries, and the
 //! commit-status outbox.
 //!
-//! Everything goes through the [`JobStore`] trait, so a farm can share one PostgreSQL where a
-//! single host keeps SQLite. The guarantees live in the database, not in the process:
+//! Everything goes through the [`JobStore`] trait (its sections, one trait each: [`Triggers`],
+//! [`Scheduling`], [`Records`], [`Retags`], [`Outbox`], [`Farm`], [`Reads`]), so a farm can
+//! share one PostgreSQL where a single host keeps SQLite. The SQL is written once
+//! (`sql/`, a file per section) for both engines. The guarantees live in the database, not in the process:
 //! - a job is keyed by (repo, commit, recipe) and inserting it again does nothing;
 //! - a claim gives the claimer a lease and a fencing token that grows on every claim, and
 //!   every write of a result checks that token, so a host that lost its lease records nothing;
@@ -73,7 +75,7 @@ pub struct NewJob {
     pub git_ref: String,
 }
 
-/// What [`JobStore::enqueue`] did.
+/// What [`Triggers::enqueue`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Enqueued {
     pub build_id: String,
@@ -132,6 +134,35 @@ pub struct ArtifactRow {
     pub provenance: Option<String>,
 }
 
+impl ArtifactRow {
+    /// The artifact as the pipeline knows it.
+    pub fn to_artifact(&self) -> crate::artifact::ArtifactResult {
+        crate::artifact::ArtifactResult {
+            name: self.name.clone(),
+            kind: self.kind.clone(),
+            digest: self.digest.clone(),
+            size: self.size,
+            media_type: self.media_type.clone(),
+            loaded_as: None,
+            pushed_to: Some(self.pushed_to.clone()),
+            provenance: self.provenance.clone(),
+        }
+    }
+
+    /// The record of an artifact the pipeline published.
+    pub fn of(a: &crate::artifact::ArtifactResult) -> ArtifactRow {
+        ArtifactRow {
+            name: a.name.clone(),
+            kind: a.kind.clone(),
+            digest: a.digest.clone(),
+            size: a.size,
+            media_type: a.media_type.clone(),
+            pushed_to: a.pushed_to.clone().unwrap_or_default(),
+            provenance: a.provenance.clone(),
+        }
+    }
+}
+
 /// How a job ended.
 #[derive(Clone, Debug)]
 pub struct Outcome {
@@ -144,7 +175,7 @@ pub struct Outcome {
     pub statuses: Vec<NewStatus>,
 }
 
-/// A commit status to send to GitHub (through the outbox).
+/// A commit status to send to the repository's forge (through the outbox).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewStatus {
     pub context: String,
@@ -287,11 +318,10 @@ impl StateError {
 
 pub type Result<T> = std::result::Result<T, StateError>;
 
-/// The daemon's state, wherever it lives.
+/// What triggers record: the jobs they find (once per repo, commit and recipe), the heads they
+/// saw, their conditional requests' ETags and the webhook deliveries they took.
 #[async_trait::async_trait]
-pub trait JobStore: Send + Sync {
-    // Triggers.
-
+pub trait Triggers: Send + Sync {
     /// Record that `job.git_ref` points at `job.commit` (the ref's head, in the same
     /// transaction): the job is inserted unless one exists for the same repo, commit and
     /// recipe (then only the ref is added to it).
@@ -303,13 +333,14 @@ pub trait JobStore: Send + Sync {
     /// A cached conditional GET: the ETag and the body it answered.
     async fn etag(&self, key: &str) -> Result<Option<(String, String)>>;
     async fn set_etag(&self, key: &str, etag: &str, body: &str) -> Result<()>;
-    /// Status contexts recorded for a job so far.
-    async fn status_contexts(&self, build_id: &str) -> Result<Vec<String>>;
     /// Record a webhook delivery id; false if it was seen before (a replay).
     async fn record_delivery(&self, id: &str) -> Result<bool>;
+}
 
-    // Scheduling.
-
+/// Claims and leases: a claim gives a lease and a fencing token that grows on every claim, and
+/// every write of a result checks it.
+#[async_trait::async_trait]
+pub trait Scheduling: Send + Sync {
     /// Claim the next runnable job for `host`: a queued one whose backoff has passed, or a
     /// running one whose lease expired. Fair across repos: a repo with fewer running jobs
     /// goes first. The fencing token grows on every claim.
@@ -334,9 +365,11 @@ pub trait JobStore: Send + Sync {
     /// and the finality of its statuses are cleared, its records and log are kept. False if
     /// it is not finished (or does not exist).
     async fn rebuild(&self, build_id: &str) -> Result<bool>;
+}
 
-    // Records.
-
+/// A running build's records (stages, steps, subject, log), fenced by its lease.
+#[async_trait::async_trait]
+pub trait Records: Send + Sync {
     async fn stage_started(&self, lease: &Lease, attempt: u32, name: &str) -> Result<()>;
     async fn stage_finished(
         &self,
@@ -358,29 +391,37 @@ pub trait JobStore: Send + Sync {
     /// stored runs: a few more may come).
     async fn log_lines(&self, build_id: &str, after: u64, limit: u32)
     -> Result<Vec<(u64, String)>>;
+}
 
-    // Tags of refs that arrived after their job finished.
-
+/// Tags of refs that arrived after their job finished.
+#[async_trait::async_trait]
+pub trait Retags: Send + Sync {
     async fn untagged_refs(&self, limit: u32) -> Result<Vec<UntaggedRef>>;
     async fn mark_tagged(&self, build_id: &str, git_ref: &str) -> Result<()>;
     /// Mark the ref untagged on the successful job of its current head, so its tags are moved
     /// (again) to that head.
     async fn untag_head(&self, repo: &str, recipe: &str, git_ref: &str) -> Result<()>;
+}
 
-    // Commit statuses (the outbox).
-
+/// Commit statuses: at most one terminal status per job and context, sent in order.
+#[async_trait::async_trait]
+pub trait Outbox: Send + Sync {
     /// Queue a non-terminal status (pending), fenced by the lease, in one statement.
     async fn add_status(&self, lease: &Lease, status: &NewStatus) -> Result<bool>;
+    /// Status contexts recorded for a job so far.
+    async fn status_contexts(&self, build_id: &str) -> Result<Vec<String>>;
     /// Claim up to `limit` unsent statuses, oldest first, for `ttl`: for each job and context
-    /// only the oldest unsent one, so GitHub sees them in the order they were recorded (a
+    /// only the oldest unsent one, so the forge sees them in the order they were recorded (a
     /// pending that failed to send never lands after the terminal status).
     async fn claim_statuses(&self, host: &str, ttl: Duration, limit: u32)
     -> Result<Vec<StatusRow>>;
     /// Record a send: done, or failed and to be tried again after `retry_in`.
     async fn status_sent(&self, id: i64, ok: bool, retry_in: Duration) -> Result<()>;
+}
 
-    // The farm.
-
+/// The hosts of a farm: heartbeats, roles, and the clock the state's times use.
+#[async_trait::async_trait]
+pub trait Farm: Send + Sync {
     /// Record that `host` is alive, the version it runs, when it started and how many jobs
     /// it runs now.
     async fn heartbeat(
@@ -394,7 +435,7 @@ pub trait JobStore: Send + Sync {
     /// Record a clean stop.
     async fn host_stopped(&self, host: &str) -> Result<()>;
     async fn hosts(&self) -> Result<Vec<HostRow>>;
-    /// Take `role` (say, the GitHub poller) or keep it, for `ttl`: true while `host` holds
+    /// Take `role` (say, the poller) or keep it, for `ttl`: true while `host` holds
     /// it. Another host can take it only once the holder's lease ran out.
     async fn lead(&self, role: &str, host: &str, ttl: Duration) -> Result<bool>;
     /// Give `role` up at once (a clean stop), if `host` holds it.
@@ -402,9 +443,11 @@ pub trait JobStore: Send + Sync {
     /// Now, in Unix milliseconds, on the clock the state's times use (the database's, for a
     /// farm): compare stored times with this, not with the host's clock.
     fn clock_ms(&self) -> i64;
+}
 
-    // Reads.
-
+/// What the API, the dashboard and the badges read.
+#[async_trait::async_trait]
+pub trait Reads: Send + Sync {
     async fn builds(&self, q: &BuildQuery) -> Result<Vec<BuildRow>>;
     async fn build(&self, id: &str) -> Result<Option<BuildDetail>>;
     async fn artifacts(&self, build_id: &str) -> Result<Vec<ArtifactRow>>;
@@ -419,6 +462,16 @@ pub trait JobStore: Send + Sync {
     async fn queue_depth(&self) -> Result<u64>;
     /// A consistency check of the database file, where the engine has one ("ok" when fine).
     async fn integrity_check(&self) -> Result<String>;
+}
+
+/// The daemon's state, wherever it lives: every section of it, behind one object.
+pub trait JobStore: Triggers + Scheduling + Records + Retags + Outbox + Farm + Reads {}
+
+impl<T: Triggers + Scheduling + Records + Retags + Outbox + Farm + Reads> JobStore for T {}
+
+/// The state's traits, to call a [`JobStore`]'s methods: `use crate::state::prelude::*`.
+pub mod prelude {
+    pub use super::{Farm, JobStore, Outbox, Reads, Records, Retags, Scheduling, Triggers};
 }
 
 /// Unix milliseconds now.

@@ -1,8 +1,10 @@
-//! Where blobs, manifests and tags go.
+//! Local content: blobs, manifests, tags and referrers in an OCI image layout.
 //!
 //! The packer only needs a [`BlobSink`]: somewhere to stream a blob that reports its digest
-//! on commit. A [`ContentStore`] adds tags and reads. The local OCI image layout ([`OciLayout`]) is
-//! kiln's default store; a registry publisher plugs in behind the same traits.
+//! on commit. A [`ContentStore`] adds tags and reads. The local OCI image layout
+//! ([`OciLayout`]) is the one store: every build writes there first. Publishing elsewhere (a
+//! directory of layouts, a registry) is a separate step behind its own trait,
+//! [`publish::Target`](crate::publish::Target), which reads from a store.
 
 mod layout;
 mod referrers;

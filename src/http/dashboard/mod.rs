@@ -1,23 +1,22 @@
-//! The dashboard: the farm's recent builds, a build's page with its live log, and the admin
-//! actions (rebuild, cancel). Rendered on the server with `maud` (checked at compile time,
-//! every interpolation escaped); one stylesheet and one script, embedded in the binary and
-//! served from here, so the page works on an air-gapped host and its Content-Security-Policy
-//! allows no inline script at all.
+//! The dashboard: the farm's recent builds, and a build's page with its log, live through
+//! `live.rs` (the admin actions its buttons call are in the API). Rendered on the server with
+//! `maud` (checked at compile time, every interpolation escaped); one stylesheet and one
+//! script, embedded in the binary and served from here, so the page works on an air-gapped
+//! host and its Content-Security-Policy allows no inline script at all.
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
+mod live;
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
-use serde_json::json;
 
-use super::{error, host_state};
+pub use live::{MAX_LIVE_LOGS, events};
+
+use super::{App, host_state};
 use crate::daemon::Daemon;
 use crate::state::{ArtifactRow, BuildDetail, BuildQuery, BuildRow, BuildState, HostRow};
 
@@ -25,10 +24,6 @@ use crate::state::{ArtifactRow, BuildDetail, BuildQuery, BuildRow, BuildState, H
 const PAGE: u32 = 50;
 /// Log lines a build page holds (the latest ones); the full log is at `/builds/{id}/log`.
 const PAGE_LINES: u32 = 5_000;
-/// Live logs streamed at once by one daemon; one more is refused (503) until one ends.
-pub const MAX_LIVE_LOGS: usize = 256;
-/// How often a live log looks for new lines.
-const FOLLOW_EVERY: Duration = Duration::from_millis(400);
 
 const CSS: &str = include_str!("assets/kiln.css");
 const JS: &str = include_str!("assets/kiln.js");
@@ -152,20 +147,9 @@ fn ref_label(r: &str) -> String {
     }
 }
 
-/// The web address of a GitHub commit: `https://github.com/...` for `api.github.com`,
-/// the host's own for GitHub Enterprise (`https://HOST/api/v3`). None for a local path.
+/// The web page of a commit, as its repository's forge has it (none for a local path).
 pub fn commit_url(d: &Daemon, repo: &str, commit: &str) -> Option<String> {
-    if repo.starts_with('/') || !repo.contains('/') {
-        return None;
-    }
-    let cfg = d.config();
-    let api = cfg.github.as_ref()?.api_url.trim_end_matches('/');
-    let web = if api == "https://api.github.com" {
-        "https://github.com".to_owned()
-    } else {
-        api.strip_suffix("/api/v3").unwrap_or(api).to_owned()
-    };
-    Some(format!("{web}/{repo}/commit/{commit}"))
+    d.forge_of(repo)?.commit_url(repo, commit)
 }
 
 fn state_label(s: BuildState) -> Markup {
@@ -198,14 +182,15 @@ pub struct IndexQuery {
 }
 
 /// `GET /`: the farm's recent builds, newest first, with the queue and the hosts.
-pub async fn index(State(d): State<Arc<Daemon>>, Query(q): Query<IndexQuery>) -> Response {
+pub async fn index(State(app): State<Arc<App>>, Query(q): Query<IndexQuery>) -> Response {
+    let d = &app.d;
     let state = match q.state.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => match BuildState::parse(s) {
             Some(s) => Some(s),
             None => {
                 return error_page(
-                    &d,
+                    d,
                     StatusCode::BAD_REQUEST,
                     &format!(
                         "unknown state {s:?}: queued, running, success, failure, error or cancelled"
@@ -227,7 +212,7 @@ pub async fn index(State(d): State<Arc<Daemon>>, Query(q): Query<IndexQuery>) ->
         d.store.hosts()
     ) {
         Ok(x) => x,
-        Err(e) => return error_page(&d, StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e) => return error_page(d, StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     };
     let more = builds.len() > PAGE as usize;
     let builds = &builds[..builds.len().min(PAGE as usize)];
@@ -246,7 +231,7 @@ pub async fn index(State(d): State<Arc<Daemon>>, Query(q): Query<IndexQuery>) ->
         format!("/?{}", u.finish())
     });
     let body = html! {
-        (farm_panel(&d, depth, &hosts, now))
+        (farm_panel(d, depth, &hosts, now))
         form.filters method="get" action="/" {
             label { "Repository "
                 select name="repo" {
@@ -271,11 +256,11 @@ pub async fn index(State(d): State<Arc<Daemon>>, Query(q): Query<IndexQuery>) ->
             @if repo.is_some() || state.is_some() { a href="/" { "clear" } }
         }
         section #list {
-            (build_table(&d, builds, now))
+            (build_table(d, builds, now))
             @if let Some(u) = older { p.pager { a #older href=(u) { "Older builds →" } } }
         }
     };
-    page_response(StatusCode::OK, layout(&d, "builds", body))
+    page_response(StatusCode::OK, layout(d, "builds", body))
 }
 
 fn farm_panel(d: &Daemon, depth: u64, hosts: &[HostRow], now: i64) -> Markup {
@@ -348,20 +333,21 @@ fn build_table(d: &Daemon, builds: &[BuildRow], now: i64) -> Markup {
 
 /// `GET /builds/{id}`: one build: stages, steps, artifacts, the verify result and the log
 /// (the latest lines, then live through `/builds/{id}/events` while it runs).
-pub async fn build_page(State(d): State<Arc<Daemon>>, Path(id): Path<String>) -> Response {
+pub async fn build_page(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    let d = &app.d;
     let x = match d.store.build(&id).await {
         Ok(Some(x)) => x,
-        Ok(None) => return error_page(&d, StatusCode::NOT_FOUND, &format!("no build {id}")),
-        Err(e) => return error_page(&d, StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Ok(None) => return error_page(d, StatusCode::NOT_FOUND, &format!("no build {id}")),
+        Err(e) => return error_page(d, StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     };
     let end = match d.store.log_end(&id).await {
         Ok(e) => e,
-        Err(e) => return error_page(&d, StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e) => return error_page(d, StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     };
     let skipped = end.saturating_sub(1).saturating_sub(u64::from(PAGE_LINES));
     let lines = match d.store.log_lines(&id, skipped, PAGE_LINES).await {
         Ok(l) => l,
-        Err(e) => return error_page(&d, StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e) => return error_page(d, StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     };
     let shown_to = lines.last().map_or(skipped, |(n, _)| *n);
     let now = d.store.clock_ms();
@@ -379,7 +365,7 @@ pub async fn build_page(State(d): State<Arc<Daemon>>, Path(id): Path<String>) ->
         dl.facts {
             dt { "Build" } dd { code { (b.id) } }
             dt { "Commit" } dd { code {
-                @match commit_url(&d, &b.repo, &b.commit) {
+                @match commit_url(d, &b.repo, &b.commit) {
                     Some(u) => a href=(u) { (b.commit) },
                     None => (b.commit),
                 }
@@ -408,7 +394,7 @@ pub async fn build_page(State(d): State<Arc<Daemon>>, Path(id): Path<String>) ->
             @for (n, line) in &lines { span.line data-n=(n) { (line) } }
         }
     };
-    page_response(StatusCode::OK, layout(&d, &title, body))
+    page_response(StatusCode::OK, layout(d, &title, body))
 }
 
 fn actions(b: &BuildRow, admin: bool) -> Markup {
@@ -491,7 +477,7 @@ fn artifacts_table(x: &BuildDetail) -> Markup {
                             @if b.state == BuildState::Success {
                                 @let repo = a.pushed_to.rsplit_once('@').map_or(a.pushed_to.as_str(), |(r, _)| r);
                                 div.muted.tags { "tags: "
-                                    @for t in crate::daemon::worker::tags_for(&b.commit, &x.refs.iter().map(|r| (r.clone(), true)).collect::<Vec<_>>()) {
+                                    @for t in crate::daemon::tags::tags_for(&b.commit, &x.refs.iter().map(|r| (r.clone(), true)).collect::<Vec<_>>()) {
                                         code { (repo) ":" (t) } " "
                                     }
                                 }
@@ -510,7 +496,7 @@ fn provenance(b: &BuildRow, a: &ArtifactRow) -> Markup {
     html! {
         @match &a.provenance {
             Some(p) => {
-                "SLSA v1 (" code { (crate::provenance::PREDICATE_TYPE) } "), a referrer of the artifact: "
+                "SLSA v1 (" code { (crate::attest::provenance::PREDICATE_TYPE) } "), a referrer of the artifact: "
                 (digest_with_copy(p, false))
                 br;
                 span.muted { "built from " (b.repo) " at " code { (crate::text::short(&b.commit)) } " with " code { (b.recipe) } }
@@ -545,246 +531,6 @@ fn size(n: u64) -> String {
         1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
         _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
     }
-}
-
-#[derive(Deserialize)]
-pub struct EventsQuery {
-    after: Option<u64>,
-}
-
-/// `GET /builds/{id}/events`: the log as Server-Sent Events, one per line, its `id` the
-/// line's number and its data the line as a JSON string (so empty lines and any text
-/// survive); a `state` event when the build's state changes; an `end` event once the build
-/// finished and every line was sent. Starts after `Last-Event-ID` (a reconnect) or `?after=`.
-pub async fn events(
-    State(d): State<Arc<Daemon>>,
-    Path(id): Path<String>,
-    Query(q): Query<EventsQuery>,
-    headers: HeaderMap,
-) -> Response {
-    // The cap first: a refusal costs no read of the state.
-    let Ok(permit) = d.live_logs.clone().try_acquire_owned() else {
-        let mut r = error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{MAX_LIVE_LOGS} live logs are open already; try again later"),
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
-        return r;
-    };
-    if let Some(r) = super::no_such_build(&d, &id).await {
-        return r;
-    }
-    let resume = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let after = resume.or(q.after).unwrap_or(0);
-    let follow = Follow {
-        d,
-        id,
-        after,
-        queue: VecDeque::from([Event::default().retry(Duration::from_millis(1000))]),
-        state: None,
-        done: false,
-        _permit: permit,
-    };
-    let stream = futures_util::stream::unfold(follow, |mut f| async move {
-        let e = f.next().await?;
-        Some((Ok::<_, Infallible>(e), f))
-    });
-    let mut r = Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response();
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
-}
-
-/// A live log's position.
-struct Follow {
-    d: Arc<Daemon>,
-    id: String,
-    after: u64,
-    queue: VecDeque<Event>,
-    state: Option<BuildState>,
-    done: bool,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl Follow {
-    /// One read of the state per tick while nothing happens: the build's state and how far
-    /// its log goes, together; lines are read only when there are new ones.
-    async fn next(&mut self) -> Option<Event> {
-        loop {
-            if let Some(e) = self.queue.pop_front() {
-                return Some(e);
-            }
-            if self.done || self.d.http_stop.is_cancelled() {
-                return None;
-            }
-            let (state, end) = match self.d.store.progress(&self.id).await {
-                Ok(Some(p)) => p,
-                Ok(None) => return None,
-                Err(_) => {
-                    self.pause().await;
-                    continue;
-                }
-            };
-            // Lines first (up to the end read with the state), then the state.
-            if end > self.after + 1 {
-                if !matches!(self.read_lines().await, Ok(true)) {
-                    self.pause().await;
-                }
-                continue;
-            }
-            if self.state != Some(state) {
-                self.state = Some(state);
-                self.queue
-                    .push_back(Event::default().event("state").data(state.as_str()));
-            }
-            if state.is_terminal() {
-                // Lines are stored before the end is recorded, and `end` was read with the
-                // final state: every line has been sent.
-                self.queue
-                    .push_back(Event::default().event("end").data(state.as_str()));
-                self.done = true;
-                continue;
-            }
-            if self.queue.is_empty() {
-                self.pause().await;
-            }
-        }
-    }
-
-    /// Wait a little, or until the server stops.
-    async fn pause(&self) {
-        tokio::select! {
-            _ = tokio::time::sleep(FOLLOW_EVERY) => {}
-            _ = self.d.http_stop.cancelled() => {}
-        }
-    }
-
-    /// Queue the lines after `self.after`: whether there were any.
-    async fn read_lines(&mut self) -> Result<bool, ()> {
-        let lines = self
-            .d
-            .store
-            .log_lines(&self.id, self.after, 1000)
-            .await
-            .map_err(|_| ())?;
-        let any = !lines.is_empty();
-        for (n, line) in lines {
-            self.after = n;
-            let data = serde_json::to_string(&line).unwrap_or_default();
-            self.queue
-                .push_back(Event::default().id(n.to_string()).data(data));
-        }
-        Ok(any)
-    }
-}
-
-/// The admin token check: actions are off without `admin_token_file`, and need the token as
-/// a bearer token with it (compared in constant time). The refusal, if any.
-fn unauthorized(d: &Daemon, headers: &HeaderMap) -> Option<Response> {
-    let cfg = d.config();
-    let Some(token) = cfg.admin_token.as_ref() else {
-        return Some(error(
-            StatusCode::FORBIDDEN,
-            "actions are off: set admin_token_file in the daemon's config",
-        ));
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map_or("", |(_, t)| t.trim());
-    use sha2::Digest;
-    let (a, b) = (
-        sha2::Sha256::digest(given.as_bytes()),
-        sha2::Sha256::digest(token.expose().as_bytes()),
-    );
-    let same = a
-        .iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0;
-    if given.is_empty() || !same {
-        let mut r = error(
-            StatusCode::UNAUTHORIZED,
-            "this action needs the admin token as a bearer token",
-        );
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"kiln\""),
-        );
-        return Some(r);
-    }
-    None
-}
-
-/// The answer to an action: 202 when the store did it; else why not: no such build (404) or
-/// the wrong state for it (409).
-async fn answer(
-    d: &Daemon,
-    id: &str,
-    verb: &str,
-    done: crate::state::Result<bool>,
-    refusal: &str,
-) -> Response {
-    match done {
-        Ok(true) => {
-            tracing::info!(build = %id, "{verb} requested through the API");
-            (
-                StatusCode::ACCEPTED,
-                axum::Json(json!({"ok": true, "id": id})),
-            )
-                .into_response()
-        }
-        Ok(false) => match d.store.build_state(id).await {
-            Ok(Some(state)) => error(
-                StatusCode::CONFLICT,
-                format!("build {id} is {}: {refusal}", state.as_str()),
-            ),
-            Ok(None) => error(StatusCode::NOT_FOUND, format!("no build {id}")),
-            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        },
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    }
-}
-
-/// `POST /api/builds/{id}/cancel`: a queued build is cancelled at once; a running one is
-/// stopped by the host running it (at its next lease renewal).
-pub async fn cancel(
-    State(d): State<Arc<Daemon>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(r) = unauthorized(&d, &headers) {
-        return r;
-    }
-    let done = d.store.cancel(&id).await;
-    let refusal = "only a queued or running build can be cancelled";
-    answer(&d, &id, "cancel", done, refusal).await
-}
-
-/// `POST /api/builds/{id}/rebuild`: a finished build runs again (same id, a new attempt;
-/// its steps run again and its artifacts are published again when it succeeds).
-pub async fn rebuild(
-    State(d): State<Arc<Daemon>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(r) = unauthorized(&d, &headers) {
-        return r;
-    }
-    let done = d.store.rebuild(&id).await;
-    if matches!(done, Ok(true)) {
-        d.wake_scheduler.notify_one();
-    }
-    let refusal = "only a finished build can be rebuilt";
-    answer(&d, &id, "rebuild", done, refusal).await
 }
 
 /// The favicon: none (an empty answer rather than a 404 in every log).

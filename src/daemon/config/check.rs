@@ -1,5 +1,4 @@
-//! The daemon config (`/etc/kiln/kiln.toml`), checked the way recipes are: every problem is
-//! reported with its line and key, unknown keys included, before anything starts.
+//! Checking a daemon config: every problem with its line and key.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -7,168 +6,11 @@ use std::time::Duration;
 
 use toml::de::{DeTable, DeValue};
 
-use crate::check::{CheckError, Checker, type_name};
+use super::{Config, DB_PASSWORD_ENV, Database, Registry, Repo, RepoSource, Verify, hostname};
+use crate::check::{Checker, type_name};
+use crate::forge::github;
 use crate::recipe::{normalize_rel, parse_duration};
 use crate::secret::Secret;
-
-/// The default config path.
-pub const DEFAULT_PATH: &str = "/etc/kiln/kiln.toml";
-/// Where the GitHub token comes from when `token_file` is not set.
-pub const TOKEN_ENV: &str = "KILN_GITHUB_TOKEN";
-
-/// A checked daemon config.
-#[derive(Clone, Debug)]
-pub struct Config {
-    /// The state database, git mirrors, logs and the local layouts.
-    pub state_dir: PathBuf,
-    /// HTTP: health, metrics, API, webhook.
-    pub listen: SocketAddr,
-    /// Builds at once on this host.
-    pub concurrency: usize,
-    /// This host's name in the farm: recorded on every build, labels its containers.
-    pub host_id: String,
-    /// The dashboard's public address, for `target_url` in commit statuses.
-    pub public_url: Option<String>,
-    /// How long a running build may finish after SIGTERM before it is cancelled.
-    pub shutdown_grace: Duration,
-    /// How long a claimed job is held without renewal (renewed every third of it).
-    pub lease: Duration,
-    /// Reproducibility checks, unless a `[[repo]]` says otherwise.
-    pub verify: Verify,
-    /// `[limits]`: what a build may use (network per repo: `allow_network`).
-    pub limits: crate::runner::Limits,
-    /// Where the state lives: SQLite in `state_dir`, or the farm's PostgreSQL.
-    pub database: Database,
-    /// `admin_token_file`: the bearer token the dashboard's actions (rebuild, cancel)
-    /// require; without it they are off and the dashboard is read-only.
-    pub admin_token: Option<Secret>,
-    pub github: Option<GitHub>,
-    pub registry: Option<Registry>,
-    pub repos: Vec<Repo>,
-}
-
-/// The state's engine.
-#[derive(Clone, Debug)]
-pub enum Database {
-    /// `state_dir/state.db`: one host.
-    Sqlite,
-    /// A PostgreSQL shared by the hosts of a farm. The password comes from
-    /// `database_password_file`, else `$PGPASSWORD`, else the URL.
-    Postgres {
-        url: String,
-        password: Option<Secret>,
-    },
-}
-
-/// Where the database password comes from when `database_password_file` is not set.
-pub const DB_PASSWORD_ENV: &str = "PGPASSWORD";
-
-/// When the daemon builds a commit twice to check that it is reproducible.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Verify {
-    Never,
-    Always,
-    /// This fraction of builds, chosen at random.
-    Sample(f64),
-}
-
-impl Verify {
-    /// Whether this build is checked.
-    pub fn pick(self) -> bool {
-        match self {
-            Verify::Never => false,
-            Verify::Always => true,
-            Verify::Sample(f) => (crate::retry::random_u64() % 1_000_000) as f64 / 1_000_000.0 < f,
-        }
-    }
-}
-
-/// `[github]`.
-#[derive(Clone, Debug)]
-pub struct GitHub {
-    /// `https://api.github.com`, or `https://HOST/api/v3` for GitHub Enterprise.
-    pub api_url: String,
-    pub token: Option<Secret>,
-    /// Where the token came from, for messages (never the token itself).
-    pub token_source: Option<String>,
-    pub poll_interval: Duration,
-    /// Enables `POST /hooks/github`.
-    pub webhook_secret: Option<Secret>,
-}
-
-/// `[registry]`: where artifacts go (`<url>/<artifact name>`).
-#[derive(Clone, Debug)]
-pub struct Registry {
-    pub url: String,
-    pub ca_file: Option<PathBuf>,
-    pub insecure: bool,
-}
-
-/// Where a watched repository lives.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RepoSource {
-    /// `owner/name` on GitHub.
-    GitHub { owner: String, name: String },
-    /// A local repository (bare or not), watched on disk.
-    Path(PathBuf),
-}
-
-/// `[[repo]]`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Repo {
-    pub source: RepoSource,
-    pub branches: Vec<String>,
-    /// Also build new tags matching this glob.
-    pub tags: Option<String>,
-    /// The directory to build, relative to the repository root (`""` for the root).
-    pub dir: String,
-    /// A recipe kept outside the repository.
-    pub recipe_file: Option<PathBuf>,
-    /// This repository's reproducibility checks (else the global `verify`).
-    pub verify: Option<Verify>,
-    /// Honour its recipe's `network = true` (else such a build fails at once).
-    pub allow_network: bool,
-}
-
-impl Repo {
-    /// The repository's name in the state and the API: `owner/name` or the path.
-    pub fn name(&self) -> String {
-        match &self.source {
-            RepoSource::GitHub { owner, name } => format!("{owner}/{name}"),
-            RepoSource::Path(p) => p.display().to_string(),
-        }
-    }
-
-    /// The recipe's key in the state: its path in the repository, or the outside file.
-    pub fn recipe_key(&self) -> String {
-        match &self.recipe_file {
-            Some(f) => f.display().to_string(),
-            None if self.dir.is_empty() => "kiln.toml".to_owned(),
-            None => format!("{}/kiln.toml", self.dir),
-        }
-    }
-}
-
-impl Config {
-    /// Read and check a config file.
-    pub fn load(path: &Path) -> Result<Config, CheckError> {
-        crate::check::load(path, |c, doc| c.config(doc))
-    }
-
-    /// Check config bytes; `path` is only for messages.
-    pub fn parse(bytes: &[u8], path: &Path) -> Result<Config, CheckError> {
-        crate::check::check(bytes, path, |c, doc| c.config(doc))
-    }
-}
-
-/// This machine's hostname, the default `host_id`.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
-}
 
 fn valid_host_id(s: &str) -> bool {
     !s.is_empty()
@@ -216,7 +58,7 @@ fn read_secret(path: &Path) -> Result<Secret, String> {
 }
 
 impl Checker<'_> {
-    fn config(&mut self, doc: &DeTable) -> Option<Config> {
+    pub(super) fn config(&mut self, doc: &DeTable) -> Option<Config> {
         self.unknown_keys(
             doc,
             "",
@@ -306,6 +148,28 @@ impl Checker<'_> {
         let registry = self
             .table(doc, "registry")
             .and_then(|(t, at)| self.registry(t, at));
+        let repos = self.repos(doc, github.is_some());
+        Some(Config {
+            state_dir,
+            listen,
+            concurrency,
+            host_id,
+            public_url,
+            shutdown_grace,
+            lease,
+            verify,
+            limits,
+            database,
+            admin_token,
+            github,
+            registry,
+            repos,
+        })
+    }
+
+    /// `[[repo]]`: every table checked, then across them: a GitHub repository needs the
+    /// `[github]` section, and no repository is watched twice with one recipe.
+    fn repos(&mut self, doc: &DeTable, github: bool) -> Vec<Repo> {
         let mut repos = Vec::new();
         match self.get(doc, "repo") {
             Some(v) => match v.get_ref() {
@@ -337,7 +201,7 @@ impl Checker<'_> {
             ),
         }
         for (i, (r, at)) in repos.iter().enumerate() {
-            if matches!(r.source, RepoSource::GitHub { .. }) && github.is_none() {
+            if matches!(r.source, RepoSource::GitHub { .. }) && !github {
                 self.problem(
                     *at,
                     &format!("repo[{i}].github"),
@@ -359,22 +223,7 @@ impl Checker<'_> {
                 );
             }
         }
-        Some(Config {
-            state_dir,
-            listen,
-            concurrency,
-            host_id,
-            public_url,
-            shutdown_grace,
-            lease,
-            verify,
-            limits,
-            database,
-            admin_token,
-            github,
-            registry,
-            repos: repos.into_iter().map(|(r, _)| r).collect(),
-        })
+        repos.into_iter().map(|(r, _)| r).collect()
     }
 
     fn table<'a, 'b>(
@@ -588,7 +437,7 @@ impl Checker<'_> {
         }
     }
 
-    fn github(&mut self, t: &DeTable) -> GitHub {
+    fn github(&mut self, t: &DeTable) -> github::Settings {
         self.unknown_keys(
             t,
             "github",
@@ -600,7 +449,7 @@ impl Checker<'_> {
             ],
         );
         let api_url = match self.string(t, "github", "api_url") {
-            None => "https://api.github.com".to_owned(),
+            None => github::API_URL.to_owned(),
             Some((s, at)) => {
                 let lower = s.to_ascii_lowercase();
                 if !(lower.starts_with("http://") || lower.starts_with("https://")) {
@@ -617,10 +466,11 @@ impl Checker<'_> {
                     (None, None)
                 }
             },
-            None => match std::env::var(TOKEN_ENV) {
-                Ok(v) if !v.trim().is_empty() => {
-                    (Some(Secret::new(v.trim())), Some(format!("${TOKEN_ENV}")))
-                }
+            None => match std::env::var(github::TOKEN_ENV) {
+                Ok(v) if !v.trim().is_empty() => (
+                    Some(Secret::new(v.trim())),
+                    Some(format!("${}", github::TOKEN_ENV)),
+                ),
                 _ => (None, None),
             },
         };
@@ -636,7 +486,7 @@ impl Checker<'_> {
                 }
             },
         );
-        GitHub {
+        github::Settings {
             api_url,
             token,
             token_source,
@@ -800,16 +650,11 @@ impl Checker<'_> {
     }
 }
 
-/// Whether `tag` matches the repo's `tags` glob.
-pub fn tag_matches(glob: &str, tag: &str) -> bool {
-    globset::Glob::new(glob)
-        .map(|g| g.compile_matcher().is_match(tag))
-        .unwrap_or(false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::check::CheckError;
+    use crate::daemon::config::tag_matches;
 
     fn parse(s: &str) -> Result<Config, CheckError> {
         Config::parse(s.as_bytes(), Path::new("kiln.toml"))

@@ -1,11 +1,19 @@
-//! Prometheus metrics, all prefixed `kiln_`, served at `GET /metrics`.
+//! Prometheus metrics, all prefixed `kiln_`, served at `GET /metrics`. The daemon's own are
+//! here; a part with metrics of its own (a forge's API requests) registers them through
+//! [`Metrics::part`].
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::{Registry, Unit};
+pub use prometheus_client::registry::{Registry, Unit};
+
+use crate::sync::lock;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -19,7 +27,9 @@ pub struct StatusLabel {
 
 /// Every metric the daemon keeps.
 pub struct Metrics {
-    registry: Registry,
+    registry: Mutex<Registry>,
+    /// The metrics parts registered for themselves, by their type.
+    parts: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
     /// `kiln_builds_total{result}`: finished builds by result.
     pub builds: Family<ResultLabel, Counter>,
     /// `kiln_build_duration_seconds{result}`: from start to end of a build.
@@ -28,11 +38,6 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     /// `kiln_builds_running`: builds running on this host.
     pub running: Gauge,
-    /// `kiln_github_requests_total{status}`: GitHub API answers by HTTP status (`error`
-    /// when none came).
-    pub github_requests: Family<StatusLabel, Counter>,
-    /// `kiln_github_rate_limit_remaining`: as GitHub last reported it.
-    pub rate_limit_remaining: Gauge,
     /// `kiln_pushed_bytes_total`: blob bytes uploaded to registries.
     pub pushed_bytes: Counter,
     /// `kiln_webhook_deliveries_total{result}`: accepted, replayed, rejected, ignored.
@@ -73,19 +78,6 @@ impl Metrics {
             "Builds running on this host",
             running.clone(),
         );
-        let github_requests = Family::<StatusLabel, Counter>::default();
-        registry.register(
-            "github_requests",
-            "GitHub API requests, by HTTP status",
-            github_requests.clone(),
-        );
-        let rate_limit_remaining = Gauge::default();
-        rate_limit_remaining.set(-1);
-        registry.register(
-            "github_rate_limit_remaining",
-            "GitHub's x-ratelimit-remaining as last seen (-1 until GitHub reported it)",
-            rate_limit_remaining.clone(),
-        );
         let pushed_bytes = Counter::default();
         registry.register(
             "pushed_bytes",
@@ -95,13 +87,13 @@ impl Metrics {
         let webhooks = Family::<StatusLabel, Counter>::default();
         registry.register(
             "webhook_deliveries",
-            "GitHub webhook deliveries, by what became of them",
+            "Webhook deliveries, by what became of them",
             webhooks.clone(),
         );
         let statuses = Family::<ResultLabel, Counter>::default();
         registry.register(
             "commit_statuses",
-            "Commit statuses sent to GitHub, by result",
+            "Commit statuses sent to forges, by result",
             statuses.clone(),
         );
         let unreproducible = Counter::default();
@@ -117,15 +109,14 @@ impl Metrics {
             verified.clone(),
         );
         Metrics {
-            registry,
+            registry: Mutex::new(registry),
+            parts: Mutex::new(HashMap::new()),
             unreproducible,
             verified,
             builds,
             build_duration,
             queue_depth,
             running,
-            github_requests,
-            rate_limit_remaining,
             pushed_bytes,
             webhooks,
             statuses,
@@ -136,8 +127,22 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &lock(&self.registry));
         out
+    }
+
+    /// A part's own metrics: registered by `register` the first time they are asked for,
+    /// shared after (a part made anew, say on a config reload, keeps counting in them).
+    pub fn part<T: Any + Send + Sync>(&self, register: impl FnOnce(&mut Registry) -> T) -> Arc<T> {
+        let mut parts = lock(&self.parts);
+        if let Some(p) = parts.get(&TypeId::of::<T>())
+            && let Ok(p) = p.clone().downcast::<T>()
+        {
+            return p;
+        }
+        let p = Arc::new(register(&mut lock(&self.registry)));
+        parts.insert(TypeId::of::<T>(), p.clone());
+        p
     }
 
     pub fn label(s: &str) -> ResultLabel {

@@ -17,11 +17,14 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, ETAG, HeaderMap, IF_NONE_MATCH};
 use serde::Deserialize;
 use sha2::Digest as _;
 
-use super::metrics::Metrics;
+use super::Metrics;
+use crate::forge::{ForgeError, PostedStatus};
 use crate::secret::Secret;
-use crate::state::{JobStore, NewStatus, StateError};
+use crate::state::{JobStore, NewStatus};
 use crate::text::truncate;
 
+/// How this forge names itself in errors.
+const FORGE: &str = "GitHub";
 /// Accept header for the cheapest head check: the bare SHA.
 pub const ACCEPT_SHA: &str = "application/vnd.github.sha";
 const ACCEPT_JSON: &str = "application/vnd.github+json";
@@ -29,37 +32,6 @@ const ACCEPT_JSON: &str = "application/vnd.github+json";
 const MUTATION_SPACING: Duration = Duration::from_secs(1);
 /// A secondary rate limit without `retry-after`: GitHub asks for at least a minute.
 const SECONDARY_WAIT: Duration = Duration::from_secs(60);
-
-/// Why a GitHub request failed.
-#[derive(Debug, thiserror::Error)]
-pub enum GitHubError {
-    #[error("GitHub rate limit: waiting until {} s from now", until.saturating_duration_since(Instant::now()).as_secs())]
-    RateLimited { until: Instant },
-    #[error("GitHub {what}: HTTP {status}: {message}")]
-    Http {
-        what: String,
-        status: u16,
-        message: String,
-    },
-    #[error("GitHub {what}: {message}")]
-    Network { what: String, message: String },
-    #[error("GitHub {what}: unexpected answer: {message}")]
-    Malformed { what: String, message: String },
-    #[error(transparent)]
-    State(#[from] StateError),
-}
-
-impl GitHubError {
-    /// Whether trying again later could help.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            GitHubError::RateLimited { .. } | GitHubError::Network { .. } => true,
-            GitHubError::Http { status, .. } => *status >= 500 || *status == 408,
-            GitHubError::Malformed { .. } => false,
-            GitHubError::State(e) => e.is_retryable(),
-        }
-    }
-}
 
 /// The tags in a `GET /repos/{o}/{r}/tags` answer, as (name, commit); entries whose commit is
 /// not a SHA are dropped.
@@ -154,13 +126,14 @@ impl GitHubClient {
         token: Option<Secret>,
         store: Arc<dyn JobStore>,
         metrics: Arc<Metrics>,
-    ) -> Result<GitHubClient, GitHubError> {
+    ) -> Result<GitHubClient, ForgeError> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(30))
             .build()
-            .map_err(|e| GitHubError::Network {
+            .map_err(|e| ForgeError::Network {
+                forge: FORGE,
                 what: "client".into(),
                 message: e.to_string(),
             })?;
@@ -279,13 +252,13 @@ impl GitHubClient {
 
     fn count(&self, status: &str) {
         self.metrics
-            .github_requests
-            .get_or_create(&Metrics::status(status))
+            .requests
+            .get_or_create(&crate::metrics::Metrics::status(status))
             .inc();
     }
 
     /// A conditional GET of `path`: the body, fresh or from the cache on a 304.
-    pub async fn get(&self, what: &str, path: &str, accept: &str) -> Result<String, GitHubError> {
+    pub async fn get(&self, what: &str, path: &str, accept: &str) -> Result<String, ForgeError> {
         Ok(self.get_page(what, path, accept).await?.0)
     }
 
@@ -296,9 +269,12 @@ impl GitHubClient {
         what: &str,
         path: &str,
         accept: &str,
-    ) -> Result<(String, Option<String>), GitHubError> {
+    ) -> Result<(String, Option<String>), ForgeError> {
         if let Some(until) = self.gate_closed_until().await {
-            return Err(GitHubError::RateLimited { until });
+            return Err(ForgeError::RateLimited {
+                forge: FORGE,
+                until,
+            });
         }
         let key = format!("{} {accept} {}{path}", self.token_key, self.api_url);
         let cached = self.store.etag(&key).await?;
@@ -310,7 +286,8 @@ impl GitHubClient {
             Ok(r) => r,
             Err(e) => {
                 self.count("error");
-                return Err(GitHubError::Network {
+                return Err(ForgeError::Network {
+                    forge: FORGE,
                     what: what.to_owned(),
                     message: crate::errors::chain(&e.without_url()),
                 });
@@ -327,25 +304,31 @@ impl GitHubClient {
             {
                 return Ok((page.body, page.next));
             }
-            return Err(GitHubError::Malformed {
+            return Err(ForgeError::Malformed {
+                forge: FORGE,
                 what: what.to_owned(),
                 message: "304 Not Modified for a request kiln has no cached answer for".into(),
             });
         }
         let body = crate::body::read_capped_text(resp, 4 << 20)
             .await
-            .map_err(|m| GitHubError::Network {
+            .map_err(|m| ForgeError::Network {
+                forge: FORGE,
                 what: what.to_owned(),
                 message: m,
             })?;
         if let Some(until) = self.observe(status, &headers, &body).await {
-            return Err(GitHubError::RateLimited { until });
+            return Err(ForgeError::RateLimited {
+                forge: FORGE,
+                until,
+            });
         }
         if !status.is_success() {
-            return Err(GitHubError::Http {
+            return Err(ForgeError::Http {
+                forge: FORGE,
                 what: what.to_owned(),
                 status: status.as_u16(),
-                message: short(&body),
+                message: message_of(&body),
             });
         }
         let next = headers
@@ -364,11 +347,12 @@ impl GitHubClient {
     }
 
     /// `GET /repos/{o}/{r}`: clone and web URLs.
-    pub async fn repo(&self, owner: &str, name: &str) -> Result<RepoInfo, GitHubError> {
+    pub async fn repo(&self, owner: &str, name: &str) -> Result<RepoInfo, ForgeError> {
         let body = self
             .get("repository", &format!("/repos/{owner}/{name}"), ACCEPT_JSON)
             .await?;
-        serde_json::from_str(&body).map_err(|e| GitHubError::Malformed {
+        serde_json::from_str(&body).map_err(|e| ForgeError::Malformed {
+            forge: FORGE,
             what: "repository".into(),
             message: e.to_string(),
         })
@@ -376,7 +360,7 @@ impl GitHubClient {
 
     /// The head commit of `branch`: `GET /repos/{o}/{r}/commits/{branch}` answered with the
     /// bare SHA.
-    pub async fn head(&self, owner: &str, name: &str, branch: &str) -> Result<String, GitHubError> {
+    pub async fn head(&self, owner: &str, name: &str, branch: &str) -> Result<String, ForgeError> {
         let what = format!("head of {owner}/{name} {branch}");
         let body = self
             .get(
@@ -389,27 +373,25 @@ impl GitHubClient {
         if crate::source::mirror::is_object_name(&sha) {
             Ok(sha)
         } else {
-            Err(GitHubError::Malformed {
+            Err(ForgeError::Malformed {
+                forge: FORGE,
                 what,
-                message: format!("not a commit SHA: {}", short(&body)),
+                message: format!("not a commit SHA: {}", message_of(&body)),
             })
         }
     }
 
     /// Tags and their commits: `GET /repos/{o}/{r}/tags`, every page (up to 1000 tags).
     /// Entries whose commit is not a SHA are dropped.
-    pub async fn tags(
-        &self,
-        owner: &str,
-        name: &str,
-    ) -> Result<Vec<(String, String)>, GitHubError> {
+    pub async fn tags(&self, owner: &str, name: &str) -> Result<Vec<(String, String)>, ForgeError> {
         let mut out = Vec::new();
         let mut path = Some(format!("/repos/{owner}/{name}/tags?per_page=100"));
         let mut pages = 0;
         while let Some(p) = path.take() {
             pages += 1;
             let (body, next) = self.get_page("tags", &p, ACCEPT_JSON).await?;
-            out.extend(parse_tags(&body).map_err(|message| GitHubError::Malformed {
+            out.extend(parse_tags(&body).map_err(|message| ForgeError::Malformed {
+                forge: FORGE,
                 what: "tags".into(),
                 message,
             })?);
@@ -420,14 +402,14 @@ impl GitHubClient {
         Ok(out)
     }
 
-    /// The statuses a commit has: `GET /repos/{o}/{r}/commits/{sha}/statuses`, as (context,
-    /// state, description). Used before re-sending a status a dead sender may have sent.
+    /// The statuses a commit has: `GET /repos/{o}/{r}/commits/{sha}/statuses`. Used before
+    /// re-sending a status a dead sender may have sent.
     pub async fn statuses(
         &self,
         owner: &str,
         name: &str,
         sha: &str,
-    ) -> Result<Vec<(String, String, String)>, GitHubError> {
+    ) -> Result<Vec<PostedStatus>, ForgeError> {
         #[derive(Deserialize)]
         struct S {
             context: String,
@@ -441,13 +423,18 @@ impl GitHubClient {
                 ACCEPT_JSON,
             )
             .await?;
-        let list: Vec<S> = serde_json::from_str(&body).map_err(|e| GitHubError::Malformed {
+        let list: Vec<S> = serde_json::from_str(&body).map_err(|e| ForgeError::Malformed {
+            forge: FORGE,
             what: "statuses".into(),
             message: e.to_string(),
         })?;
         Ok(list
             .into_iter()
-            .map(|s| (s.context, s.state, s.description.unwrap_or_default()))
+            .map(|s| PostedStatus {
+                context: s.context,
+                state: s.state,
+                description: s.description.unwrap_or_default(),
+            })
             .collect())
     }
 
@@ -458,7 +445,7 @@ impl GitHubClient {
         name: &str,
         sha: &str,
         status: &NewStatus,
-    ) -> Result<(), GitHubError> {
+    ) -> Result<(), ForgeError> {
         self.wait_gate().await;
         {
             let mut last = self.last_mutation.lock().await;
@@ -492,7 +479,8 @@ impl GitHubClient {
             Ok(r) => r,
             Err(e) => {
                 self.count("error");
-                return Err(GitHubError::Network {
+                return Err(ForgeError::Network {
+                    forge: FORGE,
                     what,
                     message: crate::errors::chain(&e.without_url()),
                 });
@@ -505,21 +493,25 @@ impl GitHubClient {
             .await
             .unwrap_or_default();
         if let Some(until) = self.observe(status_code, &headers, &text).await {
-            return Err(GitHubError::RateLimited { until });
+            return Err(ForgeError::RateLimited {
+                forge: FORGE,
+                until,
+            });
         }
         if status_code.is_success() {
             Ok(())
         } else {
-            Err(GitHubError::Http {
+            Err(ForgeError::Http {
+                forge: FORGE,
                 what,
                 status: status_code.as_u16(),
-                message: short(&text),
+                message: message_of(&text),
             })
         }
     }
 }
 
-fn short(s: &str) -> String {
+fn message_of(s: &str) -> String {
     let s = s.trim();
     let msg = serde_json::from_str::<serde_json::Value>(s)
         .ok()
@@ -559,7 +551,7 @@ mod tests {
     #[tokio::test]
     async fn the_git_host_follows_the_api_url() {
         let store: Arc<dyn JobStore> = Arc::new(crate::state::SqliteStore::memory().await.unwrap());
-        let m = Arc::new(Metrics::new());
+        let m = crate::metrics::Metrics::new().part(Metrics::register);
         let c =
             GitHubClient::new("https://api.github.com", None, store.clone(), m.clone()).unwrap();
         assert_eq!(c.git_host().as_deref(), Some("github.com"));

@@ -1,0 +1,208 @@
+//! The daemon config (`/etc/kiln/kiln.toml`): its types here, its checker in `check.rs`
+//! (every problem reported with its line and key, unknown keys included, before anything
+//! starts, the way recipes are checked).
+
+mod check;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::check::CheckError;
+use crate::forge::{self, Forges};
+use crate::secret::Secret;
+
+/// The default config path.
+pub const DEFAULT_PATH: &str = "/etc/kiln/kiln.toml";
+
+/// A checked daemon config.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The state database, git mirrors, logs and the local layouts.
+    pub state_dir: PathBuf,
+    /// HTTP: health, metrics, API, webhook.
+    pub listen: SocketAddr,
+    /// Builds at once on this host.
+    pub concurrency: usize,
+    /// This host's name in the farm: recorded on every build, labels its containers.
+    pub host_id: String,
+    /// The dashboard's public address, for `target_url` in commit statuses.
+    pub public_url: Option<String>,
+    /// How long a running build may finish after SIGTERM before it is cancelled.
+    pub shutdown_grace: Duration,
+    /// How long a claimed job is held without renewal (renewed every third of it).
+    pub lease: Duration,
+    /// Reproducibility checks, unless a `[[repo]]` says otherwise.
+    pub verify: Verify,
+    /// `[limits]`: what a build may use (network per repo: `allow_network`).
+    pub limits: crate::runner::Limits,
+    /// Where the state lives: SQLite in `state_dir`, or the farm's PostgreSQL.
+    pub database: Database,
+    /// `admin_token_file`: the bearer token the dashboard's actions (rebuild, cancel)
+    /// require; without it they are off and the dashboard is read-only.
+    pub admin_token: Option<Secret>,
+    /// `[github]`.
+    pub github: Option<forge::github::Settings>,
+    pub registry: Option<Registry>,
+    pub repos: Vec<Repo>,
+}
+
+/// The state's engine.
+#[derive(Clone, Debug)]
+pub enum Database {
+    /// `state_dir/state.db`: one host.
+    Sqlite,
+    /// A PostgreSQL shared by the hosts of a farm. The password comes from
+    /// `database_password_file`, else `$PGPASSWORD`, else the URL.
+    Postgres {
+        url: String,
+        password: Option<Secret>,
+    },
+}
+
+/// Where the database password comes from when `database_password_file` is not set.
+pub const DB_PASSWORD_ENV: &str = "PGPASSWORD";
+
+/// When the daemon builds a commit twice to check that it is reproducible.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Verify {
+    Never,
+    Always,
+    /// This fraction of builds, chosen at random.
+    Sample(f64),
+}
+
+impl Verify {
+    /// Whether this build is checked.
+    pub fn pick(self) -> bool {
+        match self {
+            Verify::Never => false,
+            Verify::Always => true,
+            Verify::Sample(f) => (crate::retry::random_u64() % 1_000_000) as f64 / 1_000_000.0 < f,
+        }
+    }
+}
+
+/// `[registry]`: where artifacts go (`<url>/<artifact name>`).
+#[derive(Clone, Debug)]
+pub struct Registry {
+    pub url: String,
+    pub ca_file: Option<PathBuf>,
+    pub insecure: bool,
+}
+
+/// Where a watched repository lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RepoSource {
+    /// `owner/name` on GitHub.
+    GitHub { owner: String, name: String },
+    /// A local repository (bare or not), watched on disk.
+    Path(PathBuf),
+}
+
+/// `[[repo]]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Repo {
+    pub source: RepoSource,
+    pub branches: Vec<String>,
+    /// Also build new tags matching this glob.
+    pub tags: Option<String>,
+    /// The directory to build, relative to the repository root (`""` for the root).
+    pub dir: String,
+    /// A recipe kept outside the repository.
+    pub recipe_file: Option<PathBuf>,
+    /// This repository's reproducibility checks (else the global `verify`).
+    pub verify: Option<Verify>,
+    /// Honour its recipe's `network = true` (else such a build fails at once).
+    pub allow_network: bool,
+}
+
+impl Repo {
+    /// The kind of forge its repository lives on: a key of [`Forges`].
+    pub fn forge(&self) -> &'static str {
+        use forge::Kind;
+        match &self.source {
+            RepoSource::GitHub { .. } => forge::github::KIND.name(),
+            RepoSource::Path(_) => forge::local::KIND.name(),
+        }
+    }
+
+    /// The config key that names its source (`github` or `path`), for messages.
+    pub fn source_key(&self) -> &'static str {
+        match &self.source {
+            RepoSource::GitHub { .. } => "github",
+            RepoSource::Path(_) => "path",
+        }
+    }
+
+    /// The repository's name in the state and the API: `owner/name` or the path.
+    pub fn name(&self) -> String {
+        match &self.source {
+            RepoSource::GitHub { owner, name } => format!("{owner}/{name}"),
+            RepoSource::Path(p) => p.display().to_string(),
+        }
+    }
+
+    /// The recipe's key in the state: its path in the repository, or the outside file.
+    pub fn recipe_key(&self) -> String {
+        match &self.recipe_file {
+            Some(f) => f.display().to_string(),
+            None if self.dir.is_empty() => "kiln.toml".to_owned(),
+            None => format!("{}/kiln.toml", self.dir),
+        }
+    }
+}
+
+impl Config {
+    /// Read and check a config file.
+    pub fn load(path: &Path) -> Result<Config, CheckError> {
+        crate::check::load(path, |c, doc| c.config(doc))
+    }
+
+    /// Check config bytes; `path` is only for messages.
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Config, CheckError> {
+        crate::check::check(bytes, path, |c, doc| c.config(doc))
+    }
+}
+
+impl Config {
+    /// The forges this config's repositories live on, by kind: the local one always, GitHub
+    /// with a `[github]` section. A forge of `running` (the forges before a reload) carries
+    /// over what it can (its client, when its API and token did not change).
+    pub fn forges(
+        &self,
+        store: &std::sync::Arc<dyn crate::state::JobStore>,
+        metrics: &crate::metrics::Metrics,
+        running: Option<&Forges>,
+    ) -> Result<Forges, forge::ForgeError> {
+        use forge::Kind;
+        use forge::github::GitHub;
+        let mut out = Forges::default();
+        out.insert(std::sync::Arc::new(forge::local::Local));
+        if let Some(g) = &self.github {
+            let kind = forge::github::KIND.name();
+            let github = match running.and_then(|f| f.typed::<GitHub>(kind)) {
+                Some(old) => old.reconfigured(g.clone(), store.clone(), metrics)?,
+                None => GitHub::new(g.clone(), store.clone(), metrics)?,
+            };
+            out.insert(std::sync::Arc::new(github));
+        }
+        Ok(out)
+    }
+}
+
+/// This machine's hostname, the default `host_id`.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// Whether `tag` matches the repo's `tags` glob.
+pub fn tag_matches(glob: &str, tag: &str) -> bool {
+    globset::Glob::new(glob)
+        .map(|g| g.compile_matcher().is_match(tag))
+        .unwrap_or(false)
+}

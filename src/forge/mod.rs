@@ -1,0 +1,348 @@
+//! Code hosts: where repositories live, how kiln hears of their new commits, where it fetches
+//! them from, and where it reports. Each forge is one folder behind the [`Forge`] trait: a
+//! hosted forge's REST API (polled, with webhooks and commit statuses), and `local/`, the
+//! repositories on this host's disk. Another forge (GitLab, with project ids, `X-Gitlab-Token`
+//! and its statuses API; Gitea or Forgejo, under `/api/v1`) is one more folder: an
+//! implementation of [`Forge`] and [`Kind`], an entry in [`KINDS`], its settings section in
+//! the daemon's config, and a webhook route.
+
+pub mod github;
+pub mod local;
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use crate::source::{FetchAuth, Origin};
+
+use crate::metrics::Metrics;
+use crate::secret::Secret;
+use crate::state::{NewStatus, StateError};
+
+/// Every kind of forge kiln knows.
+pub const KINDS: &[&dyn Kind] = &[&github::KIND, &local::KIND];
+
+/// What a kind of forge knows without a client or settings.
+pub trait Kind: Sync {
+    /// Its name: what `[[repo]]` entries and messages call it.
+    fn name(&self) -> &'static str;
+
+    /// `url` in this forge's canonical form (`https://HOST/OWNER/REPO`), if it names a
+    /// repository on one of its well-known hosts in any of the forms git accepts.
+    fn canonical_url(&self, _url: &str) -> Option<String> {
+        None
+    }
+
+    /// Credentials for fetching `url` with `token`, only when `url` is on this forge's
+    /// well-known host, over https, with nothing in it that could send the token elsewhere.
+    fn public_auth(&self, _url: &str, _token: &Secret) -> Option<FetchAuth> {
+        None
+    }
+
+    /// The environment variable one-shot commands (`kiln verify`) read its token from.
+    fn token_env(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// Register its own metrics (once per daemon; before the first request, so the metrics
+    /// exposition keeps its shape whatever the config).
+    fn register_metrics(&self, _metrics: &Metrics) {}
+}
+
+/// Tokens for the forges' well-known hosts, by forge name (one-shot commands).
+#[derive(Clone, Debug, Default)]
+pub struct Tokens(BTreeMap<&'static str, Secret>);
+
+impl Tokens {
+    /// The tokens the environment gives (each kind's `token_env`).
+    pub fn from_env() -> Tokens {
+        let mut t = Tokens::default();
+        for k in KINDS {
+            if let Some(v) = k
+                .token_env()
+                .and_then(|e| std::env::var(e).ok())
+                .filter(|v| !v.trim().is_empty())
+            {
+                t.0.insert(k.name(), Secret::new(v.trim()));
+            }
+        }
+        t
+    }
+}
+
+/// A remote URL as annotations and provenance record it: a known forge's canonical form, else
+/// the URL without credentials in its authority. Never a local path or a `file://` URL is
+/// changed here; the caller decides whether to record those.
+pub fn canonical_url(url: &str) -> String {
+    let url = url.trim();
+    if let Some(c) = KINDS.iter().find_map(|k| k.canonical_url(url)) {
+        return c;
+    }
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+            let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!("{scheme}://{host_port}/{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Where a recorded source is fetched from by a verifier: the URL as recorded, with a token
+/// only for the well-known host of the forge it belongs to. (A provenance is data anyone who
+/// can push could have written: it must not be able to name a host that collects a token.)
+pub fn public_origin(url: &str, tokens: &Tokens) -> Origin {
+    let auth = KINDS.iter().find_map(|k| {
+        let token = tokens.0.get(k.name())?;
+        k.public_auth(url, token)
+    });
+    Origin {
+        fetch_url: url.to_owned(),
+        auth,
+        web_url: url.to_owned(),
+    }
+}
+
+/// Register every kind's own metrics.
+pub fn register_metrics(metrics: &Metrics) {
+    for k in KINDS {
+        k.register_metrics(metrics);
+    }
+}
+
+/// Why a forge request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ForgeError {
+    #[error("{forge} rate limit: waiting until {} s from now", until.saturating_duration_since(Instant::now()).as_secs())]
+    RateLimited { forge: &'static str, until: Instant },
+    #[error("{forge} {what}: HTTP {status}: {message}")]
+    Http {
+        forge: &'static str,
+        what: String,
+        status: u16,
+        message: String,
+    },
+    #[error("{forge} {what}: {message}")]
+    Network {
+        forge: &'static str,
+        what: String,
+        message: String,
+    },
+    #[error("{forge} {what}: unexpected answer: {message}")]
+    Malformed {
+        forge: &'static str,
+        what: String,
+        message: String,
+    },
+    /// A repository on disk that cannot be read (not there, not git).
+    #[error("{what}: {message}")]
+    Unreadable { what: String, message: String },
+    #[error("{forge} does not {what}")]
+    Unsupported {
+        forge: &'static str,
+        what: &'static str,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+impl ForgeError {
+    /// Whether trying again later could help.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ForgeError::RateLimited { .. } | ForgeError::Network { .. } => true,
+            ForgeError::Http { status, .. } => *status >= 500 || *status == 408,
+            ForgeError::Unreadable { .. } => true,
+            ForgeError::Malformed { .. } | ForgeError::Unsupported { .. } => false,
+            ForgeError::State(e) => e.is_retryable(),
+        }
+    }
+}
+
+/// How kiln learns of new commits in a forge's repositories.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Watch {
+    /// Asked every `every` (spread by jitter), by the one host of a farm that holds the poller
+    /// role, and at once by any host a webhook reaches.
+    Poll { every: Duration },
+    /// Watched on this host through [`Forge::changes`], and read again every `fallback`.
+    Notify { fallback: Duration },
+}
+
+/// Word that a watched repository may have changed.
+pub struct Changes {
+    rx: tokio::sync::mpsc::UnboundedReceiver<()>,
+    /// What sends on `rx` (a file watcher), alive as long as this.
+    _source: Box<dyn Send>,
+}
+
+impl Changes {
+    pub fn new(
+        rx: tokio::sync::mpsc::UnboundedReceiver<()>,
+        source: impl Send + 'static,
+    ) -> Changes {
+        Changes {
+            rx,
+            _source: Box::new(source),
+        }
+    }
+
+    /// The next change: one or more events, once they settled (a ref update is several file
+    /// events). `None` when nothing can say any more.
+    pub async fn next(&mut self) -> Option<()> {
+        self.rx.recv().await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        while self.rx.try_recv().is_ok() {}
+        Some(())
+    }
+}
+
+/// A webhook delivery whose signature checked out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// The forge's id for the delivery (redeliveries repeat it).
+    pub id: Option<String>,
+    pub event: HookEvent,
+}
+
+/// What a delivery says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HookEvent {
+    /// The forge checks the hook works.
+    Ping,
+    /// Commits or refs changed in `repo` (`event` names the forge's event).
+    Push { repo: String, event: String },
+    /// Anything else about `repo`.
+    Other { repo: String, event: String },
+    /// A body that cannot be read.
+    Malformed(String),
+}
+
+/// Why a delivery is refused before it is read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WebhookError {
+    /// Webhooks are off for this forge (no secret configured): the message says how to turn
+    /// them on.
+    Off(String),
+    /// The signature is missing or wrong.
+    Rejected(String),
+}
+
+/// A commit status as a forge shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PostedStatus {
+    pub context: String,
+    pub state: String,
+    pub description: String,
+}
+
+/// A code host, as kiln needs it. Repositories are named as the state names them: `owner/name`
+/// on a hosted forge, the path of a local repository.
+#[async_trait::async_trait]
+pub trait Forge: Send + Sync {
+    /// Its kind's name (as in [`Kind::name`]).
+    fn kind(&self) -> &'static str;
+
+    /// Whether a repository named `repo` belongs to a forge of this kind, by its shape (for
+    /// records whose config entry is gone).
+    fn claims(&self, repo: &str) -> bool;
+
+    /// How kiln learns of new commits.
+    fn watch(&self) -> Watch;
+
+    /// For [`Watch::Notify`]: what says when `repo` may have changed. Stops early, with an
+    /// error, when `stop` fires.
+    async fn changes(
+        &self,
+        _repo: &str,
+        _stop: &tokio_util::sync::CancellationToken,
+    ) -> Result<Changes, ForgeError> {
+        Err(ForgeError::Unsupported {
+            forge: self.kind(),
+            what: "watch repositories",
+        })
+    }
+
+    /// Until when the forge asked to be left alone (a rate limit), if it did.
+    async fn paused_until(&self) -> Option<Instant> {
+        None
+    }
+
+    /// The head commit of `branch`, or `None` when there is no such branch (yet). Asked
+    /// conditionally where the forge can, so an unchanged branch costs nothing.
+    async fn head(&self, repo: &str, branch: &str) -> Result<Option<String>, ForgeError>;
+
+    /// Every tag of `repo`, with the commit it points at.
+    async fn tags(&self, repo: &str) -> Result<Vec<(String, String)>, ForgeError>;
+
+    /// Where to fetch `repo` from, with credentials for that host only, and its web address.
+    async fn origin(&self, repo: &str) -> Result<Origin, ForgeError>;
+
+    /// Check a webhook delivery's signature and read it.
+    fn webhook(
+        &self,
+        _headers: &reqwest::header::HeaderMap,
+        _body: &[u8],
+    ) -> Result<Delivery, WebhookError> {
+        Err(WebhookError::Off(format!(
+            "{} repositories have no webhooks",
+            self.kind()
+        )))
+    }
+
+    /// Whether it takes commit statuses.
+    fn has_statuses(&self) -> bool {
+        false
+    }
+
+    /// Post a commit status for a context.
+    async fn post_status(
+        &self,
+        _repo: &str,
+        _commit: &str,
+        _status: &NewStatus,
+    ) -> Result<(), ForgeError> {
+        Err(ForgeError::Unsupported {
+            forge: self.kind(),
+            what: "take commit statuses",
+        })
+    }
+
+    /// The statuses a commit has (to look before sending one again after a crash).
+    async fn statuses(&self, _repo: &str, _commit: &str) -> Result<Vec<PostedStatus>, ForgeError> {
+        Ok(Vec::new())
+    }
+
+    /// The web page of a commit.
+    fn commit_url(&self, _repo: &str, _commit: &str) -> Option<String> {
+        None
+    }
+}
+
+/// A forge as the trait, and as what it is.
+type Entry = (Arc<dyn Forge>, Arc<dyn Any + Send + Sync>);
+
+/// The forges of a config, by kind.
+#[derive(Clone, Default)]
+pub struct Forges(BTreeMap<&'static str, Entry>);
+
+impl Forges {
+    pub fn insert<F: Forge + 'static>(&mut self, forge: Arc<F>) {
+        self.0.insert(forge.kind(), (forge.clone(), forge));
+    }
+
+    pub fn get(&self, kind: &str) -> Option<&Arc<dyn Forge>> {
+        self.0.get(kind).map(|(f, _)| f)
+    }
+
+    /// The forge of `kind` as what it is (to carry its state over a reload).
+    pub fn typed<F: Forge + 'static>(&self, kind: &str) -> Option<Arc<F>> {
+        self.0.get(kind)?.1.clone().downcast().ok()
+    }
+
+    /// The forge a repository named `repo` belongs to by its shape.
+    pub fn claiming(&self, repo: &str) -> Option<&Arc<dyn Forge>> {
+        self.0.values().map(|(f, _)| f).find(|f| f.claims(repo))
+    }
+}

@@ -1,0 +1,114 @@
+//! What `kiln verify` answers: the recorded build, the comparison, and where `--keep` left
+//! the two trees.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::{VerifyError, rebuild_error};
+use crate::attest::provenance::Recorded;
+use crate::compare::{Comparison, unpack_image};
+use crate::digest::Digest;
+use crate::pipeline::PipelineError;
+use crate::store::OciLayout;
+
+/// Where `--keep` left the trees.
+#[derive(Clone, Debug, Serialize)]
+pub struct Kept {
+    pub expected: PathBuf,
+    pub rebuilt: PathBuf,
+    /// How to look closer, when diffoscope is installed.
+    pub diffoscope: Option<String>,
+}
+
+/// The answer of `kiln verify`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub reference: String,
+    pub recorded: Recorded,
+    pub identical: bool,
+    pub comparison: Comparison,
+    pub kept: Option<Kept>,
+}
+
+impl Report {
+    /// The report as text.
+    pub fn text(&self) -> String {
+        let r = &self.recorded;
+        let mut out = format!(
+            "{}\n  source   {} at {}\n  recipe   {} ({})\n  builder  {} ({})\n  expected {}\n  rebuilt  {}\n",
+            self.reference,
+            r.source,
+            r.revision,
+            r.recipe,
+            r.recipe_digest,
+            r.builder_image,
+            r.builder_digest,
+            self.comparison.expected,
+            self.comparison.rebuilt
+        );
+        if self.identical {
+            out.push_str("IDENTICAL: the rebuild from the provenance gives the same bytes\n");
+        } else {
+            out.push_str(&format!(
+                "DIFFERENT: {}\n{}",
+                self.comparison.summary(),
+                self.comparison.text()
+            ));
+        }
+        if let Some(k) = &self.kept {
+            out.push_str(&format!(
+                "kept: {} and {}\n",
+                k.expected.display(),
+                k.rebuilt.display()
+            ));
+            match &k.diffoscope {
+                Some(cmd) => out.push_str(&format!("look closer with: {cmd}\n")),
+                None => out.push_str(
+                    "diffoscope (apt-get install diffoscope) shows the differences inside files\n",
+                ),
+            }
+        }
+        out
+    }
+}
+
+/// Unpack both images under `dir` for a closer look.
+pub(super) async fn keep(
+    dir: &Path,
+    published: &OciLayout,
+    expected: &Digest,
+    rebuilt_layout: &OciLayout,
+    rebuilt: &Digest,
+    cancel: &CancellationToken,
+) -> Result<Kept, VerifyError> {
+    let (e, r) = (dir.join("expected"), dir.join("rebuilt"));
+    for (layout, digest, dst) in [
+        (published.clone(), *expected, e.clone()),
+        (rebuilt_layout.clone(), *rebuilt, r.clone()),
+    ] {
+        let c = cancel.clone();
+        tokio::task::spawn_blocking(move || unpack_image(&layout, &digest, &dst, &c))
+            .await
+            .map_err(|e| VerifyError::Rebuild(Box::new(PipelineError::Internal(e.to_string()))))?
+            .map_err(|e| {
+                rebuild_error(PipelineError::Pack {
+                    artifact: "--keep".into(),
+                    source: e,
+                })
+            })?;
+    }
+    let diffoscope =
+        which("diffoscope").then(|| format!("diffoscope {} {}", e.display(), r.display()));
+    Ok(Kept {
+        expected: e,
+        rebuilt: r,
+        diffoscope,
+    })
+}
+
+fn which(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+}
