@@ -1,0 +1,95 @@
+//! `kiln pack`: a directory into a single-layer image in a local OCI layout.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use tokio_util::sync::CancellationToken;
+
+use kiln::events::Event;
+use kiln::image::{ImageSpec, Platform, RunConfig};
+use kiln::pack::{Compression, PackOptions};
+use kiln::store::{ContentStore, OciLayout};
+
+use super::{epoch_from_env, human};
+
+#[derive(clap::Args)]
+pub struct PackArgs {
+    /// The directory whose contents become the layer's `/`.
+    pub dir: PathBuf,
+    /// The OCI image layout to write (created if missing).
+    #[arg(long, short)]
+    pub output: PathBuf,
+    /// Tag the image in the layout (moves the tag if it exists).
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Timestamp for every entry and the image's `created`, in seconds since 1970 UTC.
+    /// Defaults to $SOURCE_DATE_EPOCH, else 0.
+    #[arg(long, value_name = "SECS")]
+    pub source_date_epoch: Option<u64>,
+    /// Layer compression.
+    #[arg(long, default_value = "gzip", value_parser = ["gzip", "zstd", "none"])]
+    pub compression: String,
+    /// The image's platform, os/arch[/variant]. Defaults to the host's.
+    #[arg(long)]
+    pub platform: Option<String>,
+}
+
+pub fn pack(a: PackArgs) -> Result<()> {
+    let epoch = match a.source_date_epoch {
+        Some(e) => e,
+        None => epoch_from_env()?,
+    };
+    let compression: Compression = a.compression.parse().map_err(anyhow::Error::msg)?;
+    let platform = match &a.platform {
+        Some(p) => p.parse().map_err(anyhow::Error::msg)?,
+        None => Platform::host(),
+    };
+    if let Some(t) = &a.tag {
+        kiln::store::validate_tag(t)?;
+    }
+    if !a.dir.is_dir() {
+        bail!("{} is not a directory", a.dir.display());
+    }
+    let layout = OciLayout::open_or_create(&a.output)?;
+    let mut opts = PackOptions::new(epoch);
+    opts.compression = compression;
+    let started = Instant::now();
+    let progress = |e: &Event| match e {
+        Event::PackScanned { entries, bytes } => {
+            eprintln!(
+                "packing {} ({entries} entries, {})",
+                a.dir.display(),
+                human(*bytes)
+            )
+        }
+        Event::LayerWritten { digest, size, .. } => eprintln!("layer {digest} ({})", human(*size)),
+        _ => {}
+    };
+    let cancel = CancellationToken::new();
+    let layer = kiln::pack::pack_dir(&a.dir, &opts, &layout, &cancel, &progress)
+        .with_context(|| format!("packing {}", a.dir.display()))?;
+    let spec = ImageSpec {
+        platform,
+        epoch,
+        run: RunConfig::default(),
+        annotations: BTreeMap::new(),
+        base: None,
+        created_by: format!(
+            "kiln pack ({})",
+            compression.describe(opts.level.unwrap_or(compression.default_level()))
+        ),
+    };
+    let manifest = kiln::image::write_image(&layout, std::slice::from_ref(&layer), &spec)?;
+    layout.tag(a.tag.as_deref(), &manifest)?;
+    eprintln!(
+        "packed {} entries, {} -> {} ({compression}) in {:.2}s",
+        layer.entries,
+        human(layer.uncompressed_size),
+        human(layer.size),
+        started.elapsed().as_secs_f64()
+    );
+    println!("{}", manifest.digest());
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! `kiln push`: an image or artifact from a local OCI layout to a registry.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use kiln::store::{ContentStore, OciLayout};
+
+use super::{Progress, RegistryArgs, cancel_on_signals, human, runtime};
+
+#[derive(clap::Args)]
+pub struct PushArgs {
+    /// The local layout, with the tag to push if it holds more than one image.
+    #[arg(value_name = "LAYOUT[:TAG]")]
+    pub source: String,
+    /// Where to push: host[:port]/repository[:tag]. Without a tag, the layout's tag is used.
+    #[arg(value_name = "REF")]
+    pub reference: String,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// `LAYOUT[:TAG]`: a tag only when what follows the last ':' is one and the rest is a layout.
+fn split_layout_tag(s: &str) -> (PathBuf, Option<String>) {
+    if let Some((path, tag)) = s.rsplit_once(':')
+        && kiln::store::validate_tag(tag).is_ok()
+        && !tag.contains('/')
+        && std::path::Path::new(path).join("oci-layout").is_file()
+    {
+        return (PathBuf::from(path), Some(tag.to_owned()));
+    }
+    (PathBuf::from(s), None)
+}
+
+/// The manifest a `LAYOUT[:TAG]` names: the tag's, or the only one.
+fn resolve_in_layout(
+    layout: &OciLayout,
+    tag: Option<&str>,
+) -> Result<(oci_spec::image::Descriptor, Option<String>)> {
+    match tag {
+        Some(t) => {
+            let d = layout
+                .resolve(t)?
+                .with_context(|| format!("no tag {t:?} in {}", layout.root().display()))?;
+            Ok((d, Some(t.to_owned())))
+        }
+        None => {
+            let index = layout.index()?;
+            let tagged: Vec<_> = index
+                .manifests()
+                .iter()
+                .filter(|d| {
+                    d.annotations()
+                        .as_ref()
+                        .is_some_and(|a| a.contains_key(kiln::store::REF_NAME))
+                })
+                .collect();
+            match tagged.as_slice() {
+                [one] => {
+                    let t = one
+                        .annotations()
+                        .as_ref()
+                        .and_then(|a| a.get(kiln::store::REF_NAME))
+                        .cloned();
+                    Ok(((*one).clone(), t))
+                }
+                [] => bail!("{} has no tagged image", layout.root().display()),
+                _ => bail!(
+                    "{} holds several images: name one as LAYOUT:TAG",
+                    layout.root().display()
+                ),
+            }
+        }
+    }
+}
+
+pub fn push(a: PushArgs) -> Result<ExitCode> {
+    let (path, tag) = split_layout_tag(&a.source);
+    let layout = OciLayout::open(&path)?;
+    let (desc, layout_tag) = resolve_in_layout(&layout, tag.as_deref())?;
+    let reference: kiln::reference::Reference = a.reference.parse()?;
+    if reference.digest.is_some() {
+        bail!("push to a tag, not a digest: {reference}");
+    }
+    let tag = reference
+        .tag
+        .clone()
+        .or(layout_tag)
+        .unwrap_or_else(|| "latest".to_owned());
+    let rt = runtime()?;
+    let started = Instant::now();
+    let progress = Progress::new(false, "");
+    let report = rt.block_on(async {
+        let (cancel, _) = cancel_on_signals("stopping the push (no tag was moved)");
+        let client =
+            kiln::registry::RegistryClient::for_reference(&reference, &a.registry.options())?;
+        let mut pusher = kiln::registry::Pusher::new(&client, &layout, &reference.repository);
+        pusher.observer = progress.as_ref();
+        pusher.cancel = cancel;
+        anyhow::Ok(pusher.push(&desc, std::slice::from_ref(&tag)).await?)
+    })?;
+    eprintln!(
+        "pushed {}:{tag} in {:.2}s: {} blobs uploaded ({}), {} mounted, {} already there",
+        format_args!("{}/{}", reference.registry, reference.repository),
+        started.elapsed().as_secs_f64(),
+        report.uploaded.len(),
+        human(report.bytes_uploaded),
+        report.mounted.len(),
+        report.skipped.len()
+    );
+    println!("{}", desc.digest());
+    Ok(ExitCode::SUCCESS)
+}
