@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::daemon::{Daemon, get, has, http};
-use common::github::FakeGitHub;
+use common::forge::FakeGitHub;
 use common::net::Registry;
 
 const REPOS: usize = 100;

@@ -8,34 +8,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::recipe::*;
 use common::*;
 
-const HELLO_SH: &[u8] = include_bytes!("../examples/hello/hello.sh");
-const HELLO_TOML: &[u8] = include_bytes!("../examples/hello/kiln.toml");
-
-/// A repository holding the hello example plus a marker that makes its commit unique to the
-/// calling test (so leftover-container checks see only this test's builds).
-fn hello_repo(dir: &Path, marker: &str, recipe: &[u8]) -> String {
-    builder_image("busybox");
-    git_repo(
-        dir,
-        &[
-            ("hello.sh", HELLO_SH),
-            ("kiln.toml", recipe),
-            ("marker.txt", marker.as_bytes()),
-        ],
-        Some("git@github.com:acme/hello.git"),
-    )
-}
-
-fn recipe(steps: &[&str], extra_build: &str, artifacts: &str) -> Vec<u8> {
-    let steps: Vec<String> = steps.iter().map(|s| format!("  {s:?},")).collect();
-    format!(
-        "[build]\nimage = \"kiln-builder/busybox:latest\"\nsteps = [\n{}\n]\n{extra_build}\n{artifacts}",
-        steps.join("\n")
-    )
-    .into_bytes()
-}
+/// The remote of the test repositories: its canonical form is what provenance records.
+const REMOTE: &str = "git@github.com:acme/hello.git";
 
 /// `kiln build DIR --output LAYOUT`, which must fail: its stderr.
 fn build_fails(dir: &Path, layout: &Path) -> String {
@@ -75,7 +52,12 @@ fn hello_builds_runs_and_reproduces() {
     require("skopeo");
     let t = tempfile::tempdir().unwrap();
     let repo = t.path().join("hello");
-    let sha = hello_repo(&repo, "hello_builds_runs_and_reproduces", HELLO_TOML);
+    let sha = hello_repo(
+        &repo,
+        "hello_builds_runs_and_reproduces",
+        HELLO_TOML,
+        Some(REMOTE),
+    );
     // $SOURCE_DATE_EPOCH does not override a commit's time.
     let first = run_ok(
         kiln()
@@ -166,19 +148,18 @@ fn hello_builds_runs_and_reproduces() {
 fn builds_are_offline_and_see_the_commit_time() {
     let t = tempfile::tempdir().unwrap();
     let repo = t.path().join("probe");
-    let r = recipe(
-        &[
-            "mkdir -p /out",
-            "ls /sys/class/net > /out/interfaces",
-            "echo \"$SOURCE_DATE_EPOCH\" > /out/epoch",
-            "echo \"$GREETING\" > /out/env",
-            "pwd > /out/pwd",
-            "ls > /out/source-files",
-        ],
-        "env = { GREETING = \"hi there\" }",
-        "[[artifact]]\nname = \"probe\"\nkind = \"files\"\n",
-    );
-    let sha = hello_repo(&repo, "offline", &r);
+    let r = Recipe::steps(&[
+        "mkdir -p /out",
+        "ls /sys/class/net > /out/interfaces",
+        "echo \"$SOURCE_DATE_EPOCH\" > /out/epoch",
+        "echo \"$GREETING\" > /out/env",
+        "pwd > /out/pwd",
+        "ls > /out/source-files",
+    ])
+    .build("env = { GREETING = \"hi there\" }")
+    .then("[[artifact]]\nname = \"probe\"\nkind = \"files\"\n")
+    .bytes();
+    let sha = hello_repo(&repo, "offline", &r, Some(REMOTE));
     let res = build_json(&repo, &t.path().join("l"), &[]);
     assert_eq!(res["artifacts"][0]["kind"], "files");
     let files = layer_files(&t.path().join("l"), "probe");
@@ -221,16 +202,14 @@ fn builds_are_offline_and_see_the_commit_time() {
 fn failing_step_names_the_step_code_and_output() {
     let t = tempfile::tempdir().unwrap();
     let repo = t.path().join("fail");
-    let r = recipe(
-        &[
-            "echo first step ran",
-            "echo compiling; echo 'error: boom' >&2; exit 3",
-            "echo never runs > /tmp/x",
-        ],
-        "",
-        "[[artifact]]\nname = \"x\"\n",
-    );
-    let sha = hello_repo(&repo, "failing", &r);
+    let r = Recipe::steps(&[
+        "echo first step ran",
+        "echo compiling; echo 'error: boom' >&2; exit 3",
+        "echo never runs > /tmp/x",
+    ])
+    .then("[[artifact]]\nname = \"x\"\n")
+    .bytes();
+    let sha = hello_repo(&repo, "failing", &r, Some(REMOTE));
     // What a user sees at the default log level.
     let out = kiln()
         .env_remove("RUST_LOG")
@@ -265,12 +244,11 @@ fn failing_step_names_the_step_code_and_output() {
 fn timeout_kills_the_build() {
     let t = tempfile::tempdir().unwrap();
     let repo = t.path().join("slow");
-    let r = recipe(
-        &["echo starting", "sleep 60"],
-        "timeout = \"3s\"",
-        "[[artifact]]\nname = \"x\"\n",
-    );
-    let sha = hello_repo(&repo, "timeout", &r);
+    let r = Recipe::steps(&["echo starting", "sleep 60"])
+        .build("timeout = \"3s\"")
+        .then("[[artifact]]\nname = \"x\"\n")
+        .bytes();
+    let sha = hello_repo(&repo, "timeout", &r, Some(REMOTE));
     let started = Instant::now();
     let out = kiln()
         .arg("build")
@@ -297,12 +275,10 @@ fn timeout_kills_the_build() {
 fn interrupt_exits_130_and_removes_the_container() {
     let t = tempfile::tempdir().unwrap();
     let repo = t.path().join("interrupt");
-    let r = recipe(
-        &["echo waiting-for-signal", "sleep 120"],
-        "",
-        "[[artifact]]\nname = \"x\"\n",
-    );
-    let sha = hello_repo(&repo, "interrupt", &r);
+    let r = Recipe::steps(&["echo waiting-for-signal", "sleep 120"])
+        .then("[[artifact]]\nname = \"x\"\n")
+        .bytes();
+    let sha = hello_repo(&repo, "interrupt", &r, Some(REMOTE));
     let mut child = kiln()
         .arg("build")
         .arg(&repo)
@@ -351,7 +327,7 @@ fn interrupt_exits_130_and_removes_the_container() {
 fn dirty_trees_need_allow_dirty_and_are_marked() {
     let t = tempfile::tempdir().unwrap();
     let repo = t.path().join("dirty");
-    hello_repo(&repo, "dirty", HELLO_TOML);
+    hello_repo(&repo, "dirty", HELLO_TOML, Some(REMOTE));
     fs::write(repo.join("hello.sh"), b"#!/bin/sh\necho uncommitted\n").unwrap();
     fs::write(repo.join("untracked.txt"), b"not part of any build").unwrap();
     let err = build_fails(&repo, &t.path().join("l"));
@@ -417,19 +393,15 @@ fn outputs_are_mapped_checked_and_hostile_ones_rejected() {
     let t = tempfile::tempdir().unwrap();
     // files mappings: a subdirectory to another place, a single file.
     let repo = t.path().join("map");
-    let r = recipe(
-        &[
+    let r = Recipe::steps(&[
             "mkdir -p /out/bin /out/share/doc",
             "echo tool > /out/bin/tool",
             "chmod 755 /out/bin/tool",
             "echo readme > /out/share/doc/README",
             "ln -s /etc/passwd /out/escape",
-        ],
-        "",
-        "[[artifact]]\nname = \"tool\"\nfiles = [{ from = \"bin\", to = \"/usr/local/bin\" }, { from = \"share/doc/README\", to = \"/README\" }]\n\
-         [[artifact]]\nname = \"sneaky\"\nkind = \"files\"\nfiles = [{ from = \"escape/..\", to = \"/\" }]\n",
-    );
-    let sha = hello_repo(&repo, "mapping", &r);
+        ]).then("[[artifact]]\nname = \"tool\"\nfiles = [{ from = \"bin\", to = \"/usr/local/bin\" }, { from = \"share/doc/README\", to = \"/README\" }]\n\
+         [[artifact]]\nname = \"sneaky\"\nkind = \"files\"\nfiles = [{ from = \"escape/..\", to = \"/\" }]\n").bytes();
+    let sha = hello_repo(&repo, "mapping", &r, Some(REMOTE));
     let out = kiln()
         .arg("build")
         .arg(&repo)
@@ -450,59 +422,67 @@ fn outputs_are_mapped_checked_and_hostile_ones_rejected() {
     );
     assert_eq!(files["usr/local/bin/tool"], b"tool\n");
 
-    // A `from` through a symlink would read the host: refused.
-    let repo2 = t.path().join("escape");
-    let r2 = recipe(
-        &["mkdir -p /out", "ln -s /etc /out/etc"],
-        "",
-        "[[artifact]]\nname = \"e\"\nfiles = [{ from = \"etc/passwd\", to = \"/passwd\" }]\n",
-    );
-    let sha2 = hello_repo(&repo2, "escape", &r2);
-    let err = build_fails(&repo2, &t.path().join("l2"));
-    assert!(err.contains("symlink"), "{err}");
+    assert!(leftover_containers(&sha).is_empty());
 
-    // An output directory replaced by a symlink to the host is not followed.
-    let repo4 = t.path().join("outlink");
-    let r4 = recipe(
-        &["rm -rf /out", "ln -s /etc /out"],
-        "",
-        "[[artifact]]\nname = \"o\"\n",
-    );
-    let sha4 = hello_repo(&repo4, "outlink", &r4);
-    let err = build_fails(&repo4, &t.path().join("l4"));
-    assert!(err.contains("symlink") && err.contains("/out"), "{err}");
-    assert!(leftover_containers(&sha4).is_empty());
+    // Hostile outputs: each refused with an error that says why, and no container left.
+    for h in HOSTILE_OUTPUTS {
+        let repo = t.path().join(h.name);
+        let recipe = Recipe::steps(h.steps).then(h.artifact).bytes();
+        let sha = hello_repo(&repo, h.name, &recipe, Some(REMOTE));
+        let err = build_fails(&repo, &t.path().join(format!("l-{}", h.name)));
+        for says in h.says {
+            assert!(err.contains(says), "{} ({}): {err}", h.name, h.why);
+        }
+        assert!(leftover_containers(&sha).is_empty(), "{}", h.name);
+    }
+}
 
-    // A mapping staged as a symlink is not written through by a later mapping.
-    let repo5 = t.path().join("stagelink");
-    let r5 = recipe(
-        &[
+/// An output a build must refuse.
+struct Hostile {
+    name: &'static str,
+    why: &'static str,
+    steps: &'static [&'static str],
+    artifact: &'static str,
+    /// What the error must say.
+    says: &'static [&'static str],
+}
+
+const HOSTILE_OUTPUTS: &[Hostile] = &[
+    Hostile {
+        name: "escape",
+        why: "a `from` through a symlink would read the host",
+        steps: &["mkdir -p /out", "ln -s /etc /out/etc"],
+        artifact: "[[artifact]]\nname = \"e\"\nfiles = [{ from = \"etc/passwd\", to = \"/passwd\" }]\n",
+        says: &["symlink"],
+    },
+    Hostile {
+        name: "outlink",
+        why: "an output directory replaced by a symlink to the host is not followed",
+        steps: &["rm -rf /out", "ln -s /etc /out"],
+        artifact: "[[artifact]]\nname = \"o\"\n",
+        says: &["symlink", "/out"],
+    },
+    Hostile {
+        name: "stagelink",
+        why: "a mapping staged as a symlink is not written through by a later mapping",
+        steps: &[
             "mkdir -p /out/real",
             "ln -s /tmp /out/link",
             "echo x > /out/real/f",
         ],
-        "",
-        "[[artifact]]\nname = \"s\"\nfiles = [{ from = \"link\", to = \"/usr/lib\" }, { from = \"real\", to = \"/usr/lib/app\" }]\n",
-    );
-    hello_repo(&repo5, "stagelink", &r5);
-    let err = build_fails(&repo5, &t.path().join("l5"));
-    assert!(err.contains("passes through a symlink"), "{err}");
-
-    // Special files in the output are rejected by name. (Device nodes cannot even be made:
-    // builds run without CAP_MKNOD; a fifo needs no capability.)
-    let repo3 = t.path().join("device");
-    let r3 = recipe(
-        &["mkdir -p /out", "mkfifo /out/pipe"],
-        "",
-        "[[artifact]]\nname = \"d\"\n",
-    );
-    let sha3 = hello_repo(&repo3, "device", &r3);
-    let err = build_fails(&repo3, &t.path().join("l3"));
-    assert!(err.contains("pipe") && err.contains("fifo"), "{err}");
-    for s in [sha, sha2, sha3] {
-        assert!(leftover_containers(&s).is_empty());
-    }
-}
+        artifact: "[[artifact]]\nname = \"s\"\nfiles = [{ from = \"link\", to = \"/usr/lib\" }, { from = \"real\", to = \"/usr/lib/app\" }]\n",
+        says: &["passes through a symlink"],
+    },
+    Hostile {
+        name: "device",
+        // Device nodes cannot even be made (builds run without CAP_MKNOD); a fifo needs no
+        // capability.
+        why: "special files in the output are rejected by name",
+        steps: &["mkdir -p /out", "mkfifo /out/pipe"],
+        artifact: "[[artifact]]\nname = \"d\"\n",
+        says: &["pipe", "fifo"],
+    },
+];
 
 #[test]
 fn missing_builder_image_says_how_to_provide_it() {
@@ -595,11 +575,9 @@ fn c_program_is_bit_for_bit_reproducible() {
 fn the_source_is_the_committed_bytes() {
     let t = tempfile::tempdir().unwrap();
     let repo = t.path().join("eol");
-    let r = recipe(
-        &["mkdir -p /out", "cp notes.txt /out/notes.txt"],
-        "",
-        "[[artifact]]\nname = \"n\"\nkind = \"files\"\n",
-    );
+    let r = Recipe::steps(&["mkdir -p /out", "cp notes.txt /out/notes.txt"])
+        .then("[[artifact]]\nname = \"n\"\nkind = \"files\"\n")
+        .bytes();
     builder_image("busybox");
     git_repo(
         &repo,
@@ -637,7 +615,7 @@ fn a_git_that_fails_is_an_error_never_a_plain_directory_build() {
     );
     let t = tempfile::tempdir().unwrap();
     let repo = t.path().join("dubious");
-    hello_repo(&repo, "dubious", HELLO_TOML);
+    hello_repo(&repo, "dubious", HELLO_TOML, Some(REMOTE));
     run_ok(Command::new("chown").args(["-R", "65534:65534"]).arg(&repo));
     let out = build_with_env(&repo, &t.path().join("l"), &[]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -651,7 +629,7 @@ fn a_git_that_fails_is_an_error_never_a_plain_directory_build() {
     // git missing from PATH: an error that says so, even with an epoch that would allow a
     // plain-directory build.
     let repo = t.path().join("nogit");
-    hello_repo(&repo, "nogit", HELLO_TOML);
+    hello_repo(&repo, "nogit", HELLO_TOML, Some(REMOTE));
     let empty = t.path().join("empty-path");
     fs::create_dir(&empty).unwrap();
     let out = build_with_env(
@@ -671,7 +649,7 @@ fn a_git_that_fails_is_an_error_never_a_plain_directory_build() {
 fn git_variables_of_the_caller_do_not_reach_kilns_git() {
     let t = tempfile::tempdir().unwrap();
     let repo = t.path().join("real");
-    let sha = hello_repo(&repo, "env-real", HELLO_TOML);
+    let sha = hello_repo(&repo, "env-real", HELLO_TOML, Some(REMOTE));
     let other = t.path().join("other");
     let other_sha = git_repo(&other, &[("x.txt", b"other")], None);
     assert_ne!(sha, other_sha);
@@ -706,12 +684,10 @@ fn build_json_env(dir: &Path, layout: &Path, env: &[(&str, &str)]) -> serde_json
 fn two_builds_of_one_commit_at_once_get_their_own_container_and_log() {
     let t = tempfile::tempdir().unwrap();
     let repo = t.path().join("twice");
-    let r = recipe(
-        &["sleep 1", "mkdir -p /out && echo same > /out/f"],
-        "",
-        "[[artifact]]\nname = \"x\"\nkind = \"files\"\n",
-    );
-    hello_repo(&repo, "twice", &r);
+    let r = Recipe::steps(&["sleep 1", "mkdir -p /out && echo same > /out/f"])
+        .then("[[artifact]]\nname = \"x\"\nkind = \"files\"\n")
+        .bytes();
+    hello_repo(&repo, "twice", &r, Some(REMOTE));
     let layout = t.path().join("l");
     let spawn = || {
         kiln()

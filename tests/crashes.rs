@@ -12,8 +12,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::daemon::*;
-use common::github::{FakeGitHub, terminal_statuses};
+use common::forge::{FakeGitHub, terminal_statuses};
 use common::net::Registry;
+use common::recipe::*;
 use common::*;
 
 const ROUNDS: usize = 20;

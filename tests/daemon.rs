@@ -7,8 +7,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::daemon::*;
-use common::github::{FakeGitHub, terminal_statuses};
+use common::forge::{FakeGitHub, hook, sign, terminal_statuses};
 use common::net::Registry;
+use common::recipe::*;
 use common::*;
 
 #[test]
@@ -251,7 +252,7 @@ fn local_repositories_build_without_registry_and_restarts_rebuild_nothing() {
     assert_eq!(st, 404);
     std::fs::write(
         repo.join("kiln.toml"),
-        String::from_utf8(recipe("exit 3")).unwrap(),
+        String::from_utf8(hello_recipe("exit 3")).unwrap(),
     )
     .unwrap();
     let sha3 = commit(&repo, "marker.txt", "local-e2e 3");

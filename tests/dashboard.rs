@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use browser::Browser;
 use common::daemon::*;
-use common::github::FakeGitHub;
+use common::forge::FakeGitHub;
 use common::net::CutProxy;
+use common::recipe::*;
 use common::*;
 use serde_json::Value;
 

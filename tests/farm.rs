@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use common::daemon::*;
 use common::farm::{Farm, Host};
-use common::github::{FakeGitHub, terminal_statuses};
+use common::forge::{FakeGitHub, hook, sign, terminal_statuses};
 use common::net::Registry;
+use common::recipe::*;
 use common::*;
 
 fn build_of<'a>(builds: &'a [serde_json::Value], sha: &str) -> Option<&'a serde_json::Value> {

@@ -7,29 +7,10 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
+use common::recipe::*;
 use common::*;
 
-fn recipe(steps: &[&str], artifact: &str) -> Vec<u8> {
-    let steps: Vec<String> = steps.iter().map(|s| format!("  {s:?},")).collect();
-    format!(
-        "[build]\nimage = \"kiln-builder/busybox:latest\"\nsteps = [\n{}\n]\ntimeout = \"15m\"\n\n{artifact}",
-        steps.join("\n")
-    )
-    .into_bytes()
-}
-
 const FILES: &str = "[[artifact]]\nname = \"out\"\nkind = \"files\"\n";
-
-fn repo(t: &Path, name: &str, recipe: &[u8]) -> std::path::PathBuf {
-    builder_image("busybox");
-    let dir = t.join(name);
-    git_repo(
-        &dir,
-        &[("kiln.toml", recipe), ("marker", name.as_bytes())],
-        None,
-    );
-    dir
-}
 
 fn build(dir: &Path, layout: &Path, extra: &[&str]) -> Output {
     kiln()
@@ -66,20 +47,20 @@ fn entries(layout: &Path, tag: &str) -> Vec<(Vec<u8>, tar::EntryType, Option<Vec
 #[test]
 fn symlinks_out_are_data_and_odd_names_survive() {
     let t = tempfile::tempdir().unwrap();
-    let dir = repo(
+    let dir = recipe_repo(
         t.path(),
         "links",
-        &recipe(
-            &[
-                "mkdir -p /out",
-                "ln -s /etc/passwd /out/passwd",
-                "ln -s ../../../../.. /out/up",
-                "ln -s loop /out/loop",
-                "printf newline > \"/out/$(printf 'new\\nline')\"",
-                "printf bytes > \"/out/$(printf 'bad\\377\\376name')\"",
-            ],
-            FILES,
-        ),
+        &Recipe::steps(&[
+            "mkdir -p /out",
+            "ln -s /etc/passwd /out/passwd",
+            "ln -s ../../../../.. /out/up",
+            "ln -s loop /out/loop",
+            "printf newline > \"/out/$(printf 'new\\nline')\"",
+            "printf bytes > \"/out/$(printf 'bad\\377\\376name')\"",
+        ])
+        .build("timeout = \"15m\"")
+        .then(FILES)
+        .bytes(),
     );
     let layout = t.path().join("l");
     ok(&build(&dir, &layout, &[]));
@@ -100,13 +81,10 @@ fn symlinks_out_are_data_and_odd_names_survive() {
 #[test]
 fn files_from_with_dotdot_is_refused_before_anything_runs() {
     let t = tempfile::tempdir().unwrap();
-    let dir = repo(
+    let dir = recipe_repo(
         t.path(),
         "dotdot",
-        &recipe(
-            &["mkdir -p /out"],
-            "[[artifact]]\nname = \"out\"\nkind = \"files\"\nfiles = [{ from = \"../etc\", to = \"/x\" }]\n",
-        ),
+        &Recipe::steps(&["mkdir -p /out"]).build("timeout = \"15m\"").then("[[artifact]]\nname = \"out\"\nkind = \"files\"\nfiles = [{ from = \"../etc\", to = \"/x\" }]\n").bytes(),
     );
     let out = build(&dir, &t.path().join("l"), &[]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -150,17 +128,17 @@ fn a_hundred_thousand_files_and_a_thousand_levels() {
 #[test]
 fn a_multi_gib_output_packs_in_bounded_memory_and_a_flood_of_output_stays_at_the_log_limit() {
     let t = tempfile::tempdir().unwrap();
-    let dir = repo(
+    let dir = recipe_repo(
         t.path(),
         "huge",
-        &recipe(
-            &[
-                "mkdir -p /out && dd if=/dev/zero of=/out/huge bs=1M count=2100 2>/dev/null",
-                // 300 MB on stdout.
-                "dd if=/dev/zero bs=1M count=300 2>/dev/null | tr '\\\\0' x",
-            ],
-            FILES,
-        ),
+        &Recipe::steps(&[
+            "mkdir -p /out && dd if=/dev/zero of=/out/huge bs=1M count=2100 2>/dev/null",
+            // 300 MB on stdout.
+            "dd if=/dev/zero bs=1M count=300 2>/dev/null | tr '\\\\0' x",
+        ])
+        .build("timeout = \"15m\"")
+        .then(FILES)
+        .bytes(),
     );
     let layout = t.path().join("l");
     let mut cmd = kiln();

@@ -8,23 +8,11 @@ use std::path::Path;
 use std::process::Command;
 
 use common::net::{FakeServer, FaultProxy, Registry, Reply, Tls, docker_config};
+use common::recipe::*;
 use common::*;
 
-const HELLO_SH: &[u8] = include_bytes!("../examples/hello/hello.sh");
-const HELLO_TOML: &[u8] = include_bytes!("../examples/hello/kiln.toml");
-
-fn hello_repo(dir: &Path, marker: &str) -> String {
-    builder_image("busybox");
-    git_repo(
-        dir,
-        &[
-            ("hello.sh", HELLO_SH),
-            ("kiln.toml", HELLO_TOML),
-            ("marker.txt", marker.as_bytes()),
-        ],
-        Some("https://github.com/acme/hello.git"),
-    )
-}
+/// The remote of the test repositories: its canonical form is what provenance records.
+const REMOTE: &str = "https://github.com/acme/hello.git";
 
 fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -44,7 +32,7 @@ fn build_push_pull_run_and_find_the_provenance() {
     let reg = Registry::start();
     let t = tempfile::tempdir().unwrap();
     let repo = t.path().join("hello");
-    let sha = hello_repo(&repo, "push");
+    let sha = hello_repo(&repo, "push", HELLO_TOML, Some(REMOTE));
     let prefix = format!("{}/acme", reg.addr);
     let out = run_ok(
         kiln()
@@ -465,7 +453,7 @@ fn concurrent_provenance_pushes_both_land_in_the_fallback_index() {
     let reg = Registry::start();
     let t = tempfile::tempdir().unwrap();
     let repo = t.path().join("hello");
-    hello_repo(&repo, "concurrent");
+    hello_repo(&repo, "concurrent", HELLO_TOML, Some(REMOTE));
     // Two builds of one commit: the same image, two provenance statements (different times).
     let a = build_json_ok(&repo, &t.path().join("a"));
     std::thread::sleep(std::time::Duration::from_millis(1100));

@@ -7,28 +7,13 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use common::recipe::*;
 use common::*;
-
-fn recipe(steps: &[&str], extra_build: &str, files: bool) -> Vec<u8> {
-    let steps: Vec<String> = steps.iter().map(|s| format!("  {s:?},")).collect();
-    let kind = if files { "kind = \"files\"\n" } else { "" };
-    format!(
-        "[build]\nimage = \"kiln-builder/busybox:latest\"\nsteps = [\n{}\n]\n{extra_build}\n\n[[artifact]]\nname = \"out\"\n{kind}",
-        steps.join("\n")
-    )
-    .into_bytes()
-}
 
 /// A repository holding `recipe`, built with `args`; the output and the layout.
 fn build(name: &str, recipe: &[u8], args: &[&str]) -> (Output, tempfile::TempDir) {
-    builder_image("busybox");
     let t = tempfile::tempdir().unwrap();
-    let repo = t.path().join(name);
-    git_repo(
-        &repo,
-        &[("kiln.toml", recipe), ("marker", name.as_bytes())],
-        None,
-    );
+    let repo = recipe_repo(t.path(), name, recipe);
     let out = kiln()
         .arg("build")
         .arg(&repo)
@@ -68,17 +53,13 @@ fn file(layout: &Path, name: &str) -> String {
 #[test]
 fn limits_are_visible_inside_the_build_and_a_recipe_cannot_raise_them() {
     // cgroup v1 here; v2 elsewhere.
-    let r = recipe(
-        &[
+    let r = Recipe::steps(&[
             "mkdir -p /out",
             "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null > /out/memory || cat /sys/fs/cgroup/memory.max > /out/memory",
             "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null > /out/pids || cat /sys/fs/cgroup/pids.max > /out/pids",
             "grep CapEff /proc/self/status | tr -d ' \\t' > /out/capeff",
-        ],
-        // The recipe asks for more than the host allows.
-        "memory = \"2g\"\ncpus = 64",
-        true,
-    );
+        ]).build(// The recipe asks for more than the host allows.
+        "memory = \"2g\"\ncpus = 64").files("out").bytes();
     let (out, t) = build(
         "limits",
         &r,
@@ -113,15 +94,14 @@ fn limits_are_visible_inside_the_build_and_a_recipe_cannot_raise_them() {
 
 #[test]
 fn the_network_is_the_hosts_decision() {
-    let r = recipe(
-        &[
-            "mkdir -p /out",
-            "ls /sys/class/net > /out/interfaces",
-            "cat /etc/hosts > /out/hosts",
-        ],
-        "network = true",
-        true,
-    );
+    let r = Recipe::steps(&[
+        "mkdir -p /out",
+        "ls /sys/class/net > /out/interfaces",
+        "cat /etc/hosts > /out/hosts",
+    ])
+    .build("network = true")
+    .files("out")
+    .bytes();
     let (out, _t) = build("network", &r, &[]);
     assert!(!out.status.success());
     let err = stderr(&out);
@@ -140,8 +120,7 @@ fn the_network_is_the_hosts_decision() {
 
 #[test]
 fn a_build_is_contained() {
-    let r = recipe(
-        &[
+    let r = Recipe::steps(&[
             "mkdir -p /out",
             // No raw sockets, no device nodes, no Docker socket, no network.
             "mknod /out/dev-null c 1 3 2>/dev/null && echo made > /out/mknod || echo refused > /out/mknod",
@@ -150,10 +129,7 @@ fn a_build_is_contained() {
             "wget -q -T 2 -O /dev/null http://1.1.1.1/ 2>/dev/null && echo reached > /out/net || echo unreachable > /out/net",
             // A fork bomb stops at the pids limit instead of taking the host down.
             "sh -c 'i=0; while [ $i -lt 200 ]; do sleep 30 & i=$((i+1)); done' 2>/out/forks; killall sleep 2>/dev/null; true",
-        ],
-        "",
-        true,
-    );
+        ]).files("out").bytes();
     let (out, t) = build("contained", &r, &["--limit-pids", "50"]);
     ok(&out);
     let l = t.path().join("l");
@@ -171,15 +147,13 @@ fn a_build_is_contained() {
 #[test]
 fn the_log_stops_at_its_limit_and_the_output_fails_at_its_limit() {
     // 8 MiB printed; the log keeps 1 MiB and says so once; the build goes on.
-    let r = recipe(
-        &[
-            "mkdir -p /out && echo done > /out/f",
-            "dd if=/dev/zero bs=1024 count=8192 2>/dev/null | tr '\\\\0' 'x'",
-            "echo after-the-flood",
-        ],
-        "",
-        true,
-    );
+    let r = Recipe::steps(&[
+        "mkdir -p /out && echo done > /out/f",
+        "dd if=/dev/zero bs=1024 count=8192 2>/dev/null | tr '\\\\0' 'x'",
+        "echo after-the-flood",
+    ])
+    .files("out")
+    .bytes();
     let (out, t) = build("log", &r, &["--limit-log", "1m"]);
     ok(&out);
     let logs: Vec<_> = std::fs::read_dir(t.path().join("l/.kiln/logs"))
@@ -201,11 +175,10 @@ fn the_log_stops_at_its_limit_and_the_output_fails_at_its_limit() {
     );
 
     // 3 MiB of output against a 1 MiB limit: a clear failure, nothing packed.
-    let r = recipe(
-        &["mkdir -p /out && dd if=/dev/zero of=/out/big bs=1M count=3 2>/dev/null"],
-        "",
-        true,
-    );
+    let r =
+        Recipe::steps(&["mkdir -p /out && dd if=/dev/zero of=/out/big bs=1M count=3 2>/dev/null"])
+            .files("out")
+            .bytes();
     let (out, t) = build("output", &r, &["--limit-output", "1m"]);
     assert!(!out.status.success());
     let err = stderr(&out);
@@ -225,7 +198,10 @@ fn a_committed_tree_cannot_write_outside_or_swap_its_recipe() {
     let repo = t.path().join("symlinked");
     git_repo(
         &repo,
-        &[("real.toml", &recipe(&["mkdir -p /out"], "", true))],
+        &[(
+            "real.toml",
+            &Recipe::steps(&["mkdir -p /out"]).files("out").bytes(),
+        )],
         None,
     );
     std::os::unix::fs::symlink("real.toml", repo.join("kiln.toml")).unwrap();
@@ -252,7 +228,10 @@ fn a_committed_tree_cannot_write_outside_or_swap_its_recipe() {
     let repo = t.path().join("crafted");
     git_repo(
         &repo,
-        &[("kiln.toml", &recipe(&["mkdir -p /out"], "", true))],
+        &[(
+            "kiln.toml",
+            &Recipe::steps(&["mkdir -p /out"]).files("out").bytes(),
+        )],
         None,
     );
     let hash = |data: &str| {
@@ -307,14 +286,10 @@ fn the_daemon_applies_its_limits_and_allows_the_network_per_repo() {
     use common::daemon::{Daemon, has};
     builder_image("busybox");
     let t = tempfile::tempdir().unwrap();
-    let r = recipe(
-        &[
+    let r = Recipe::steps(&[
             "mkdir -p /out",
             "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null > /out/pids || cat /sys/fs/cgroup/pids.max > /out/pids",
-        ],
-        "network = true",
-        true,
-    );
+        ]).build("network = true").files("out").bytes();
     let closed = t.path().join("closed");
     let sha_closed = git_repo(&closed, &[("kiln.toml", &r), ("marker", b"closed")], None);
     let open = t.path().join("open");

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::daemon::{Daemon, has};
-use common::github::FakeGitHub;
+use common::forge::FakeGitHub;
 use common::net::{Registry, Tls, docker_config};
 use common::*;
 

@@ -9,21 +9,10 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::daemon::{Daemon, has, metric};
-use common::github::{FakeGitHub, terminal_statuses};
+use common::forge::{FakeGitHub, terminal_statuses};
 use common::net::Registry;
+use common::recipe::*;
 use common::*;
-
-const HELLO_SH: &[u8] = include_bytes!("../examples/hello/hello.sh");
-const HELLO_TOML: &[u8] = include_bytes!("../examples/hello/kiln.toml");
-
-fn steps_recipe(image: &str, steps: &[&str], name: &str) -> Vec<u8> {
-    let steps: Vec<String> = steps.iter().map(|s| format!("  {s:?},")).collect();
-    format!(
-        "[build]\nimage = {image:?}\nsteps = [\n{}\n]\n\n[[artifact]]\nname = {name:?}\nkind = \"files\"\n",
-        steps.join("\n")
-    )
-    .into_bytes()
-}
 
 /// A repository served by `git daemon` (its `origin`, so provenance records that URL).
 fn served_repo(
@@ -118,16 +107,14 @@ fn a_reproducible_build_verifies_from_its_provenance_alone() {
 fn a_random_file_fails_verify_and_is_the_only_path_named() {
     builder_image("busybox");
     let gh = FakeGitHub::start(None);
-    let recipe = steps_recipe(
-        "kiln-builder/busybox:latest",
-        &[
-            "mkdir -p /out/data",
-            "cat /proc/sys/kernel/random/uuid > /out/data/random",
-            "dd if=/dev/zero of=/out/data/big bs=1M count=24 2>/dev/null",
-            "echo unchanged > /out/data/same",
-        ],
-        "rnd",
-    );
+    let recipe = Recipe::steps(&[
+        "mkdir -p /out/data",
+        "cat /proc/sys/kernel/random/uuid > /out/data/random",
+        "dd if=/dev/zero of=/out/data/big bs=1M count=24 2>/dev/null",
+        "echo unchanged > /out/data/same",
+    ])
+    .files("rnd")
+    .bytes();
     let (dir, sha) = served_repo(&gh, "acme/rnd", &[("kiln.toml", &recipe)]);
     let reg = Registry::start();
     let t = tempfile::tempdir().unwrap();
@@ -183,14 +170,12 @@ fn build_verify_fails_before_anything_is_pushed() {
     builder_image("busybox");
     let t = tempfile::tempdir().unwrap();
     let repo = t.path().join("r");
-    let recipe = steps_recipe(
-        "kiln-builder/busybox:latest",
-        &[
-            "mkdir -p /out",
-            "cat /proc/sys/kernel/random/uuid > /out/random",
-        ],
-        "nopush",
-    );
+    let recipe = Recipe::steps(&[
+        "mkdir -p /out",
+        "cat /proc/sys/kernel/random/uuid > /out/random",
+    ])
+    .files("nopush")
+    .bytes();
     git_repo(&repo, &[("kiln.toml", &recipe)], None);
     let reg = Registry::start();
     let layout = t.path().join("l");
@@ -232,11 +217,9 @@ fn build_verify_fails_before_anything_is_pushed() {
 
     // A reproducible recipe passes the same check, and is stored.
     let repo2 = t.path().join("r2");
-    let stable = steps_recipe(
-        "kiln-builder/busybox:latest",
-        &["mkdir -p /out", "echo stable > /out/f"],
-        "stable",
-    );
+    let stable = Recipe::steps(&["mkdir -p /out", "echo stable > /out/f"])
+        .files("stable")
+        .bytes();
     git_repo(&repo2, &[("kiln.toml", &stable)], None);
     let out = kiln()
         .arg("build")
@@ -261,14 +244,12 @@ fn a_mode_only_difference_is_classified_metadata_only() {
     let t = tempfile::tempdir().unwrap();
     let repo = t.path().join("r");
     // The exec bit follows a random hex digit: two builds differ in it half of the time.
-    let recipe = steps_recipe(
-        "kiln-builder/busybox:latest",
-        &[
-            "mkdir -p /out && echo same > /out/tool",
-            "case $(head -c1 /proc/sys/kernel/random/uuid) in [0-7]) chmod 755 /out/tool;; esac",
-        ],
-        "modes",
-    );
+    let recipe = Recipe::steps(&[
+        "mkdir -p /out && echo same > /out/tool",
+        "case $(head -c1 /proc/sys/kernel/random/uuid) in [0-7]) chmod 755 /out/tool;; esac",
+    ])
+    .files("modes")
+    .bytes();
     git_repo(&repo, &[("kiln.toml", &recipe)], None);
     for attempt in 0..16 {
         let out = kiln()
@@ -313,11 +294,9 @@ fn what_cannot_be_verified_exits_2_with_the_reason() {
 
     // The recorded source is unreachable.
     let repo = t.path().join("gone");
-    let recipe = steps_recipe(
-        "kiln-builder/busybox:latest",
-        &["mkdir -p /out && echo x > /out/x"],
-        "gone",
-    );
+    let recipe = Recipe::steps(&["mkdir -p /out && echo x > /out/x"])
+        .files("gone")
+        .bytes();
     let sha = git_repo(
         &repo,
         &[("kiln.toml", &recipe)],
@@ -333,7 +312,10 @@ fn what_cannot_be_verified_exits_2_with_the_reason() {
     let gh = FakeGitHub::start(None);
     let builder = format!("kiln-test/verify-builder:{}", std::process::id());
     run_ok(Command::new("docker").args(["tag", "kiln-builder/busybox:latest", &builder]));
-    let recipe = steps_recipe(&builder, &["mkdir -p /out && echo b > /out/b"], "builder");
+    let recipe = Recipe::steps(&["mkdir -p /out && echo b > /out/b"])
+        .image(&builder)
+        .files("builder")
+        .bytes();
     let (dir, sha) = served_repo(&gh, "acme/builder", &[("kiln.toml", &recipe)]);
     build_push(&dir, &t.path().join("l2"), &reg.addr, &[]);
     let reference = format!("{}/acme/builder:{sha}", reg.addr);
@@ -423,19 +405,17 @@ fn the_build_sees_a_fixed_world_and_the_builder_is_named_by_content() {
     builder_image("busybox");
     let t = tempfile::tempdir().unwrap();
     let repo = t.path().join("world");
-    let recipe = steps_recipe(
-        "kiln-builder/busybox:latest",
-        &[
-            "mkdir -p /out",
-            "hostname > /out/hostname",
-            "umask > /out/umask",
-            "date +%Z > /out/tz",
-            "cat /etc/hosts > /out/hosts",
-            "cat /etc/resolv.conf > /out/resolv",
-            "touch /out/made && stat -c %a /out/made > /out/made-mode",
-        ],
-        "world",
-    );
+    let recipe = Recipe::steps(&[
+        "mkdir -p /out",
+        "hostname > /out/hostname",
+        "umask > /out/umask",
+        "date +%Z > /out/tz",
+        "cat /etc/hosts > /out/hosts",
+        "cat /etc/resolv.conf > /out/resolv",
+        "touch /out/made && stat -c %a /out/made > /out/made-mode",
+    ])
+    .files("world")
+    .bytes();
     git_repo(&repo, &[("kiln.toml", &recipe)], None);
     let layout = t.path().join("l");
     run_ok(kiln().arg("build").arg(&repo).arg("--output").arg(&layout));
@@ -513,14 +493,12 @@ fn the_build_sees_a_fixed_world_and_the_builder_is_named_by_content() {
 fn the_daemon_reports_a_build_that_is_not_reproducible() {
     builder_image("busybox");
     let gh = FakeGitHub::start(Some(GITHUB_TOKEN));
-    let recipe = steps_recipe(
-        "kiln-builder/busybox:latest",
-        &[
-            "mkdir -p /out",
-            "cat /proc/sys/kernel/random/uuid > /out/random",
-        ],
-        "flaky",
-    );
+    let recipe = Recipe::steps(&[
+        "mkdir -p /out",
+        "cat /proc/sys/kernel/random/uuid > /out/random",
+    ])
+    .files("flaky")
+    .bytes();
     let sha = gh.create("acme/flaky", &[("kiln.toml", &recipe)]);
     let t = tempfile::tempdir().unwrap();
     std::fs::write(t.path().join("token"), GITHUB_TOKEN).unwrap();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use super::github::FakeGitHub;
+use super::forge::FakeGitHub;
 use super::net::free_port;
 use super::{Checked, GITHUB_TOKEN, git, kiln, require};
 
@@ -306,33 +306,12 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
 
 // The hello project, as the daemon tests commit it, and the config around it.
 
-pub const HELLO_SH: &[u8] = include_bytes!("../../examples/hello/hello.sh");
 pub const HOOK_SECRET: &str = "hook-secret-for-tests";
 
-/// The hello recipe, with `first` as an extra first step (say, a sleep).
-pub fn recipe(first: &str) -> Vec<u8> {
-    let first = if first.is_empty() {
-        String::new()
-    } else {
-        format!("  {first:?},\n")
-    };
-    format!(
-        "[build]\nimage = \"kiln-builder/busybox:latest\"\nsteps = [\n{first}  \"mkdir -p /out/bin\",\n  \"cp /bin/busybox /out/bin/busybox && ln -s busybox /out/bin/sh\",\n  \"sed \\\"s/@EPOCH@/$SOURCE_DATE_EPOCH/\\\" hello.sh > /out/bin/hello && chmod 755 /out/bin/hello\",\n]\ntimeout = \"5m\"\n\n[[artifact]]\nname = \"hello\"\nkind = \"image\"\nentrypoint = [\"/bin/hello\"]\n"
-    )
-    .into_bytes()
-}
-
-/// Files of a hello project whose marker makes its commits unique to one test.
+/// Files of a hello project whose marker makes its commits unique to one test, with
+/// `first_step` as an extra first step of its recipe (say, a sleep).
 pub fn hello(marker: &str, first_step: &str) -> Vec<(&'static str, Vec<u8>)> {
-    vec![
-        ("hello.sh", HELLO_SH.to_vec()),
-        ("kiln.toml", recipe(first_step)),
-        ("marker.txt", marker.as_bytes().to_vec()),
-    ]
-}
-
-pub fn refs<'a>(files: &'a [(&'static str, Vec<u8>)]) -> Vec<(&'static str, &'a [u8])> {
-    files.iter().map(|(p, c)| (*p, c.as_slice())).collect()
+    super::recipe::hello_files(marker, &super::recipe::hello_recipe(first_step))
 }
 
 /// Commit a change to `file` in a local work tree; returns the SHA.
@@ -386,34 +365,5 @@ pub fn github_config(gh: &FakeGitHub, dir: &Path, poll: &str, extra: &str) -> St
         gh.api_url,
         secret_file(dir, "token", GITHUB_TOKEN),
         secret_file(dir, "hook-secret", HOOK_SECRET),
-    )
-}
-
-/// The `X-Hub-Signature-256` of `body` under [`HOOK_SECRET`].
-pub fn sign(body: &[u8]) -> String {
-    use hmac::Mac;
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(HOOK_SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-/// Deliver a webhook to `d`.
-pub fn hook(
-    d: &Daemon,
-    event: &str,
-    delivery: &str,
-    body: &[u8],
-    signature: &str,
-) -> (u16, String) {
-    http(
-        "POST",
-        &format!("{}/hooks/github", d.url),
-        &[
-            ("X-GitHub-Event", event),
-            ("X-GitHub-Delivery", delivery),
-            ("X-Hub-Signature-256", signature),
-            ("Content-Type", "application/json"),
-        ],
-        body,
     )
 }

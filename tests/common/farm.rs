@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use super::daemon::*;
-use super::github::FakeGitHub;
+use super::forge::FakeGitHub;
 use super::net::Registry;
 use super::postgres::{DB_PASSWORD, Postgres};
 use super::{GITHUB_TOKEN, builder_image};

@@ -7,9 +7,10 @@
 
 pub mod daemon;
 pub mod farm;
-pub mod github;
+pub mod forge;
 pub mod net;
 pub mod postgres;
+pub mod recipe;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;

@@ -1,7 +1,9 @@
-//! A stand-in for GitHub: an in-test HTTP server speaking the REST shapes kiln uses (ETags
-//! and 304s per token, rate-limit headers, 403 rate limits, commit statuses), backed by real
-//! git repositories that `git daemon` serves. GitHub itself is out of reach here; this is the
-//! one test double in the daemon tests, and it is a real HTTP server over real repositories.
+//! The stand-in forge: GitHub's REST shapes as kiln's `forge::github` speaks them (branch
+//! heads and tags with ETags and 304s per token, rate-limit headers, 403 rate limits, the
+//! repository's clone and web URLs, posted commit statuses) and its webhook deliveries
+//! (signed as GitHub signs them), backed by real git repositories that `git daemon` serves.
+//! GitHub itself is out of reach here; this is the one test double in the daemon tests, and
+//! it is a real HTTP server over real repositories.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,7 +22,7 @@ use super::{git, require};
 
 /// A request the fake answered.
 #[derive(Clone, Debug)]
-pub struct GhRequest {
+pub struct ApiRequest {
     pub method: String,
     pub path: String,
     pub status: u16,
@@ -28,9 +30,9 @@ pub struct GhRequest {
     pub at: Instant,
 }
 
-/// A commit status kiln posted.
+/// A commit status kiln posted (`forge::PostedStatus`, with where it went).
 #[derive(Clone, Debug)]
-pub struct GhStatus {
+pub struct PostedStatus {
     pub repo: String,
     pub sha: String,
     pub state: String,
@@ -42,8 +44,8 @@ pub struct GhStatus {
 #[derive(Default)]
 struct Inner {
     token: Option<String>,
-    requests: Vec<GhRequest>,
-    statuses: Vec<GhStatus>,
+    requests: Vec<ApiRequest>,
+    statuses: Vec<PostedStatus>,
     remaining: i64,
     /// Answer every request with a 403 rate limit until this Unix time.
     limited_until: Option<u64>,
@@ -186,11 +188,11 @@ impl FakeGitHub {
         git(&self.dir(full), &["tag", "-a", "-m", name, name, sha]);
     }
 
-    pub fn statuses(&self) -> Vec<GhStatus> {
+    pub fn statuses(&self) -> Vec<PostedStatus> {
         self.shared.inner.lock().unwrap().statuses.clone()
     }
 
-    pub fn requests(&self) -> Vec<GhRequest> {
+    pub fn requests(&self) -> Vec<ApiRequest> {
         self.shared.inner.lock().unwrap().requests.clone()
     }
 
@@ -233,7 +235,7 @@ fn admit(
     let reset = inner.limited_until.unwrap_or(unix_now() + 3600);
     out.insert("x-ratelimit-reset", reset.to_string().parse().unwrap());
     let record = |status: u16, inner: &mut Inner| {
-        inner.requests.push(GhRequest {
+        inner.requests.push(ApiRequest {
             method: method.to_owned(),
             path: path.to_owned(),
             status,
@@ -460,7 +462,7 @@ async fn status(
         Err(r) => return *r,
     };
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let st = GhStatus {
+    let st = PostedStatus {
         repo: format!("{owner}/{name}"),
         sha,
         state: v["state"].as_str().unwrap_or("").to_owned(),
@@ -486,10 +488,40 @@ async fn status(
 }
 
 /// Terminal statuses (success, failure, error) of `sha` by context.
-pub fn terminal_statuses(all: &[GhStatus], sha: &str) -> BTreeMap<String, Vec<GhStatus>> {
-    let mut out: BTreeMap<String, Vec<GhStatus>> = BTreeMap::new();
+pub fn terminal_statuses(all: &[PostedStatus], sha: &str) -> BTreeMap<String, Vec<PostedStatus>> {
+    let mut out: BTreeMap<String, Vec<PostedStatus>> = BTreeMap::new();
     for s in all.iter().filter(|s| s.sha == sha && s.state != "pending") {
         out.entry(s.context.clone()).or_default().push(s.clone());
     }
     out
+}
+
+/// The `X-Hub-Signature-256` of `body` under [`HOOK_SECRET`](super::daemon::HOOK_SECRET).
+pub fn sign(body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(super::daemon::HOOK_SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Deliver a webhook to the daemon `d`, as GitHub does.
+pub fn hook(
+    d: &super::daemon::Daemon,
+    event: &str,
+    delivery: &str,
+    body: &[u8],
+    signature: &str,
+) -> (u16, String) {
+    super::daemon::http(
+        "POST",
+        &format!("{}/hooks/github", d.url),
+        &[
+            ("X-GitHub-Event", event),
+            ("X-GitHub-Delivery", delivery),
+            ("X-Hub-Signature-256", signature),
+            ("Content-Type", "application/json"),
+        ],
+        body,
+    )
 }
