@@ -273,6 +273,9 @@ pub trait Forge: Send + Sync {
     /// conditionally where the forge can, so an unchanged branch costs nothing.
     async fn head(&self, repo: &str, branch: &str) -> Result<Option<String>, ForgeError>;
 
+    /// Every branch of `repo`, with its head commit.
+    async fn branches(&self, repo: &str) -> Result<Vec<(String, String)>, ForgeError>;
+
     /// Every tag of `repo`, with the commit it points at.
     async fn tags(&self, repo: &str) -> Result<Vec<(String, String)>, ForgeError>;
 

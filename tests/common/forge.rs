@@ -125,6 +125,7 @@ impl FakeGitHub {
                     .route("/repos/{owner}/{name}", get(repo))
                     .route("/repos/{owner}/{name}/commits/{*branch}", get(head))
                     .route("/repos/{owner}/{name}/tags", get(tags))
+                    .route("/repos/{owner}/{name}/branches", get(branches))
                     .route("/repos/{owner}/{name}/statuses/{sha}", post(status))
                     .with_state(s);
                 let l = tokio::net::TcpListener::from_std(listener).unwrap();
@@ -415,24 +416,39 @@ async fn tags(
     UrlPath((owner, name)): UrlPath<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let path = format!("/repos/{owner}/{name}/tags");
-    let (key, out) = match admit(&s, "GET", &path, &headers, true) {
+    listing(&s, &owner, &name, "tags", &headers)
+}
+
+async fn branches(
+    State(s): State<Shared>,
+    UrlPath((owner, name)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    listing(&s, &owner, &name, "heads", &headers)
+}
+
+/// `GET /repos/{o}/{r}/tags` or `/branches` (`refs/<kind>`): `[{name, commit: {sha}}]`, tags
+/// peeled to their commits.
+fn listing(s: &Shared, owner: &str, name: &str, kind: &str, headers: &HeaderMap) -> Response {
+    let what = if kind == "heads" { "branches" } else { kind };
+    let path = format!("/repos/{owner}/{name}/{what}");
+    let (key, out) = match admit(s, "GET", &path, headers, true) {
         Ok(x) => x,
         Err(r) => return *r,
     };
-    let dir = s.root.join(&owner).join(&name);
+    let dir = s.root.join(owner).join(name);
     let listing = Command::new("git")
         .arg("-C")
         .arg(&dir)
         .args([
             "for-each-ref",
-            "--format=%(refname:short) %(objectname) %(*objectname)",
-            "refs/tags",
+            "--format=%(refname:lstrip=2) %(objectname) %(*objectname)",
+            &format!("refs/{kind}"),
         ])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    let tags: Vec<serde_json::Value> = listing
+    let refs: Vec<serde_json::Value> = listing
         .lines()
         .filter_map(|l| {
             let mut p = l.split(' ');
@@ -442,11 +458,11 @@ async fn tags(
         })
         .collect();
     conditional(
-        &s,
+        s,
         &key,
         out,
-        &headers,
-        serde_json::Value::from(tags).to_string(),
+        headers,
+        serde_json::Value::from(refs).to_string(),
     )
 }
 

@@ -33,8 +33,8 @@ const MUTATION_SPACING: Duration = Duration::from_secs(1);
 /// A secondary rate limit without `retry-after`: GitHub asks for at least a minute.
 const SECONDARY_WAIT: Duration = Duration::from_secs(60);
 
-/// The tags in a `GET /repos/{o}/{r}/tags` answer, as (name, commit); entries whose commit is
-/// not a SHA are dropped.
+/// The refs in a `GET /repos/{o}/{r}/tags` or `/branches` answer (both are `[{name, commit:
+/// {sha}}]`), as (name, commit); entries whose commit is not a SHA are dropped.
 pub fn parse_tags(body: &str) -> Result<Vec<(String, String)>, String> {
     let tags: Vec<TagEntry> = serde_json::from_str(body).map_err(|e| e.to_string())?;
     Ok(tags
@@ -384,15 +384,34 @@ impl GitHubClient {
     /// Tags and their commits: `GET /repos/{o}/{r}/tags`, every page (up to 1000 tags).
     /// Entries whose commit is not a SHA are dropped.
     pub async fn tags(&self, owner: &str, name: &str) -> Result<Vec<(String, String)>, ForgeError> {
+        self.named_commits(owner, name, "tags").await
+    }
+
+    /// Branches and their heads: `GET /repos/{o}/{r}/branches`, every page (up to 1000).
+    pub async fn branches(
+        &self,
+        owner: &str,
+        name: &str,
+    ) -> Result<Vec<(String, String)>, ForgeError> {
+        self.named_commits(owner, name, "branches").await
+    }
+
+    /// The `what` listing (`tags` or `branches`), conditional per page, as (name, commit).
+    async fn named_commits(
+        &self,
+        owner: &str,
+        name: &str,
+        what: &'static str,
+    ) -> Result<Vec<(String, String)>, ForgeError> {
         let mut out = Vec::new();
-        let mut path = Some(format!("/repos/{owner}/{name}/tags?per_page=100"));
+        let mut path = Some(format!("/repos/{owner}/{name}/{what}?per_page=100"));
         let mut pages = 0;
         while let Some(p) = path.take() {
             pages += 1;
-            let (body, next) = self.get_page("tags", &p, ACCEPT_JSON).await?;
+            let (body, next) = self.get_page(what, &p, ACCEPT_JSON).await?;
             out.extend(parse_tags(&body).map_err(|message| ForgeError::Malformed {
                 forge: FORGE,
-                what: "tags".into(),
+                what: what.into(),
                 message,
             })?);
             if pages < 10 {

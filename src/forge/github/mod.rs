@@ -259,6 +259,11 @@ impl Forge for GitHub {
         self.client.tags(owner, name).await
     }
 
+    async fn branches(&self, repo: &str) -> Result<Vec<(String, String)>, ForgeError> {
+        let (owner, name) = split(repo)?;
+        self.client.branches(owner, name).await
+    }
+
     async fn origin(&self, repo: &str) -> Result<Origin, ForgeError> {
         let info = self.info(repo).await?;
         // The token goes only to the GitHub host, over https.

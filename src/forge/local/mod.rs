@@ -65,6 +65,15 @@ async fn read_refs(repo: &str) -> Result<Vec<(String, String)>, ForgeError> {
         })
 }
 
+/// The refs of `repo` under `prefix`, by their names below it, with their commits.
+async fn named(repo: &str, prefix: &str) -> Result<Vec<(String, String)>, ForgeError> {
+    Ok(read_refs(repo)
+        .await?
+        .into_iter()
+        .filter_map(|(r, sha)| Some((r.strip_prefix(prefix)?.to_owned(), sha)))
+        .collect())
+}
+
 #[async_trait::async_trait]
 impl Forge for Local {
     fn kind(&self) -> &'static str {
@@ -138,11 +147,11 @@ impl Forge for Local {
     }
 
     async fn tags(&self, repo: &str) -> Result<Vec<(String, String)>, ForgeError> {
-        Ok(read_refs(repo)
-            .await?
-            .into_iter()
-            .filter_map(|(r, sha)| Some((r.strip_prefix("refs/tags/")?.to_owned(), sha)))
-            .collect())
+        named(repo, "refs/tags/").await
+    }
+
+    async fn branches(&self, repo: &str) -> Result<Vec<(String, String)>, ForgeError> {
+        named(repo, "refs/heads/").await
     }
 
     /// Fetched by its path, recorded as its path.
