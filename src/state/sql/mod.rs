@@ -42,11 +42,36 @@ pub(super) const UPSERT_HEAD: &str = "INSERT INTO heads (repo, recipe, git_ref, 
 /// `WHERE` clause pieces that hold only while `lease` does.
 pub(super) const FENCED: &str = "id = ? AND owner = ? AND fence = ? AND state = 'running'";
 
+/// Binds [`FENCED`]'s parameters: the lease's build, owner and fence, in that order.
+pub(super) trait BindLease<'q> {
+    fn bind_lease(self, lease: &'q Lease) -> Self;
+}
+
 /// The [`JobStore`] implementation over an engine's pool, one macro per section of the trait
 /// (`triggers.rs`, `scheduling.rs`, ...): `$store` has a `pool` of `$db`, and the inherent `q`,
 /// `now`, `check`, `SKIP_LOCKED` and `FOR_SHARE`.
 macro_rules! sql_store {
     ($store:ident, $db:ty, $row:ty) => {
+        impl<'q> BindLease<'q>
+            for sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>
+        {
+            fn bind_lease(self, lease: &'q Lease) -> Self {
+                self.bind(&lease.build_id)
+                    .bind(&lease.owner)
+                    .bind(lease.fence)
+            }
+        }
+
+        impl<'q, O> BindLease<'q>
+            for sqlx::query::QueryScalar<'q, $db, O, <$db as sqlx::Database>::Arguments<'q>>
+        {
+            fn bind_lease(self, lease: &'q Lease) -> Self {
+                self.bind(&lease.build_id)
+                    .bind(&lease.owner)
+                    .bind(lease.fence)
+            }
+        }
+
         impl $store {
             async fn artifacts_of(&self, ids: &[String]) -> Result<Vec<(String, ArtifactRow)>> {
                 if ids.is_empty() {

@@ -17,9 +17,7 @@ macro_rules! sql_outbox {
                 .bind(&status.description)
                 .bind(&status.target_url)
                 .bind(self.now())
-                .bind(&lease.build_id)
-                .bind(&lease.owner)
-                .bind(lease.fence)
+                .bind_lease(lease)
                 .execute(&self.pool)
                 .await?
                 .rows_affected()

@@ -16,9 +16,7 @@ macro_rules! sql_records {
                 .bind(attempt as i64)
                 .bind(name)
                 .bind(self.now())
-                .bind(&lease.build_id)
-                .bind(&lease.owner)
-                .bind(lease.fence)
+                .bind_lease(lease)
                 .execute(&self.pool)
                 .await?;
                 Ok(())
@@ -43,9 +41,7 @@ macro_rules! sql_records {
                 .bind(&lease.build_id)
                 .bind(attempt as i64)
                 .bind(name)
-                .bind(&lease.build_id)
-                .bind(&lease.owner)
-                .bind(lease.fence)
+                .bind_lease(lease)
                 .execute(&self.pool)
                 .await?;
                 Ok(())
@@ -64,9 +60,7 @@ macro_rules! sql_records {
                 .bind(&step.command)
                 .bind(step.exit_code)
                 .bind(step.millis.map(|m| m as i64))
-                .bind(&lease.build_id)
-                .bind(&lease.owner)
-                .bind(lease.fence)
+                .bind_lease(lease)
                 .execute(&self.pool)
                 .await?;
                 Ok(())
@@ -75,9 +69,7 @@ macro_rules! sql_records {
             async fn set_subject(&self, lease: &Lease, subject: &str) -> Result<()> {
                 sqlx::query(&self.q(&format!("UPDATE jobs SET subject = ? WHERE {FENCED}")))
                     .bind(subject)
-                    .bind(&lease.build_id)
-                    .bind(&lease.owner)
-                    .bind(lease.fence)
+                    .bind_lease(lease)
                     .execute(&self.pool)
                     .await?;
                 Ok(())
@@ -95,9 +87,7 @@ macro_rules! sql_records {
                 .bind(first_line as i64)
                 .bind(lines.len() as i64)
                 .bind(lines.join("\n"))
-                .bind(&lease.build_id)
-                .bind(&lease.owner)
-                .bind(lease.fence)
+                .bind_lease(lease)
                 .execute(&self.pool)
                 .await?
                 .rows_affected()

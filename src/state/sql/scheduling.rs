@@ -48,9 +48,7 @@ macro_rules! sql_scheduling {
                      RETURNING cancel_requested"
                 )))
                 .bind(now + ms(duration))
-                .bind(&lease.build_id)
-                .bind(&lease.owner)
-                .bind(lease.fence)
+                .bind_lease(lease)
                 .bind(now)
                 .fetch_optional(&self.pool)
                 .await?;
@@ -65,9 +63,7 @@ macro_rules! sql_scheduling {
                 let n: i64 = sqlx::query_scalar(&self.q(&format!(
                     "SELECT count(*) FROM jobs WHERE {FENCED} AND lease_until > ?"
                 )))
-                .bind(&lease.build_id)
-                .bind(&lease.owner)
-                .bind(lease.fence)
+                .bind_lease(lease)
                 .bind(self.now() + ms(margin))
                 .fetch_one(&self.pool)
                 .await?;
@@ -79,9 +75,7 @@ macro_rules! sql_scheduling {
                     "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, run_after = 0, \
                      attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END WHERE {FENCED}"
                 )))
-                .bind(&lease.build_id)
-                .bind(&lease.owner)
-                .bind(lease.fence)
+                .bind_lease(lease)
                 .execute(&self.pool)
                 .await?;
                 Ok(())
@@ -94,9 +88,7 @@ macro_rules! sql_scheduling {
                 )))
                 .bind(self.now() + ms(delay))
                 .bind(error)
-                .bind(&lease.build_id)
-                .bind(&lease.owner)
-                .bind(lease.fence)
+                .bind_lease(lease)
                 .execute(&self.pool)
                 .await?
                 .rows_affected()
@@ -136,9 +128,7 @@ macro_rules! sql_scheduling {
                 .bind(outcome.state.as_str())
                 .bind(&outcome.error)
                 .bind(now)
-                .bind(&lease.build_id)
-                .bind(&lease.owner)
-                .bind(lease.fence)
+                .bind_lease(lease)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected()
