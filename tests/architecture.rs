@@ -4,8 +4,9 @@
 //! its arguments past clippy's limit.
 //!
 //! The graph is read from the code (comments and string literals left out): every
-//! `crate::a::b` and `super::` path, and every `use crate::{...}` group, resolved to the
-//! deepest module that exists.
+//! `crate::a::b` and `super::` path (`super` of an inline module is its file's module), every
+//! `use` group, followed through re-exports (`pub use`, the crate root's too) and through glob
+//! imports of them, and cut to the deepest module that exists.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -154,10 +155,169 @@ fn code_only(text: &str) -> String {
     out
 }
 
+/// The inline modules of `code` (`mod tests { ... }`): each one's name and the span of its
+/// body.
+fn inline_modules(code: &str) -> Vec<(String, std::ops::Range<usize>)> {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(found) = code[at..].find("mod ").map(|n| at + n) {
+        at = found + "mod ".len();
+        if found > 0 && code[..found].ends_with(ident) {
+            continue;
+        }
+        let rest = &code[at..];
+        let len = rest.find(|c: char| !ident(c)).unwrap_or(rest.len());
+        let Some(body) = rest[len..].trim_start().strip_prefix('{') else {
+            continue;
+        };
+        let open = code.len() - body.len();
+        let mut depth = 1;
+        let close = code[open..]
+            .char_indices()
+            .find(|&(_, c)| {
+                depth += match c {
+                    '{' => 1,
+                    '}' => -1,
+                    _ => 0,
+                };
+                depth == 0
+            })
+            .map_or(code.len(), |(n, _)| open + n);
+        out.push((rest[..len].to_owned(), open..close));
+    }
+    out
+}
+
+/// The module path at byte `at` of `module`'s code: the file's module and the inline
+/// modules around `at`.
+fn scope_at(
+    module: &[String],
+    inline: &[(String, std::ops::Range<usize>)],
+    at: usize,
+) -> Vec<String> {
+    let mut scope = module.to_vec();
+    scope.extend(
+        inline
+            .iter()
+            .filter(|(_, body)| body.contains(&at))
+            .map(|(name, _)| name.clone()),
+    );
+    scope
+}
+
+/// A leaf of a `use` declaration.
+struct Use {
+    /// Re-exported (`pub`, `pub(crate)`, ...).
+    public: bool,
+    /// The module it is written in (a file's module, or an inline module in it).
+    scope: Vec<String>,
+    /// What it names, absolute.
+    path: Vec<String>,
+    /// The name it binds there (`*` for a glob).
+    name: String,
+}
+
+/// The leaves of `module`'s `use` declarations.
+fn use_leaves(module: &[String], code: &str) -> Vec<Use> {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let inline = inline_modules(code);
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(found) = code[at..].find("use ").map(|n| at + n) {
+        at = found + "use ".len();
+        if found > 0 && code[..found].ends_with(ident) {
+            continue;
+        }
+        let head = code[..found].trim_end();
+        let public = head.ends_with("pub") || head.ends_with(')') && head.contains("pub(");
+        let end = code[at..].find(';').map_or(code.len(), |n| at + n);
+        let tree: String = code[at..end]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let scope = scope_at(module, &inline, found);
+        for (path, name) in tree_leaves(&tree, Vec::new()) {
+            let mut abs = match path.first().map(String::as_str) {
+                Some("crate") => Vec::new(),
+                Some("self") => scope.clone(),
+                Some("super") => {
+                    let mut base = scope.clone();
+                    for _ in path.iter().take_while(|p| *p == "super") {
+                        base.pop();
+                    }
+                    base
+                }
+                // A child of the scope (or another crate, which names no module here).
+                _ => scope.clone(),
+            };
+            abs.extend(
+                path.iter()
+                    .skip_while(|p| matches!(p.as_str(), "crate" | "self" | "super"))
+                    .cloned(),
+            );
+            out.push(Use {
+                public,
+                scope: scope.clone(),
+                path: abs,
+                name,
+            });
+        }
+    }
+    out
+}
+
+/// The leaves of a use tree (`a::{b, c::d as e, f::*}`): each path and the name it binds.
+fn tree_leaves(tree: &str, prefix: Vec<String>) -> Vec<(Vec<String>, String)> {
+    let tree = tree.trim().trim_start_matches("::");
+    if let Some(group) = tree.strip_prefix('{') {
+        let inner = group.strip_suffix('}').unwrap_or(group);
+        let (mut depth, mut start, mut out) = (0, 0, Vec::new());
+        for (n, c) in inner.char_indices().chain([(inner.len(), ',')]) {
+            match c {
+                '{' => depth += 1,
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    if !inner[start..n].trim().is_empty() {
+                        out.extend(tree_leaves(&inner[start..n], prefix.clone()));
+                    }
+                    start = n + 1;
+                }
+                _ => {}
+            }
+        }
+        return out;
+    }
+    match tree.split_once("::") {
+        Some((first, rest)) => {
+            let mut p = prefix;
+            p.push(first.trim().to_owned());
+            tree_leaves(rest, p)
+        }
+        None => {
+            let (seg, alias) = match tree.split_once(" as ") {
+                Some((seg, alias)) => (seg.trim(), Some(alias.trim())),
+                None => (tree, None),
+            };
+            let mut p = prefix;
+            if seg == "self" {
+                // `a::{self}` binds `a`.
+                let name = alias.map(str::to_owned).or_else(|| p.last().cloned());
+                return name.map(|n| (p, n)).into_iter().collect();
+            }
+            if seg != "*" {
+                p.push(seg.to_owned());
+            }
+            vec![(p, alias.unwrap_or(seg).to_owned())]
+        }
+    }
+}
+
 /// The paths a module's code names: `crate::...` and `super::...` (made absolute), and the
 /// members of `use crate::{...}` groups.
 fn references(module: &[String], code: &str) -> Vec<Vec<String>> {
     let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let inline = inline_modules(code);
     let mut out = Vec::new();
     let mut at = 0;
     while let Some(found) = code[at..].find("crate::").map(|n| at + n) {
@@ -174,7 +334,7 @@ fn references(module: &[String], code: &str) -> Vec<Vec<String>> {
         if found > 0 && code[..found].ends_with(|c: char| ident(c) || c == ':') {
             continue;
         }
-        let mut base: Vec<String> = module.to_vec();
+        let mut base = scope_at(module, &inline, found);
         base.pop();
         let mut rest = &code[at..];
         while let Some(r) = rest.strip_prefix("super::") {
@@ -242,7 +402,7 @@ fn path_at(s: &str, prefix: Vec<String>) -> Vec<Vec<String>> {
 }
 
 /// Module `from` depends on module `to`: every edge of the library, between modules that
-/// exist (a path is cut to the deepest module it names).
+/// exist.
 fn graph() -> BTreeSet<(Vec<String>, Vec<String>)> {
     let sources: Vec<(Vec<String>, String)> = files(&src())
         .into_iter()
@@ -251,11 +411,60 @@ fn graph() -> BTreeSet<(Vec<String>, Vec<String>)> {
             Some((m, code_only(&std::fs::read_to_string(&p).unwrap())))
         })
         .collect();
+    graph_of(&sources)
+}
+
+/// The edges between `sources` (each a module and its code). A path through a re-export
+/// (`pub use`) counts as a path to where the item is defined, and a glob import of a module
+/// (`use super::*`) as a path to each of its re-exports that the code names. A path is then
+/// cut to the deepest module it names.
+fn graph_of(sources: &[(Vec<String>, String)]) -> BTreeSet<(Vec<String>, Vec<String>)> {
     let modules: BTreeSet<Vec<String>> = sources.iter().map(|(m, _)| m.clone()).collect();
+    let mut exports: BTreeMap<Vec<String>, Vec<String>> = BTreeMap::new();
+    for (m, code) in sources {
+        for u in use_leaves(m, code) {
+            if u.public && u.name != "*" {
+                let mut key = u.scope;
+                key.push(u.name);
+                exports.insert(key, u.path);
+            }
+        }
+    }
+    let resolve = |mut path: Vec<String>| {
+        for _ in 0..8 {
+            let Some(k) = (1..=path.len())
+                .rev()
+                .find(|&k| exports.contains_key(&path[..k]))
+            else {
+                break;
+            };
+            let mut to = exports[&path[..k]].clone();
+            to.extend_from_slice(&path[k..]);
+            if to == path {
+                break;
+            }
+            path = to;
+        }
+        path
+    };
     let mut edges = BTreeSet::new();
-    for (m, code) in &sources {
-        for r in references(m, code) {
-            let mut to = r;
+    for (m, code) in sources {
+        let mut refs = references(m, code);
+        let words: BTreeSet<&str> = code
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .collect();
+        for u in use_leaves(m, code).into_iter().filter(|u| u.name == "*") {
+            let from = resolve(u.path);
+            refs.extend(
+                exports
+                    .keys()
+                    .filter(|k| k.len() == from.len() + 1 && k.starts_with(&from))
+                    .filter(|k| words.contains(k[from.len()].as_str()))
+                    .cloned(),
+            );
+        }
+        for r in refs {
+            let mut to = resolve(r);
             while !to.is_empty() && !modules.contains(&to) {
                 to.pop();
             }
@@ -328,14 +537,76 @@ fn the_source_reader_sees_what_the_compiler_sees() {
 }
 
 #[test]
+fn the_graph_follows_re_exports_globs_and_inline_modules() {
+    let m = |s: &str| -> Vec<String> {
+        s.split("::")
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let sources: Vec<(Vec<String>, String)> = [
+        ("", "pub use digest::Digest;"),
+        ("digest", "pub struct Digest;"),
+        ("runner", "fn f(d: crate::Digest) {}"),
+        // `p::a` reaches `p::b` only through `p`'s re-export.
+        ("p", "mod a; mod b; pub use b::{X, Y as Z};"),
+        ("p::a", "use super::Z; fn f() { Z::new(); }"),
+        ("p::b", "fn g() { crate::p::a::f(); }"),
+        // A glob of `s`'s re-exports, and a name it uses.
+        ("s", "pub use sqlite::Store; pub(crate) use other::Unused;"),
+        ("s::sqlite", ""),
+        ("s::other", ""),
+        ("s::sql", "use super::*; fn f(x: Store) {}"),
+        // `super` inside an inline module is the file's module.
+        ("h::i", "mod tests { use super::super::f::g; }"),
+        ("h::f", ""),
+    ]
+    .iter()
+    .map(|(a, b)| (m(a), code_only(b)))
+    .collect();
+    let edges: BTreeSet<(String, String)> = graph_of(&sources)
+        .into_iter()
+        .map(|(a, b)| (a.join("::"), b.join("::")))
+        .collect();
+    let want: BTreeSet<(String, String)> = [
+        ("p::a", "p::b"),
+        ("p::b", "p::a"),
+        ("runner", "digest"),
+        ("s::sql", "s"),
+        ("s::sql", "s::sqlite"),
+        ("h::i", "h::f"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(edges, want);
+    let siblings: BTreeSet<(String, String)> = edges
+        .into_iter()
+        .filter(|(a, b)| a.starts_with("p::") && b.starts_with("p::"))
+        .collect();
+    assert_eq!(cycle(&siblings).unwrap(), ["p::a", "p::b", "p::a"]);
+}
+
+#[test]
 fn the_import_graph_has_no_cycles() {
     let edges = graph();
     assert!(edges.len() > 100, "the graph was not read: {edges:?}");
+    // Edges the reader must see: a plain path, one through a directory's re-exports and one
+    // through the crate root's.
+    for (a, b) in [
+        ("pipeline::plan", "runner"),
+        ("registry::base", "registry::client"),
+        ("runner", "digest"),
+    ] {
+        let path = |m: &str| m.split("::").map(str::to_owned).collect::<Vec<_>>();
+        assert!(edges.contains(&(path(a), path(b))), "no edge {a} -> {b}");
+    }
     // Between top-level modules.
+    // `lib.rs` (the root, the front door) is none of them.
     let top: BTreeSet<(String, String)> = edges
         .iter()
-        .filter(|(a, b)| a[0] != b[0])
-        .map(|(a, b)| (a[0].clone(), b[0].clone()))
+        .filter_map(|(a, b)| Some((a.first()?.clone(), b.first()?.clone())))
+        .filter(|(a, b)| a != b)
         .collect();
     if std::env::var_os("KILN_GRAPH").is_some() {
         // `KILN_GRAPH=1 cargo test --test architecture -- --nocapture`: what imports what.
@@ -428,10 +699,12 @@ fn github_is_named_only_behind_the_forge_seam() {
 
 #[test]
 fn the_docker_runner_stays_in_the_runner() {
-    let found = src_lines(|rel, line| !rel.starts_with("runner/") && line.contains("DockerRunner"));
+    let found = src_lines(|rel, line| {
+        !rel.starts_with("runner/") && (line.contains("DockerRunner") || line.contains("bollard"))
+    });
     assert!(
         found.is_empty(),
-        "DockerRunner named outside runner/:\n{}",
+        "Docker (DockerRunner, bollard) named outside runner/:\n{}",
         found.join("\n")
     );
 }
@@ -449,9 +722,24 @@ fn no_function_is_allowed_too_many_arguments() {
                 continue;
             }
             let text = std::fs::read_to_string(&p).unwrap();
-            if text.contains("too_many_arguments") {
+            // The lint by name, or a blanket allowance of its group.
+            if [
+                "too_many_arguments",
+                "allow(clippy::complexity",
+                "allow(clippy::all",
+            ]
+            .iter()
+            .any(|w| text.contains(w))
+            {
                 found.push(p.display().to_string());
             }
+        }
+    }
+    // Nor a crate-wide allowance or a raised limit.
+    for file in ["Cargo.toml", "clippy.toml", ".clippy.toml"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap_or_default();
+        if text.contains("too_many_arguments") || text.contains("too-many-arguments") {
+            found.push(file.to_owned());
         }
     }
     assert!(
