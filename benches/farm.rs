@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::daemon::*;
 use common::farm::{Farm, Host};
+use common::recipe::hello;
 use common::recipe::refs;
 
 const COMMITS: usize = 30;

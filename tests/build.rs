@@ -157,7 +157,7 @@ fn builds_are_offline_and_see_the_commit_time() {
         "ls > /out/source-files",
     ])
     .build("env = { GREETING = \"hi there\" }")
-    .then("[[artifact]]\nname = \"probe\"\nkind = \"files\"\n")
+    .files("probe")
     .bytes();
     let sha = hello_repo(&repo, "offline", &r, Some(REMOTE));
     let res = build_json(&repo, &t.path().join("l"), &[]);
@@ -207,7 +207,7 @@ fn failing_step_names_the_step_code_and_output() {
         "echo compiling; echo 'error: boom' >&2; exit 3",
         "echo never runs > /tmp/x",
     ])
-    .then("[[artifact]]\nname = \"x\"\n")
+    .image_artifact("x")
     .bytes();
     let sha = hello_repo(&repo, "failing", &r, Some(REMOTE));
     // What a user sees at the default log level.
@@ -246,7 +246,7 @@ fn timeout_kills_the_build() {
     let repo = t.path().join("slow");
     let r = Recipe::steps(&["echo starting", "sleep 60"])
         .build("timeout = \"3s\"")
-        .then("[[artifact]]\nname = \"x\"\n")
+        .image_artifact("x")
         .bytes();
     let sha = hello_repo(&repo, "timeout", &r, Some(REMOTE));
     let started = Instant::now();
@@ -276,7 +276,7 @@ fn interrupt_exits_130_and_removes_the_container() {
     let t = tempfile::tempdir().unwrap();
     let repo = t.path().join("interrupt");
     let r = Recipe::steps(&["echo waiting-for-signal", "sleep 120"])
-        .then("[[artifact]]\nname = \"x\"\n")
+        .image_artifact("x")
         .bytes();
     let sha = hello_repo(&repo, "interrupt", &r, Some(REMOTE));
     let mut child = kiln()
@@ -430,6 +430,7 @@ fn outputs_are_mapped_checked_and_hostile_ones_rejected() {
         let recipe = Recipe::steps(h.steps).then(h.artifact).bytes();
         let sha = hello_repo(&repo, h.name, &recipe, Some(REMOTE));
         let err = build_fails(&repo, &t.path().join(format!("l-{}", h.name)));
+        assert!(!h.says.is_empty(), "{}: says nothing to check", h.name);
         for says in h.says {
             assert!(err.contains(says), "{} ({}): {err}", h.name, h.why);
         }
@@ -576,7 +577,7 @@ fn the_source_is_the_committed_bytes() {
     let t = tempfile::tempdir().unwrap();
     let repo = t.path().join("eol");
     let r = Recipe::steps(&["mkdir -p /out", "cp notes.txt /out/notes.txt"])
-        .then("[[artifact]]\nname = \"n\"\nkind = \"files\"\n")
+        .files("n")
         .bytes();
     builder_image("busybox");
     git_repo(
@@ -685,7 +686,7 @@ fn two_builds_of_one_commit_at_once_get_their_own_container_and_log() {
     let t = tempfile::tempdir().unwrap();
     let repo = t.path().join("twice");
     let r = Recipe::steps(&["sleep 1", "mkdir -p /out && echo same > /out/f"])
-        .then("[[artifact]]\nname = \"x\"\nkind = \"files\"\n")
+        .files("x")
         .bytes();
     hello_repo(&repo, "twice", &r, Some(REMOTE));
     let layout = t.path().join("l");

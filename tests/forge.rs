@@ -103,7 +103,10 @@ async fn every_forge_answers_alike_of_one_repository() {
         sorted(github.branches("acme/hello").await.unwrap()),
         pairs(&[("feature/x", &feature), ("main", &main)])
     );
-    assert_eq!(sorted(github.tags("acme/hello").await.unwrap()).len(), 3);
+    assert_eq!(
+        sorted(github.tags("acme/hello").await.unwrap()),
+        pairs(&[("light", &main), ("release/2", &feature), ("v1.0.0", &main)])
+    );
     let again: Vec<(String, u16)> = gh.requests()[before..]
         .iter()
         .map(|r| (r.path.clone(), r.status))
@@ -116,10 +119,18 @@ async fn every_forge_answers_alike_of_one_repository() {
         ]
     );
     // A branch moves: the next listing is a 200 with the new head.
+    let before = gh.requests().len();
     let moved = gh.commit("acme/hello", &[("a.txt", b"3")], "move main");
     assert_eq!(
         sorted(github.branches("acme/hello").await.unwrap()),
         pairs(&[("feature/x", &feature), ("main", &moved)])
     );
-    assert_eq!(gh.requests().last().unwrap().status, 200);
+    let moved_listing: Vec<(String, u16)> = gh.requests()[before..]
+        .iter()
+        .map(|r| (r.path.clone(), r.status))
+        .collect();
+    assert_eq!(
+        moved_listing,
+        [("/repos/acme/hello/branches".to_owned(), 200)]
+    );
 }

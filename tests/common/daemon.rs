@@ -308,12 +308,6 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
 
 pub const HOOK_SECRET: &str = "hook-secret-for-tests";
 
-/// Files of a hello project whose marker makes its commits unique to one test, with
-/// `first_step` as an extra first step of its recipe (say, a sleep).
-pub fn hello(marker: &str, first_step: &str) -> Vec<(&'static str, Vec<u8>)> {
-    super::recipe::hello_files(marker, &super::recipe::hello_recipe(first_step))
-}
-
 /// Commit a change to `file` in a local work tree; returns the SHA.
 pub fn commit(dir: &Path, file: &str, content: &str) -> String {
     std::fs::write(dir.join(file), content).unwrap();

@@ -99,7 +99,7 @@ pub fn hello_recipe(first: &str) -> Vec<u8> {
 
 /// The files of a hello project whose marker makes its commits unique to one test (so
 /// leftover-container checks see only that test's builds).
-pub fn hello_files(marker: &str, recipe: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
+fn hello_files(marker: &str, recipe: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
     vec![
         ("hello.sh", HELLO_SH.to_vec()),
         ("kiln.toml", recipe.to_vec()),
@@ -131,4 +131,10 @@ pub fn recipe_repo(t: &Path, name: &str, recipe: &[u8]) -> std::path::PathBuf {
         None,
     );
     dir
+}
+
+/// Files of a hello project whose marker makes its commits unique to one test, with
+/// `first_step` as an extra first step of its recipe (say, a sleep).
+pub fn hello(marker: &str, first_step: &str) -> Vec<(&'static str, Vec<u8>)> {
+    hello_files(marker, &hello_recipe(first_step))
 }
