@@ -87,6 +87,28 @@ async fn every_forge_answers_alike_of_one_repository() {
             pairs(&[("light", &main), ("release/2", &feature), ("v1.0.0", &main)]),
             "{k}: tags, annotated ones peeled to their commits"
         );
+        // One look for a check: the same heads and tags.
+        let branches = ["main".to_owned(), "gone".to_owned()];
+        let seen = forge.snapshot(repo, &branches, true).await.unwrap();
+        assert_eq!(
+            seen.heads,
+            [
+                ("main".to_owned(), Some(main.clone())),
+                ("gone".to_owned(), None)
+            ],
+            "{k}: snapshot heads"
+        );
+        assert_eq!(
+            seen.tags.map(sorted),
+            Some(pairs(&[
+                ("light", &main),
+                ("release/2", &feature),
+                ("v1.0.0", &main)
+            ])),
+            "{k}: snapshot tags"
+        );
+        let seen = forge.snapshot(repo, &branches[..1], false).await.unwrap();
+        assert_eq!(seen.tags, None, "{k}: tags not asked for");
         let origin = forge.origin(repo).await.unwrap();
         assert_eq!(origin.fetch_url, fetch_url, "{k}: fetch URL");
         // The stand-in's git is plain git://: no credential may ride along to it.

@@ -127,14 +127,16 @@ pub async fn triggers(d: Arc<Daemon>, stop: CancellationToken) {
 /// trigger on each.
 async fn check(d: &Daemon, forge: &dyn Forge, repo: &Repo) -> Result<(), ForgeError> {
     let name = repo.name();
-    for branch in &repo.branches {
-        match forge.head(&name, branch).await? {
+    let seen = forge
+        .snapshot(&name, &repo.branches, repo.tags.is_some())
+        .await?;
+    for (branch, head) in seen.heads {
+        match head {
             Some(sha) => trigger(d, repo, &format!("refs/heads/{branch}"), &sha).await,
             None => tracing::debug!(repo = %name, branch, "no such branch (yet)"),
         }
     }
-    if repo.tags.is_some() {
-        let tags = forge.tags(&name).await?;
+    if let Some(tags) = seen.tags {
         tags_seen(d, repo, tags).await;
     }
     Ok(())

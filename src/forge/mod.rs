@@ -198,6 +198,15 @@ impl Changes {
     }
 }
 
+/// What one look at a repository found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Each branch asked for, with its head (`None`: no such branch, yet).
+    pub heads: Vec<(String, Option<String>)>,
+    /// Every tag and its commit, when tags were asked for.
+    pub tags: Option<Vec<(String, String)>>,
+}
+
 /// A webhook delivery whose signature checked out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delivery {
@@ -272,6 +281,26 @@ pub trait Forge: Send + Sync {
     /// The head commit of `branch`, or `None` when there is no such branch (yet). Asked
     /// conditionally where the forge can, so an unchanged branch costs nothing.
     async fn head(&self, repo: &str, branch: &str) -> Result<Option<String>, ForgeError>;
+
+    /// The heads of `branches` and, with `tags`, every tag: what one check of `repo` needs.
+    /// By default a [`head`](Forge::head) per branch and a [`tags`](Forge::tags); a forge
+    /// that reads all its refs at once answers from one read (and so from one moment).
+    async fn snapshot(
+        &self,
+        repo: &str,
+        branches: &[String],
+        tags: bool,
+    ) -> Result<Snapshot, ForgeError> {
+        let mut heads = Vec::with_capacity(branches.len());
+        for b in branches {
+            heads.push((b.clone(), self.head(repo, b).await?));
+        }
+        let tags = match tags {
+            true => Some(self.tags(repo).await?),
+            false => None,
+        };
+        Ok(Snapshot { heads, tags })
+    }
 
     /// Every branch of `repo`, with its head commit.
     async fn branches(&self, repo: &str) -> Result<Vec<(String, String)>, ForgeError>;

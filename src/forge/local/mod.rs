@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Changes, Forge, ForgeError, Kind, Origin, Watch};
+use super::{Changes, Forge, ForgeError, Kind, Origin, Snapshot, Watch};
 use crate::source::git::Git;
 
 /// How often a local repository is read again when no change was seen on disk.
@@ -67,11 +67,14 @@ async fn read_refs(repo: &str) -> Result<Vec<(String, String)>, ForgeError> {
 
 /// The refs of `repo` under `prefix`, by their names below it, with their commits.
 async fn named(repo: &str, prefix: &str) -> Result<Vec<(String, String)>, ForgeError> {
-    Ok(read_refs(repo)
-        .await?
-        .into_iter()
-        .filter_map(|(r, sha)| Some((r.strip_prefix(prefix)?.to_owned(), sha)))
-        .collect())
+    Ok(under(&read_refs(repo).await?, prefix))
+}
+
+/// The `refs` under `prefix`, by their names below it.
+fn under(refs: &[(String, String)], prefix: &str) -> Vec<(String, String)> {
+    refs.iter()
+        .filter_map(|(r, sha)| Some((r.strip_prefix(prefix)?.to_owned(), sha.clone())))
+        .collect()
 }
 
 #[async_trait::async_trait]
@@ -148,6 +151,28 @@ impl Forge for Local {
 
     async fn tags(&self, repo: &str) -> Result<Vec<(String, String)>, ForgeError> {
         named(repo, "refs/tags/").await
+    }
+
+    /// One read of the refs for all of it.
+    async fn snapshot(
+        &self,
+        repo: &str,
+        branches: &[String],
+        tags: bool,
+    ) -> Result<Snapshot, ForgeError> {
+        let refs = read_refs(repo).await?;
+        let find = |want: String| {
+            refs.iter()
+                .find(|(r, _)| *r == want)
+                .map(|(_, sha)| sha.clone())
+        };
+        Ok(Snapshot {
+            heads: branches
+                .iter()
+                .map(|b| (b.clone(), find(format!("refs/heads/{b}"))))
+                .collect(),
+            tags: tags.then(|| under(&refs, "refs/tags/")),
+        })
     }
 
     async fn branches(&self, repo: &str) -> Result<Vec<(String, String)>, ForgeError> {
