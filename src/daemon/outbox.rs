@@ -32,7 +32,11 @@ pub(super) async fn send_statuses(d: Arc<Daemon>, stop: CancellationToken) {
             }
             let (ok, retry_in) = match d.forge_of(&s.repo) {
                 // Its forge may come back with a reload.
-                None => (false, Duration::from_secs(60)),
+                None if crate::forge::kind_claiming(&s.repo).is_some() => {
+                    (false, Duration::from_secs(60))
+                }
+                // No forge could ever take it.
+                None => (true, Duration::ZERO),
                 Some(f) if !f.has_statuses() => (true, Duration::ZERO),
                 Some(f) => match send(&d, f.as_ref(), &s, &stop).await {
                     Some(sent) => sent,
@@ -62,12 +66,10 @@ async fn send(
     // Claimed before by a sender that died: it may be on the forge already. Look first, so a
     // crash never makes a second terminal status.
     if s.claims > 1 {
-        let desc = crate::text::truncate(&s.status.description, 140);
-        let already = forge.statuses(&s.repo, &s.commit).await.is_ok_and(|list| {
-            list.iter().any(|p| {
-                p.context == s.status.context && p.state == s.status.state && p.description == desc
-            })
-        });
+        let already = forge
+            .has_status(&s.repo, &s.commit, &s.status)
+            .await
+            .unwrap_or(false);
         if already {
             tracing::info!(context = %s.status.context, state = %s.status.state, "commit status already on the forge (sent before a restart)");
             return Some((true, Duration::ZERO));

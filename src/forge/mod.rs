@@ -28,6 +28,10 @@ pub trait Kind: Sync {
     /// Its name: what `[[repo]]` entries and messages call it.
     fn name(&self) -> &'static str;
 
+    /// Whether a repository named `repo` (as the state names it) belongs to a forge of this
+    /// kind, by its shape: for records whose config entry is gone.
+    fn claims(&self, repo: &str) -> bool;
+
     /// `url` in this forge's canonical form (`https://HOST/OWNER/REPO`), if it names a
     /// repository on one of its well-known hosts in any of the forms git accepts.
     fn canonical_url(&self, _url: &str) -> Option<String> {
@@ -48,6 +52,11 @@ pub trait Kind: Sync {
     /// Register its own metrics (once per daemon; before the first request, so the metrics
     /// exposition keeps its shape whatever the config).
     fn register_metrics(&self, _metrics: &Metrics) {}
+}
+
+/// The kind of forge a repository named `repo` belongs to by its shape, if any.
+pub fn kind_claiming(repo: &str) -> Option<&'static dyn Kind> {
+    KINDS.iter().find(|k| k.claims(repo)).copied()
 }
 
 /// Tokens for the forges' well-known hosts, by forge name (one-shot commands).
@@ -238,24 +247,12 @@ pub enum WebhookError {
     Rejected(String),
 }
 
-/// A commit status as a forge shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PostedStatus {
-    pub context: String,
-    pub state: String,
-    pub description: String,
-}
-
 /// A code host, as kiln needs it. Repositories are named as the state names them: `owner/name`
 /// on a hosted forge, the path of a local repository.
 #[async_trait::async_trait]
-pub trait Forge: Send + Sync {
+pub trait Forge: Any + Send + Sync {
     /// Its kind's name (as in [`Kind::name`]).
     fn kind(&self) -> &'static str;
-
-    /// Whether a repository named `repo` belongs to a forge of this kind, by its shape (for
-    /// records whose config entry is gone).
-    fn claims(&self, repo: &str) -> bool;
 
     /// How kiln learns of new commits.
     fn watch(&self) -> Watch;
@@ -341,9 +338,15 @@ pub trait Forge: Send + Sync {
         })
     }
 
-    /// The statuses a commit has (to look before sending one again after a crash).
-    async fn statuses(&self, _repo: &str, _commit: &str) -> Result<Vec<PostedStatus>, ForgeError> {
-        Ok(Vec::new())
+    /// Whether `commit` shows `status` already, as this forge stores what it is sent (to look
+    /// before sending one again after a crash).
+    async fn has_status(
+        &self,
+        _repo: &str,
+        _commit: &str,
+        _status: &NewStatus,
+    ) -> Result<bool, ForgeError> {
+        Ok(false)
     }
 
     /// The web page of a commit.
@@ -352,29 +355,27 @@ pub trait Forge: Send + Sync {
     }
 }
 
-/// A forge as the trait, and as what it is.
-type Entry = (Arc<dyn Forge>, Arc<dyn Any + Send + Sync>);
-
 /// The forges of a config, by kind.
 #[derive(Clone, Default)]
-pub struct Forges(BTreeMap<&'static str, Entry>);
+pub struct Forges(BTreeMap<&'static str, Arc<dyn Forge>>);
 
 impl Forges {
-    pub fn insert<F: Forge + 'static>(&mut self, forge: Arc<F>) {
-        self.0.insert(forge.kind(), (forge.clone(), forge));
+    pub fn insert(&mut self, forge: Arc<dyn Forge>) {
+        self.0.insert(forge.kind(), forge);
     }
 
     pub fn get(&self, kind: &str) -> Option<&Arc<dyn Forge>> {
-        self.0.get(kind).map(|(f, _)| f)
+        self.0.get(kind)
     }
 
     /// The forge of `kind` as what it is (to carry its state over a reload).
-    pub fn typed<F: Forge + 'static>(&self, kind: &str) -> Option<Arc<F>> {
-        self.0.get(kind)?.1.clone().downcast().ok()
+    pub fn typed<F: Forge>(&self, kind: &str) -> Option<Arc<F>> {
+        let any: Arc<dyn Any + Send + Sync> = self.0.get(kind)?.clone();
+        any.downcast().ok()
     }
 
     /// The forge a repository named `repo` belongs to by its shape.
     pub fn claiming(&self, repo: &str) -> Option<&Arc<dyn Forge>> {
-        self.0.values().map(|(f, _)| f).find(|f| f.claims(repo))
+        self.get(kind_claiming(repo)?.name())
     }
 }

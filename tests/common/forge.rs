@@ -30,7 +30,7 @@ pub struct ApiRequest {
     pub at: Instant,
 }
 
-/// A commit status kiln posted (`forge::PostedStatus`, with where it went).
+/// A commit status kiln posted, with where it went.
 #[derive(Clone, Debug)]
 pub struct PostedStatus {
     pub repo: String,

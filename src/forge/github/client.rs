@@ -18,7 +18,7 @@ use serde::Deserialize;
 use sha2::Digest as _;
 
 use super::Metrics;
-use crate::forge::{ForgeError, PostedStatus};
+use crate::forge::ForgeError;
 use crate::secret::Secret;
 use crate::state::{JobStore, NewStatus};
 use crate::text::truncate;
@@ -30,6 +30,8 @@ pub const ACCEPT_SHA: &str = "application/vnd.github.sha";
 const ACCEPT_JSON: &str = "application/vnd.github+json";
 /// Mutating calls are spaced at least this far apart.
 const MUTATION_SPACING: Duration = Duration::from_secs(1);
+/// GitHub keeps this many characters of a status's description.
+const DESCRIPTION_MAX: usize = 140;
 /// A secondary rate limit without `retry-after`: GitHub asks for at least a minute.
 const SECONDARY_WAIT: Duration = Duration::from_secs(60);
 
@@ -421,14 +423,16 @@ impl GitHubClient {
         Ok(out)
     }
 
-    /// The statuses a commit has: `GET /repos/{o}/{r}/commits/{sha}/statuses`. Used before
-    /// re-sending a status a dead sender may have sent.
-    pub async fn statuses(
+    /// Whether the commit shows `status` as [`create_status`](Self::create_status) sends it:
+    /// `GET /repos/{o}/{r}/commits/{sha}/statuses`. Used before re-sending a status a dead
+    /// sender may have sent.
+    pub async fn has_status(
         &self,
         owner: &str,
         name: &str,
         sha: &str,
-    ) -> Result<Vec<PostedStatus>, ForgeError> {
+        status: &NewStatus,
+    ) -> Result<bool, ForgeError> {
         #[derive(Deserialize)]
         struct S {
             context: String,
@@ -447,14 +451,12 @@ impl GitHubClient {
             what: "statuses".into(),
             message: e.to_string(),
         })?;
-        Ok(list
-            .into_iter()
-            .map(|s| PostedStatus {
-                context: s.context,
-                state: s.state,
-                description: s.description.unwrap_or_default(),
-            })
-            .collect())
+        let description = truncate(&status.description, DESCRIPTION_MAX);
+        Ok(list.into_iter().any(|s| {
+            s.context == status.context
+                && s.state == status.state
+                && s.description.unwrap_or_default() == description
+        }))
     }
 
     /// `POST /repos/{o}/{r}/statuses/{sha}`, spaced from the previous mutating call.
@@ -479,7 +481,7 @@ impl GitHubClient {
         let mut body = serde_json::json!({
             "state": status.state,
             "context": status.context,
-            "description": truncate(&status.description, 140),
+            "description": truncate(&status.description, DESCRIPTION_MAX),
         });
         if let Some(u) = &status.target_url {
             body["target_url"] = serde_json::Value::String(u.clone());

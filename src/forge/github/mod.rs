@@ -15,9 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 pub use client::{ACCEPT_SHA, GitHubClient, RepoInfo, next_link, parse_tags};
 pub use hook::signature_ok;
 
-use super::{
-    Delivery, FetchAuth, Forge, ForgeError, Kind, Origin, PostedStatus, Watch, WebhookError,
-};
+use super::{Delivery, FetchAuth, Forge, ForgeError, Kind, Origin, Watch, WebhookError};
 use crate::metrics::StatusLabel;
 use crate::secret::Secret;
 use crate::state::{JobStore, NewStatus};
@@ -38,6 +36,10 @@ pub const KIND: GitHubKind = GitHubKind;
 impl Kind for GitHubKind {
     fn name(&self) -> &'static str {
         "github"
+    }
+
+    fn claims(&self, repo: &str) -> bool {
+        !repo.starts_with('/') && repo.contains('/')
     }
 
     /// GitHub remotes in any form git accepts (https, ssh, scp-like `git@github.com:`,
@@ -229,10 +231,6 @@ impl Forge for GitHub {
         KIND.name()
     }
 
-    fn claims(&self, repo: &str) -> bool {
-        !repo.starts_with('/') && repo.contains('/')
-    }
-
     fn watch(&self) -> Watch {
         Watch::Poll {
             every: self.settings.poll_interval,
@@ -309,9 +307,14 @@ impl Forge for GitHub {
         self.client.create_status(owner, name, commit, status).await
     }
 
-    async fn statuses(&self, repo: &str, commit: &str) -> Result<Vec<PostedStatus>, ForgeError> {
+    async fn has_status(
+        &self,
+        repo: &str,
+        commit: &str,
+        status: &NewStatus,
+    ) -> Result<bool, ForgeError> {
         let (owner, name) = split(repo)?;
-        self.client.statuses(owner, name, commit).await
+        self.client.has_status(owner, name, commit, status).await
     }
 
     /// `https://github.com/...` for `api.github.com`, the host's own for GitHub Enterprise

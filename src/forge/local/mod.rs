@@ -22,6 +22,10 @@ impl Kind for LocalKind {
     fn name(&self) -> &'static str {
         "local"
     }
+
+    fn claims(&self, repo: &str) -> bool {
+        repo.starts_with('/')
+    }
 }
 
 /// The repositories on this host's disk, named by their paths.
@@ -81,10 +85,6 @@ fn under(refs: &[(String, String)], prefix: &str) -> Vec<(String, String)> {
 impl Forge for Local {
     fn kind(&self) -> &'static str {
         KIND.name()
-    }
-
-    fn claims(&self, repo: &str) -> bool {
-        repo.starts_with('/')
     }
 
     fn watch(&self) -> Watch {
