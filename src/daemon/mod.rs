@@ -177,7 +177,7 @@ impl Daemon {
         self.config()
             .repos
             .iter()
-            .any(|r| r.name() == repo && self.forge(r).is_some_and(|f| f.has_statuses()))
+            .any(|r| r.is_named(repo) && self.forge(r).is_some_and(|f| f.has_statuses()))
     }
 
     /// The config's entry for `repo` (a state name) and `recipe`.
@@ -185,7 +185,7 @@ impl Daemon {
         self.config()
             .repos
             .iter()
-            .find(|r| r.name() == repo && r.recipe_key() == recipe)
+            .find(|r| r.is_named(repo) && r.recipe_key() == recipe)
             .cloned()
     }
 
@@ -194,7 +194,7 @@ impl Daemon {
     pub fn forge_of(&self, repo: &str) -> Option<Arc<dyn Forge>> {
         let cfg = self.config();
         let forges = read(&self.forges);
-        match cfg.repos.iter().find(|r| r.name() == repo) {
+        match cfg.repos.iter().find(|r| r.is_named(repo)) {
             Some(r) => forges.get(r.forge()).cloned(),
             None => forges.claiming(repo).cloned(),
         }

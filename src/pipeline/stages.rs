@@ -105,8 +105,6 @@ pub struct Fetched {
     pub mirror: PathBuf,
     /// What to record as the source.
     pub web_url: String,
-    /// The first line of the commit's message.
-    pub subject: Option<String>,
 }
 
 /// Stage 1a: the commit fetched into its mirror (its origin asked first).
@@ -128,11 +126,9 @@ pub async fn fetch(b: &Build, f: &FetchSpec) -> Result<Fetched, PipelineError> {
             url: origin.web_url.clone(),
             source,
         })?;
-        let subject = crate::source::commit_subject(mirror.dir(), &f.commit, &cancel).ok();
         Ok(Fetched {
             mirror: mirror.dir().to_owned(),
             web_url: origin.web_url,
-            subject,
         })
     })
     .await?

@@ -228,7 +228,11 @@ async fn recorded(
         .await
         .map_err(registry_error(shown))?;
     let readable = statements.into_iter().filter_map(|(r, read)| match read {
-        Ok(s) => s.map(|s| s.statement),
+        Ok(Some(s)) => Some(s.statement),
+        Ok(None) => {
+            tracing::warn!(referrer = %r.digest(), error = "the referrer is gone, or holds no layer", "skipping an unreadable referrer");
+            None
+        }
         Err(e) => {
             tracing::warn!(referrer = %r.digest(), error = %e, "skipping an unreadable referrer");
             None

@@ -143,6 +143,17 @@ impl Repo {
         }
     }
 
+    /// Whether the state names this repository `name` (as [`name`](Repo::name) does, without
+    /// building the name).
+    pub fn is_named(&self, name: &str) -> bool {
+        match &self.source {
+            RepoSource::GitHub { owner, name: n } => {
+                name.split_once('/') == Some((owner.as_str(), n.as_str()))
+            }
+            RepoSource::Path(p) => p.as_os_str() == name,
+        }
+    }
+
     /// The recipe's key in the state: its path in the repository, or the outside file.
     pub fn recipe_key(&self) -> String {
         match &self.recipe_file {
@@ -205,4 +216,40 @@ pub fn tag_matches(glob: &str, tag: &str) -> bool {
     globset::Glob::new(glob)
         .map(|g| g.compile_matcher().is_match(tag))
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repo_is_named_as_its_name_says() {
+        let repo = |source| Repo {
+            source,
+            branches: vec!["main".into()],
+            tags: None,
+            dir: String::new(),
+            recipe_file: None,
+            verify: None,
+            allow_network: false,
+        };
+        let gh = repo(RepoSource::GitHub {
+            owner: "acme".into(),
+            name: "hello".into(),
+        });
+        let local = repo(RepoSource::Path("/srv/git/hello".into()));
+        for r in [&gh, &local] {
+            assert!(r.is_named(&r.name()), "{}", r.name());
+        }
+        for other in [
+            "acme",
+            "acme/hello/x",
+            "acme/hell",
+            "hello",
+            "/srv/git",
+            "/srv/git/hello/",
+        ] {
+            assert!(!gh.is_named(other) && !local.is_named(other), "{other}");
+        }
+    }
 }

@@ -16,6 +16,7 @@ use super::note;
 use crate::artifact::ArtifactResult;
 use crate::image::annotations;
 use crate::pipeline::{Built, Fetched, Hooks, PipelineError, Sourced, Stage, StageEnd};
+use crate::publish::Target;
 use crate::state::{ArtifactRow, BuildState, Claim, Outcome};
 use crate::sync::lock;
 
@@ -46,6 +47,8 @@ pub(super) struct WorkerHooks<'a> {
     cancel: CancellationToken,
     /// Whether the repository's forge takes commit statuses.
     reports: bool,
+    /// Where the plan publishes (and so where an earlier publication is looked for).
+    target: Arc<dyn Target>,
     learned: Mutex<Learned>,
 }
 
@@ -55,6 +58,7 @@ impl<'a> WorkerHooks<'a> {
         claim: &'a Claim,
         log: PathBuf,
         cancel: CancellationToken,
+        target: Arc<dyn Target>,
     ) -> Self {
         let reports = d.reports_statuses(&claim.repo);
         WorkerHooks {
@@ -63,6 +67,7 @@ impl<'a> WorkerHooks<'a> {
             log,
             cancel,
             reports,
+            target,
             learned: Mutex::default(),
         }
     }
@@ -117,10 +122,9 @@ impl<'a> WorkerHooks<'a> {
         s: &Sourced,
     ) -> Result<Option<Vec<ArtifactResult>>, PipelineError> {
         let commit = &self.claim.commit;
-        let target = self.d.target();
         let mut found = Vec::new();
         for a in &s.recipe.artifacts {
-            match target.find(&a.name, commit, &self.cancel).await {
+            match self.target.find(&a.name, commit, &self.cancel).await {
                 Ok(Some(f))
                     if f.annotations.get(annotations::REVISION) == Some(commit)
                         && f.annotations.get(annotations::RECIPE_DIGEST)
@@ -182,9 +186,21 @@ impl Hooks for WorkerHooks<'_> {
         }
     }
 
+    /// The commit's subject, for the dashboard, read from the mirror it was fetched into.
     async fn fetched(&self, f: &Fetched) {
-        if let Some(subject) = &f.subject
-            && let Err(e) = self.d.store.set_subject(&self.claim.lease, subject).await
+        let (mirror, commit, cancel) = (
+            f.mirror.clone(),
+            self.claim.commit.clone(),
+            self.cancel.clone(),
+        );
+        let subject = tokio::task::spawn_blocking(move || {
+            crate::source::commit_subject(&mirror, &commit, &cancel).ok()
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some(subject) = subject
+            && let Err(e) = self.d.store.set_subject(&self.claim.lease, &subject).await
         {
             tracing::debug!(error = %e, "the commit's subject was not recorded");
         }

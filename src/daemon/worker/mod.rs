@@ -22,6 +22,7 @@ use crate::pipeline::{
     Build, Built, FetchSpec, Hooks, Locate, PipelineError, Plan, Publication, SourceSpec, Stage,
     StageEnd, Tags,
 };
+use crate::publish::Target;
 use crate::runner::Runner;
 use crate::source::{Origin, SourceError};
 use crate::state::{BuildState, Claim, Lease, Outcome, StepRow};
@@ -228,8 +229,9 @@ async fn attempt(
         );
         return End::Finished(failed_outcome(d, claim, BuildState::Error, msg, Vec::new()).await);
     }
-    let hooks = WorkerHooks::new(d, claim, log, cancel.clone());
-    let result = build(d, claim, runner, cancel, &hooks).await;
+    let target = d.target();
+    let hooks = WorkerHooks::new(d, claim, log, cancel.clone(), target.clone());
+    let result = build(d, claim, runner, cancel, &hooks, target).await;
     let contexts = hooks.contexts();
     match result {
         Ok(built) => End::Finished(hooks.succeeded(built)),
@@ -322,6 +324,7 @@ async fn build(
     runner: &dyn Runner,
     cancel: &CancellationToken,
     hooks: &WorkerHooks<'_>,
+    target: Arc<dyn Target>,
 ) -> Result<Built, PipelineError> {
     let lease = &claim.lease;
     let staging_root = d
@@ -339,7 +342,7 @@ async fn build(
             cancel.clone(),
             obs,
         )?;
-        let plan = match plan(d, claim) {
+        let (plan, allow_network) = match plan(d, claim, target) {
             Ok(p) => p,
             Err(e) => {
                 // Nothing can be built of a job whose repository left the config: its
@@ -350,9 +353,7 @@ async fn build(
             }
         };
         b.limits = d.config().limits.clone();
-        b.limits.allow_network = d
-            .repo(&claim.repo, &claim.recipe)
-            .is_some_and(|r| r.allow_network);
+        b.limits.allow_network = allow_network;
         plan.run(&b, runner, hooks).await
     }
     .await;
@@ -362,8 +363,9 @@ async fn build(
 }
 
 /// The plan of a job: its commit from its forge, built with the host's labels, checked by a
-/// second build as sampled, published to the daemon's target under the tags decided last.
-fn plan(d: &Daemon, claim: &Claim) -> Result<Plan, PipelineError> {
+/// second build as sampled, published to `target` under the tags decided last; and whether
+/// its repository may use the network.
+fn plan(d: &Daemon, claim: &Claim, target: Arc<dyn Target>) -> Result<(Plan, bool), PipelineError> {
     let lease = &claim.lease;
     let cfg = d.config();
     let repo = d.repo(&claim.repo, &claim.recipe).ok_or_else(|| {
@@ -384,7 +386,7 @@ fn plan(d: &Daemon, claim: &Claim) -> Result<Plan, PipelineError> {
         (LABEL_INSTANCE.to_owned(), d.instance.clone()),
         (LABEL_JOB.to_owned(), lease.build_id.clone()),
     ]);
-    Ok(Plan {
+    let plan = Plan {
         source: SourceSpec::Fetch(FetchSpec {
             origin: Arc::new(FromForge {
                 forge,
@@ -409,10 +411,11 @@ fn plan(d: &Daemon, claim: &Claim) -> Result<Plan, PipelineError> {
         keep: None,
         load: false,
         publish: Some(Publication {
-            target: d.target(),
+            target,
             tags: Tags::Decided,
         }),
-    })
+    };
+    Ok((plan, repo.allow_network))
 }
 
 /// Observes a daemon build: steps into the state, pushed bytes into the metrics.
