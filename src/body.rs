@@ -3,11 +3,7 @@
 /// At most `cap` bytes of a body (the rest is not read).
 pub async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| crate::errors::chain(&e.without_url()))?
-    {
+    while let Some(chunk) = resp.chunk().await.map_err(crate::errors::reqwest_chain)? {
         let room = cap.saturating_sub(out.len());
         out.extend_from_slice(&chunk[..chunk.len().min(room)]);
         if out.len() >= cap {

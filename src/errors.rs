@@ -1,5 +1,5 @@
-//! What the error types share: an error with its causes on one line, and whether an I/O
-//! error can pass by itself.
+//! What the error types share: an error with its causes on one line (a reqwest error's
+//! without its URL), and whether an I/O error can pass by itself.
 
 /// An error and every cause below it, joined with `: `.
 pub fn chain(e: &dyn std::error::Error) -> String {
@@ -11,6 +11,12 @@ pub fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// A reqwest error and its causes, without its URL: upload, blob and API URLs can carry
+/// signed queries or tokens.
+pub fn reqwest_chain(e: reqwest::Error) -> String {
+    chain(&e.without_url())
 }
 
 /// Whether an I/O error is the kind that can go away on its own (an interrupted call, a reset

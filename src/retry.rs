@@ -12,9 +12,9 @@ pub fn random_u64() -> u64 {
     h.finish()
 }
 
-/// A random fraction in [0, 1), in thousandths.
+/// A random fraction in [0, 1), in millionths.
 pub fn fraction() -> f64 {
-    (random_u64() % 1000) as f64 / 1000.0
+    (random_u64() % 1_000_000) as f64 / 1_000_000.0
 }
 
 /// A few random milliseconds (0 to 999), for spreading retries.

@@ -50,12 +50,9 @@ pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
         work: work.path().to_owned(),
         allow_network: a.allow_network,
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match super::runtime() {
         Ok(rt) => rt,
-        Err(e) => return unverifiable(format!("starting the async runtime: {e}")),
+        Err(e) => return unverifiable(format!("{e:#}")),
     };
     let result = rt.block_on(async {
         let (cancel, _) = cancel_on_signals("stopping the verification");

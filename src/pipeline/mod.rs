@@ -128,6 +128,13 @@ pub enum PipelineError {
     Internal(String),
 }
 
+/// A record's digest that does not parse: kiln wrote it, so it is kiln's bug.
+impl From<crate::digest::DigestParseError> for PipelineError {
+    fn from(e: crate::digest::DigestParseError) -> Self {
+        PipelineError::Internal(e.to_string())
+    }
+}
+
 fn not_reproducible(d: &[(String, crate::compare::Comparison)]) -> String {
     // The first line stands alone (a commit status shows only it); the details follow.
     let mut s = format!(

@@ -356,10 +356,7 @@ impl Plan {
             if a.digest == r.digest {
                 continue;
             }
-            let parse = |a: &ArtifactResult| {
-                a.manifest_digest()
-                    .map_err(|e| PipelineError::Internal(e.to_string()))
-            };
+            let parse = |a: &ArtifactResult| a.manifest_digest().map_err(PipelineError::from);
             let (da, dr) = (parse(a)?, parse(r)?);
             let (la, lr, cancel) = (b.layout.clone(), second.layout.clone(), b.cancel.clone());
             let c = stages::blocking(move || crate::compare::compare(&la, &da, &lr, &dr, &cancel))
@@ -453,9 +450,7 @@ async fn keep_in(
     artifacts: &[ArtifactResult],
 ) -> Result<(), PipelineError> {
     for a in artifacts {
-        let desc = a
-            .descriptor()
-            .map_err(|e| PipelineError::Internal(e.to_string()))?;
+        let desc = a.descriptor()?;
         let (src, dst, d, name) = (b.layout.clone(), keep.clone(), desc.clone(), a.name.clone());
         stages::blocking(move || -> Result<(), StoreError> {
             if dst.root() != src.root() {
@@ -465,8 +460,7 @@ async fn keep_in(
         })
         .await??;
         b.observer.event(&Event::ImageWritten {
-            digest: crate::image::descriptor_digest(&desc)
-                .map_err(|e| PipelineError::Internal(e.to_string()))?,
+            digest: crate::image::descriptor_digest(&desc)?,
             tag: Some(a.name.clone()),
         });
     }
@@ -486,9 +480,7 @@ async fn load(
         }
         let tag = format!("kiln/{}:{}", r.name, short_tag(info, &r.digest));
         let archive = b.scratch.join(format!("load-{}-{}.tar", b.run_id, r.name));
-        let digest = r
-            .manifest_digest()
-            .map_err(|e| PipelineError::Internal(e.to_string()))?;
+        let digest = r.manifest_digest()?;
         {
             let (layout, archive, tag) = (b.layout.clone(), archive.clone(), tag.clone());
             stages::blocking(move || -> Result<(), PipelineError> {

@@ -360,8 +360,7 @@ pub async fn image(
         .await??;
         let prov = crate::attest::provenance::Provenance {
             name: artifact.name.clone(),
-            digest: crate::image::descriptor_digest(&desc)
-                .map_err(|e| PipelineError::Internal(e.to_string()))?,
+            digest: crate::image::descriptor_digest(&desc)?,
             source_url: info.url.clone(),
             revision: info.revision.clone(),
             git_ref: info.git_ref.clone(),

@@ -90,6 +90,13 @@ pub enum PublishError {
     Internal(String),
 }
 
+/// A record's digest that does not parse: kiln wrote it, so it is kiln's bug.
+impl From<crate::digest::DigestParseError> for PublishError {
+    fn from(e: crate::digest::DigestParseError) -> Self {
+        PublishError::Internal(e.to_string())
+    }
+}
+
 impl PublishError {
     /// Whether trying again could help.
     pub fn is_retryable(&self) -> bool {
@@ -154,7 +161,5 @@ fn found(name: &str, location: &str, bytes: &[u8], media_type: String) -> Found 
 }
 
 fn descriptor(artifact: &ArtifactResult) -> Result<oci_spec::image::Descriptor, PublishError> {
-    artifact
-        .descriptor()
-        .map_err(|e| PublishError::Internal(e.to_string()))
+    Ok(artifact.descriptor()?)
 }

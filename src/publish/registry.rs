@@ -5,7 +5,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Found, PublishError, Staging, Target, descriptor, found};
 use crate::artifact::ArtifactResult;
 use crate::reference::Reference;
-use crate::registry::{PushError, Pusher, RegistryClient, RegistryOptions, Repository};
+use crate::registry::{PushError, Pusher, RegistryClient, RegistryOptions, Repository, or_cancel};
 
 /// A registry and a path in it (`ghcr.io/acme`).
 #[derive(Clone, Debug)]
@@ -39,17 +39,6 @@ impl Registry {
     }
 }
 
-/// `work`, unless `cancel` fires first.
-async fn or_cancel<T>(
-    cancel: &CancellationToken,
-    work: impl std::future::Future<Output = Result<T, PushError>>,
-) -> Result<T, PushError> {
-    tokio::select! {
-        r = work => r,
-        _ = cancel.cancelled() => Err(PushError::Cancelled),
-    }
-}
-
 #[async_trait::async_trait]
 impl Target for Registry {
     fn location(&self, name: &str) -> String {
@@ -66,9 +55,7 @@ impl Target for Registry {
         let mut pusher = Pusher::new(&client, from.layout, &reference.repository);
         pusher.observer = from.observer;
         pusher.cancel = from.cancel.clone();
-        let digest = artifact
-            .manifest_digest()
-            .map_err(|e| PublishError::Internal(e.to_string()))?;
+        let digest = artifact.manifest_digest()?;
         pusher.mount_from = base_mounts(&from.layout.read_blob(&digest)?, &reference);
         pusher
             .push_content(&desc)
@@ -122,9 +109,7 @@ impl Target for Registry {
         let desc = descriptor(artifact)?;
         let (reference, client) = self.client(&artifact.name)?;
         let repo = Repository::new(&client, &reference.repository);
-        let digest = artifact
-            .manifest_digest()
-            .map_err(|e| PublishError::Internal(e.to_string()))?;
+        let digest = artifact.manifest_digest()?;
         let location = self.location(&artifact.name);
         let work = async {
             let (bytes, _, _) = repo

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 
-use super::error::{RegistryError, err, failure, reqwest_chain};
+use super::error::{RegistryError, err, failure};
+use crate::errors::reqwest_chain;
 use crate::secret::Secret;
 use crate::sync::lock;
 

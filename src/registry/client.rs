@@ -13,7 +13,8 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode};
 
 use super::auth::{Auth, Credential, docker_credential};
-use super::error::{RegistryError, err, failure, reqwest_chain};
+use super::error::{RegistryError, err, failure};
+use crate::errors::reqwest_chain;
 use crate::reference::Reference;
 
 /// How to reach registries.

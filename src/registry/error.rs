@@ -92,8 +92,3 @@ pub async fn failure(op: &str, url: &str, resp: reqwest::Response) -> RegistryEr
         retryable,
     }
 }
-
-/// A reqwest error's message without its URL: upload and blob URLs can carry signed queries.
-pub fn reqwest_chain(e: reqwest::Error) -> String {
-    crate::errors::chain(&e.without_url())
-}

@@ -23,5 +23,5 @@ pub use client::{RegistryClient, RegistryOptions, Request, RetryPolicy};
 pub use error::RegistryError;
 pub use push::{PushReport, Pusher};
 pub use referrers::{Statement, fallback_tag};
-pub use repository::{PushError, Repository};
+pub use repository::{PushError, Repository, or_cancel};
 pub use upload::{BlobOutcome, CHUNK_SIZE, MONOLITHIC_MAX};

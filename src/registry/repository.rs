@@ -8,12 +8,23 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 
 use super::client::{Body, RegistryClient, Request};
-use super::error::RegistryError;
+use super::error::{RegistryError, err};
 use crate::digest::Digest;
 use crate::store::OciLayout;
 
 /// Manifests are small; anything larger is refused.
 pub(super) const MANIFEST_CAP: usize = 4 * 1024 * 1024;
+
+/// `work`, unless `cancel` fires first ([`PushError::Cancelled`]).
+pub async fn or_cancel<T>(
+    cancel: &tokio_util::sync::CancellationToken,
+    work: impl std::future::Future<Output = Result<T, PushError>>,
+) -> Result<T, PushError> {
+    tokio::select! {
+        r = work => r,
+        _ = cancel.cancelled() => Err(PushError::Cancelled),
+    }
+}
 
 /// Why a push failed.
 #[derive(Debug, thiserror::Error)]
@@ -206,17 +217,15 @@ impl<'a> Repository<'a> {
                 Ok(None) => break,
                 Err(e) => {
                     // The body broke off: the connection, not the content. Worth another try.
-                    return Err(PushError::Registry(RegistryError {
-                        op: "GET blob".into(),
-                        url,
-                        status: None,
-                        codes: Vec::new(),
-                        message: format!(
+                    return Err(PushError::Registry(err(
+                        "GET blob",
+                        &url,
+                        format!(
                             "the download broke off after {got} of {size} bytes: {}",
-                            crate::errors::chain(&e.without_url())
+                            crate::errors::reqwest_chain(e)
                         ),
-                        retryable: true,
-                    }));
+                        true,
+                    )));
                 }
             };
             got += chunk.len() as u64;
@@ -234,14 +243,12 @@ impl<'a> Repository<'a> {
             })?;
         }
         if got < size {
-            return Err(PushError::Registry(RegistryError {
-                op: "GET blob".into(),
-                url,
-                status: None,
-                codes: Vec::new(),
-                message: format!("the download ended after {got} of {size} bytes"),
-                retryable: true,
-            }));
+            return Err(PushError::Registry(err(
+                "GET blob",
+                &url,
+                format!("the download ended after {got} of {size} bytes"),
+                true,
+            )));
         }
         // Commit hashes what arrived and stores it under *that* digest, never under the one we
         // asked for: wrong bytes cannot pose as the right blob. (They are not deleted either: the

@@ -24,7 +24,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::steplog::{StepLog, Tail};
-use super::{BuildError, BuilderImage, LABEL_BUILD, RunOutput, RunRequest, Runner, StepRecord};
+use super::{BuildError, BuilderImage, LABEL_BUILD, RunOutput, RunRequest, Runner, StepRecord, io};
 use crate::events::{Event, Observer};
 
 /// Lines of output kept for a failed step's error message.
@@ -36,14 +36,6 @@ const DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn engine(op: &'static str) -> impl FnOnce(DockerError) -> BuildError {
     move |source| BuildError::Engine { op, source }
-}
-
-fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BuildError + 'a {
-    move |source| BuildError::Io {
-        op,
-        path: path.to_owned(),
-        source,
-    }
 }
 
 /// Runs builds on a Docker engine.

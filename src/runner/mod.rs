@@ -278,6 +278,15 @@ pub enum BuildError {
     Cancelled,
 }
 
+/// The error of an I/O `op` on `path`, for `map_err`.
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BuildError + 'a {
+    move |source| BuildError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
 impl BuildError {
     /// Whether running the same build again could succeed.
     pub fn is_retryable(&self) -> bool {

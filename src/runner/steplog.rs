@@ -5,16 +5,8 @@ use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
-use super::BuildError;
+use super::{BuildError, io};
 use crate::events::{Event, Observer};
-
-fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BuildError + 'a {
-    move |source| BuildError::Io {
-        op,
-        path: path.to_owned(),
-        source,
-    }
-}
 
 /// A step's output on its way to the build log, against the host's limit: past it, output is
 /// dropped (once said so) and the build goes on.

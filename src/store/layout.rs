@@ -127,10 +127,7 @@ impl OciLayout {
         if let Some(sess) = s.as_ref() {
             return Ok(sess.dir.clone());
         }
-        let dir = self.tmp_dir().join(format!(
-            "s-{}",
-            ulid::Ulid::generate().to_string().to_ascii_lowercase()
-        ));
+        let dir = self.tmp_dir().join(format!("s-{}", crate::ids::new_id()));
         fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
         let lock_path = dir.join(".lock");
         let lock = File::create(&lock_path).map_err(io_err("create", &lock_path))?;

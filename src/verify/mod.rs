@@ -24,7 +24,7 @@ use crate::events::Observer;
 use crate::pack::Compression;
 use crate::pipeline::{Build, FetchSpec, Hooks, PipelineError, Plan, SourceSpec, Sourced};
 use crate::reference::Reference;
-use crate::registry::{PushError, RegistryClient, RegistryOptions, Repository};
+use crate::registry::{PushError, RegistryClient, RegistryOptions, Repository, or_cancel};
 use crate::runner::{BuildError, Runner};
 use crate::store::{BlobSink, OciLayout};
 
@@ -109,16 +109,6 @@ fn rebuild_error(e: PipelineError) -> VerifyError {
         VerifyError::Cancelled
     } else {
         VerifyError::Rebuild(Box::new(e))
-    }
-}
-
-async fn or_cancel<T>(
-    cancel: &CancellationToken,
-    f: impl std::future::Future<Output = Result<T, PushError>>,
-) -> Result<T, PushError> {
-    tokio::select! {
-        r = f => r,
-        _ = cancel.cancelled() => Err(PushError::Cancelled),
     }
 }
 

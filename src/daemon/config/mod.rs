@@ -78,7 +78,7 @@ impl Verify {
         match self {
             Verify::Never => false,
             Verify::Always => true,
-            Verify::Sample(f) => (crate::retry::random_u64() % 1_000_000) as f64 / 1_000_000.0 < f,
+            Verify::Sample(f) => crate::retry::fraction() < f,
         }
     }
 }

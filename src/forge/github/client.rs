@@ -291,7 +291,7 @@ impl GitHubClient {
                 return Err(ForgeError::Network {
                     forge: FORGE,
                     what: what.to_owned(),
-                    message: crate::errors::chain(&e.without_url()),
+                    message: crate::errors::reqwest_chain(e),
                 });
             }
         };
@@ -503,7 +503,7 @@ impl GitHubClient {
                 return Err(ForgeError::Network {
                     forge: FORGE,
                     what,
-                    message: crate::errors::chain(&e.without_url()),
+                    message: crate::errors::reqwest_chain(e),
                 });
             }
         };
