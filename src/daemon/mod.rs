@@ -157,13 +157,13 @@ impl Daemon {
     }
 
     /// The config's forges.
-    pub fn forges(&self) -> Forges {
+    fn forges(&self) -> Forges {
         read(&self.forges).clone()
     }
 
     /// The forge `repo` lives on.
     pub fn forge(&self, repo: &Repo) -> Option<Arc<dyn Forge>> {
-        read(&self.forges).get(repo.forge()).cloned()
+        self.forge_of_kind(repo.forge())
     }
 
     /// The forge of `kind`, if the config has one.

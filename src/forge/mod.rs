@@ -68,16 +68,37 @@ impl Tokens {
     pub fn from_env() -> Tokens {
         let mut t = Tokens::default();
         for k in KINDS {
-            if let Some(v) = k
-                .token_env()
-                .and_then(|e| std::env::var(e).ok())
-                .filter(|v| !v.trim().is_empty())
-            {
-                t.0.insert(k.name(), Secret::new(v.trim()));
+            if let Some(v) = k.token_env().and_then(env_token) {
+                t.0.insert(k.name(), v);
             }
         }
         t
     }
+}
+
+/// A token from the environment variable `var`, trimmed; none when unset or blank.
+pub fn env_token(var: &str) -> Option<Secret> {
+    std::env::var(var)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| Secret::new(v.trim()))
+}
+
+/// A remote URL's scheme (none for git's scp-like `host:path`), host (and port, without any
+/// credentials) and path; `None` when it is neither form.
+fn remote_parts(url: &str) -> Option<(Option<&str>, &str, &str)> {
+    let (scheme, authority, path) = match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (a, p) = rest.split_once('/').unwrap_or((rest, ""));
+            (Some(scheme), a, p)
+        }
+        None => match url.split_once(':') {
+            Some((a, p)) if !a.contains('/') => (None, a, p),
+            _ => return None,
+        },
+    };
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    Some((scheme, host_port, path))
 }
 
 /// A remote URL as annotations and provenance record it: a known forge's canonical form, else
@@ -88,13 +109,9 @@ pub fn canonical_url(url: &str) -> String {
     if let Some(c) = KINDS.iter().find_map(|k| k.canonical_url(url)) {
         return c;
     }
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-            let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-            format!("{scheme}://{host_port}/{path}")
-        }
-        None => url.to_owned(),
+    match remote_parts(url) {
+        Some((Some(scheme), host_port, path)) => format!("{scheme}://{host_port}/{path}"),
+        _ => url.to_owned(),
     }
 }
 
@@ -377,5 +394,30 @@ impl Forges {
     /// The forge a repository named `repo` belongs to by its shape.
     pub fn claiming(&self, repo: &str) -> Option<&Arc<dyn Forge>> {
         self.get(kind_claiming(repo)?.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_remotes_lose_only_their_credentials() {
+        for (url, want) in [
+            (
+                "https://user:pw@gitlab.example.com/o/r.git",
+                "https://gitlab.example.com/o/r.git",
+            ),
+            ("ssh://git@host:2222/o/r", "ssh://host:2222/o/r"),
+            ("file:///srv/git/r", "file:///srv/git/r"),
+            (
+                "git@gitlab.example.com:o/r.git",
+                "git@gitlab.example.com:o/r.git",
+            ),
+            ("/srv/git/r", "/srv/git/r"),
+            (" https://h.example/o/r ", "https://h.example/o/r"),
+        ] {
+            assert_eq!(canonical_url(url), want, "{url}");
+        }
     }
 }

@@ -466,12 +466,9 @@ impl Checker<'_> {
                     (None, None)
                 }
             },
-            None => match std::env::var(github::TOKEN_ENV) {
-                Ok(v) if !v.trim().is_empty() => (
-                    Some(Secret::new(v.trim())),
-                    Some(format!("${}", github::TOKEN_ENV)),
-                ),
-                _ => (None, None),
+            None => match crate::forge::env_token(github::TOKEN_ENV) {
+                Some(t) => (Some(t), Some(format!("${}", github::TOKEN_ENV))),
+                None => (None, None),
             },
         };
         let poll_interval = self

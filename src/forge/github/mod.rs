@@ -45,18 +45,7 @@ impl Kind for GitHubKind {
     /// GitHub remotes in any form git accepts (https, ssh, scp-like `git@github.com:`,
     /// `git://`) become `https://github.com/<owner>/<repo>`, without credentials or `.git`.
     fn canonical_url(&self, url: &str) -> Option<String> {
-        let (scheme, rest) = match url.split_once("://") {
-            Some((s, r)) => (Some(s), r),
-            None => (None, url),
-        };
-        let (authority, path) = match scheme {
-            Some(_) => rest.split_once('/').unwrap_or((rest, "")),
-            None => match rest.split_once(':') {
-                Some((a, p)) if !a.contains('/') => (a, p),
-                _ => return None,
-            },
-        };
-        let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let (_, host_port, path) = super::remote_parts(url)?;
         let host = host_port.split(':').next().unwrap_or(host_port);
         if !(host.eq_ignore_ascii_case(WEB_HOST) || host.eq_ignore_ascii_case("www.github.com")) {
             return None;
