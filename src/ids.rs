@@ -22,10 +22,6 @@ impl Default for Sequence {
 }
 
 impl Sequence {
-    pub fn new() -> Sequence {
-        Sequence::default()
-    }
-
     /// The next id: greater than every id this sequence made before.
     pub fn next(&self) -> String {
         let id = match crate::sync::lock(&self.0).generate() {
@@ -41,7 +37,7 @@ impl Sequence {
 mod tests {
     #[test]
     fn a_sequence_sorts_in_the_order_it_made_its_ids() {
-        let seq = super::Sequence::new();
+        let seq = super::Sequence::default();
         let ids: Vec<String> = (0..1000).map(|_| seq.next()).collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
         assert!(ids.iter().all(|id| id.len() == 26));

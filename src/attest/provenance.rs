@@ -117,7 +117,7 @@ impl Provenance {
 pub struct Unusable(pub String);
 
 /// Whether a statement was made by kiln (its buildType).
-pub fn is_kiln(st: &Value) -> bool {
+fn is_kiln(st: &Value) -> bool {
     st["predicate"]["buildDefinition"]["buildType"] == BUILD_TYPE
 }
 

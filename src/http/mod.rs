@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-pub use api::{build_json, host_state};
+pub use api::host_state;
 
 use crate::daemon::Daemon;
 

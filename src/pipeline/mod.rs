@@ -9,7 +9,7 @@
 mod build;
 mod files;
 mod plan;
-pub mod stages;
+mod stages;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use tokio_util::sync::CancellationToken;
 
 pub use layouts::Layouts;
-pub use registry::{Registry, base_mounts};
+pub use registry::Registry;
 
 use crate::artifact::ArtifactResult;
 use crate::events::Observer;

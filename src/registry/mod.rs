@@ -19,9 +19,8 @@ pub mod tls;
 mod upload;
 
 pub use auth::Credential;
-pub use client::{RegistryClient, RegistryOptions, Request, RetryPolicy};
+pub use client::{RegistryClient, RegistryOptions, RetryPolicy};
 pub use error::RegistryError;
 pub use push::{PushReport, Pusher};
-pub use referrers::{Statement, fallback_tag};
+pub use referrers::Statement;
 pub use repository::{PushError, Repository, or_cancel};
-pub use upload::{BlobOutcome, CHUNK_SIZE, MONOLITHIC_MAX};

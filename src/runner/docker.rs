@@ -39,7 +39,6 @@ fn engine(op: &'static str) -> impl FnOnce(DockerError) -> BuildError {
 }
 
 /// Runs builds on a Docker engine.
-#[derive(Clone)]
 pub struct DockerRunner {
     docker: Docker,
 }

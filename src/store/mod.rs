@@ -13,7 +13,6 @@ use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
 pub use layout::{OciLayout, REF_NAME};
-pub use referrers::REFERRER_SUBJECT;
 
 use crate::digest::Digest;
 

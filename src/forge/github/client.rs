@@ -260,7 +260,7 @@ impl GitHubClient {
     }
 
     /// A conditional GET of `path`: the body, fresh or from the cache on a 304.
-    pub async fn get(&self, what: &str, path: &str, accept: &str) -> Result<String, ForgeError> {
+    async fn get(&self, what: &str, path: &str, accept: &str) -> Result<String, ForgeError> {
         Ok(self.get_page(what, path, accept).await?.0)
     }
 

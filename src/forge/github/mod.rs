@@ -12,7 +12,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
-pub use client::{ACCEPT_SHA, GitHubClient, RepoInfo, next_link, parse_tags};
+use client::{GitHubClient, RepoInfo};
+pub use client::{next_link, parse_tags};
 pub use hook::signature_ok;
 
 use super::{Delivery, FetchAuth, Forge, ForgeError, Kind, Origin, Watch, WebhookError};
@@ -188,10 +189,6 @@ impl GitHub {
             settings,
             infos: Mutex::new(HashMap::new()),
         })
-    }
-
-    pub fn settings(&self) -> &Settings {
-        &self.settings
     }
 
     /// A repository's clone and web URLs: asked once, waiting out a rate limit rather than
