@@ -186,17 +186,15 @@ impl Config {
         metrics: &crate::metrics::Metrics,
         running: Option<&Forges>,
     ) -> Result<Forges, forge::ForgeError> {
-        use forge::Kind;
-        use forge::github::GitHub;
         let mut out = Forges::default();
         out.insert(std::sync::Arc::new(forge::local::Local));
         if let Some(g) = &self.github {
-            let kind = forge::github::KIND.name();
-            let github = match running.and_then(|f| f.typed::<GitHub>(kind)) {
-                Some(old) => old.reconfigured(g.clone(), store.clone(), metrics)?,
-                None => GitHub::new(g.clone(), store.clone(), metrics)?,
-            };
-            out.insert(std::sync::Arc::new(github));
+            out.insert(std::sync::Arc::new(forge::github::GitHub::configured(
+                g.clone(),
+                store.clone(),
+                metrics,
+                running,
+            )?));
         }
         Ok(out)
     }

@@ -172,10 +172,24 @@ impl GitHub {
         })
     }
 
+    /// The forge for `settings`, carrying over what it can of the one in `running` (the
+    /// forges before a reload).
+    pub fn configured(
+        settings: Settings,
+        store: Arc<dyn JobStore>,
+        metrics: &crate::metrics::Metrics,
+        running: Option<&super::Forges>,
+    ) -> Result<GitHub, ForgeError> {
+        match running.and_then(|f| f.typed::<GitHub>(KIND.name())) {
+            Some(old) => old.reconfigured(settings, store, metrics),
+            None => GitHub::new(settings, store, metrics),
+        }
+    }
+
     /// This forge with new `settings` (a reloaded config): the same client (its rate-limit
     /// gate, its ETags) when the API and the token are the same, else a new one. Cached
     /// repository answers are asked again either way.
-    pub fn reconfigured(
+    fn reconfigured(
         &self,
         settings: Settings,
         store: Arc<dyn JobStore>,
