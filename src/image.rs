@@ -189,6 +189,8 @@ pub enum ImageError {
     Epoch(u64),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Digest(#[from] crate::digest::DigestParseError),
 }
 
 /// An RFC 3339 UTC timestamp (`2023-11-14T22:13:20Z`) for an epoch.

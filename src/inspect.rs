@@ -25,6 +25,9 @@ pub struct Inspection {
     pub recipe_digest: Option<String>,
     pub builder_image: Option<String>,
     pub provenance: Option<ProvenanceInfo>,
+    /// Every attestation attached: its kind, signer, whether the signature verifies with
+    /// the keys given, and for verdicts what they say.
+    pub attestations: Vec<crate::attest::Assessed>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -99,18 +102,48 @@ impl Inspection {
                 let _ = writeln!(s, "provenance: none found");
             }
         }
+        if !self.attestations.is_empty() {
+            let _ = writeln!(s, "attestations:");
+        }
+        for a in &self.attestations {
+            let _ = writeln!(s, "  {} {}", a.kind, a.referrer);
+            let _ = writeln!(s, "    signature: {}", signature_text(&a.signature));
+            if !a.subject_matches {
+                let _ = writeln!(s, "    subject:   DOES NOT MATCH");
+            }
+            if let Some(v) = &a.verdict {
+                let _ = writeln!(
+                    s,
+                    "    verdict:   {} by {} at {}",
+                    v.result, v.verifier, v.time
+                );
+            }
+        }
         s
     }
 }
 
-/// Fetch and summarize what `reference` points at.
+fn signature_text(s: &crate::attest::Signature) -> String {
+    use crate::attest::Signature;
+    match s {
+        Signature::Unsigned => "none (unsigned)".into(),
+        Signature::Verified { keyid } => format!("{keyid} (verifies)"),
+        Signature::Invalid { keyid } => format!("{keyid} (DOES NOT VERIFY)"),
+        Signature::UnknownKey { keyids } => {
+            format!("{} (not checked: no such --key)", keyids.join(", "))
+        }
+    }
+}
+
+/// Fetch and summarize what `reference` points at; signatures are checked against `keys`.
 pub async fn inspect(
     reference: &Reference,
     options: &RegistryOptions,
+    keys: &[crate::attest::sign::PublicKey],
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<Inspection, PushError> {
     tokio::select! {
-        r = inspect_inner(reference, options) => r,
+        r = inspect_inner(reference, options, keys) => r,
         _ = cancel.cancelled() => Err(PushError::Cancelled),
     }
 }
@@ -118,6 +151,7 @@ pub async fn inspect(
 async fn inspect_inner(
     reference: &Reference,
     options: &RegistryOptions,
+    keys: &[crate::attest::sign::PublicKey],
 ) -> Result<Inspection, PushError> {
     let client = RegistryClient::for_reference(reference, options)?;
     let repo = Repository::new(&client, &reference.repository);
@@ -149,6 +183,7 @@ async fn inspect_inner(
         recipe_digest: ann(annotations::RECIPE_DIGEST),
         builder_image: ann(annotations::BUILDER_IMAGE),
         provenance: None,
+        attestations: Vec::new(),
     };
     let (base_name, base_digest) = (
         ann("org.opencontainers.image.base.name"),
@@ -171,18 +206,21 @@ async fn inspect_inner(
             out.created = c["created"].as_str().map(str::to_owned);
         }
     }
-    for (r, read) in repo.statements(&digest).await? {
-        let Some(st) = read? else {
+    for (_, read) in repo.attestations(&digest).await? {
+        let Some(a) = read? else {
             continue;
         };
-        let summary = crate::attest::provenance::summary(&st.statement);
-        let subject_matches = summary.get("subject") == Some(&digest.to_string())
-            && st.subject.as_deref() == Some(digest.to_string().as_str());
-        out.provenance = Some(ProvenanceInfo {
-            digest: r.digest().to_string(),
-            summary,
-            subject_matches,
-        });
+        let assessed = crate::attest::assess(&a, &digest, keys);
+        if assessed.kind == "provenance"
+            && let Some(st) = &assessed.statement
+        {
+            out.provenance = Some(ProvenanceInfo {
+                digest: assessed.referrer.clone(),
+                summary: crate::attest::provenance::summary(st),
+                subject_matches: assessed.subject_matches,
+            });
+        }
+        out.attestations.push(assessed);
     }
     Ok(out)
 }

@@ -7,12 +7,14 @@
 //!   Docker engine); it runs, it never publishes;
 //! - [`pack`]: a directory tree or tar stream into a deterministic layer blob;
 //! - [`image`]: config and manifest around layers (on base layers given as values), as
-//!   byte-stable JSON; [`attest`] adds statements (the SLSA provenance) as referrers;
+//!   byte-stable JSON; [`attest`] adds statements (the SLSA provenance, rebuild verdicts)
+//!   as referrers, signed as DSSE envelopes when a key is configured, and [`trust`] decides
+//!   from them whether a deployment may run an artifact;
 //! - [`store`]: the local OCI layout every build writes to; [`publish`]: where artifacts go
 //!   from there, behind [`publish::Target`] (local layouts, a [`registry`]);
 //! - [`pipeline`]: the stages as separate calls, composed once by [`pipeline::Plan`].
 //!
-//! The CLI (`kiln build`, `pack`, `push`, `inspect`, `verify`, `validate`) and the
+//! The CLI (`kiln build`, `pack`, `push`, `inspect`, `verify`, `trust`, `key`, `validate`) and the
 //! [`daemon`] only compose them. The daemon hears of commits through [`forge`]s, keeps its
 //! [`state`] behind a trait and serves [`http`].
 //!
@@ -53,6 +55,7 @@ pub mod state;
 pub mod store;
 pub mod sync;
 pub mod text;
+pub mod trust;
 pub mod validate;
 pub mod verify;
 

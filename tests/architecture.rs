@@ -663,6 +663,8 @@ fn github_allowed(rel: &str, line: &str) -> bool {
         || rel.starts_with("state/migrations/")
         // kiln's buildType URI: a name in every statement ever written, not a forge.
         || (rel == "attest/provenance.rs" && line.contains("pub const BUILD_TYPE"))
+        // kiln's rebuild policy URI, likewise written into every verdict.
+        || (rel == "attest/vsa.rs" && line.contains("pub const POLICY"))
 }
 
 /// The lines of `src/` (text files: Rust, SQL, the dashboard's assets) for which `hit` holds,

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::attest::provenance_statement;
 use common::recipe::*;
 use common::*;
 
@@ -714,4 +715,96 @@ fn two_builds_of_one_commit_at_once_get_their_own_container_and_log() {
     assert_eq!(digest(&a), digest(&b));
     let logs: Vec<_> = fs::read_dir(layout.join(".kiln/logs")).unwrap().collect();
     assert_eq!(logs.len(), 2, "one log per build");
+}
+
+/// One commit from checkouts whose `origin` differs (none, a local path, a `file://` URL, the
+/// forge's ssh and https forms) gives one digest: the manifest's source link never names a
+/// host's disk, and a forge's remotes share one canonical form. The raw remote goes to the
+/// provenance, without credentials.
+#[test]
+fn the_source_link_does_not_depend_on_the_checkout() {
+    require("git");
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("hello");
+    hello_repo(
+        &repo,
+        "the_source_link_does_not_depend_on_the_checkout",
+        HELLO_TOML,
+        None,
+    );
+    let clone = |name: &str, origin: Option<&str>| {
+        let dir = t.path().join(name);
+        run_ok(
+            Command::new("git")
+                .args(["clone", "-q"])
+                .arg(&repo)
+                .arg(&dir),
+        );
+        if let Some(o) = origin {
+            git(&dir, &["remote", "set-url", "origin", o]);
+        }
+        dir
+    };
+    let digest = |dir: &Path, extra: &[&str]| {
+        let layout = t.path().join(format!(
+            "layout-{}",
+            dir.file_name().unwrap().to_string_lossy()
+        ));
+        let v = build_json(dir, &layout, extra);
+        let d = v["artifacts"][0]["digest"].as_str().unwrap().to_owned();
+        (d, v["source"].clone(), layout)
+    };
+    let (unlinked, none, _) = digest(&repo, &[]);
+    assert_eq!(none["url"], serde_json::Value::Null);
+    let local = clone("local", None);
+    let (d, info, layout) = digest(&local, &[]);
+    assert_eq!(d, unlinked, "a clone whose origin is a local path");
+    assert_eq!(info["url"], serde_json::Value::Null);
+    assert_eq!(info["remote"], repo.display().to_string(), "the raw remote");
+    let st = provenance_statement(&layout, "hello");
+    let ext = &st["predicate"]["buildDefinition"]["externalParameters"];
+    assert_eq!(ext["remote"], repo.display().to_string());
+    assert_eq!(ext["source"], serde_json::Value::Null);
+    let file_url = format!("file://{}", repo.display());
+    let (d, _, _) = digest(&clone("file", Some(&file_url)), &[]);
+    assert_eq!(d, unlinked, "a clone whose origin is a file:// URL");
+
+    let ssh = clone("ssh", Some("git@github.com:acme/hello.git"));
+    let (linked, info, layout) = digest(&ssh, &[]);
+    assert_eq!(info["url"], "https://github.com/acme/hello");
+    let ext = provenance_statement(&layout, "hello")["predicate"]["buildDefinition"]
+        ["externalParameters"]
+        .clone();
+    assert_eq!(ext["remote"], "git@github.com:acme/hello.git");
+    assert_eq!(ext["source"], "https://github.com/acme/hello");
+    let https = clone(
+        "https",
+        Some("https://x-access-token:ghs_not_recorded@github.com/acme/hello.git"),
+    );
+    let (d, info, layout) = digest(&https, &[]);
+    assert_eq!(d, linked, "the https form, with a token in it");
+    assert_eq!(info["remote"], "https://github.com/acme/hello.git");
+    let blobs = std::fs::read_dir(layout.join("blobs/sha256")).unwrap();
+    for b in blobs {
+        let bytes = std::fs::read(b.unwrap().path()).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("ghs_not_recorded"),
+            "the token reached the layout"
+        );
+    }
+    let (d, _, _) = digest(&local, &["--source-url", "https://github.com/acme/hello"]);
+    assert_eq!(d, linked, "a local clone with its link given");
+    let out = kiln()
+        .arg("build")
+        .arg(&local)
+        .args(["--source-url", "/srv/git/hello", "--output"])
+        .arg(t.path().join("refused"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--source-url"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

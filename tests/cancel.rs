@@ -118,6 +118,7 @@ fn base_fetches_and_inspect_stop_promptly_when_cancelled() {
     let r = rt.block_on(kiln::inspect::inspect(
         &"127.0.0.1:1/nothing:here".parse().unwrap(),
         &Default::default(),
+        &[],
         &cancel,
     ));
     assert!(

@@ -108,8 +108,21 @@ fn one_commit_gives_the_same_digests_whatever_kiln_cannot_control_varies() {
         git(&b, &["checkout", "HEAD", "--", p]);
     }
     assert_eq!(git(&b, &["rev-parse", "HEAD"]), sha);
-    // The source URL is part of the artifact (an annotation): the same repository.
-    git(&b, &["remote", "set-url", "origin", origin]);
+    // The source link is part of the artifact (an annotation): the same repository, as a
+    // host whose clone uses ssh names it.
+    git(
+        &b,
+        &[
+            "remote",
+            "set-url",
+            "origin",
+            "git@github.com:acme/reprotest.git",
+        ],
+    );
+    // A third checkout: a plain clone of the first, its origin a local path, which names
+    // no repository: the link comes from --source-url.
+    let c = t.path().join("third/clone-c");
+    run_ok(Command::new("git").args(["clone", "-q"]).arg(&a).arg(&c));
     std::fs::write(b.join("untracked-noise.txt"), "not committed").unwrap();
 
     let first = kiln()
@@ -143,6 +156,18 @@ fn one_commit_gives_the_same_digests_whatever_kiln_cannot_control_varies() {
     );
     let second = digests(&second);
     assert_eq!(first, second, "the varied build differs");
+    let third = kiln()
+        .arg("build")
+        .arg(&c)
+        .args(["--source-url", origin, "--json", "--output"])
+        .arg(t.path().join("layout-c"))
+        .checked_output()
+        .unwrap();
+    assert_eq!(
+        first,
+        digests(&third),
+        "a clone with a local-path remote, its link given"
+    );
 
     // What the build saw of the host: kiln's fixed world, and the recipe's own date.
     let info = layer_files(&layout_b, "hello-c-info");

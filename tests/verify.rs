@@ -373,7 +373,7 @@ fn what_cannot_be_verified_exits_2_with_the_reason() {
     let mut st = statement_of(&layout, &subject);
     st["predicate"]["buildDefinition"]["internalParameters"]["compressor"] =
         "gzip level 6, 128 KiB parallel blocks, zlib-rs 0.0.1".into();
-    kiln::attest::attach(&layout, &desc, &st, 1).unwrap();
+    kiln::attest::attach(&layout, &desc, &st, 1, None).unwrap();
     run_ok(
         kiln()
             .arg("push")

@@ -22,7 +22,11 @@ pub struct Provenance {
     pub name: String,
     /// The artifact's manifest digest.
     pub digest: Digest,
+    /// The source link the manifest carries (see [`crate::forge::source_link`]).
     pub source_url: Option<String>,
+    /// The remote as git had it, without credentials (a local path stays: it is where this
+    /// host fetched from).
+    pub remote: Option<String>,
     pub revision: Option<String>,
     /// The git ref that was built, when known (`refs/heads/main`).
     pub git_ref: Option<String>,
@@ -47,6 +51,26 @@ pub struct Provenance {
     pub invocation_id: String,
     pub started: u64,
     pub finished: u64,
+    /// What the build was allowed: the recipe's asks capped by the host's limits.
+    pub limits: EffectiveLimits,
+    /// The digest of the build log as it stood when the steps ended.
+    pub log_digest: Option<Digest>,
+}
+
+/// The limits a build ran under, as the provenance records them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct EffectiveLimits {
+    pub memory: u64,
+    pub cpus: f64,
+    pub pids: i64,
+    /// Bytes of output collected.
+    pub output: u64,
+    /// Bytes of step output kept in the log.
+    pub log: u64,
+    /// Seconds.
+    pub timeout: u64,
+    /// Whether the build had a network.
+    pub network: bool,
 }
 
 impl Provenance {
@@ -70,8 +94,19 @@ impl Provenance {
         if let Some((name, d)) = &self.base {
             deps.push(json!({"uri": format!("oci://{name}"), "digest": {"sha256": d.hex()}, "name": "base"}));
         }
+        let recipe_uri = match (&self.source_url, &self.revision) {
+            (Some(u), Some(rev)) => format!("git+{u}@{rev}#{}", self.recipe_path),
+            _ => self.recipe_path.clone(),
+        };
+        deps.push(json!({"uri": recipe_uri, "digest": {"sha256": self.recipe_digest.hex()}, "name": "recipe"}));
+        let byproducts: Vec<Value> = self
+            .log_digest
+            .iter()
+            .map(|d| json!({"name": "build log", "digest": {"sha256": d.hex()}, "mediaType": "text/plain"}))
+            .collect();
         let mut external = json!({
             "source": self.source_url,
+            "remote": self.remote,
             "ref": self.git_ref,
             "revision": self.revision,
             "recipe": self.recipe_path,
@@ -95,6 +130,8 @@ impl Provenance {
                         "compressor": self.compressor,
                         "level": self.level,
                         "recipeDigest": self.recipe_digest.to_string(),
+                        "limits": self.limits,
+                        "network": self.limits.network,
                     },
                     "resolvedDependencies": deps,
                 },
@@ -105,6 +142,7 @@ impl Provenance {
                         "startedOn": rfc3339(self.started),
                         "finishedOn": rfc3339(self.finished),
                     },
+                    "byproducts": byproducts,
                 },
             },
         })
@@ -147,7 +185,10 @@ pub fn newest_for(statements: impl IntoIterator<Item = Value>, subject: &Digest)
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Recorded {
     pub artifact: String,
+    /// The source link (or, when there is none, the raw remote).
     pub source: String,
+    /// The raw remote the build fetched from, when recorded.
+    pub remote: Option<String>,
     pub revision: String,
     pub git_ref: Option<String>,
     pub recipe: String,
@@ -218,9 +259,16 @@ impl Recorded {
             let hex = s(&d["digest"]["sha256"], "the base image's digest")?;
             bases.insert(name, format!("sha256:{hex}"));
         }
+        let remote = ext["remote"].as_str().map(str::to_owned);
+        let source = match (ext["source"].as_str(), &remote) {
+            (Some(u), _) => u.to_owned(),
+            (None, Some(r)) => r.clone(),
+            (None, None) => return Err(bad("it does not record the source URL")),
+        };
         Ok(Recorded {
             artifact: s(&ext["artifact"], "the artifact's name")?,
-            source: s(&ext["source"], "the source URL")?,
+            source,
+            remote,
             revision: s(&ext["revision"], "the revision")?,
             git_ref: ext["ref"].as_str().map(str::to_owned),
             recipe,
@@ -236,6 +284,25 @@ impl Recorded {
                 .as_str()
                 .map(str::to_owned),
         })
+    }
+}
+
+impl Recorded {
+    /// Where a rebuild fetches the source: the remote the build fetched from when it is a
+    /// URL anyone could fetch (https, http, git), else the link when it is https (a forge's
+    /// public form of an ssh remote), else the remote (a local path) or the link.
+    pub fn fetch_url(&self) -> &str {
+        if let Some(r) = &self.remote
+            && ["https://", "http://", "git://"]
+                .iter()
+                .any(|s| r.to_ascii_lowercase().starts_with(s))
+        {
+            return r;
+        }
+        if self.source.starts_with("https://") {
+            return &self.source;
+        }
+        self.remote.as_deref().unwrap_or(&self.source)
     }
 }
 
@@ -282,6 +349,7 @@ mod tests {
             name: "app".into(),
             digest: Digest::of(b"m"),
             source_url: Some("https://git.example.com/o/r".into()),
+            remote: Some("git@git.example.com:o/r.git".into()),
             revision: Some("0123456789abcdef0123456789abcdef01234567".into()),
             git_ref: Some("refs/heads/main".into()),
             recipe_path: "svc/kiln.toml".into(),
@@ -299,6 +367,8 @@ mod tests {
             epoch: 7,
             started: 1,
             finished: 2,
+            limits: EffectiveLimits::default(),
+            log_digest: Some(Digest::of(b"log")),
         };
         let r = Recorded::from_statement(&p.statement()).unwrap();
         assert_eq!(r.artifact, "app");
@@ -307,6 +377,25 @@ mod tests {
         assert_eq!(r.builder_digest, Digest::of(b"builder").to_string());
         assert_eq!(r.bases["reg/base:1"], Digest::of(b"base").to_string());
         assert_eq!(r.epoch, Some(7));
+        assert_eq!(r.fetch_url(), "https://git.example.com/o/r");
+        let st = p.statement();
+        let deps = st["predicate"]["buildDefinition"]["resolvedDependencies"]
+            .as_array()
+            .unwrap();
+        let recipe = deps.iter().find(|d| d["name"] == "recipe").unwrap();
+        assert_eq!(recipe["digest"]["sha256"], Digest::of(b"recipe").hex());
+        assert_eq!(
+            st["predicate"]["runDetails"]["byproducts"][0]["digest"]["sha256"],
+            Digest::of(b"log").hex()
+        );
+        let mut local = p.clone();
+        local.source_url = None;
+        local.remote = Some("/srv/git/r".into());
+        let r = Recorded::from_statement(&local.statement()).unwrap();
+        assert_eq!(
+            (r.source.as_str(), r.fetch_url()),
+            ("/srv/git/r", "/srv/git/r")
+        );
         assert_eq!(r.kiln.as_deref(), Some(env!("CARGO_PKG_VERSION")));
         let mut dirty = p.clone();
         dirty.dirty = true;

@@ -48,10 +48,18 @@ pub struct BuildArgs {
     /// kiln://<hostname>.
     #[arg(long, value_name = "URI")]
     pub builder_id: Option<String>,
+    /// The source link to record in the artifacts' annotations and provenance (default: the
+    /// `origin` remote's canonical https form; none for a local path).
+    #[arg(long, value_name = "URL")]
+    pub source_url: Option<String>,
     /// Build twice, in two fresh containers, and compare before storing or pushing anything:
     /// a difference fails the build with the paths that differ.
     #[arg(long)]
     pub verify: bool,
+    /// Sign the provenance (and, with --verify, a verdict) with this private key (PKCS#8
+    /// PEM, readable by its owner only).
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
@@ -71,21 +79,22 @@ pub fn build(a: BuildArgs) -> Result<ExitCode> {
             allow_dirty: a.allow_dirty,
             epoch: a.source_date_epoch,
             plain_epoch,
+            source_url: match &a.source_url {
+                Some(u) => Some(kiln::forge::source_link(u).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--source-url {u:?}: not a remote URL (a local path or file:// URL names one host's disk)"
+                    )
+                })?),
+                None => None,
+            },
         },
         compression: a.compression.parse().map_err(anyhow::Error::msg)?,
         load: a.load,
-        builder_id: a
-            .builder_id
-            .clone()
-            .or_else(|| {
-                std::env::var("KILN_BUILDER_ID")
-                    .ok()
-                    .filter(|s| !s.is_empty())
-            })
-            .unwrap_or_else(default_builder_id),
+        builder_id: a.builder_id.clone().unwrap_or_else(host_identity),
         registry: a.registry.options(),
         verify: a.verify,
         limits: a.limits.limits()?,
+        signer: super::key::signer(a.sign_key.as_ref())?,
         push: a.push.as_ref().map(|prefix| kiln::pipeline::PushPlan {
             prefix: prefix.clone(),
             tags: a.tags.clone(),
@@ -125,6 +134,14 @@ pub fn build(a: BuildArgs) -> Result<ExitCode> {
             Err(e) => Err(e.into()),
         }
     })
+}
+
+/// This host's identity: $KILN_BUILDER_ID, else kiln://<hostname>.
+pub fn host_identity() -> String {
+    std::env::var("KILN_BUILDER_ID")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(default_builder_id)
 }
 
 fn default_builder_id() -> String {

@@ -14,16 +14,20 @@ pub struct InspectArgs {
     /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Check the attestations' signatures against these public keys (repeatable).
+    #[arg(long = "key", value_name = "FILE", num_args = 1..)]
+    pub keys: Vec<std::path::PathBuf>,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
 
 pub fn inspect(a: InspectArgs) -> Result<ExitCode> {
     let reference: kiln::reference::Reference = a.reference.parse()?;
+    let keys = super::key::public_keys(&a.keys, "--key")?;
     let rt = runtime()?;
     let report = rt.block_on(async {
         let (cancel, _) = cancel_on_signals("stopping");
-        kiln::inspect::inspect(&reference, &a.registry.options(), &cancel).await
+        kiln::inspect::inspect(&reference, &a.registry.options(), &keys, &cancel).await
     })?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -4,10 +4,12 @@
 mod build;
 mod daemon;
 mod inspect;
+mod key;
 mod pack;
 mod progress;
 mod push;
 mod recipe;
+mod trust;
 mod validate;
 mod verify;
 
@@ -56,6 +58,12 @@ enum Command {
     /// Rebuild a pushed artifact from its provenance alone and compare, byte for byte.
     /// Exit 0: identical; 1: different (the paths are listed); 2: it could not be verified.
     Verify(verify::VerifyArgs),
+    /// Decide, without rebuilding, whether an artifact's signed attestations satisfy a
+    /// deployment's policy. Exit 0: trusted; 1: not (why, one line per reason); 2: undecided.
+    Trust(trust::TrustArgs),
+    /// Signing keys.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
 }
 
 /// What this host allows a build; a recipe may ask for less, never more.
@@ -234,6 +242,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Recipe(c) => recipe::recipe(c),
         Command::Daemon(a) => daemon::daemon(a),
         Command::Verify(a) => verify::verify(a),
+        Command::Trust(a) => trust::trust(a),
+        Command::Key(c) => key::key(c),
         Command::Validate { layout } => validate::validate(&layout),
     }
 }

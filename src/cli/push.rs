@@ -18,6 +18,10 @@ pub struct PushArgs {
     /// Where to push: host[:port]/repository[:tag]. Without a tag, the layout's tag is used.
     #[arg(value_name = "REF")]
     pub reference: String,
+    /// Sign the artifact's provenance with this private key before pushing (the layout's
+    /// unsigned statement is replaced by a DSSE envelope over it).
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -80,6 +84,10 @@ pub fn push(a: PushArgs) -> Result<ExitCode> {
     let (path, tag) = split_layout_tag(&a.source);
     let layout = OciLayout::open(&path)?;
     let (desc, layout_tag) = resolve_in_layout(&layout, tag.as_deref())?;
+    if let Some(signer) = super::key::signer(a.sign_key.as_ref())? {
+        let n = kiln::attest::sign_in_place(&layout, &desc, &signer)?;
+        eprintln!("signed {n} statement(s) with {}", signer.keyid());
+    }
     let reference: kiln::reference::Reference = a.reference.parse()?;
     if reference.digest.is_some() {
         bail!("push to a tag, not a digest: {reference}");

@@ -22,6 +22,20 @@ pub struct VerifyArgs {
     /// Honour the recipe's `network = true` in the rebuild.
     #[arg(long)]
     pub allow_network: bool,
+    /// Rebuild only from a provenance signed by one of these public keys (repeatable): a
+    /// forged provenance must not steer a rebuild.
+    #[arg(long = "key", value_name = "FILE", num_args = 1..)]
+    pub keys: Vec<PathBuf>,
+    /// After the comparison, push a signed verdict (an SLSA VSA) as a referrer of the artifact.
+    #[arg(long, requires = "sign_key")]
+    pub attest: bool,
+    /// The private key that signs the verdict.
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
+    /// This verifier's identity in the verdict. Defaults to $KILN_BUILDER_ID, else
+    /// kiln://<hostname>.
+    #[arg(long, value_name = "URI")]
+    pub verifier_id: Option<String>,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -43,7 +57,23 @@ pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
         Ok(w) => w,
         Err(e) => return unverifiable(format!("creating a scratch directory: {e}")),
     };
+    let keys = match super::key::public_keys(&a.keys, "--key") {
+        Ok(k) => k,
+        Err(e) => return unverifiable(super::chain(&e)),
+    };
+    let attest = match super::key::signer(a.sign_key.as_ref()) {
+        Ok(Some(s)) if a.attest => Some((
+            s,
+            a.verifier_id
+                .clone()
+                .unwrap_or_else(super::build::host_identity),
+        )),
+        Ok(_) => None,
+        Err(e) => return unverifiable(super::chain(&e)),
+    };
     let opts = kiln::verify::VerifyOptions {
+        keys,
+        attest,
         registry: a.registry.options(),
         keep: a.keep.clone(),
         tokens: kiln::forge::Tokens::from_env(),
@@ -78,6 +108,9 @@ pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
                 );
             } else {
                 print!("{}", report.text());
+            }
+            if let Some(v) = &report.verdict {
+                eprintln!("pushed a signed verdict: {v}");
             }
             Ok(if report.identical {
                 ExitCode::SUCCESS

@@ -101,17 +101,54 @@ fn remote_parts(url: &str) -> Option<(Option<&str>, &str, &str)> {
     Some((scheme, host_port, path))
 }
 
-/// A remote URL as annotations and provenance record it: a known forge's canonical form, else
-/// the URL without credentials in its authority. Never a local path or a `file://` URL is
-/// changed here; the caller decides whether to record those.
-pub fn canonical_url(url: &str) -> String {
+/// The link to a source that an artifact's manifest carries (`org.opencontainers.image.source`),
+/// so it must be the same from every checkout of one repository: a known forge's canonical
+/// https form (from its ssh, scp-like, `git://` or https remotes); any other remote without
+/// credentials, a trailing `/` or `.git` (an scp-like `user@host:path` as `ssh://host/path`).
+/// Never a local path or a `file://` URL: `None`, since those name one host's disk.
+pub fn source_link(url: &str) -> Option<String> {
     let url = url.trim();
     if let Some(c) = KINDS.iter().find_map(|k| k.canonical_url(url)) {
-        return c;
+        return Some(c);
     }
-    match remote_parts(url) {
-        Some((Some(scheme), host_port, path)) => format!("{scheme}://{host_port}/{path}"),
-        _ => url.to_owned(),
+    let (scheme, host_port, path) = remote_parts(url)?;
+    let scheme = scheme.unwrap_or("ssh");
+    if scheme.eq_ignore_ascii_case("file") || host_port.is_empty() {
+        return None;
+    }
+    let path = path.trim_matches('/');
+    let path = path.strip_suffix(".git").unwrap_or(path);
+    let path = path.trim_end_matches('/');
+    Some(format!(
+        "{}://{}/{path}",
+        scheme.to_ascii_lowercase(),
+        host_port.to_ascii_lowercase()
+    ))
+}
+
+/// A remote as git has it, without any password or token in its authority: what the
+/// provenance records as the raw remote. (An ssh user name stays; an https one goes, as
+/// tokens travel there.)
+pub fn without_credentials(url: &str) -> String {
+    let url = url.trim();
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest
+                .split_once('/')
+                .map_or((rest, None), |(a, p)| (a, Some(p)));
+            let authority = match authority.rsplit_once('@') {
+                Some((user, host)) if scheme.eq_ignore_ascii_case("ssh") && !user.contains(':') => {
+                    format!("{user}@{host}")
+                }
+                Some((_, host)) => host.to_owned(),
+                None => authority.to_owned(),
+            };
+            match path {
+                Some(p) => format!("{scheme}://{authority}/{p}"),
+                None => format!("{scheme}://{authority}"),
+            }
+        }
+        None => url.to_owned(),
     }
 }
 
@@ -402,22 +439,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn other_remotes_lose_only_their_credentials() {
+    fn source_links_do_not_depend_on_the_checkout() {
         for (url, want) in [
             (
                 "https://user:pw@gitlab.example.com/o/r.git",
-                "https://gitlab.example.com/o/r.git",
+                Some("https://gitlab.example.com/o/r"),
             ),
-            ("ssh://git@host:2222/o/r", "ssh://host:2222/o/r"),
-            ("file:///srv/git/r", "file:///srv/git/r"),
+            (
+                "https://gitlab.example.com/o/r/",
+                Some("https://gitlab.example.com/o/r"),
+            ),
+            ("ssh://git@host:2222/o/r.git", Some("ssh://host:2222/o/r")),
             (
                 "git@gitlab.example.com:o/r.git",
-                "git@gitlab.example.com:o/r.git",
+                Some("ssh://gitlab.example.com/o/r"),
             ),
-            ("/srv/git/r", "/srv/git/r"),
-            (" https://h.example/o/r ", "https://h.example/o/r"),
+            ("git://127.0.0.1:9418/o/r", Some("git://127.0.0.1:9418/o/r")),
+            (" https://h.example/o/r ", Some("https://h.example/o/r")),
+            ("file:///srv/git/r", None),
+            ("FILE:///srv/git/r", None),
+            ("/srv/git/r", None),
+            ("../r", None),
+            ("relative/path", None),
         ] {
-            assert_eq!(canonical_url(url), want, "{url}");
+            assert_eq!(source_link(url).as_deref(), want, "{url}");
+        }
+    }
+
+    #[test]
+    fn raw_remotes_lose_their_credentials_only() {
+        for (url, want) in [
+            (
+                "https://oauth2:glpat_secret@gitlab.example.com/o/r.git",
+                "https://gitlab.example.com/o/r.git",
+            ),
+            ("https://token@h.example/o/r", "https://h.example/o/r"),
+            ("ssh://git@host:2222/o/r.git", "ssh://git@host:2222/o/r.git"),
+            ("ssh://git:pw@host/o/r", "ssh://host/o/r"),
+            ("git@h.example:acme/x.git", "git@h.example:acme/x.git"),
+            ("/srv/git/r", "/srv/git/r"),
+        ] {
+            assert_eq!(without_credentials(url), want, "{url}");
         }
     }
 }

@@ -41,6 +41,8 @@ pub struct BuildPlan {
     pub verify: bool,
     /// What the host allows the build.
     pub limits: crate::runner::Limits,
+    /// The key that signs the provenance (and, with `verify`, the verdict).
+    pub signer: Option<Arc<crate::attest::sign::Signer>>,
 }
 
 /// `--push PREFIX [--tag T]...`.
@@ -115,6 +117,7 @@ pub async fn build(
         recipe_file: plan.recipe.clone(),
         compression: plan.compression,
         builder_id: plan.builder_id.clone(),
+        signer: plan.signer.clone(),
         registry: plan.registry.clone(),
         pins: Default::default(),
         labels: Default::default(),

@@ -36,6 +36,8 @@ pub struct Plan {
     pub compression: Compression,
     /// Who builds, for provenance: a stable identity of the build host.
     pub builder_id: String,
+    /// The key that signs this build's attestations (provenance; with `verify`, a verdict).
+    pub signer: Option<Arc<crate::attest::sign::Signer>>,
     /// How to reach registries for base images.
     pub registry: RegistryOptions,
     /// Bases fetched by these digests instead of their tags (a rebuild of a recorded build).
@@ -265,22 +267,17 @@ impl Plan {
         let (bases, mut artifacts) = staged(hooks, Stage::Image, async {
             let bases =
                 stages::resolve_bases(b, &sourced.recipe, &self.registry, &self.pins).await?;
-            let built = stages::image(
-                b,
-                sourced,
-                &output,
-                &packed,
-                &bases,
-                self.compression,
-                &self.builder_id,
-            )
-            .await?;
+            let built = stages::image(b, sourced, &output, &packed, &bases, &self.making()).await?;
             Ok((bases, built))
         })
         .await?;
         drop(output);
         if self.verify {
-            let again = self.again(b, sourced, runner, labels, &bases, &artifacts);
+            let again = async {
+                self.again(b, sourced, runner, labels, &bases, &artifacts)
+                    .await?;
+                self.verdicts(b, &artifacts).await
+            };
             staged(hooks, Stage::Verify, again).await?;
         }
         if let Some(keep) = &self.keep {
@@ -303,6 +300,58 @@ impl Plan {
             .await?;
         }
         Ok(artifacts)
+    }
+
+    /// How this plan makes and attests artifacts.
+    fn making(&self) -> stages::Making<'_> {
+        stages::Making {
+            compression: self.compression,
+            builder_id: &self.builder_id,
+            signer: self.signer.as_deref(),
+        }
+    }
+
+    /// With a key, a signed `PASSED` verdict (a VSA) for each artifact the second build
+    /// reproduced, beside its provenance: this host vouches for its own rebuild (a verifier
+    /// asking for an independent rebuilder does not count it).
+    async fn verdicts(&self, b: &Build, artifacts: &[ArtifactResult]) -> Result<(), PipelineError> {
+        let Some(signer) = self.signer.clone() else {
+            return Ok(());
+        };
+        let (layout, builder_id, artifacts) = (
+            b.layout.clone(),
+            self.builder_id.clone(),
+            artifacts.to_vec(),
+        );
+        stages::blocking(move || {
+            for a in &artifacts {
+                let subject = a.manifest_digest()?;
+                let input = match &a.provenance {
+                    Some(p) => crate::attest::blob_in(&layout, &p.parse()?)?,
+                    None => None,
+                };
+                let verdict = crate::attest::vsa::Verdict {
+                    name: a.name.clone(),
+                    subject,
+                    verifier_id: builder_id.clone(),
+                    time: super::unix_now(),
+                    input,
+                    passed: true,
+                    rebuilt: subject,
+                    differing_paths: 0,
+                };
+                let desc = a.descriptor()?;
+                crate::attest::attach(
+                    &layout,
+                    &desc,
+                    &verdict.statement(),
+                    verdict.time,
+                    Some(&signer),
+                )?;
+            }
+            Ok(())
+        })
+        .await?
     }
 
     /// Build `s` a second time, in a fresh container, into a scratch layout, and compare each
@@ -340,16 +389,12 @@ impl Plan {
         };
         let output = stages::run(&second, s, runner, labels).await?;
         let packed = stages::pack(&second, s, &output, self.compression).await?;
-        let rebuilt = stages::image(
-            &second,
-            s,
-            &output,
-            &packed,
-            bases,
-            self.compression,
-            "kiln://again",
-        )
-        .await?;
+        let how = stages::Making {
+            builder_id: "kiln://again",
+            signer: None,
+            ..self.making()
+        };
+        let rebuilt = stages::image(&second, s, &output, &packed, bases, &how).await?;
         drop(output);
         let mut differ = Vec::new();
         for (a, r) in first.iter().zip(&rebuilt) {

@@ -93,10 +93,21 @@ pub async fn open_dir(
         b.scratch.clone(),
         b.cancel.clone(),
     );
+    let explicit = options.source_url.clone();
     let mut checkout =
         blocking(move || crate::source::open(&dir, &options, &scratch, &cancel)).await??;
-    checkout.info.url = checkout.info.url.map(|u| crate::forge::canonical_url(&u));
+    link(&mut checkout.info, explicit);
     Ok(checkout)
+}
+
+/// Record where a source came from in its two forms: the raw remote (without credentials)
+/// for the provenance, and the link for the manifest, which must not depend on the checkout.
+fn link(info: &mut crate::source::SourceInfo, explicit: Option<String>) {
+    info.remote = info
+        .remote
+        .take()
+        .map(|r| crate::forge::without_credentials(&r));
+    info.url = explicit.or_else(|| info.url.take().and_then(|u| crate::forge::source_link(&u)));
 }
 
 /// An exact commit in its mirror, fetched.
@@ -105,6 +116,8 @@ pub struct Fetched {
     pub mirror: PathBuf,
     /// What to record as the source.
     pub web_url: String,
+    /// Where it was fetched from (the provenance's raw remote).
+    pub fetch_url: String,
 }
 
 /// Stage 1a: the commit fetched into its mirror (its origin asked first).
@@ -129,6 +142,7 @@ pub async fn fetch(b: &Build, f: &FetchSpec) -> Result<Fetched, PipelineError> {
         Ok(Fetched {
             mirror: mirror.dir().to_owned(),
             web_url: origin.web_url,
+            fetch_url: origin.fetch_url,
         })
     })
     .await?
@@ -145,11 +159,15 @@ pub async fn open_fetched(
         commit: f.commit.clone(),
         subdir: f.subdir.clone(),
         url: fetched.web_url,
+        remote: Some(fetched.fetch_url),
         git_ref: f.git_ref.clone(),
         epoch: f.epoch,
     };
     let (scratch, cancel) = (b.scratch.clone(), b.cancel.clone());
-    Ok(blocking(move || crate::source::open_commit(&commit, &scratch, &cancel)).await??)
+    let mut checkout =
+        blocking(move || crate::source::open_commit(&commit, &scratch, &cancel)).await??;
+    link(&mut checkout.info, None);
+    Ok(checkout)
 }
 
 /// Stage 1c: the tree's recipe (`recipe_file` instead of the tree's `kiln.toml` when given).
@@ -329,6 +347,15 @@ pub fn source_annotations(s: &Sourced, output: &RunOutput) -> BTreeMap<String, S
     common
 }
 
+/// How artifacts are made and attested: the compression, who builds (for provenance), and
+/// the key that signs the provenance, if any.
+#[derive(Clone, Copy)]
+pub struct Making<'a> {
+    pub compression: Compression,
+    pub builder_id: &'a str,
+    pub signer: Option<&'a crate::attest::sign::Signer>,
+}
+
 /// Stage 4: configs and manifests around the packed layers (on their bases), with source-linked
 /// annotations, and an SLSA provenance referrer for each. Nothing is tagged.
 pub async fn image(
@@ -337,11 +364,26 @@ pub async fn image(
     output: &RunOutput,
     packed: &[Packed],
     bases: &BTreeMap<String, BaseImage>,
-    compression: Compression,
-    builder_id: &str,
+    how: &Making<'_>,
 ) -> Result<Vec<ArtifactResult>, PipelineError> {
+    let Making {
+        compression,
+        builder_id,
+        signer,
+    } = *how;
     let info = &s.checkout.info;
     let common = source_annotations(s, output);
+    let limits = effective_limits(b, s);
+    let log = b.log.clone();
+    let log_digest = blocking(move || {
+        Ok::<_, PipelineError>(
+            std::fs::File::open(&log)
+                .and_then(crate::digest::hash_reader)
+                .ok()
+                .map(|(d, _)| d),
+        )
+    })
+    .await??;
     let mut out = Vec::new();
     for p in packed {
         let artifact = &p.artifact;
@@ -362,6 +404,7 @@ pub async fn image(
             name: artifact.name.clone(),
             digest: crate::image::descriptor_digest(&desc)?,
             source_url: info.url.clone(),
+            remote: info.remote.clone(),
             revision: info.revision.clone(),
             git_ref: info.git_ref.clone(),
             recipe_path: s.recipe_path.clone(),
@@ -379,8 +422,11 @@ pub async fn image(
             invocation_id: b.id.clone(),
             started: b.started,
             finished: unix_now(),
+            limits: limits.clone(),
+            log_digest,
         };
-        let referrer = crate::attest::attach(&b.layout, &desc, &prov.statement(), prov.finished)?;
+        let referrer =
+            crate::attest::attach(&b.layout, &desc, &prov.statement(), prov.finished, signer)?;
         out.push(ArtifactResult {
             name: artifact.name.clone(),
             kind: artifact.kind.to_string(),
@@ -393,6 +439,21 @@ pub async fn image(
         });
     }
     Ok(out)
+}
+
+/// What the build ran under: the recipe's asks capped by the host's limits.
+fn effective_limits(b: &Build, s: &Sourced) -> crate::attest::provenance::EffectiveLimits {
+    let section = &s.recipe.build;
+    let (memory, cpus) = b.limits.effective(section);
+    crate::attest::provenance::EffectiveLimits {
+        memory,
+        cpus,
+        pids: b.limits.pids,
+        output: b.limits.output,
+        log: b.limits.log,
+        timeout: section.timeout.as_secs(),
+        network: section.network && b.limits.allow_network,
+    }
 }
 
 /// Write the config and manifest of one artifact around its layer.

@@ -22,5 +22,4 @@ pub use auth::Credential;
 pub use client::{RegistryClient, RegistryOptions, RetryPolicy};
 pub use error::RegistryError;
 pub use push::{PushReport, Pusher};
-pub use referrers::Statement;
 pub use repository::{PushError, Repository, or_cancel};

@@ -191,6 +191,9 @@ impl<'a> Pusher<'a> {
         for r in &referrers {
             let mut clean = Descriptor::new(r.media_type().clone(), r.size(), r.digest().clone());
             clean.set_artifact_type(r.artifact_type().clone());
+            // As the referrers API lists them: readers pick an attestation by its annotations
+            // without fetching it.
+            clean.set_annotations(r.annotations().clone());
             if self.push_tree(&clean, report).await? {
                 continue; // the registry indexed the subject itself
             }

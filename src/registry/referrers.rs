@@ -11,18 +11,12 @@ use reqwest::{Method, StatusCode};
 
 use super::client::{Body, Request};
 use super::repository::{MANIFEST_CAP, PushError, Repository};
+use crate::attest::Attestation;
 use crate::digest::Digest;
 
 /// The tag of the referrers fallback index for `subject`.
 pub fn fallback_tag(subject: &Digest) -> String {
     format!("sha256-{}", subject.hex())
-}
-
-/// An in-toto statement attached to an artifact, as its referrer manifest carries it.
-pub struct Statement {
-    /// The digest of the subject the referrer manifest names.
-    pub subject: Option<String>,
-    pub statement: serde_json::Value,
 }
 
 impl Repository<'_> {
@@ -158,45 +152,63 @@ impl Repository<'_> {
         )))
     }
 
-    /// The in-toto statements attached to `subject`, one per referrer of that type: the
-    /// statement, `None` for a referrer that is gone or holds no statement, or why it could
-    /// not be read.
-    pub async fn statements(
+    /// The attestations attached to `subject` (statements and DSSE envelopes), one per
+    /// referrer of those types: the attestation, `None` for a referrer that is gone or holds
+    /// no layer, or why it could not be read.
+    pub async fn attestations(
         &self,
         subject: &Digest,
-    ) -> Result<Vec<(Descriptor, Result<Option<Statement>, PushError>)>, PushError> {
+    ) -> Result<Vec<(Descriptor, Result<Option<Attestation>, PushError>)>, PushError> {
         let mut out = Vec::new();
         for r in self.referrers(subject).await? {
-            if !crate::attest::is_statement(&r) {
+            if !crate::attest::is_attestation(&r) {
                 continue;
             }
-            let read = self.statement(&r).await;
+            let read = self.attestation(&r).await;
             out.push((r, read));
         }
         Ok(out)
     }
 
-    /// The statement a referrer carries in its one layer.
-    async fn statement(&self, r: &Descriptor) -> Result<Option<Statement>, PushError> {
-        let rd = Digest::from_oci(r.digest()).map_err(|e| PushError::Invalid(e.to_string()))?;
-        let Some((bytes, _, _)) = self.get_manifest(&rd.to_string()).await? else {
-            return Ok(None);
+    /// The attestation a referrer carries in its one layer. The referrers list names the
+    /// layer (kiln's `dev.kiln.attestation.blob`): then only the blob is fetched, by digest,
+    /// and whatever it holds is checked by its reader; else the manifest is read first.
+    async fn attestation(&self, r: &Descriptor) -> Result<Option<Attestation>, PushError> {
+        let invalid = |what: String| PushError::Invalid(what);
+        let rd = Digest::from_oci(r.digest()).map_err(|e| invalid(e.to_string()))?;
+        let ann = r.annotations().clone().unwrap_or_default();
+        let dsse = r
+            .artifact_type()
+            .as_ref()
+            .is_some_and(|t| t.to_string().ends_with("+dsse"));
+        let named = ann
+            .get(crate::attest::BLOB_ANNOTATION)
+            .and_then(|d| d.parse::<Digest>().ok());
+        let blob = match named {
+            Some(d) => d,
+            None => {
+                let Some((bytes, _, _)) = self.get_manifest(&rd.to_string()).await? else {
+                    return Ok(None);
+                };
+                let m: serde_json::Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| invalid(format!("attestation manifest {rd}: malformed: {e}")))?;
+                let Some(layer) = m["layers"][0]["digest"]
+                    .as_str()
+                    .and_then(|d| d.parse::<Digest>().ok())
+                else {
+                    return Ok(None);
+                };
+                layer
+            }
         };
-        let m: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| PushError::Invalid(format!("provenance manifest {rd}: malformed: {e}")))?;
-        let Some(layer) = m["layers"][0]["digest"]
-            .as_str()
-            .and_then(|d| d.parse::<Digest>().ok())
-        else {
-            return Ok(None);
-        };
-        let statement =
-            serde_json::from_slice(&self.get_blob(&layer, 4 << 20).await?).map_err(|e| {
-                PushError::Invalid(format!("provenance statement {layer}: malformed: {e}"))
-            })?;
-        Ok(Some(Statement {
-            subject: m["subject"]["digest"].as_str().map(str::to_owned),
-            statement,
+        let bytes = self.get_blob(&blob, 4 << 20).await?;
+        let body = Attestation::decode(dsse, &bytes)
+            .map_err(|e| invalid(format!("attestation {blob}: {e}")))?;
+        Ok(Some(Attestation {
+            referrer: rd.to_string(),
+            blob,
+            predicate_hint: ann.get(crate::attest::PREDICATE_ANNOTATION).cloned(),
+            body,
         }))
     }
 }

@@ -23,10 +23,13 @@ pub use mirror::{FetchAuth, Origin};
 pub struct SourceInfo {
     /// The commit SHA, for git sources.
     pub revision: Option<String>,
-    /// Where the source comes from: the `origin` remote of a work tree (as git reports it:
-    /// the pipeline records it in its canonical form, without credentials), or the URL an
-    /// exact commit was recorded from.
+    /// The link to the source that annotations record: the same from every checkout (see
+    /// [`crate::forge::source_link`]), or the caller's `--source-url`. None for a local path.
     pub url: Option<String>,
+    /// The remote as git has it (the `origin` of a work tree, or the URL an exact commit was
+    /// fetched from), without credentials: the provenance records it, never the manifest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
     /// SOURCE_DATE_EPOCH: the commit time, or the caller's epoch for a plain directory.
     pub epoch: u64,
     /// Built from uncommitted changes (`--allow-dirty`).
@@ -72,6 +75,8 @@ pub struct SourceOptions {
     /// The epoch for a plain directory when no explicit one is given (`$SOURCE_DATE_EPOCH`);
     /// never used for a git tree, whose commit time is authoritative.
     pub plain_epoch: Option<u64>,
+    /// The source link to record instead of the one derived from `origin` (`--source-url`).
+    pub source_url: Option<String>,
 }
 
 /// Why a source could not be opened.
@@ -179,6 +184,7 @@ pub fn open(
             info: SourceInfo {
                 revision: None,
                 url: None,
+                remote: None,
                 git_ref: None,
                 subdir: String::new(),
                 epoch,
@@ -246,6 +252,7 @@ pub fn open(
     Ok(Checkout {
         info: SourceInfo {
             revision: Some(revision),
+            remote: url.clone(),
             url,
             epoch: opts.epoch.unwrap_or(commit_time),
             dirty,
@@ -268,6 +275,8 @@ pub struct CommitSource {
     /// What to record as the source: the repository's web URL or its path, whatever URL it
     /// was fetched from.
     pub url: String,
+    /// The URL it was fetched from, when that is not `url` (the provenance's raw remote).
+    pub remote: Option<String>,
     /// The ref that led to the commit (`refs/heads/main`), for provenance.
     pub git_ref: Option<String>,
     /// SOURCE_DATE_EPOCH instead of the commit time (a rebuild of a build that overrode it).
@@ -318,6 +327,7 @@ pub fn open_commit(
         info: SourceInfo {
             revision: Some(commit),
             url: Some(src.url.clone()),
+            remote: Some(src.remote.clone().unwrap_or_else(|| src.url.clone())),
             epoch,
             dirty: false,
             git_ref: src.git_ref.clone(),

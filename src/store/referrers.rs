@@ -17,7 +17,7 @@ fn subject_of(d: &Descriptor) -> Option<&String> {
 }
 
 impl OciLayout {
-    /// The referrers of `subject` recorded in this layout.
+    /// The referrers of `subject` recorded in this layout, with their manifests' annotations.
     pub fn referrers(&self, subject: &Digest) -> Result<Vec<Descriptor>, StoreError> {
         let want = subject.to_string();
         Ok(self
@@ -25,7 +25,14 @@ impl OciLayout {
             .manifests()
             .iter()
             .filter(|d| subject_of(d) == Some(&want))
-            .cloned()
+            .map(|d| {
+                // The layout's own bookkeeping stays here; the manifest's annotations go on.
+                let mut d = d.clone();
+                let mut ann = d.annotations().clone().unwrap_or_default();
+                ann.remove(REFERRER_SUBJECT);
+                d.set_annotations((!ann.is_empty()).then_some(ann));
+                d
+            })
             .collect())
     }
 
@@ -51,6 +58,23 @@ impl OciLayout {
             .cloned()
             .collect();
         entries.push(referrer);
+        index.set_manifests(entries);
+        self.write_index(&index)
+    }
+}
+
+impl OciLayout {
+    /// Forget `referrer` as a referrer of `subject` (its blobs stay until a collection).
+    pub fn remove_referrer(&self, subject: &Digest, referrer: &Digest) -> Result<(), StoreError> {
+        let (subject, referrer) = (subject.to_string(), referrer.to_string());
+        let _lock = self.lock()?;
+        let mut index = self.index()?;
+        let entries: Vec<Descriptor> = index
+            .manifests()
+            .iter()
+            .filter(|d| !(subject_of(d) == Some(&subject) && d.digest().to_string() == referrer))
+            .cloned()
+            .collect();
         index.set_manifests(entries);
         self.write_index(&index)
     }

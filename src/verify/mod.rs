@@ -37,6 +37,19 @@ pub enum VerifyError {
     NoProvenance { reference: String },
     #[error("the provenance of {reference} cannot be used: {reason}")]
     BadProvenance { reference: String, reason: String },
+    #[error(
+        "{reference} has no provenance signed by a --key key, so it must not steer a rebuild: {}",
+        reasons.join("; ")
+    )]
+    Untrusted {
+        reference: String,
+        reasons: Vec<String>,
+    },
+    #[error("publishing the verdict on {reference}: {source}")]
+    Verdict {
+        reference: String,
+        source: Box<PushError>,
+    },
     #[error("the source {url} at {revision} cannot be fetched: {reason}")]
     Source {
         url: String,
@@ -92,6 +105,10 @@ pub struct VerifyOptions {
     pub work: PathBuf,
     /// Honour the recipe's `network = true`.
     pub allow_network: bool,
+    /// Rebuild only from a provenance signed by one of these keys (none: any kiln provenance).
+    pub keys: Vec<crate::attest::sign::PublicKey>,
+    /// Push a signed verdict (a VSA) with this key, naming this verifier.
+    pub attest: Option<(Arc<crate::attest::sign::Signer>, String)>,
 }
 
 fn registry_error(reference: &str) -> impl FnOnce(PushError) -> VerifyError + '_ {
@@ -130,14 +147,14 @@ pub async fn verify(
         .map_err(|e| registry_error(&shown)(PushError::Registry(e)))?;
     let repo = Repository::new(&client, &reference.repository);
     // 1. What REF is, and its provenance.
-    let (bytes, _, _) = or_cancel(cancel, repo.get_manifest(&reference.target()))
+    let (bytes, media_type, _) = or_cancel(cancel, repo.get_manifest(&reference.target()))
         .await
         .map_err(registry_error(&shown))?
         .ok_or_else(|| {
             registry_error(&shown)(PushError::Invalid(format!("{shown} does not exist")))
         })?;
     let expected = Digest::of(&bytes);
-    let rec = recorded(&repo, &shown, &expected, cancel).await?;
+    let (rec, input) = recorded(&repo, &shown, &expected, &opts.keys, cancel).await?;
     // 2. The compressor must be this kiln's, exactly; the recipe must be in the source.
     let compression = compressor(&rec)?;
     if rec.recipe.starts_with('/') {
@@ -197,44 +214,146 @@ pub async fn verify(
         }
         None => None,
     };
+    let verdict = match &opts.attest {
+        Some((signer, verifier)) => {
+            let v = crate::attest::vsa::Verdict {
+                name: reference.repository.clone(),
+                subject: expected,
+                verifier_id: verifier.clone(),
+                time: crate::pipeline::unix_now(),
+                input,
+                passed: comparison.identical,
+                rebuilt,
+                differing_paths: comparison.paths(),
+            };
+            let media_type = if media_type.is_empty() {
+                "application/vnd.oci.image.manifest.v1+json"
+            } else {
+                media_type.as_str()
+            };
+            let subject = oci_spec::image::Descriptor::new(
+                oci_spec::image::MediaType::from(media_type),
+                bytes.len() as u64,
+                expected.to_oci(),
+            );
+            Some(publish_verdict(&client, reference, opts, &subject, &v, signer, cancel).await?)
+        }
+        None => None,
+    };
     Ok(Report {
         reference: shown,
         identical: comparison.identical,
         recorded: rec,
         comparison,
         kept,
+        verdict,
     })
 }
 
-/// What the newest kiln statement about `subject` records. Referrers that are not kiln's, or
-/// that cannot be read, are passed over.
+/// Push a signed verdict as a referrer of the artifact; its referrer manifest's digest.
+async fn publish_verdict(
+    client: &RegistryClient,
+    reference: &Reference,
+    opts: &VerifyOptions,
+    subject: &oci_spec::image::Descriptor,
+    v: &crate::attest::vsa::Verdict,
+    signer: &crate::attest::sign::Signer,
+    cancel: &CancellationToken,
+) -> Result<String, VerifyError> {
+    let fail = |source: PushError| VerifyError::Verdict {
+        reference: reference.to_string(),
+        source: Box::new(source),
+    };
+    let layout = OciLayout::open_or_create(opts.work.join("verdict"))
+        .map_err(|e| fail(PushError::Store(e)))?;
+    let d = crate::attest::attach(&layout, subject, &v.statement(), v.time, Some(signer))
+        .map_err(|e| fail(PushError::Invalid(e.to_string())))?;
+    let mut pusher = crate::registry::Pusher::new(client, &layout, &reference.repository);
+    pusher.cancel = cancel.clone();
+    let mut report = crate::registry::PushReport::default();
+    or_cancel(cancel, pusher.push_referrers(&v.subject, &mut report))
+        .await
+        .map_err(fail)?;
+    Ok(d.digest().to_string())
+}
+
+/// What the newest kiln provenance about `subject` records, and the digest of the
+/// attestation it came from. With `keys`, only a provenance signed by one of them counts;
+/// without, any readable one (unsigned, or signed by anyone). Referrers that cannot be read
+/// are passed over.
 async fn recorded(
     repo: &Repository<'_>,
     shown: &str,
     subject: &Digest,
+    keys: &[crate::attest::sign::PublicKey],
     cancel: &CancellationToken,
-) -> Result<Recorded, VerifyError> {
-    let statements = or_cancel(cancel, repo.statements(subject))
+) -> Result<(Recorded, Option<Digest>), VerifyError> {
+    let found = or_cancel(cancel, repo.attestations(subject))
         .await
         .map_err(registry_error(shown))?;
-    let readable = statements.into_iter().filter_map(|(r, read)| match read {
-        Ok(Some(s)) => Some(s.statement),
-        Ok(None) => {
-            tracing::warn!(referrer = %r.digest(), error = "the referrer is gone, or holds no layer", "skipping an unreadable referrer");
-            None
+    let mut readable = Vec::new();
+    let mut refused = Vec::new();
+    for (r, read) in found {
+        let a = match read {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                tracing::warn!(referrer = %r.digest(), error = "the referrer is gone, or holds no layer", "skipping an unreadable referrer");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(referrer = %r.digest(), error = %e, "skipping an unreadable referrer");
+                continue;
+            }
+        };
+        let judged = crate::attest::assess(&a, subject, keys);
+        if judged.kind != "provenance" {
+            continue;
         }
-        Err(e) => {
-            tracing::warn!(referrer = %r.digest(), error = %e, "skipping an unreadable referrer");
-            None
+        let trusted = matches!(judged.signature, crate::attest::Signature::Verified { .. });
+        if !keys.is_empty() && !trusted {
+            refused.push(format!(
+                "{} is {}",
+                judged.referrer,
+                match &judged.signature {
+                    crate::attest::Signature::Unsigned => "unsigned".to_owned(),
+                    crate::attest::Signature::Invalid { keyid } =>
+                        format!("signed under {keyid}, but the signature does not verify"),
+                    crate::attest::Signature::UnknownKey { keyids } =>
+                        format!("signed by an unknown key ({})", keyids.join(", ")),
+                    crate::attest::Signature::Verified { .. } => String::new(),
+                }
+            ));
+            continue;
         }
-    });
-    let statement = newest_for(readable, subject).ok_or_else(|| VerifyError::NoProvenance {
-        reference: shown.to_owned(),
-    })?;
-    Recorded::from_statement(&statement).map_err(|e| VerifyError::BadProvenance {
+        if let Some(st) = judged.statement {
+            readable.push((st, a.blob));
+        }
+    }
+    let newest = newest_for(readable.iter().map(|(st, _)| st.clone()), subject);
+    let Some(statement) = newest else {
+        if !keys.is_empty() {
+            return Err(VerifyError::Untrusted {
+                reference: shown.to_owned(),
+                reasons: if refused.is_empty() {
+                    vec!["no provenance is attached".to_owned()]
+                } else {
+                    refused
+                },
+            });
+        }
+        return Err(VerifyError::NoProvenance {
+            reference: shown.to_owned(),
+        });
+    };
+    let blob = readable
+        .iter()
+        .find(|(st, _)| *st == statement)
+        .map(|(_, b)| *b);
+    let rec = Recorded::from_statement(&statement).map_err(|e| VerifyError::BadProvenance {
         reference: shown.to_owned(),
         reason: e.0,
-    })
+    })?;
+    Ok((rec, blob))
 }
 
 /// The recorded compression, which this kiln must reproduce exactly.
@@ -344,7 +463,9 @@ async fn rebuild(
     )
     .map_err(rebuild_error)?;
     b.limits.allow_network = opts.allow_network;
-    let origin = crate::forge::public_origin(&rec.source, &opts.tokens);
+    // Fetched from where the build fetched, recorded under the link it recorded.
+    let mut origin = crate::forge::public_origin(rec.fetch_url(), &opts.tokens);
+    origin.web_url = rec.source.clone();
     let plan = Plan {
         source: SourceSpec::Fetch(FetchSpec {
             origin: Arc::new(origin),
@@ -357,6 +478,7 @@ async fn rebuild(
         recipe_file: None,
         compression,
         builder_id: "kiln://verify".into(),
+        signer: None,
         registry: opts.registry.clone(),
         pins,
         labels: BTreeMap::new(),
@@ -371,7 +493,7 @@ async fn rebuild(
         .map_err(|e| match e {
             e if e.is_cancelled() => VerifyError::Cancelled,
             PipelineError::Fetch { source, .. } => VerifyError::Source {
-                url: rec.source.clone(),
+                url: rec.fetch_url().to_owned(),
                 revision: rec.revision.clone(),
                 reason: source.to_string(),
             },

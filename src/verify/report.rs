@@ -30,6 +30,9 @@ pub struct Report {
     pub identical: bool,
     pub comparison: Comparison,
     pub kept: Option<Kept>,
+    /// The signed verdict pushed (`--attest`): its referrer manifest's digest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
 }
 
 impl Report {

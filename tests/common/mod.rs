@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod attest;
 pub mod daemon;
 pub mod farm;
 pub mod forge;
@@ -43,12 +44,14 @@ pub fn secret_forms() -> Vec<String> {
     use base64::Engine;
     let basic = base64::engine::general_purpose::STANDARD
         .encode(format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}"));
-    vec![
+    let mut forms = vec![
         GITHUB_TOKEN.into(),
         REGISTRY_PASSWORD.into(),
         basic,
         postgres::DB_PASSWORD.into(),
-    ]
+    ];
+    forms.extend(attest::key_secret_forms());
+    forms
 }
 
 /// Panics if `text` holds a secret; `what` names where it came from.

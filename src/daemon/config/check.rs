@@ -77,6 +77,7 @@ impl Checker<'_> {
                 "admin_token_file",
                 "github",
                 "registry",
+                "signing",
                 "repo",
             ],
         );
@@ -148,6 +149,9 @@ impl Checker<'_> {
         let registry = self
             .table(doc, "registry")
             .and_then(|(t, at)| self.registry(t, at));
+        let signer = self
+            .table(doc, "signing")
+            .and_then(|(t, at)| self.signing(t, at));
         let repos = self.repos(doc, github.is_some());
         Some(Config {
             state_dir,
@@ -163,8 +167,34 @@ impl Checker<'_> {
             admin_token,
             github,
             registry,
+            signer,
             repos,
         })
+    }
+
+    /// `[signing] key_file`: the host's private key, loaded once here (a group- or
+    /// world-readable file is refused).
+    fn signing(
+        &mut self,
+        t: &DeTable,
+        at: usize,
+    ) -> Option<std::sync::Arc<crate::attest::sign::Signer>> {
+        self.unknown_keys(t, "signing", &["key_file"]);
+        let Some((path, at)) = self.abs_file(t, "signing", "key_file") else {
+            self.problem(
+                at,
+                "signing.key_file",
+                "missing: the private key to sign with",
+            );
+            return None;
+        };
+        match crate::attest::sign::Signer::load(&path) {
+            Ok(s) => Some(std::sync::Arc::new(s)),
+            Err(e) => {
+                self.problem(at, "signing.key_file", e.to_string());
+                None
+            }
+        }
     }
 
     /// `[[repo]]`: every table checked, then across them: a GitHub repository needs the

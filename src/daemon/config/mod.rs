@@ -44,6 +44,9 @@ pub struct Config {
     /// `[github]`.
     pub github: Option<forge::github::Settings>,
     pub registry: Option<Registry>,
+    /// `[signing] key_file`: the key that signs this host's provenance and verdicts, loaded
+    /// once; no build container ever sees it.
+    pub signer: Option<std::sync::Arc<crate::attest::sign::Signer>>,
     pub repos: Vec<Repo>,
 }
 

@@ -403,7 +403,8 @@ fn plan(d: &Daemon, claim: &Claim, target: Arc<dyn Target>) -> Result<(Plan, boo
         }),
         recipe_file: repo.recipe_file.clone(),
         compression: crate::pack::Compression::Gzip,
-        builder_id: format!("kiln://{}", d.host_id),
+        builder_id: builder_id(&cfg, &d.host_id),
+        signer: cfg.signer.clone(),
         registry: d.registry_options(),
         pins: BTreeMap::new(),
         labels,
@@ -416,6 +417,15 @@ fn plan(d: &Daemon, claim: &Claim, target: Arc<dyn Target>) -> Result<(Plan, boo
         }),
     };
     Ok((plan, repo.allow_network))
+}
+
+/// This host's identity in provenance and verdicts: a URI under the dashboard's public
+/// address when there is one, else `kiln://<host id>`.
+fn builder_id(cfg: &crate::daemon::config::Config, host_id: &str) -> String {
+    match &cfg.public_url {
+        Some(u) => format!("{u}/hosts/{host_id}"),
+        None => format!("kiln://{host_id}"),
+    }
 }
 
 /// Observes a daemon build: steps into the state, pushed bytes into the metrics.

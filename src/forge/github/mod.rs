@@ -349,7 +349,10 @@ mod tests {
                 Some("https://github.com/o/r"),
                 "{u}"
             );
-            assert_eq!(crate::forge::canonical_url(u), "https://github.com/o/r");
+            assert_eq!(
+                crate::forge::source_link(u).as_deref(),
+                Some("https://github.com/o/r")
+            );
         }
         assert_eq!(KIND.canonical_url("https://gitlab.example.com/o/r"), None);
     }
