@@ -28,6 +28,9 @@ pub struct Inspection {
     /// Every attestation attached: its kind, signer, whether the signature verifies with
     /// the keys given, and for verdicts what they say.
     pub attestations: Vec<crate::attest::Assessed>,
+    /// Attestations that could not be read, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -105,6 +108,9 @@ impl Inspection {
         if !self.attestations.is_empty() {
             let _ = writeln!(s, "attestations:");
         }
+        for u in &self.unreadable {
+            let _ = writeln!(s, "  unreadable: {u}");
+        }
         for a in &self.attestations {
             let _ = writeln!(s, "  {} {}", a.kind, a.referrer);
             let _ = writeln!(s, "    signature: {}", signature_text(&a.signature));
@@ -127,7 +133,7 @@ fn signature_text(s: &crate::attest::Signature) -> String {
     use crate::attest::Signature;
     match s {
         Signature::Unsigned => "none (unsigned)".into(),
-        Signature::Verified { keyid } => format!("{keyid} (verifies)"),
+        Signature::Verified { keyids } => format!("{} (verifies)", keyids.join(", ")),
         Signature::Invalid { keyid } => format!("{keyid} (DOES NOT VERIFY)"),
         Signature::UnknownKey { keyids } => {
             format!("{} (not checked: no such --key)", keyids.join(", "))
@@ -184,6 +190,7 @@ async fn inspect_inner(
         builder_image: ann(annotations::BUILDER_IMAGE),
         provenance: None,
         attestations: Vec::new(),
+        unreadable: Vec::new(),
     };
     let (base_name, base_digest) = (
         ann("org.opencontainers.image.base.name"),
@@ -206,12 +213,25 @@ async fn inspect_inner(
             out.created = c["created"].as_str().map(str::to_owned);
         }
     }
-    for (_, read) in repo.attestations(&digest).await? {
-        let Some(a) = read? else {
-            continue;
+    for (r, read) in repo.attestations(&digest).await? {
+        let a = match read {
+            Ok(Some(a)) => a,
+            Ok(None) => continue,
+            Err(PushError::Cancelled) => return Err(PushError::Cancelled),
+            Err(e) => {
+                out.unreadable.push(format!("{}: {e}", r.digest()));
+                continue;
+            }
         };
         let assessed = crate::attest::assess(&a, &digest, keys);
+        // The summary is of a provenance whose signature verifies, when there is one.
+        let verified = matches!(
+            assessed.signature,
+            crate::attest::Signature::Verified { .. }
+        );
+        let replaces = out.provenance.is_none() || verified;
         if assessed.kind == "provenance"
+            && replaces
             && let Some(st) = &assessed.statement
         {
             out.provenance = Some(ProvenanceInfo {

@@ -26,7 +26,7 @@ pub struct Policy {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Reason {
     /// `unsigned`, `unknown-key`, `invalid-signature`, `subject-mismatch`,
-    /// `no-rebuild-verdict`, `failed-verdict`.
+    /// `no-rebuild-verdict`, `failed-verdict` (and, undecided, `unreadable`).
     pub code: &'static str,
     pub message: String,
 }
@@ -43,7 +43,7 @@ pub struct Decision {
     pub reasons: Vec<Reason>,
     /// The trusted key that signed the provenance.
     pub provenance_signer: Option<String>,
-    /// Independent PASSED verdicts counted.
+    /// Independent rebuilders (distinct keys) whose PASSED verdicts counted.
     pub rebuilds: usize,
     pub attestations: Vec<Assessed>,
     /// Referrers that could not be read, and why.
@@ -152,8 +152,8 @@ pub fn judge(
         .filter(|a| a.kind == "provenance")
         .collect();
     let signer = provenances.iter().find_map(|a| match &a.signature {
-        Signature::Verified { keyid } if a.subject_matches && is_in(&policy.keys, keyid) => {
-            Some(keyid.clone())
+        Signature::Verified { keyids } if a.subject_matches => {
+            keyids.iter().find(|k| is_in(&policy.keys, k)).cloned()
         }
         _ => None,
     });
@@ -182,10 +182,17 @@ pub fn judge(
                     "invalid-signature",
                     format!("the provenance {r}'s signature does not verify with key {keyid}"),
                 ),
-                Signature::Verified { keyid } if !is_in(&policy.keys, keyid) => reason(
-                    "unknown-key",
-                    format!("the provenance {r} is signed by {keyid}, which is not a --key"),
-                ),
+                Signature::Verified { keyids }
+                    if !keyids.iter().any(|k| is_in(&policy.keys, k)) =>
+                {
+                    reason(
+                        "unknown-key",
+                        format!(
+                            "the provenance {r} is signed by {}, not by a --key key",
+                            keyids.join(", ")
+                        ),
+                    )
+                }
                 Signature::Verified { .. } => reason(
                     "subject-mismatch",
                     format!("the provenance {r} is signed, but its subject is not {digest}"),
@@ -193,15 +200,20 @@ pub fn judge(
             }
         }
     }
-    // 3: independent rebuild verdicts.
-    let mut rebuilds = 0;
+    // 3: independent rebuild verdicts, counted by rebuilder key (one key is one rebuilder,
+    // however many verdicts it signed).
+    let mut rebuilders = std::collections::BTreeSet::new();
+    let mut own = 0;
     if !policy.rebuilt_by.is_empty() {
-        let mut own = 0;
         for a in attestations.iter().filter(|a| a.kind == "vsa") {
-            let Signature::Verified { keyid } = &a.signature else {
+            let Signature::Verified { keyids } = &a.signature else {
                 continue;
             };
-            if !is_in(&policy.rebuilt_by, keyid) || !a.subject_matches {
+            let by: Vec<&String> = keyids
+                .iter()
+                .filter(|k| is_in(&policy.rebuilt_by, k))
+                .collect();
+            if by.is_empty() || !a.subject_matches {
                 continue;
             }
             let Some(v) = &a.verdict else { continue };
@@ -216,23 +228,23 @@ pub fn judge(
                         a.referrer
                     ),
                 );
-            } else if v.result == "PASSED" {
-                if signer.as_deref() == Some(keyid.as_str()) {
+            } else if v.reproduced() {
+                let independent: Vec<&String> = by
+                    .into_iter()
+                    .filter(|k| signer.as_deref() != Some(k.as_str()))
+                    .collect();
+                if independent.is_empty() {
                     own += 1;
-                } else {
-                    rebuilds += 1;
                 }
+                rebuilders.extend(independent.into_iter().cloned());
             }
         }
-        if rebuilds < policy.min_rebuilds.max(1) {
+        let wanted = policy.min_rebuilds.max(1);
+        if rebuilders.len() < wanted {
             let mut m = format!(
-                "{} PASSED rebuild verdict{} signed by an independent --rebuilt-by key wanted, {rebuilds} found",
-                policy.min_rebuilds.max(1),
-                if policy.min_rebuilds.max(1) == 1 {
-                    ""
-                } else {
-                    "s"
-                }
+                "{wanted} PASSED rebuild verdict{} signed by independent --rebuilt-by keys wanted, {} found",
+                if wanted == 1 { "" } else { "s" },
+                rebuilders.len()
             );
             if own > 0 {
                 m.push_str(&format!(
@@ -241,6 +253,29 @@ pub fn judge(
             }
             reason("no-rebuild-verdict", m);
         }
+    }
+    let rebuilds = rebuilders.len();
+    // An attestation that could not be read might be a FAILED verdict: with verdicts asked
+    // for, that leaves the decision open.
+    if reasons.is_empty() && !policy.rebuilt_by.is_empty() && !unreadable.is_empty() {
+        let trusted = false;
+        return Decision {
+            reference,
+            digest: digest.to_string(),
+            trusted,
+            undecided: true,
+            reasons: vec![Reason {
+                code: "unreadable",
+                message: format!(
+                    "{} attestation(s) could not be read, and any could be a FAILED verdict",
+                    unreadable.len()
+                ),
+            }],
+            provenance_signer: signer,
+            rebuilds,
+            attestations,
+            unreadable,
+        };
     }
     let trusted = reasons.is_empty();
     Decision {

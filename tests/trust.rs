@@ -127,19 +127,7 @@ fn attach(
     encoded: &kiln::attest::Encoded,
     predicate: &str,
 ) {
-    let t = tempfile::tempdir().unwrap();
-    let layout = kiln::store::OciLayout::open_or_create(t.path().join("l")).unwrap();
-    kiln::attest::attach_encoded(&layout, subject, encoded, predicate, 1).unwrap();
-    let reference: kiln::reference::Reference = format!("{}/{repo}:x", reg.addr).parse().unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let client =
-            kiln::registry::RegistryClient::for_reference(&reference, &Default::default()).unwrap();
-        let pusher = kiln::registry::Pusher::new(&client, &layout, repo);
-        let mut report = kiln::registry::PushReport::default();
-        let digest: kiln::digest::Digest = subject.digest().to_string().parse().unwrap();
-        pusher.push_referrers(&digest, &mut report).await.unwrap();
-    });
+    push_attestation(&reg.addr, repo, subject, encoded, predicate);
 }
 
 fn envelope(bytes: &[u8]) -> kiln::attest::Encoded {
@@ -151,22 +139,12 @@ fn envelope(bytes: &[u8]) -> kiln::attest::Encoded {
 }
 
 fn verdict(subject: &serde_json::Value, passed: bool, signer: &TestKey) -> kiln::attest::Encoded {
-    let digest: kiln::digest::Digest = subject["digest"].as_str().unwrap().parse().unwrap();
-    let v = kiln::attest::vsa::Verdict {
-        name: "hello".into(),
-        subject: digest,
-        verifier_id: "kiln://rebuilder".into(),
-        time: 1_800_000_000,
-        input: None,
+    signed_verdict(
+        subject["digest"].as_str().unwrap(),
         passed,
-        rebuilt: if passed {
-            digest
-        } else {
-            kiln::digest::Digest::of(b"other")
-        },
-        differing_paths: if passed { 0 } else { 3 },
-    };
-    kiln::attest::encode(&v.statement(), Some(&signer.signer())).unwrap()
+        "kiln://rebuilder",
+        signer,
+    )
 }
 
 fn assert_refused(out: &Output, code: &str) {
@@ -260,12 +238,23 @@ fn signed_provenance_verifies_independently_and_passes_the_gate() {
         let file = t.path().join(format!("{name}.dsse.json"));
         std::fs::write(&file, &bytes).unwrap();
         assert!(
-            independently_verified(&file, key),
+            independently_verified(&file, key, &key.keyid),
             "{name}: securesystemslib verifies it"
         );
+        // Another key, presented under the signer's key id: the signature itself fails.
         assert!(
-            !independently_verified(&file, other),
+            !independently_verified(&file, other, &key.keyid),
             "{name}: not with another key"
+        );
+        let mut flipped: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let mut p = B64.decode(flipped["payload"].as_str().unwrap()).unwrap();
+        p[10] ^= 0x01;
+        flipped["payload"] = B64.encode(&p).into();
+        let tampered = t.path().join(format!("{name}.tampered.json"));
+        std::fs::write(&tampered, serde_json::to_vec(&flipped).unwrap()).unwrap();
+        assert!(
+            !independently_verified(&tampered, key, &key.keyid),
+            "{name}: not a flipped payload"
         );
 
         let reference = format!("{prefix}/hello:{sha}");
@@ -289,7 +278,7 @@ fn signed_provenance_verifies_independently_and_passes_the_gate() {
         let a = &i["attestations"][0];
         assert_eq!(a["kind"], "provenance");
         assert_eq!(a["signature"]["state"], "verified");
-        assert_eq!(a["signature"]["keyid"], key.keyid.as_str());
+        assert_eq!(a["signature"]["keyids"][0], key.keyid.as_str());
         assert_eq!(i["provenance"]["summary"]["revision"], sha.as_str());
     }
 }
@@ -424,6 +413,10 @@ fn tampered_and_forged_attestations_are_refused_with_their_reason() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["trusted"], true);
     assert_eq!(v["attestations"].as_array().unwrap().len(), 3);
+    // The same rebuilder twice is still one rebuilder.
+    let again = signed_verdict(&d1, true, "kiln://rebuilder-again", &rebuilder);
+    attach(&reg, "t/hello", &subject(a1), &again, VSA);
+    assert_refused(&trust(&reference, &two_wanted), "no-rebuild-verdict");
     // A FAILED verdict from a trusted rebuilder vetoes.
     attach(
         &reg,
@@ -484,12 +477,15 @@ fn a_private_key_others_can_read_is_refused() {
     );
     assert!(!said.contains("panicked"), "{said}");
     // `kiln key generate` never overwrites.
+    let before = std::fs::read(&key.private).unwrap();
     let again = kiln()
         .args(["key", "generate"])
         .arg(t.path().join("k"))
         .checked_output()
         .unwrap();
     assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+    assert!(text(&again).contains("already exists"), "{}", text(&again));
+    assert_eq!(std::fs::read(&key.private).unwrap(), before);
 }
 
 /// Everything a step can see of its container: environment, mounts, every process's
@@ -622,7 +618,7 @@ fn a_daemon_signs_and_an_independent_rebuilder_completes_the_gate() {
         .expect("the daemon published a verdict")
         .clone();
     assert_eq!(vsa["verdict"]["result"], "PASSED");
-    assert_eq!(vsa["signature"]["keyid"], host.keyid.as_str());
+    assert_eq!(vsa["signature"]["keyids"][0], host.keyid.as_str());
 
     // Another host rebuilds from the signed provenance and attests with its own key.
     let out = kiln()
@@ -649,4 +645,82 @@ fn a_daemon_signs_and_an_independent_rebuilder_completes_the_gate() {
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
     // The host's key never showed in its log (the secret scan covers the key's forms).
     assert_no_secret("the daemon's log", d.log().as_bytes());
+}
+
+/// The one-shot paths: `kiln build --verify --push --sign-key` publishes a signed verdict
+/// beside the signed provenance; `kiln push --sign-key` signs a layout built without a key.
+#[test]
+fn one_shot_commands_sign_what_they_publish() {
+    require("skopeo");
+    let reg = Registry::start();
+    let t = tempfile::tempdir().unwrap();
+    let key = TestKey::generate(&t.path().join("k"), "ecdsa-p256");
+    let repo = t.path().join("hello");
+    let sha = hello_repo(&repo, "one_shot_commands_sign", HELLO_TOML, None);
+    let prefix = format!("{}/verified", reg.addr);
+    let out = run_ok(
+        kiln()
+            .arg("build")
+            .arg(&repo)
+            .arg("--output")
+            .arg(t.path().join("l1"))
+            .args(["--json", "--verify", "--push", &prefix, "--sign-key"])
+            .arg(&key.private),
+    );
+    let built: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let digest = built["artifacts"][0]["digest"].as_str().unwrap();
+    let mut types: Vec<String> = referrers(&reg, "verified/hello", digest)
+        .iter()
+        .map(|r| r["artifactType"].as_str().unwrap().to_owned())
+        .collect();
+    types.sort();
+    assert_eq!(
+        types,
+        [
+            "application/vnd.in-toto.provenance+dsse",
+            "application/vnd.in-toto.verification_summary+dsse"
+        ]
+    );
+    let reference = format!("{prefix}/hello:{sha}");
+    let v: serde_json::Value = serde_json::from_slice(
+        &trust(
+            &reference,
+            &[key_args("--key", &[&key]), vec!["--json"]].concat(),
+        )
+        .stdout,
+    )
+    .unwrap();
+    assert_eq!(v["trusted"], true);
+    let vsa = v["attestations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "vsa")
+        .unwrap()
+        .clone();
+    assert_eq!(vsa["verdict"]["result"], "PASSED");
+    assert_eq!(vsa["signature"]["state"], "verified");
+    assert_eq!(vsa["subject_matches"], true);
+
+    // Built without a key, signed at push.
+    let layout = t.path().join("l2");
+    run_ok(kiln().arg("build").arg(&repo).arg("--output").arg(&layout));
+    let target = format!("{}/pushed/hello:1", reg.addr);
+    let out = run_ok(
+        kiln()
+            .arg("push")
+            .arg(format!("{}:hello", layout.display()))
+            .arg(&target)
+            .arg("--sign-key")
+            .arg(&key.private),
+    );
+    let digest = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let listed = referrers(&reg, "pushed/hello", &digest);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        listed[0]["artifactType"],
+        "application/vnd.in-toto.provenance+dsse"
+    );
+    let ok = trust(&target, &key_args("--key", &[&key]));
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
 }

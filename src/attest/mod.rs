@@ -253,8 +253,8 @@ pub fn blob_in(layout: &OciLayout, referrer: &Digest) -> Result<Option<Digest>, 
 pub enum Signature {
     /// A bare statement.
     Unsigned,
-    /// Signed, and the signature verifies with this trusted key.
-    Verified { keyid: String },
+    /// Signed, and signatures verify with these trusted keys.
+    Verified { keyids: Vec<String> },
     /// Signed under a trusted key's id, but the signature does not verify.
     Invalid { keyid: String },
     /// Signed by keys the reader does not trust (the ids the envelope claims).
@@ -287,7 +287,7 @@ pub fn assess(a: &Attestation, subject: &Digest, keys: &[sign::PublicKey]) -> As
     let signature = match &a.body {
         Body::Unsigned(_) => Signature::Unsigned,
         Body::Signed(e) => match e.check(keys) {
-            Ok(sign::Checked::Trusted { keyid }) => Signature::Verified { keyid },
+            Ok(sign::Checked::Trusted { keyids }) => Signature::Verified { keyids },
             Ok(sign::Checked::Invalid { keyid }) => Signature::Invalid { keyid },
             Ok(sign::Checked::Unknown { keyids }) => Signature::UnknownKey { keyids },
             Ok(sign::Checked::Unsigned) | Err(_) => Signature::Unsigned,
@@ -348,7 +348,10 @@ pub fn sign_in_place(
                     source,
                 }
             })?;
-        if !subjects(&statement).contains(&digest.to_string()) {
+        // Only what kiln recorded about this very artifact gets this key behind it.
+        if !provenance::is_kiln(&statement)
+            || statement["subject"][0]["digest"]["sha256"].as_str() != Some(digest.hex().as_str())
+        {
             continue;
         }
         let created = r

@@ -155,7 +155,7 @@ impl Provenance {
 pub struct Unusable(pub String);
 
 /// Whether a statement was made by kiln (its buildType).
-fn is_kiln(st: &Value) -> bool {
+pub(crate) fn is_kiln(st: &Value) -> bool {
     st["predicate"]["buildDefinition"]["buildType"] == BUILD_TYPE
 }
 

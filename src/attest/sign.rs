@@ -145,7 +145,15 @@ impl Signer {
             path: path.to_owned(),
             source,
         };
-        let meta = std::fs::metadata(path).map_err(io)?;
+        // One open, then its metadata: the mode checked is the file read.
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        if !meta.is_file() {
+            return Err(KeyError::Malformed {
+                path: path.to_owned(),
+                what: "not a regular file".into(),
+            });
+        }
         let mode = meta.permissions().mode() & 0o7777;
         if mode & 0o077 != 0 {
             return Err(KeyError::Exposed {
@@ -158,7 +166,8 @@ impl Signer {
                 },
             });
         }
-        let pem = Zeroizing::new(std::fs::read_to_string(path).map_err(io)?);
+        let mut pem = Zeroizing::new(String::new());
+        std::io::Read::read_to_string(&mut file, &mut pem).map_err(io)?;
         Signer::from_pem(&pem).map_err(|what| KeyError::Malformed {
             path: path.to_owned(),
             what,
@@ -342,6 +351,16 @@ pub fn generate(dir: &Path, kind: KeyType) -> Result<PublicKey, KeyError> {
     Ok(signer.public().clone())
 }
 
+/// Base64 as DSSE allows it: standard or URL-safe, padded or not.
+fn decode_b64(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let s = s.trim();
+    B64.decode(s)
+        .or_else(|_| URL_SAFE.decode(s))
+        .or_else(|_| STANDARD_NO_PAD.decode(s))
+        .or_else(|_| URL_SAFE_NO_PAD.decode(s))
+}
+
 /// DSSE's pre-authentication encoding.
 pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
     let mut out = format!(
@@ -376,8 +395,9 @@ pub struct EnvelopeSignature {
 /// What checking an envelope's signatures against trusted keys found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Checked {
-    /// A signature verifies with this trusted key.
-    Trusted { keyid: String },
+    /// Signatures verify with these trusted keys (every one that does: the order of an
+    /// envelope's signatures is not signed, so none is preferred).
+    Trusted { keyids: Vec<String> },
     /// A signature names a trusted key's id but does not verify with it.
     Invalid { keyid: String },
     /// No signature names a trusted key (the key ids the envelope claims).
@@ -402,8 +422,7 @@ impl Envelope {
 
     /// The payload's bytes.
     pub fn payload(&self) -> Result<Vec<u8>, String> {
-        B64.decode(self.payload.trim())
-            .map_err(|e| format!("the payload is not base64: {e}"))
+        decode_b64(&self.payload).map_err(|e| format!("the payload is not base64: {e}"))
     }
 
     /// Check the signatures against `keys`: any signature that verifies with any of them
@@ -415,20 +434,24 @@ impl Envelope {
         let payload = self.payload()?;
         let msg = pae(&self.payload_type, &payload);
         let mut invalid = None;
+        let mut trusted: Vec<String> = Vec::new();
         for s in &self.signatures {
-            let Ok(sig) = B64.decode(s.sig.trim()) else {
+            let Ok(sig) = decode_b64(&s.sig) else {
                 continue;
             };
             for k in keys {
                 if k.verifies(&msg, &sig) {
-                    return Ok(Checked::Trusted {
-                        keyid: k.keyid.clone(),
-                    });
-                }
-                if k.keyid == s.keyid {
+                    if !trusted.contains(&k.keyid) {
+                        trusted.push(k.keyid.clone());
+                    }
+                } else if k.keyid == s.keyid {
                     invalid = Some(s.keyid.clone());
                 }
             }
+        }
+        if !trusted.is_empty() {
+            trusted.sort();
+            return Ok(Checked::Trusted { keyids: trusted });
         }
         Ok(match invalid {
             Some(keyid) => Checked::Invalid { keyid },
@@ -467,7 +490,7 @@ mod tests {
             assert_eq!(
                 env.check(&[b.public().clone(), a.public().clone()]),
                 Ok(Checked::Trusted {
-                    keyid: a.keyid().to_owned()
+                    keyids: vec![a.keyid().to_owned()]
                 })
             );
             assert_eq!(
@@ -489,6 +512,25 @@ mod tests {
             let again = Signer::from_pem(&a.to_pem().unwrap()).unwrap();
             assert_eq!(again.keyid(), a.keyid());
         }
+    }
+
+    #[test]
+    fn every_trusted_signer_is_found_whatever_the_order() {
+        let a = Signer::generate(KeyType::EcdsaP256);
+        let b = Signer::generate(KeyType::Ed25519);
+        let mut env = Envelope::sign(b"{}", &a);
+        env.signatures
+            .insert(0, Envelope::sign(b"{}", &b).signatures[0].clone());
+        let mut want = vec![a.keyid().to_owned(), b.keyid().to_owned()];
+        want.sort();
+        assert_eq!(
+            env.check(&[a.public().clone(), b.public().clone()]),
+            Ok(Checked::Trusted { keyids: want })
+        );
+        // URL-safe, unpadded base64 is DSSE too.
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        env.payload = URL_SAFE_NO_PAD.encode(b"{}");
+        assert_eq!(env.payload().unwrap(), b"{}");
     }
 
     #[test]

@@ -83,6 +83,18 @@ pub struct Summary {
     pub time: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub differing_paths: Option<u64>,
+    /// The policy it verified against.
+    pub policy: String,
+    pub levels: Vec<String>,
+}
+
+impl Summary {
+    /// Whether this is a passing verdict of kiln's rebuild policy: the rebuild reproduced it.
+    pub fn reproduced(&self) -> bool {
+        self.result == "PASSED"
+            && self.policy == POLICY
+            && self.levels.iter().any(|l| l == "SLSA_BUILD_REPRODUCED")
+    }
 }
 
 pub fn summary(statement: &Value) -> Summary {
@@ -93,5 +105,12 @@ pub fn summary(statement: &Value) -> Summary {
         verifier: s(&p["verifier"]["id"]),
         time: s(&p["timeVerified"]),
         differing_paths: p[KILN_FIELD]["differingPaths"].as_u64(),
+        policy: s(&p["policy"]["uri"]),
+        levels: p["verifiedLevels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l.as_str().map(str::to_owned))
+            .collect(),
     }
 }

@@ -60,7 +60,10 @@ pub fn trust(a: TrustArgs) -> Result<ExitCode> {
         Ok(r) => r,
         Err(e) => return undecided(format!("{e}")),
     };
-    let rt = runtime()?;
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return undecided(super::chain(&e)),
+    };
     let decision = rt.block_on(async {
         let (cancel, _) = cancel_on_signals("stopping");
         kiln::trust::decide(&reference, &a.registry.options(), &policy, &cancel).await
@@ -70,7 +73,10 @@ pub fn trust(a: TrustArgs) -> Result<ExitCode> {
         Err(e) => return undecided(e.to_string()),
     };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&decision)?);
+        match serde_json::to_string_pretty(&decision) {
+            Ok(j) => println!("{j}"),
+            Err(e) => return undecided(e.to_string()),
+        }
     } else if decision.trusted {
         print!("{}", decision.text());
     } else {

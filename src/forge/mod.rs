@@ -119,11 +119,21 @@ pub fn source_link(url: &str) -> Option<String> {
     let path = path.trim_matches('/');
     let path = path.strip_suffix(".git").unwrap_or(path);
     let path = path.trim_end_matches('/');
-    Some(format!(
-        "{}://{}/{path}",
-        scheme.to_ascii_lowercase(),
-        host_port.to_ascii_lowercase()
-    ))
+    let scheme = scheme.to_ascii_lowercase();
+    let host_port = host_port.to_ascii_lowercase();
+    // A scheme's default port says nothing: `https://h:443/` is `https://h/`.
+    let default = match scheme.as_str() {
+        "https" => ":443",
+        "http" => ":80",
+        "ssh" => ":22",
+        "git" => ":9418",
+        _ => "",
+    };
+    let host = match host_port.strip_suffix(default) {
+        Some(h) if !default.is_empty() => h,
+        _ => host_port.as_str(),
+    };
+    Some(format!("{scheme}://{host}/{path}"))
 }
 
 /// A remote as git has it, without any password or token in its authority: what the
@@ -454,7 +464,14 @@ mod tests {
                 "git@gitlab.example.com:o/r.git",
                 Some("ssh://gitlab.example.com/o/r"),
             ),
-            ("git://127.0.0.1:9418/o/r", Some("git://127.0.0.1:9418/o/r")),
+            ("git://127.0.0.1:9418/o/r", Some("git://127.0.0.1/o/r")),
+            ("git://127.0.0.1:9419/o/r", Some("git://127.0.0.1:9419/o/r")),
+            (
+                "https://H.example:443/o/r.git/",
+                Some("https://h.example/o/r"),
+            ),
+            ("ssh://git@h.example:22/o/r", Some("ssh://h.example/o/r")),
+            ("git@h.example:o/r", Some("ssh://h.example/o/r")),
             (" https://h.example/o/r ", Some("https://h.example/o/r")),
             ("file:///srv/git/r", None),
             ("FILE:///srv/git/r", None),

@@ -144,12 +144,15 @@ pub fn dsse_python() -> String {
     p
 }
 
-/// Whether securesystemslib verifies the envelope in `file` with `key`.
-pub fn independently_verified(file: &Path, key: &TestKey) -> bool {
+/// Whether securesystemslib verifies the envelope in `file` with `key`'s public key,
+/// presented under `keyid` (the verifier also checks that `key`'s id is the SHA-256 of its
+/// SPKI DER, as kiln says).
+pub fn independently_verified(file: &Path, key: &TestKey, keyid: &str) -> bool {
     let out = Command::new(dsse_python())
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/dsse_verify.py"))
         .arg(file)
         .arg(&key.public)
+        .arg(keyid)
         .arg(&key.keyid)
         .output()
         .unwrap();
@@ -162,5 +165,56 @@ pub fn independently_verified(file: &Path, key: &TestKey) -> bool {
         out.status.code() == Some(0) || out.status.code() == Some(1),
         "the verifier failed to run: {said}"
     );
+    eprintln!("securesystemslib on {}: {said}", file.display());
     out.status.success()
+}
+
+/// Attach `encoded` (a statement or an envelope of `predicate` type) to `subject` in
+/// `repo` of the registry at `registry`, as kiln does: through a scratch layout, pushed with
+/// kiln's own pusher (the referrers API, or the fallback tag). Forged ones too.
+pub fn push_attestation(
+    registry: &str,
+    repo: &str,
+    subject: &oci_spec::image::Descriptor,
+    encoded: &kiln::attest::Encoded,
+    predicate: &str,
+) {
+    let t = tempfile::tempdir().unwrap();
+    let layout = kiln::store::OciLayout::open_or_create(t.path().join("l")).unwrap();
+    kiln::attest::attach_encoded(&layout, subject, encoded, predicate, 1).unwrap();
+    let reference: kiln::reference::Reference = format!("{registry}/{repo}:x").parse().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client =
+            kiln::registry::RegistryClient::for_reference(&reference, &Default::default()).unwrap();
+        let pusher = kiln::registry::Pusher::new(&client, &layout, repo);
+        let mut report = kiln::registry::PushReport::default();
+        let digest: kiln::digest::Digest = subject.digest().to_string().parse().unwrap();
+        pusher.push_referrers(&digest, &mut report).await.unwrap();
+    });
+}
+
+/// A signed verdict about `subject` (a manifest digest), as a rebuilder would publish it.
+pub fn signed_verdict(
+    subject: &str,
+    passed: bool,
+    verifier: &str,
+    signer: &TestKey,
+) -> kiln::attest::Encoded {
+    let digest: kiln::digest::Digest = subject.parse().unwrap();
+    let v = kiln::attest::vsa::Verdict {
+        name: "hello".into(),
+        subject: digest,
+        verifier_id: verifier.into(),
+        time: 1_800_000_000,
+        input: None,
+        passed,
+        rebuilt: if passed {
+            digest
+        } else {
+            kiln::digest::Digest::of(b"other")
+        },
+        differing_paths: if passed { 0 } else { 3 },
+    };
+    kiln::attest::encode(&v.statement(), Some(&signer.signer())).unwrap()
 }

@@ -51,8 +51,12 @@ impl Kind for GitHubKind {
         if !(host.eq_ignore_ascii_case(WEB_HOST) || host.eq_ignore_ascii_case("www.github.com")) {
             return None;
         }
-        let path = path.trim_matches('/');
-        let path = path.strip_suffix(".git").unwrap_or(path);
+        // GitHub's owner and repository names are case-insensitive: one form for all.
+        let path = path.trim_matches('/').to_ascii_lowercase();
+        let path = path
+            .strip_suffix(".git")
+            .unwrap_or(&path)
+            .trim_end_matches('/');
         Some(format!("https://{WEB_HOST}/{path}"))
     }
 
@@ -343,6 +347,8 @@ mod tests {
             "ssh://git@github.com/o/r.git",
             "https://x-access-token:ghs_secret@github.com/o/r.git",
             "git://github.com/o/r.git",
+            "git@github.com:O/R.git",
+            "https://github.com/o/r/",
         ] {
             assert_eq!(
                 KIND.canonical_url(u).as_deref(),
