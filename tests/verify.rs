@@ -54,6 +54,11 @@ fn verify(reference: &str, extra: &[&str]) -> Output {
         .unwrap()
 }
 
+/// The output of a command that may exit non-zero (`kiln trust` refusing), secrets checked.
+fn run_ok_or(cmd: &mut Command) -> Output {
+    cmd.checked_output().unwrap()
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -152,9 +157,49 @@ fn a_random_file_fails_verify_and_is_the_only_path_named() {
             .len(),
         24 << 20
     );
-    let out = verify(&format!("{}/acme/rnd:{sha}", reg.addr), &[]);
+    // A rebuilder that attests: a signed FAILED verdict, with the number of differing paths.
+    let key = common::attest::TestKey::generate(&t.path().join("rebuilder"), "ed25519");
+    let reference = format!("{}/acme/rnd:{sha}", reg.addr);
+    let out = verify(
+        &reference,
+        &[
+            "--attest",
+            "--verifier-id",
+            "kiln://rebuilder",
+            "--sign-key",
+            key.private.to_str().unwrap(),
+        ],
+    );
     let shown = text(&out);
     assert_eq!(out.status.code(), Some(1));
+    assert!(shown.contains("pushed a signed verdict"), "{shown}");
+    let trust = run_ok_or(
+        kiln()
+            .args(["trust", &reference, "--json", "--key"])
+            .arg(&key.public)
+            .arg("--rebuilt-by")
+            .arg(&key.public),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&trust.stdout).unwrap();
+    let vsa = v["attestations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "vsa")
+        .expect("the verdict is attached")
+        .clone();
+    assert_eq!(vsa["verdict"]["result"], "FAILED");
+    assert_eq!(vsa["verdict"]["differing_paths"], 1);
+    assert_eq!(vsa["verdict"]["verifier"], "kiln://rebuilder");
+    assert_eq!(vsa["signature"]["keyids"][0], key.keyid.as_str());
+    assert!(
+        v["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["code"] == "failed-verdict"),
+        "{v}"
+    );
     assert!(
         shown.contains("DIFFERENT: 1 path differs: data/random"),
         "{shown}"
