@@ -665,22 +665,87 @@ fn one_shot_commands_sign_what_they_publish() {
             .arg("--output")
             .arg(t.path().join("l1"))
             .args(["--json", "--verify", "--push", &prefix, "--sign-key"])
-            .arg(&key.private),
+            .arg(&key.private)
+            .arg("--sigstore-bundle"),
     );
     let built: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let digest = built["artifacts"][0]["digest"].as_str().unwrap();
-    let mut types: Vec<String> = referrers(&reg, "verified/hello", digest)
+    let listed = referrers(&reg, "verified/hello", digest);
+    let mut types: Vec<(String, String)> = listed
         .iter()
-        .map(|r| r["artifactType"].as_str().unwrap().to_owned())
+        .map(|r| {
+            (
+                r["artifactType"].as_str().unwrap().to_owned(),
+                r["annotations"]["in-toto.io/predicate-type"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            )
+        })
         .collect();
     types.sort();
+    let bundle = "application/vnd.dev.sigstore.bundle.v0.3+json";
     assert_eq!(
         types,
         [
-            "application/vnd.in-toto.provenance+dsse",
-            "application/vnd.in-toto.verification_summary+dsse"
+            (bundle.to_owned(), PROVENANCE.to_owned()),
+            (bundle.to_owned(), VSA.to_owned()),
+            (
+                "application/vnd.in-toto.provenance+dsse".to_owned(),
+                PROVENANCE.to_owned()
+            ),
+            (
+                "application/vnd.in-toto.verification_summary+dsse".to_owned(),
+                VSA.to_owned()
+            ),
         ]
     );
+    // The Sigstore bundle holds the very envelope, under the key id as its hint, annotated as
+    // cosign annotates its own; the envelope inside verifies independently.
+    let find = |t: &str| {
+        listed
+            .iter()
+            .find(|r| {
+                r["artifactType"] == t
+                    && r["annotations"]["in-toto.io/predicate-type"] == PROVENANCE
+            })
+            .unwrap()
+    };
+    let b = find(bundle);
+    assert_eq!(
+        b["annotations"]["dev.sigstore.bundle.content"],
+        "dsse-envelope"
+    );
+    assert_eq!(
+        b["annotations"]["dev.sigstore.bundle.predicateType"],
+        PROVENANCE
+    );
+    let (m, bytes) = fetch_referrer(&reg, "verified/hello", b["digest"].as_str().unwrap());
+    assert_eq!(m["artifactType"], bundle);
+    assert_eq!(m["layers"][0]["mediaType"], bundle);
+    let bundle_file = t.path().join("bundle.json");
+    std::fs::write(&bundle_file, &bytes).unwrap();
+    assert!(
+        sigstore_bundle_checked(&bundle_file),
+        "Sigstore's own models read the bundle back unchanged"
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(doc["mediaType"], bundle);
+    assert_eq!(
+        doc["verificationMaterial"]["publicKey"]["hint"],
+        key.keyid.as_str()
+    );
+    assert_eq!(
+        doc["verificationMaterial"]["tlogEntries"],
+        serde_json::json!([])
+    );
+    let e = find("application/vnd.in-toto.provenance+dsse");
+    let (_, env) = fetch_referrer(&reg, "verified/hello", e["digest"].as_str().unwrap());
+    let env: serde_json::Value = serde_json::from_slice(&env).unwrap();
+    assert_eq!(doc["dsseEnvelope"], env);
+    let inner = t.path().join("bundle-envelope.json");
+    std::fs::write(&inner, serde_json::to_vec(&doc["dsseEnvelope"]).unwrap()).unwrap();
+    assert!(independently_verified(&inner, &key, &key.keyid));
     let reference = format!("{prefix}/hello:{sha}");
     let v: serde_json::Value = serde_json::from_slice(
         &trust(

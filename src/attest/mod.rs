@@ -39,6 +39,8 @@ pub const DSSE_MEDIA_TYPE: &str = "application/vnd.dsse.envelope.v1+json";
 pub const PREDICATE_ANNOTATION: &str = "in-toto.io/predicate-type";
 /// The annotation naming the digest of a referrer's one layer (the statement or envelope).
 pub const BLOB_ANNOTATION: &str = "dev.kiln.attestation.blob";
+/// A Sigstore bundle: the referrer's `artifactType` and its layer's media type.
+pub const SIGSTORE_BUNDLE_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
 
 /// The `artifactType` of a signed statement of `predicate_type`:
 /// `application/vnd.in-toto.<name>+dsse`, as in-toto names DSSE-wrapped statements in storage.
@@ -97,7 +99,36 @@ pub fn attach(
 ) -> Result<Descriptor, ImageError> {
     let encoded = encode(statement, signer)?;
     let predicate = statement["predicateType"].as_str().unwrap_or("");
-    attach_encoded(layout, subject, &encoded, predicate, created)
+    let d = attach_encoded(layout, subject, &encoded, predicate, created)?;
+    if let Some(s) = signer.filter(|s| s.sigstore_bundle()) {
+        let bundle = sigstore_bundle(&encoded.bytes, s)?;
+        attach_encoded(layout, subject, &bundle, predicate, created)?;
+    }
+    Ok(d)
+}
+
+/// The same signed envelope as a Sigstore bundle v0.3, the form cosign's newer bundle format
+/// stores as a referrer: `verificationMaterial.publicKey.hint` (and the signature's `keyid`)
+/// is kiln's key id, with no certificate, transparency-log entry or timestamp.
+pub fn sigstore_bundle(envelope: &[u8], signer: &Signer) -> Result<Encoded, ImageError> {
+    let json = |source| ImageError::Json {
+        what: "Sigstore bundle",
+        source,
+    };
+    let envelope: Envelope = serde_json::from_slice(envelope).map_err(json)?;
+    let bundle = serde_json::json!({
+        "mediaType": SIGSTORE_BUNDLE_MEDIA_TYPE,
+        "verificationMaterial": {
+            "publicKey": {"hint": signer.keyid()},
+            "tlogEntries": [],
+        },
+        "dsseEnvelope": envelope,
+    });
+    Ok(Encoded {
+        media_type: SIGSTORE_BUNDLE_MEDIA_TYPE,
+        artifact_type: SIGSTORE_BUNDLE_MEDIA_TYPE.to_owned(),
+        bytes: crate::json::to_canonical_vec(&bundle).map_err(json)?,
+    })
 }
 
 /// Store an encoded statement of `predicate` type in `layout` as a referrer of `subject`
@@ -119,6 +150,17 @@ pub fn attach_encoded(
     );
     ann.insert(PREDICATE_ANNOTATION.to_owned(), predicate.clone());
     ann.insert(BLOB_ANNOTATION.to_owned(), blob.digest.to_string());
+    if encoded.artifact_type == SIGSTORE_BUNDLE_MEDIA_TYPE {
+        // As cosign annotates its bundles, so its readers find them.
+        ann.insert(
+            "dev.sigstore.bundle.content".to_owned(),
+            "dsse-envelope".to_owned(),
+        );
+        ann.insert(
+            "dev.sigstore.bundle.predicateType".to_owned(),
+            predicate.clone(),
+        );
+    }
     let mut subject_desc = Descriptor::new(
         subject.media_type().clone(),
         subject.size(),

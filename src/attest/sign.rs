@@ -100,6 +100,8 @@ enum Private {
 pub struct Signer {
     key: Private,
     public: PublicKey,
+    /// Also publish each envelope as a Sigstore bundle (see [`super::sigstore_bundle`]).
+    bundle: bool,
 }
 
 impl fmt::Debug for Signer {
@@ -135,7 +137,18 @@ impl Signer {
         Signer {
             key,
             public: PublicKey::new(public),
+            bundle: false,
         }
+    }
+
+    /// Whether each signed statement is also attached as a Sigstore bundle v0.3.
+    pub fn with_sigstore_bundle(mut self, on: bool) -> Signer {
+        self.bundle = on;
+        self
+    }
+
+    pub fn sigstore_bundle(&self) -> bool {
+        self.bundle
     }
 
     /// Read a PKCS#8 PEM private key (ECDSA P-256 or Ed25519). A file that its group or

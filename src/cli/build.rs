@@ -60,6 +60,9 @@ pub struct BuildArgs {
     /// PEM, readable by its owner only).
     #[arg(long, value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
+    /// Also attach each signed statement as a Sigstore bundle v0.3 (cosign's newer format).
+    #[arg(long, requires = "sign_key")]
+    pub sigstore_bundle: bool,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
@@ -94,7 +97,7 @@ pub fn build(a: BuildArgs) -> Result<ExitCode> {
         registry: a.registry.options(),
         verify: a.verify,
         limits: a.limits.limits()?,
-        signer: super::key::signer(a.sign_key.as_ref())?,
+        signer: super::key::signer(a.sign_key.as_ref(), a.sigstore_bundle)?,
         push: a.push.as_ref().map(|prefix| kiln::pipeline::PushPlan {
             prefix: prefix.clone(),
             tags: a.tags.clone(),

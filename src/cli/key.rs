@@ -36,10 +36,14 @@ pub fn key(c: KeyCommand) -> Result<ExitCode> {
     }
 }
 
-/// The private key a `--sign-key FILE` names.
-pub fn signer(path: Option<&PathBuf>) -> Result<Option<Arc<Signer>>> {
-    path.map(|p| Signer::load(p).map(Arc::new).context("--sign-key"))
-        .transpose()
+/// The private key a `--sign-key FILE` names; `bundle`: also publish Sigstore bundles.
+pub fn signer(path: Option<&PathBuf>, bundle: bool) -> Result<Option<Arc<Signer>>> {
+    path.map(|p| {
+        Signer::load(p)
+            .map(|s| Arc::new(s.with_sigstore_bundle(bundle)))
+            .context("--sign-key")
+    })
+    .transpose()
 }
 
 /// The public keys `--key FILE...` name.

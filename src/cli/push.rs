@@ -22,6 +22,9 @@ pub struct PushArgs {
     /// unsigned statement is replaced by a DSSE envelope over it).
     #[arg(long, value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
+    /// Also attach each signed statement as a Sigstore bundle v0.3 (cosign's newer format).
+    #[arg(long, requires = "sign_key")]
+    pub sigstore_bundle: bool,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -84,7 +87,7 @@ pub fn push(a: PushArgs) -> Result<ExitCode> {
     let (path, tag) = split_layout_tag(&a.source);
     let layout = OciLayout::open(&path)?;
     let (desc, layout_tag) = resolve_in_layout(&layout, tag.as_deref())?;
-    if let Some(signer) = super::key::signer(a.sign_key.as_ref())? {
+    if let Some(signer) = super::key::signer(a.sign_key.as_ref(), a.sigstore_bundle)? {
         let n = kiln::attest::sign_in_place(&layout, &desc, &signer)?;
         eprintln!("signed {n} statement(s) with {}", signer.keyid());
     }

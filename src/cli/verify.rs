@@ -32,6 +32,9 @@ pub struct VerifyArgs {
     /// The private key that signs the verdict.
     #[arg(long, value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
+    /// Also attach each signed statement as a Sigstore bundle v0.3 (cosign's newer format).
+    #[arg(long, requires = "sign_key")]
+    pub sigstore_bundle: bool,
     /// This verifier's identity in the verdict. Defaults to $KILN_BUILDER_ID, else
     /// kiln://<hostname>.
     #[arg(long, value_name = "URI")]
@@ -61,7 +64,7 @@ pub fn verify(a: VerifyArgs) -> Result<ExitCode> {
         Ok(k) => k,
         Err(e) => return unverifiable(super::chain(&e)),
     };
-    let attest = match super::key::signer(a.sign_key.as_ref()) {
+    let attest = match super::key::signer(a.sign_key.as_ref(), a.sigstore_bundle) {
         Ok(Some(s)) if a.attest => Some((
             s,
             a.verifier_id

@@ -10,6 +10,13 @@ use crate::digest::Digest;
 /// Index annotation naming the subject of a referrer stored in a layout.
 pub const REFERRER_SUBJECT: &str = "dev.kiln.referrer.subject";
 
+/// The predicate type an attestation's descriptor names (`in-toto.io/predicate-type`).
+fn predicate_of(d: &Descriptor) -> Option<&String> {
+    d.annotations()
+        .as_ref()
+        .and_then(|a| a.get("in-toto.io/predicate-type"))
+}
+
 fn subject_of(d: &Descriptor) -> Option<&String> {
     d.annotations()
         .as_ref()
@@ -37,7 +44,8 @@ impl OciLayout {
     }
 
     /// Record `referrer` as a referrer of `subject`, replacing earlier referrers of the same
-    /// subject with the same `artifactType` (a new build's statement replaces the old one).
+    /// subject with the same `artifactType` and predicate type (a new build's statement
+    /// replaces the old one; a verdict does not replace a provenance).
     pub fn add_referrer(
         &self,
         subject: &Descriptor,
@@ -53,7 +61,9 @@ impl OciLayout {
             .manifests()
             .iter()
             .filter(|d| {
-                !(subject_of(d) == Some(&subject) && d.artifact_type() == referrer.artifact_type())
+                !(subject_of(d) == Some(&subject)
+                    && d.artifact_type() == referrer.artifact_type()
+                    && predicate_of(d) == predicate_of(&referrer))
             })
             .cloned()
             .collect();

@@ -218,3 +218,27 @@ pub fn signed_verdict(
     };
     kiln::attest::encode(&v.statement(), Some(&signer.signer())).unwrap()
 }
+
+/// Whether Sigstore's protobuf-specs models parse the bundle in `file` and write it back the
+/// same (`tests/sigstore_bundle_check.py`, in the checkers' venv).
+pub fn sigstore_bundle_checked(file: &Path) -> bool {
+    let out = Command::new(dsse_python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/sigstore_bundle_check.py"
+        ))
+        .arg(file)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.code() == Some(0) || out.status.code() == Some(1),
+        "the bundle checker failed to run: {said}"
+    );
+    eprintln!("sigstore-protobuf-specs on {}: {said}", file.display());
+    out.status.success()
+}

@@ -179,7 +179,8 @@ impl Checker<'_> {
         t: &DeTable,
         at: usize,
     ) -> Option<std::sync::Arc<crate::attest::sign::Signer>> {
-        self.unknown_keys(t, "signing", &["key_file"]);
+        self.unknown_keys(t, "signing", &["key_file", "sigstore_bundle"]);
+        let bundle = self.bool(t, "signing", "sigstore_bundle").unwrap_or(false);
         let Some((path, at)) = self.abs_file(t, "signing", "key_file") else {
             self.problem(
                 at,
@@ -189,7 +190,7 @@ impl Checker<'_> {
             return None;
         };
         match crate::attest::sign::Signer::load(&path) {
-            Ok(s) => Some(std::sync::Arc::new(s)),
+            Ok(s) => Some(std::sync::Arc::new(s.with_sigstore_bundle(bundle))),
             Err(e) => {
                 self.problem(at, "signing.key_file", e.to_string());
                 None
@@ -685,6 +686,33 @@ mod tests {
 
     fn parse(s: &str) -> Result<Config, CheckError> {
         Config::parse(s.as_bytes(), Path::new("kiln.toml"))
+    }
+
+    #[test]
+    fn the_signing_key_is_loaded_once_and_an_exposed_one_is_refused_with_its_line() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let public =
+            crate::attest::sign::generate(t.path(), crate::attest::sign::KeyType::Ed25519).unwrap();
+        let key = t.path().join(crate::attest::sign::PRIVATE_FILE);
+        let config = format!(
+            "[signing]\nkey_file = \"{}\"\nsigstore_bundle = true\n\n[[repo]]\npath = \"/srv/git/r\"\n",
+            key.display()
+        );
+        let c = parse(&config).unwrap();
+        let signer = c.signer.expect("a signer");
+        assert_eq!(signer.keyid(), public.keyid());
+        assert!(signer.sigstore_bundle());
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = parse(&config).unwrap_err().to_string();
+        assert!(
+            e.contains("kiln.toml:2: signing.key_file") && e.contains("0644"),
+            "{e}"
+        );
+        let e = parse("[signing]\n\n[[repo]]\npath = \"/srv/git/r\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("signing.key_file"), "{e}");
     }
 
     #[test]
