@@ -788,4 +788,37 @@ fn one_shot_commands_sign_what_they_publish() {
     );
     let ok = trust(&target, &key_args("--key", &[&key]));
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
+
+    // Asked to sign, with nothing of kiln's to sign (a packed directory): refused, not pushed.
+    let plain = t.path().join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    std::fs::write(plain.join("f"), "x").unwrap();
+    let packed = t.path().join("packed");
+    run_ok(
+        kiln()
+            .arg("pack")
+            .arg(&plain)
+            .arg("--output")
+            .arg(&packed)
+            .args(["--tag", "p", "--source-date-epoch", "1"]),
+    );
+    let out = kiln()
+        .arg("push")
+        .arg(format!("{}:p", packed.display()))
+        .arg(format!("{}/unsigned/p:1", reg.addr))
+        .arg("--sign-key")
+        .arg(&key.private)
+        .checked_output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("no kiln provenance"), "{}", text(&out));
+    assert!(skopeo_manifest(&format!("docker://{}/unsigned/p:1", reg.addr)).is_none());
+    // A verdict key without --attest is a mistake, said at once.
+    let out = kiln()
+        .args(["verify", &target, "--sign-key"])
+        .arg(&key.private)
+        .checked_output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--attest"), "{}", text(&out));
 }

@@ -1,8 +1,8 @@
 //! Keys and DSSE envelopes: what makes a statement kiln's word rather than anyone's.
 //!
 //! A key is ECDSA P-256 (cosign's default; signatures in ASN.1 DER) or Ed25519, stored as a
-//! PKCS#8 PEM private key beside its SPKI PEM public key. Its id is `sha256:` + the hex of the
-//! SPKI DER, so anyone holding the public key computes the same id. The cryptography is
+//! PKCS#8 PEM private key beside its SPKI PEM public key. Its id is `sha256:` + the hex SHA-256
+//! of the SPKI DER, so anyone holding the public key computes the same id. The cryptography is
 //! RustCrypto's (`p256`, `ed25519-dalek`); nothing here signs or verifies by hand.
 //!
 //! A DSSE v1 envelope signs PAE(payloadType, payload) =
@@ -85,7 +85,7 @@ pub enum KeyError {
     Exists { path: PathBuf },
 }
 
-/// The id of a public key: `sha256:` + the hex of its SPKI DER.
+/// The id of a public key: `sha256:` + the hex SHA-256 of its SPKI DER.
 fn key_id(spki_der: &[u8]) -> String {
     Digest::of(spki_der).to_string()
 }

@@ -11,7 +11,7 @@ use kiln::attest::sign::{self, KeyType, PublicKey, Signer};
 #[derive(clap::Subcommand)]
 pub enum KeyCommand {
     /// Write DIR/kiln.key (PKCS#8 PEM, mode 0600) and DIR/kiln.pub (SPKI PEM), and print the
-    /// key id (sha256: + hex of the SPKI DER).
+    /// key id (sha256: + the hex SHA-256 of the public key's SPKI DER).
     Generate {
         dir: PathBuf,
         /// ecdsa-p256 (cosign's default) or ed25519.

@@ -89,6 +89,20 @@ pub fn push(a: PushArgs) -> Result<ExitCode> {
     let (desc, layout_tag) = resolve_in_layout(&layout, tag.as_deref())?;
     if let Some(signer) = super::key::signer(a.sign_key.as_ref(), a.sigstore_bundle)? {
         let n = kiln::attest::sign_in_place(&layout, &desc, &signer)?;
+        let digest = kiln::digest::Digest::from_oci(desc.digest())?;
+        let signed = layout.referrers(&digest)?.iter().any(|r| {
+            kiln::attest::is_attestation(r)
+                && r.artifact_type()
+                    .as_ref()
+                    .is_some_and(|t| t.to_string().ends_with("+dsse"))
+        });
+        if !signed {
+            bail!(
+                "--sign-key: {} holds no kiln provenance for {} to sign; nothing was pushed",
+                layout.root().display(),
+                desc.digest()
+            );
+        }
         eprintln!("signed {n} statement(s) with {}", signer.keyid());
     }
     let reference: kiln::reference::Reference = a.reference.parse()?;

@@ -30,7 +30,7 @@ pub struct VerifyArgs {
     #[arg(long, requires = "sign_key")]
     pub attest: bool,
     /// The private key that signs the verdict.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", requires = "attest")]
     pub sign_key: Option<PathBuf>,
     /// Also attach each signed statement as a Sigstore bundle v0.3 (cosign's newer format).
     #[arg(long, requires = "sign_key")]
