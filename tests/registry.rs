@@ -1027,3 +1027,72 @@ fn a_long_push_shows_progress_on_a_terminal_and_nothing_otherwise() {
     assert!(!err.contains("/s"), "{err}");
     assert!(err.contains("pushed "), "{err}");
 }
+
+/// A registry that loses a blob a concurrent pusher of the same blob just committed answers
+/// the manifest with MANIFEST_BLOB_UNKNOWN (the CNCF registry does, seen in CI with two
+/// `kiln push` of one image): kiln checks the blobs again, sends what is missing, and puts the
+/// manifest again, instead of failing the push.
+#[test]
+fn a_manifest_refused_for_a_lost_blob_is_put_again_after_the_blobs() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), "x").unwrap();
+    let layout = t.path().join("layout");
+    run_ok(
+        kiln()
+            .arg("pack")
+            .arg(&src)
+            .arg("--output")
+            .arg(&layout)
+            .args(["--tag", "app", "--source-date-epoch", "1"]),
+    );
+    let (heads, puts) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (h, p) = (heads.clone(), puts.clone());
+    let server = FakeServer::start(move |method, path| match method {
+        "HEAD" => {
+            h.fetch_add(1, Ordering::SeqCst);
+            Reply::new("404 Not Found")
+        }
+        "POST" => Reply::new("202 Accepted").header("Location", "/v2/x/app/blobs/uploads/1"),
+        "PUT" if path.contains("/blobs/uploads/") => {
+            let digest = path
+                .split("digest=")
+                .nth(1)
+                .unwrap_or("")
+                .replace("%3A", ":");
+            Reply::new("201 Created").header("Docker-Content-Digest", &digest)
+        }
+        "PUT" if path.contains("/manifests/sha256:") => {
+            if p.fetch_add(1, Ordering::SeqCst) == 0 {
+                Reply::new("400 Bad Request").body(
+                    r#"{"errors":[{"code":"MANIFEST_BLOB_UNKNOWN","message":"blob unknown to registry"}]}"#,
+                )
+            } else {
+                let d = path.rsplit('/').next().unwrap().to_owned();
+                Reply::new("201 Created").header("Docker-Content-Digest", &d)
+            }
+        }
+        "PUT" => Reply::new("201 Created"),
+        _ => Reply::new("404 Not Found"),
+    });
+    let out = kiln()
+        .arg("push")
+        .arg(format!("{}:app", layout.display()))
+        .arg(format!("{}/x/app:v1", server.addr))
+        .checked_output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(puts.load(Ordering::SeqCst), 2, "the manifest was put again");
+    assert_eq!(
+        heads.load(Ordering::SeqCst),
+        4,
+        "both blobs (config, layer) were checked again"
+    );
+}

@@ -154,18 +154,34 @@ impl<'a> Pusher<'a> {
                     let blobs: Vec<Descriptor> = std::iter::once(m.config().clone())
                         .chain(m.layers().iter().cloned())
                         .collect();
-                    let results: Vec<(Digest, BlobOutcome, u64)> =
-                        futures_util::stream::iter(blobs.into_iter().map(|b| async move {
-                            let d = Digest::from_oci(b.digest())
-                                .map_err(|e| PushError::Invalid(e.to_string()))?;
-                            let outcome = self.uploader().push_blob(&d, b.size()).await?;
-                            Ok::<_, PushError>((d, outcome, b.size()))
-                        }))
-                        .buffer_unordered(CONCURRENCY)
-                        .try_collect()
-                        .await?;
-                    for (d, outcome, size) in results {
-                        report.record(d, outcome, size);
+                    // A registry may lose track of a blob that another pusher of the same
+                    // blob committed at the same moment (the CNCF registry answers the manifest
+                    // with MANIFEST_BLOB_UNKNOWN): the blobs are checked, sent again where
+                    // missing, and the manifest retried, a few times.
+                    let mut attempt = 0;
+                    loop {
+                        self.push_blobs(&blobs, report).await?;
+                        let put = self
+                            .repo
+                            .put_manifest(
+                                &digest.to_string(),
+                                desc.media_type(),
+                                Bytes::from(bytes.clone()),
+                                &digest,
+                            )
+                            .await;
+                        match put {
+                            Err(PushError::Registry(e))
+                                if attempt < 3
+                                    && e.codes.iter().any(|c| c.ends_with("BLOB_UNKNOWN")) =>
+                            {
+                                attempt += 1;
+                                tracing::warn!(manifest = %digest, error = %e, "the registry lost a blob the manifest names; checking the blobs and trying again");
+                                let pause = 100 + crate::retry::jitter_ms() % 400;
+                                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                            }
+                            other => return other,
+                        }
                     }
                 }
             }
@@ -178,6 +194,29 @@ impl<'a> Pusher<'a> {
                 )
                 .await
         })
+    }
+
+    /// A manifest's blobs, up to [`CONCURRENCY`] at once (each checked first, sent if
+    /// missing).
+    async fn push_blobs(
+        &self,
+        blobs: &[Descriptor],
+        report: &mut PushReport,
+    ) -> Result<(), PushError> {
+        let results: Vec<(Digest, BlobOutcome, u64)> =
+            futures_util::stream::iter(blobs.iter().cloned().map(|b| async move {
+                let d =
+                    Digest::from_oci(b.digest()).map_err(|e| PushError::Invalid(e.to_string()))?;
+                let outcome = self.uploader().push_blob(&d, b.size()).await?;
+                Ok::<_, PushError>((d, outcome, b.size()))
+            }))
+            .buffer_unordered(CONCURRENCY)
+            .try_collect()
+            .await?;
+        for (d, outcome, size) in results {
+            report.record(d, outcome, size);
+        }
+        Ok(())
     }
 
     /// Push the referrers of `subject` recorded in the layout, and make them findable.
