@@ -195,12 +195,13 @@ fn a_killed_host_s_build_is_finished_by_another_and_its_container_removed_on_ret
     wait_until("the leftover's removal", Duration::from_secs(30), || {
         containers_labelled("dev.kiln.host", &runner).is_empty()
     });
-    assert!(
+    // The removal is logged once the engine has answered: a moment after the container is gone.
+    wait_until("the removal's log line", Duration::from_secs(10), || {
         hosts[dead]
             .d()
             .log()
             .contains("removed containers left by an earlier run")
-    );
+    });
 }
 
 #[test]
