@@ -148,12 +148,25 @@ pub fn dsse_python() -> String {
 /// presented under `keyid` (the verifier also checks that `key`'s id is the SHA-256 of its
 /// SPKI DER, as kiln says).
 pub fn independently_verified(file: &Path, key: &TestKey, keyid: &str) -> bool {
+    let args: [&std::ffi::OsStr; 4] = [
+        file.as_os_str(),
+        key.public.as_os_str(),
+        keyid.as_ref(),
+        key.keyid.as_ref(),
+    ];
+    independent_check("dsse_verify.py", &args)
+}
+
+/// Run an independent checker, `tests/<script>`, on the checkers' Python: whether it said
+/// yes (exit 0) or no (exit 1); anything else means the checker itself failed.
+fn independent_check(script: &str, args: &[&std::ffi::OsStr]) -> bool {
     let out = Command::new(dsse_python())
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/dsse_verify.py"))
-        .arg(file)
-        .arg(&key.public)
-        .arg(keyid)
-        .arg(&key.keyid)
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests")
+                .join(script),
+        )
+        .args(args)
         .output()
         .unwrap();
     let said = format!(
@@ -163,9 +176,9 @@ pub fn independently_verified(file: &Path, key: &TestKey, keyid: &str) -> bool {
     );
     assert!(
         out.status.code() == Some(0) || out.status.code() == Some(1),
-        "the verifier failed to run: {said}"
+        "{script} failed to run: {said}"
     );
-    eprintln!("securesystemslib on {}: {said}", file.display());
+    eprintln!("{script}: {said}");
     out.status.success()
 }
 
@@ -222,23 +235,5 @@ pub fn signed_verdict(
 /// Whether Sigstore's protobuf-specs models parse the bundle in `file` and write it back the
 /// same (`tests/sigstore_bundle_check.py`, in the checkers' venv).
 pub fn sigstore_bundle_checked(file: &Path) -> bool {
-    let out = Command::new(dsse_python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/sigstore_bundle_check.py"
-        ))
-        .arg(file)
-        .output()
-        .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.code() == Some(0) || out.status.code() == Some(1),
-        "the bundle checker failed to run: {said}"
-    );
-    eprintln!("sigstore-protobuf-specs on {}: {said}", file.display());
-    out.status.success()
+    independent_check("sigstore_bundle_check.py", &[file.as_os_str()])
 }
