@@ -21,7 +21,8 @@ pub struct TrustArgs {
     /// provenance signer's, are required (repeatable).
     #[arg(long = "rebuilt-by", value_name = "FILE", num_args = 1..)]
     pub rebuilt_by: Vec<PathBuf>,
-    /// How many independent PASSED verdicts --rebuilt-by requires.
+    /// How many independent rebuilders (distinct --rebuilt-by keys, not the provenance
+    /// signer's) must have signed a PASSED verdict.
     #[arg(long, value_name = "N", default_value_t = 1, requires = "rebuilt_by")]
     pub min_rebuilds: usize,
     /// Print the decision and every attestation considered as JSON.
