@@ -113,13 +113,10 @@ fn main() {
     std::fs::create_dir_all(dir.join("bin")).unwrap();
     std::fs::write(dir.join("bin/app"), random_bytes(1 << 20, 7)).unwrap();
     let layout = t.path().join("layout");
-    run_ok(
-        kiln()
-            .arg("pack")
-            .arg(&dir)
-            .arg("--output")
-            .arg(&layout)
-            .args(["--tag", "app", "--source-date-epoch", "1700000000"]),
+    pack(
+        &dir,
+        &layout,
+        &["--tag", "app", "--source-date-epoch", "1700000000"],
     );
     let pushed = run_ok(
         kiln()

@@ -258,24 +258,13 @@ pub fn judge(
     // An attestation that could not be read might be a FAILED verdict: with verdicts asked
     // for, that leaves the decision open.
     if reasons.is_empty() && !policy.rebuilt_by.is_empty() && !unreadable.is_empty() {
-        let trusted = false;
-        return Decision {
-            reference,
-            digest: digest.to_string(),
-            trusted,
-            undecided: true,
-            reasons: vec![Reason {
-                code: "unreadable",
-                message: format!(
-                    "{} attestation(s) could not be read, and any could be a FAILED verdict",
-                    unreadable.len()
-                ),
-            }],
-            provenance_signer: signer,
-            rebuilds,
-            attestations,
-            unreadable,
-        };
+        reasons.push(Reason {
+            code: "unreadable",
+            message: format!(
+                "{} attestation(s) could not be read, and any could be a FAILED verdict",
+                unreadable.len()
+            ),
+        });
     }
     let trusted = reasons.is_empty();
     Decision {

@@ -1041,14 +1041,7 @@ fn a_manifest_refused_for_a_lost_blob_is_put_again_after_the_blobs() {
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("f"), "x").unwrap();
     let layout = t.path().join("layout");
-    run_ok(
-        kiln()
-            .arg("pack")
-            .arg(&src)
-            .arg("--output")
-            .arg(&layout)
-            .args(["--tag", "app", "--source-date-epoch", "1"]),
-    );
+    pack(&src, &layout, &["--tag", "app", "--source-date-epoch", "1"]);
     let (heads, puts) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let (h, p) = (heads.clone(), puts.clone());
     let server = FakeServer::start(move |method, path| match method {

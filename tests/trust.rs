@@ -610,13 +610,7 @@ fn a_daemon_signs_and_an_independent_rebuilder_completes_the_gate() {
     assert!(text(&own).contains("own key"), "{}", text(&own));
     let out = trust(&reference, &[host_keys.clone(), vec!["--json"]].concat());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let vsa = v["attestations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["kind"] == "vsa")
-        .expect("the daemon published a verdict")
-        .clone();
+    let vsa = common::attest::attestation_of(&v, "vsa");
     assert_eq!(vsa["verdict"]["result"], "PASSED");
     assert_eq!(vsa["signature"]["keyids"][0], host.keyid.as_str());
 
@@ -756,13 +750,7 @@ fn one_shot_commands_sign_what_they_publish() {
     )
     .unwrap();
     assert_eq!(v["trusted"], true);
-    let vsa = v["attestations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["kind"] == "vsa")
-        .unwrap()
-        .clone();
+    let vsa = common::attest::attestation_of(&v, "vsa");
     assert_eq!(vsa["verdict"]["result"], "PASSED");
     assert_eq!(vsa["signature"]["state"], "verified");
     assert_eq!(vsa["subject_matches"], true);
@@ -794,14 +782,7 @@ fn one_shot_commands_sign_what_they_publish() {
     std::fs::create_dir_all(&plain).unwrap();
     std::fs::write(plain.join("f"), "x").unwrap();
     let packed = t.path().join("packed");
-    run_ok(
-        kiln()
-            .arg("pack")
-            .arg(&plain)
-            .arg("--output")
-            .arg(&packed)
-            .args(["--tag", "p", "--source-date-epoch", "1"]),
-    );
+    pack(&plain, &packed, &["--tag", "p", "--source-date-epoch", "1"]);
     let out = kiln()
         .arg("push")
         .arg(format!("{}:p", packed.display()))

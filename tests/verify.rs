@@ -181,13 +181,7 @@ fn a_random_file_fails_verify_and_is_the_only_path_named() {
             .arg(&key.public),
     );
     let v: serde_json::Value = serde_json::from_slice(&trust.stdout).unwrap();
-    let vsa = v["attestations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["kind"] == "vsa")
-        .expect("the verdict is attached")
-        .clone();
+    let vsa = common::attest::attestation_of(&v, "vsa");
     assert_eq!(vsa["verdict"]["result"], "FAILED");
     assert_eq!(vsa["verdict"]["differing_paths"], 1);
     assert_eq!(vsa["verdict"]["verifier"], "kiln://rebuilder");

@@ -237,3 +237,14 @@ pub fn signed_verdict(
 pub fn sigstore_bundle_checked(file: &Path) -> bool {
     independent_check("sigstore_bundle_check.py", &[file.as_os_str()])
 }
+
+/// The first attestation of `kind` (`provenance`, `vsa`) that `kiln trust --json` considered.
+pub fn attestation_of(decision: &serde_json::Value, kind: &str) -> serde_json::Value {
+    decision["attestations"]
+        .as_array()
+        .expect("kiln trust --json lists attestations")
+        .iter()
+        .find(|a| a["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} attestation in {decision}"))
+        .clone()
+}
