@@ -66,6 +66,7 @@ fn main() {
     let prov = kiln::attest::provenance::Provenance {
         name: "app".into(),
         digest: kiln::digest::Digest::of(b"manifest"),
+        sbom: None,
         source_url: Some("https://github.com/acme/app".into()),
         remote: Some("git@github.com:acme/app.git".into()),
         revision: Some("0123456789abcdef0123456789abcdef01234567".into()),

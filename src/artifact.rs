@@ -25,6 +25,27 @@ pub struct ArtifactResult {
     /// The provenance referrer's manifest digest.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provenance: Option<String>,
+    /// The SBOM attached to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sbom: Option<SbomSummary>,
+    /// The SBOM's SPDX document (canonical JSON), for the daemon's state.
+    #[serde(skip)]
+    pub sbom_document: Option<std::sync::Arc<Vec<u8>>>,
+}
+
+/// What an artifact's SBOM says, in brief, and where it is.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct SbomSummary {
+    /// The SBOM referrer's manifest digest.
+    pub referrer: String,
+    /// sha256 of the SPDX document (its canonical JSON, what `kiln sbom` prints).
+    pub digest: String,
+    /// Packages detected (in the artifact's layers and its base).
+    pub packages: u64,
+    /// Regular files in the artifact's own layers.
+    pub files: u64,
+    /// The first packages by purl, as `name version`.
+    pub first: Vec<String>,
 }
 
 impl ArtifactResult {

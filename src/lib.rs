@@ -49,6 +49,7 @@ pub mod reference;
 pub mod registry;
 pub mod retry;
 pub mod runner;
+pub mod sbom;
 pub mod secret;
 pub mod source;
 pub mod state;

@@ -252,6 +252,28 @@ async fn the_dashboard_in_a_real_browser() {
             .await,
         digest.as_str()
     );
+    // What is inside: the package count, and a link to the SBOM the state recorded.
+    let sbom = &api_build["artifacts"][0]["sbom"];
+    assert_eq!(
+        b.js("return document.querySelector('#artifacts td.sbom .packages').textContent")
+            .await,
+        format!("{} packages", sbom["packages"])
+    );
+    let link = b
+        .js("return document.querySelector('#artifacts td.sbom a').href")
+        .await;
+    let (status, doc) = blocking(|| get(link.as_str().unwrap()));
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(
+        format!(
+            "sha256:{}",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(doc.as_bytes()))
+        ),
+        sbom["digest"].as_str().unwrap(),
+        "the link serves the SBOM the build recorded"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    assert_eq!(doc["spdxVersion"], "SPDX-2.3");
     let stages = b
         .js("return Array.from(document.querySelectorAll('#stages tr[data-stage]'), e => e.dataset.stage)")
         .await;

@@ -47,7 +47,8 @@ kind = "files"
 files = [{ from = "info", to = "/" }]
 "#;
 
-fn digests(out: &std::process::Output) -> Vec<(String, String)> {
+/// Each artifact's name, manifest digest and SBOM digest.
+fn digests(out: &std::process::Output) -> Vec<(String, String, String)> {
     assert!(
         out.status.success(),
         "{}",
@@ -62,6 +63,8 @@ fn digests(out: &std::process::Output) -> Vec<(String, String)> {
             (
                 a["name"].as_str().unwrap().to_owned(),
                 a["digest"].as_str().unwrap().to_owned(),
+                // The SBOM too: the same content gives the same SBOM, byte for byte.
+                a["sbom"]["digest"].as_str().unwrap().to_owned(),
             )
         })
         .collect()

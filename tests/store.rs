@@ -393,6 +393,8 @@ async fn logs_are_numbered_fenced_and_rebuilds_run_again(s: &dyn JobStore) {
         media_type: "application/vnd.oci.image.manifest.v1+json".into(),
         pushed_to: "r/app".into(),
         provenance: None,
+        sbom: None,
+        sbom_document: None,
     }];
     assert!(s.finish(&c.lease, &outcome).await.unwrap());
     assert!(s.rebuild(&id).await.unwrap());

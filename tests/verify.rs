@@ -99,6 +99,12 @@ fn a_reproducible_build_verifies_from_its_provenance_alone() {
         built["artifacts"][0]["digest"]
     );
     assert_eq!(report["recorded"]["revision"], sha.as_str());
+    // The SBOM is rebuilt and compared too.
+    assert_eq!(
+        report["sbom"]["expected"],
+        built["artifacts"][0]["sbom"]["digest"]
+    );
+    assert_eq!(report["sbom"]["identical"], true);
     let out = verify(&format!("{}/acme/hello:{sha}", reg.addr), &[]);
     assert_eq!(out.status.code(), Some(0));
     assert!(

@@ -39,6 +39,9 @@ pub const DSSE_MEDIA_TYPE: &str = "application/vnd.dsse.envelope.v1+json";
 pub const PREDICATE_ANNOTATION: &str = "in-toto.io/predicate-type";
 /// The annotation naming the digest of a referrer's one layer (the statement or envelope).
 pub const BLOB_ANNOTATION: &str = "dev.kiln.attestation.blob";
+/// The largest attestation layer kiln reads (an SBOM listing thousands of files is a few
+/// MiB).
+pub const MAX_ATTESTATION: usize = 64 << 20;
 /// A Sigstore bundle: the referrer's `artifactType` and its layer's media type.
 pub const SIGSTORE_BUNDLE_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
 
@@ -48,7 +51,7 @@ pub fn signed_artifact_type(predicate_type: &str) -> String {
     let name = match predicate_type {
         provenance::PREDICATE_TYPE => "provenance",
         vsa::PREDICATE_TYPE => "verification_summary",
-        p if p.starts_with("https://spdx.dev/Document") => "spdx",
+        crate::sbom::PREDICATE_TYPE => "spdx",
         _ => "statement",
     };
     format!("application/vnd.in-toto.{name}+dsse")
@@ -310,7 +313,7 @@ pub struct Assessed {
     pub referrer: String,
     /// Its layer (the statement or the envelope).
     pub blob: String,
-    /// `provenance`, `vsa` or `other`.
+    /// `provenance`, `vsa`, `sbom` or `other`.
     pub kind: &'static str,
     pub predicate_type: Option<String>,
     pub signature: Signature,
@@ -343,6 +346,7 @@ pub fn assess(a: &Attestation, subject: &Digest, keys: &[sign::PublicKey]) -> As
     let kind = match predicate_type.as_deref() {
         Some(provenance::PREDICATE_TYPE) => "provenance",
         Some(vsa::PREDICATE_TYPE) => "vsa",
+        Some(crate::sbom::PREDICATE_TYPE) => "sbom",
         _ => "other",
     };
     let subject_matches = statement

@@ -11,6 +11,8 @@ use crate::digest::Digest;
 use crate::image::rfc3339;
 
 pub const PREDICATE_TYPE: &str = "https://slsa.dev/provenance/v1";
+/// The name of the SBOM among a statement's `byproducts`.
+pub const SBOM_BYPRODUCT: &str = "sbom";
 /// kiln's build type: what `externalParameters` and `internalParameters` mean. A URI that
 /// names the format, written into every statement: it never changes.
 pub const BUILD_TYPE: &str = "https://github.com/kiln-build/kiln/build/v1";
@@ -22,6 +24,8 @@ pub struct Provenance {
     pub name: String,
     /// The artifact's manifest digest.
     pub digest: Digest,
+    /// The digest of the artifact's SBOM document (canonical SPDX JSON), a byproduct.
+    pub sbom: Option<Digest>,
     /// The source link the manifest carries (see [`crate::forge::source_link`]).
     pub source_url: Option<String>,
     /// The remote as git had it, without credentials (a local path stays: it is where this
@@ -99,11 +103,14 @@ impl Provenance {
             _ => self.recipe_path.clone(),
         };
         deps.push(json!({"uri": recipe_uri, "digest": {"sha256": self.recipe_digest.hex()}, "name": "recipe"}));
-        let byproducts: Vec<Value> = self
+        let mut byproducts: Vec<Value> = self
             .log_digest
             .iter()
             .map(|d| json!({"name": "build log", "digest": {"sha256": d.hex()}, "mediaType": "text/plain"}))
             .collect();
+        if let Some(d) = &self.sbom {
+            byproducts.push(json!({"name": SBOM_BYPRODUCT, "digest": {"sha256": d.hex()}, "mediaType": crate::sbom::MEDIA_TYPE}));
+        }
         let mut external = json!({
             "source": self.source_url,
             "remote": self.remote,
@@ -204,6 +211,9 @@ pub struct Recorded {
     pub epoch: Option<u64>,
     /// The kiln that built it.
     pub kiln: Option<String>,
+    /// The digest of the SBOM document it lists among its byproducts (kiln 0.1 statements
+    /// before SBOMs have none).
+    pub sbom: Option<String>,
 }
 
 impl Recorded {
@@ -283,6 +293,13 @@ impl Recorded {
             kiln: st["predicate"]["runDetails"]["builder"]["version"]["kiln"]
                 .as_str()
                 .map(str::to_owned),
+            sbom: st["predicate"]["runDetails"]["byproducts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|b| b["name"] == SBOM_BYPRODUCT)
+                .and_then(|b| b["digest"]["sha256"].as_str())
+                .map(|h| format!("sha256:{h}")),
         })
     }
 }
@@ -348,6 +365,7 @@ mod tests {
         let p = Provenance {
             name: "app".into(),
             digest: Digest::of(b"m"),
+            sbom: Some(Digest::of(b"sbom")),
             source_url: Some("https://git.example.com/o/r".into()),
             remote: Some("git@git.example.com:o/r.git".into()),
             revision: Some("0123456789abcdef0123456789abcdef01234567".into()),
@@ -377,6 +395,7 @@ mod tests {
         assert_eq!(r.builder_digest, Digest::of(b"builder").to_string());
         assert_eq!(r.bases["reg/base:1"], Digest::of(b"base").to_string());
         assert_eq!(r.epoch, Some(7));
+        assert_eq!(r.sbom, Some(Digest::of(b"sbom").to_string()));
         assert_eq!(r.fetch_url(), "https://git.example.com/o/r");
         let st = p.statement();
         let deps = st["predicate"]["buildDefinition"]["resolvedDependencies"]

@@ -9,6 +9,7 @@ mod pack;
 mod progress;
 mod push;
 mod recipe;
+mod sbom;
 mod trust;
 mod validate;
 mod verify;
@@ -45,6 +46,8 @@ enum Command {
     Push(push::PushArgs),
     /// Show what a pushed artifact records: source, revision, created, base, recipe, provenance.
     Inspect(inspect::InspectArgs),
+    /// Print what an artifact holds: its SBOM (SPDX 2.3 JSON, or CycloneDX 1.5 JSON).
+    Sbom(sbom::SbomArgs),
     /// Recipe tools.
     #[command(subcommand)]
     Recipe(recipe::RecipeCommand),
@@ -239,6 +242,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Build(a) => build::build(a),
         Command::Push(a) => push::push(a),
         Command::Inspect(a) => inspect::inspect(a),
+        Command::Sbom(a) => sbom::sbom(a),
         Command::Recipe(c) => recipe::recipe(c),
         Command::Daemon(a) => daemon::daemon(a),
         Command::Verify(a) => verify::verify(a),

@@ -34,6 +34,9 @@ pub struct PackArgs {
     /// The image's platform, os/arch[/variant]. Defaults to the host's.
     #[arg(long)]
     pub platform: Option<String>,
+    /// Attach an SBOM (SPDX 2.3) of the packed files to the image, as `kiln build` does.
+    #[arg(long)]
+    pub sbom: bool,
 }
 
 pub fn pack(a: PackArgs) -> Result<()> {
@@ -68,8 +71,13 @@ pub fn pack(a: PackArgs) -> Result<()> {
         _ => {}
     };
     let cancel = CancellationToken::new();
-    let layer = kiln::pack::pack_dir(&a.dir, &opts, &layout, &cancel, &progress)
-        .with_context(|| format!("packing {}", a.dir.display()))?;
+    let mut inventory = kiln::sbom::Inventory::new(kiln::sbom::FILE_CAP);
+    let layer = if a.sbom {
+        kiln::pack::pack_dir_tapped(&a.dir, &opts, &layout, &cancel, &progress, &mut inventory)
+    } else {
+        kiln::pack::pack_dir(&a.dir, &opts, &layout, &cancel, &progress)
+    }
+    .with_context(|| format!("packing {}", a.dir.display()))?;
     let spec = ImageSpec {
         platform,
         epoch,
@@ -82,6 +90,29 @@ pub fn pack(a: PackArgs) -> Result<()> {
         ),
     };
     let manifest = kiln::image::write_image(&layout, std::slice::from_ref(&layer), &spec)?;
+    if a.sbom {
+        let sbom_started = Instant::now();
+        let subject = kiln::sbom::spdx::Subject {
+            // The name is the tag's when there is one: never the directory's host path.
+            name: a.tag.clone().unwrap_or_else(|| "image".to_owned()),
+            digest: kiln::digest::Digest::from_oci(manifest.digest())?,
+            image: true,
+            epoch,
+            source_url: None,
+            revision: None,
+        };
+        let contents = inventory.finish();
+        let doc = kiln::sbom::spdx::document(&subject, &contents, None);
+        let statement = kiln::sbom::spdx::statement(&subject, &doc);
+        let referrer = kiln::attest::attach(&layout, &manifest, &statement, epoch, None)?;
+        eprintln!(
+            "sbom {} ({} packages, {} files) in {:.2}s",
+            referrer.digest(),
+            contents.packages.len(),
+            contents.total_files,
+            sbom_started.elapsed().as_secs_f64()
+        );
+    }
     layout.tag(a.tag.as_deref(), &manifest)?;
     eprintln!(
         "packed {} entries, {} -> {} ({compression}) in {:.2}s",

@@ -34,6 +34,7 @@ pub fn build_json(b: &BuildRow) -> Value {
             "digest": a.digest,
             "pushed_to": a.pushed_to,
             "provenance": a.provenance,
+            "sbom": a.sbom,
         })).collect::<Vec<_>>(),
     })
 }
@@ -164,6 +165,36 @@ pub async fn build(State(app): State<Arc<App>>, Path(id): Path<String>) -> Respo
     match d.store.build(&id).await {
         Ok(Some(x)) => axum::Json(detail_json(&x)).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no build {id}")),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// `GET /api/builds/{id}/sbom/{artifact}`: the artifact's SBOM, SPDX 2.3 JSON, as recorded.
+pub async fn sbom(
+    State(app): State<Arc<App>>,
+    Path((id, artifact)): Path<(String, String)>,
+) -> Response {
+    let d = &app.d;
+    if let Some(r) = no_such_build(d, &id).await {
+        return r;
+    }
+    match d.store.sbom(&id, &artifact).await {
+        Ok(Some(body)) => (
+            [
+                (header::CONTENT_TYPE, crate::sbom::MEDIA_TYPE),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                (
+                    header::CONTENT_SECURITY_POLICY,
+                    "default-src 'none'; sandbox",
+                ),
+            ],
+            body,
+        )
+            .into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("build {id} recorded no SBOM for an artifact named {artifact:?}"),
+        ),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }

@@ -55,6 +55,7 @@ pub fn router(d: Arc<Daemon>, stop: CancellationToken) -> Router {
         .route("/badges/local.svg", get(badges::local))
         .route("/badges/{owner}/{repo}/{*branch}", get(badges::repo))
         .route("/builds/{id}/log", get(api::log))
+        .route("/api/builds/{id}/sbom/{artifact}", get(api::sbom))
         .route("/hooks/github", hooks::route("github"))
         .with_state(app)
 }

@@ -218,6 +218,27 @@ impl PackError {
     }
 }
 
+/// Sees every regular file's bytes as they are written into a layer, in layer order: what an
+/// SBOM's inventory hashes, without reading anything twice.
+pub trait FileTap {
+    /// A regular file starts: its path in the layer, where its bytes are read from (when they
+    /// come from a file on this host), and its size.
+    fn begin(&mut self, path: &[u8], source: Option<&Path>, size: u64);
+    /// The next bytes of the file that [`FileTap::begin`] started.
+    fn data(&mut self, bytes: &[u8]);
+    /// The file is complete.
+    fn end(&mut self);
+}
+
+/// A tap that sees nothing.
+pub struct NoTap;
+
+impl FileTap for NoTap {
+    fn begin(&mut self, _: &[u8], _: Option<&Path>, _: u64) {}
+    fn data(&mut self, _: &[u8]) {}
+    fn end(&mut self) {}
+}
+
 /// Pack the contents of directory `root` (at `/` in the layer) into a blob in `sink`.
 pub fn pack_dir(
     root: &Path,
@@ -225,6 +246,18 @@ pub fn pack_dir(
     sink: &dyn BlobSink,
     cancel: &CancellationToken,
     observer: &dyn Observer,
+) -> Result<Layer, PackError> {
+    pack_dir_tapped(root, opts, sink, cancel, observer, &mut NoTap)
+}
+
+/// [`pack_dir`], showing every regular file's bytes to `tap` as they are written.
+pub fn pack_dir_tapped(
+    root: &Path,
+    opts: &PackOptions,
+    sink: &dyn BlobSink,
+    cancel: &CancellationToken,
+    observer: &dyn Observer,
+    tap: &mut dyn FileTap,
 ) -> Result<Layer, PackError> {
     if opts.epoch > USTAR_MAX {
         return Err(PackError::EpochOutOfRange(opts.epoch));
@@ -246,7 +279,7 @@ pub fn pack_dir(
     let upload = sink.begin_blob()?;
     let mut out = HashingWriter::new(Compressor::new(upload, opts)?);
     let mut next_report: u64 = 0;
-    write_entries(&entries, opts.epoch, &mut out, cancel, |done| {
+    write_entries(&entries, opts.epoch, &mut out, cancel, tap, |done| {
         if done >= next_report {
             observer.event(&Event::PackProgress { bytes: done, total });
             next_report = done + 16 * 1024 * 1024;
@@ -277,6 +310,7 @@ fn write_entries(
     epoch: u64,
     out: &mut impl Write,
     cancel: &CancellationToken,
+    tap: &mut dyn FileTap,
     mut progress: impl FnMut(u64),
 ) -> Result<(), PackError> {
     let mut buf = vec![0u8; 256 * 1024];
@@ -293,7 +327,9 @@ fn write_entries(
         }
         out.write_all(h.as_bytes()).map_err(PackError::Write)?;
         if let Kind::File { size, .. } = e.kind {
-            copy_file(&e.source, size, out, &mut buf, cancel)?;
+            tap.begin(&e.path, Some(&e.source), size);
+            copy_file(&e.source, size, out, tap, &mut buf, cancel)?;
+            tap.end();
             pad(out, size)?;
             done += size;
             progress(done);
@@ -345,7 +381,7 @@ pub fn write_tree_tar(
     }
     entries.sort_by(|a, b| a.path.cmp(&b.path));
     entries.dedup_by(|a, b| a.path == b.path);
-    write_entries(&entries, epoch, out, cancel, |_| {})?;
+    write_entries(&entries, epoch, out, cancel, &mut NoTap, |_| {})?;
     Ok(entries.len() as u64)
 }
 
@@ -401,6 +437,7 @@ fn copy_file(
     path: &Path,
     size: u64,
     out: &mut impl Write,
+    tap: &mut dyn FileTap,
     buf: &mut [u8],
     cancel: &CancellationToken,
 ) -> Result<(), PackError> {
@@ -432,6 +469,7 @@ fn copy_file(
             }
         };
         out.write_all(&buf[..n]).map_err(PackError::Write)?;
+        tap.data(&buf[..n]);
         left -= n as u64;
     }
     // A file that grew after the walk would be cut short in the layer: refuse it too.

@@ -26,8 +26,12 @@ pub(super) struct Packing {
     pub observer: Arc<dyn Observer + Send + Sync>,
 }
 
-/// Stage `artifact`'s files from the build output and pack them into one layer.
-pub(super) fn pack_artifact(artifact: &Artifact, p: &Packing) -> Result<Layer, PipelineError> {
+/// Stage `artifact`'s files from the build output and pack them into one layer, taking the
+/// SBOM's inventory of its files on the way.
+pub(super) fn pack_artifact(
+    artifact: &Artifact,
+    p: &Packing,
+) -> Result<(Layer, crate::sbom::Contents), PipelineError> {
     let output = p.output.as_path();
     let whole =
         artifact.files.len() == 1 && artifact.files[0].from == "." && artifact.files[0].to == "/";
@@ -50,12 +54,24 @@ pub(super) fn pack_artifact(artifact: &Artifact, p: &Packing) -> Result<Layer, P
     };
     let mut opts = PackOptions::new(p.epoch);
     opts.compression = p.compression;
-    crate::pack::pack_dir(&root, &opts, &p.layout, &p.cancel, p.observer.as_ref()).map_err(
-        |source| PipelineError::Pack {
-            artifact: artifact.name.clone(),
-            source,
-        },
+    let mut inventory = crate::sbom::Inventory::new(crate::sbom::FILE_CAP);
+    let layer = crate::pack::pack_dir_tapped(
+        &root,
+        &opts,
+        &p.layout,
+        &p.cancel,
+        p.observer.as_ref(),
+        &mut inventory,
     )
+    .map_err(|source| PipelineError::Pack {
+        artifact: artifact.name.clone(),
+        source,
+    })?;
+    for path in &inventory.skipped {
+        tracing::warn!(artifact = %artifact.name, path, "a package database too large to read: its packages are not in the SBOM");
+    }
+    // Binaries are read (for their build info) while the staged tree still exists.
+    Ok((layer, inventory.finish()))
 }
 
 /// Lay out `files` mappings from `output` into `dst`. Hard links where possible (the packer

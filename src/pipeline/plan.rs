@@ -399,6 +399,15 @@ impl Plan {
         let mut differ = Vec::new();
         for (a, r) in first.iter().zip(&rebuilt) {
             if a.digest == r.digest {
+                let digest = |a: &ArtifactResult| a.sbom.as_ref().map(|s| s.digest.clone());
+                if digest(a) != digest(r) {
+                    return Err(PipelineError::Internal(format!(
+                        "the SBOM of {} differs between two builds with identical layers ({} and {}): this is a kiln bug, please report it",
+                        a.name,
+                        digest(a).unwrap_or_default(),
+                        digest(r).unwrap_or_default()
+                    )));
+                }
                 continue;
             }
             let parse = |a: &ArtifactResult| a.manifest_digest().map_err(PipelineError::from);

@@ -242,6 +242,8 @@ pub async fn run(
 pub struct Packed {
     pub artifact: Artifact,
     pub layer: Layer,
+    /// What the layer holds, for the SBOM.
+    pub contents: Arc<crate::sbom::Contents>,
 }
 
 /// Stage 3: each artifact's files (mapped from the output) packed into a deterministic layer
@@ -265,7 +267,11 @@ pub async fn pack(
         };
         let artifact = artifact.clone();
         let layer = blocking(move || {
-            pack_artifact(&artifact, &packing).map(|layer| Packed { artifact, layer })
+            pack_artifact(&artifact, &packing).map(|(layer, contents)| Packed {
+                artifact,
+                layer,
+                contents: Arc::new(contents),
+            })
         })
         .await??;
         out.push(layer);
@@ -385,10 +391,15 @@ pub async fn image(
     })
     .await??;
     let mut out = Vec::new();
+    let mut base_packages: BTreeMap<String, Arc<Vec<crate::sbom::Found>>> = BTreeMap::new();
     for p in packed {
         let artifact = &p.artifact;
         let base = artifact.base.as_ref().and_then(|n| bases.get(n)).cloned();
         let base_ref = base.as_ref().map(|b| (b.name.clone(), b.digest));
+        let base_sbom = match &base {
+            Some(bi) => Some(base_inventory(b, bi, &mut base_packages).await?),
+            None => None,
+        };
         let (layout, layer, a, inf, common) = (
             b.layout.clone(),
             p.layer.clone(),
@@ -400,9 +411,28 @@ pub async fn image(
             write_artifact(base, &a, &layer, &layout, inf.epoch, &common, compression)
         })
         .await??;
+        let digest = crate::image::descriptor_digest(&desc)?;
+        let subject = crate::sbom::spdx::Subject {
+            name: artifact.name.clone(),
+            digest,
+            image: artifact.kind == ArtifactKind::Image,
+            epoch: info.epoch,
+            source_url: info.url.clone(),
+            revision: info.revision.clone(),
+        };
+        // Like the provenance below: a few milliseconds of JSON, written in place.
+        let sbom = attach_sbom(
+            &b.layout,
+            &desc,
+            &subject,
+            &p.contents,
+            base_sbom.as_ref(),
+            signer,
+        )?;
         let prov = crate::attest::provenance::Provenance {
             name: artifact.name.clone(),
-            digest: crate::image::descriptor_digest(&desc)?,
+            digest,
+            sbom: sbom.digest.parse().ok(),
             source_url: info.url.clone(),
             remote: info.remote.clone(),
             revision: info.revision.clone(),
@@ -436,9 +466,95 @@ pub async fn image(
             loaded_as: None,
             pushed_to: None,
             provenance: Some(referrer.digest().to_string()),
+            sbom: Some(sbom.summary),
+            sbom_document: Some(sbom.document),
         });
     }
     Ok(out)
+}
+
+/// The packages found in a base image's layers, read once per build and base.
+async fn base_inventory(
+    b: &Build,
+    base: &BaseImage,
+    seen: &mut BTreeMap<String, Arc<Vec<crate::sbom::Found>>>,
+) -> Result<crate::sbom::spdx::Base, PipelineError> {
+    let key = base.digest.to_string();
+    let packages = match seen.get(&key) {
+        Some(p) => p.clone(),
+        None => {
+            let (layout, layers, scratch, cancel) = (
+                b.layout.clone(),
+                base.layers.clone(),
+                b.scratch.clone(),
+                b.cancel.clone(),
+            );
+            let found =
+                blocking(move || crate::sbom::scan_base(&layout, &layers, &scratch, &cancel))
+                    .await?
+                    .map_err(|e| PipelineError::Base {
+                        name: base.name.clone(),
+                        source: Box::new(match e {
+                            crate::sbom::SbomError::Cancelled => PushError::Cancelled,
+                            e => PushError::Invalid(format!(
+                                "reading its packages for the SBOM: {e}"
+                            )),
+                        }),
+                    })?;
+            let found = Arc::new(found);
+            seen.insert(key, found.clone());
+            found
+        }
+    };
+    Ok(crate::sbom::spdx::Base {
+        name: base.name.clone(),
+        digest: base.digest,
+        packages: packages.to_vec(),
+    })
+}
+
+/// An SBOM attached to an artifact: its summary and its document's bytes.
+struct AttachedSbom {
+    summary: crate::artifact::SbomSummary,
+    document: Arc<Vec<u8>>,
+    digest: String,
+}
+
+/// Write the artifact's SBOM and attach it as a referrer (signed when `signer` is given).
+fn attach_sbom(
+    layout: &OciLayout,
+    desc: &oci_spec::image::Descriptor,
+    subject: &crate::sbom::spdx::Subject,
+    contents: &crate::sbom::Contents,
+    base: Option<&crate::sbom::spdx::Base>,
+    signer: Option<&crate::attest::sign::Signer>,
+) -> Result<AttachedSbom, PipelineError> {
+    let doc = crate::sbom::spdx::document(subject, contents, base);
+    let statement = crate::sbom::spdx::statement(subject, &doc);
+    let bytes = crate::json::to_canonical_vec(&doc)
+        .map_err(|e| PipelineError::Internal(format!("the SBOM: {e}")))?;
+    let digest = crate::digest::Digest::of(&bytes).to_string();
+    let referrer = crate::attest::attach(layout, desc, &statement, subject.epoch, signer)?;
+    let all: Vec<&crate::sbom::Found> = contents
+        .packages
+        .iter()
+        .chain(base.iter().flat_map(|b| b.packages.iter()))
+        .collect();
+    Ok(AttachedSbom {
+        summary: crate::artifact::SbomSummary {
+            referrer: referrer.digest().to_string(),
+            digest: digest.clone(),
+            packages: all.len() as u64,
+            files: contents.total_files,
+            first: all
+                .iter()
+                .take(10)
+                .map(|f| format!("{} {}", f.name, f.version))
+                .collect(),
+        },
+        document: Arc::new(bytes),
+        digest,
+    })
 }
 
 /// What the build ran under: the recipe's asks capped by the host's limits.

@@ -155,6 +155,8 @@ fn found(name: &str, location: &str, bytes: &[u8], media_type: String) -> Found 
             loaded_as: None,
             pushed_to: Some(format!("{location}@{digest}")),
             provenance: None,
+            sbom: None,
+            sbom_document: None,
         },
         annotations,
     }

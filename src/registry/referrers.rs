@@ -155,13 +155,31 @@ impl Repository<'_> {
     /// The attestations attached to `subject` (statements and DSSE envelopes), one per
     /// referrer of those types: the attestation, `None` for a referrer that is gone or holds
     /// no layer, or why it could not be read.
+    /// SBOMs are left out (they say what is inside, not how it was made, and can be large):
+    /// [`Repository::attestations_where`] reads them.
     pub async fn attestations(
         &self,
         subject: &Digest,
     ) -> Result<Vec<(Descriptor, Result<Option<Attestation>, PushError>)>, PushError> {
+        self.attestations_where(subject, |p| p != Some(crate::sbom::PREDICATE_TYPE))
+            .await
+    }
+
+    /// [`Repository::attestations`] whose predicate type (as the referrers list annotates it)
+    /// passes `keep`.
+    pub async fn attestations_where(
+        &self,
+        subject: &Digest,
+        keep: impl Fn(Option<&str>) -> bool,
+    ) -> Result<Vec<(Descriptor, Result<Option<Attestation>, PushError>)>, PushError> {
         let mut out = Vec::new();
         for r in self.referrers(subject).await? {
-            if !crate::attest::is_attestation(&r) {
+            let predicate = r
+                .annotations()
+                .as_ref()
+                .and_then(|a| a.get(crate::attest::PREDICATE_ANNOTATION))
+                .map(String::as_str);
+            if !crate::attest::is_attestation(&r) || !keep(predicate) {
                 continue;
             }
             let read = self.attestation(&r).await;
@@ -201,7 +219,7 @@ impl Repository<'_> {
                 layer
             }
         };
-        let bytes = self.get_blob(&blob, 4 << 20).await?;
+        let bytes = self.get_blob(&blob, crate::attest::MAX_ATTESTATION).await?;
         let body = Attestation::decode(dsse, &bytes)
             .map_err(|e| invalid(format!("attestation {blob}: {e}")))?;
         Ok(Some(Attestation {

@@ -132,6 +132,11 @@ pub struct ArtifactRow {
     pub media_type: String,
     pub pushed_to: String,
     pub provenance: Option<String>,
+    /// Its SBOM in brief.
+    pub sbom: Option<crate::artifact::SbomSummary>,
+    /// The SBOM document, when this row is being recorded (never read back with the row).
+    #[serde(skip)]
+    pub sbom_document: Option<std::sync::Arc<Vec<u8>>>,
 }
 
 impl ArtifactRow {
@@ -146,6 +151,8 @@ impl ArtifactRow {
             loaded_as: None,
             pushed_to: Some(self.pushed_to.clone()),
             provenance: self.provenance.clone(),
+            sbom: self.sbom.clone(),
+            sbom_document: self.sbom_document.clone(),
         }
     }
 
@@ -159,6 +166,8 @@ impl ArtifactRow {
             media_type: a.media_type.clone(),
             pushed_to: a.pushed_to.clone().unwrap_or_default(),
             provenance: a.provenance.clone(),
+            sbom: a.sbom.clone(),
+            sbom_document: a.sbom_document.clone(),
         }
     }
 }
@@ -451,6 +460,8 @@ pub trait Reads: Send + Sync {
     async fn builds(&self, q: &BuildQuery) -> Result<Vec<BuildRow>>;
     async fn build(&self, id: &str) -> Result<Option<BuildDetail>>;
     async fn artifacts(&self, build_id: &str) -> Result<Vec<ArtifactRow>>;
+    /// The SBOM document of a build's artifact, as recorded.
+    async fn sbom(&self, build_id: &str, artifact: &str) -> Result<Option<Vec<u8>>>;
     /// A build's state alone (one indexed read, for pages that follow a build).
     async fn build_state(&self, build_id: &str) -> Result<Option<BuildState>>;
     /// A build's state and the number its next log line gets, read together (one snapshot:

@@ -166,7 +166,8 @@ pub async fn verify(
     // 3. The builder, as recorded.
     builder(runner, &rec, cancel).await?;
     // 4. The rebuild: the source at the recorded commit, from the recorded URL.
-    let (b, rebuilt) = rebuild(&rec, &shown, opts, compression, runner, cancel, observer).await?;
+    let (b, rebuilt, rebuilt_sbom) =
+        rebuild(&rec, &shown, opts, compression, runner, cancel, observer).await?;
     // 5. What was published, next to it, and the comparison (an identical digest needs no
     // download, unless the trees are to be kept).
     let published = OciLayout::open_or_create(opts.work.join("expected"))
@@ -191,6 +192,14 @@ pub async fn verify(
             .map_err(|e| VerifyError::Rebuild(Box::new(PipelineError::Internal(e.to_string()))))?
             .map_err(|e| rebuild_error(PipelineError::Store(e)))?
     };
+    // The SBOM, when the provenance records one: the same layers must give the same SBOM.
+    let sbom = rec.sbom.as_ref().map(|expected| report::SbomCheck {
+        identical: Some(expected) == rebuilt_sbom.as_ref(),
+        expected: expected.clone(),
+        rebuilt: rebuilt_sbom.clone(),
+        kiln_bug: comparison.identical && Some(expected) != rebuilt_sbom.as_ref(),
+    });
+    let identical = comparison.identical && sbom.as_ref().is_none_or(|s| s.identical);
     let here = env!("CARGO_PKG_VERSION");
     if !comparison.identical
         && let Some(recorded) = rec.kiln.as_deref()
@@ -222,7 +231,7 @@ pub async fn verify(
                 verifier_id: verifier.clone(),
                 time: crate::pipeline::unix_now(),
                 input,
-                passed: comparison.identical,
+                passed: identical,
                 rebuilt,
                 differing_paths: comparison.paths(),
             };
@@ -242,7 +251,8 @@ pub async fn verify(
     };
     Ok(Report {
         reference: shown,
-        identical: comparison.identical,
+        identical,
+        sbom,
         recorded: rec,
         comparison,
         kept,
@@ -443,7 +453,7 @@ async fn rebuild(
     runner: &dyn Runner,
     cancel: &CancellationToken,
     observer: Arc<dyn Observer + Send + Sync>,
-) -> Result<(Build, Digest), VerifyError> {
+) -> Result<(Build, Digest, Option<String>), VerifyError> {
     let mut pins = BTreeMap::new();
     for (name, d) in &rec.bases {
         let d: Digest = d.parse().map_err(|_| VerifyError::BadProvenance {
@@ -500,13 +510,16 @@ async fn rebuild(
             PipelineError::Refused(reason) => VerifyError::Recipe(reason),
             e => VerifyError::Rebuild(Box::new(e)),
         })?;
-    let rebuilt = built
+    let artifact = built
         .artifacts
         .iter()
         .find(|a| a.name == rec.artifact)
-        .and_then(|a| a.manifest_digest().ok())
         .ok_or_else(|| VerifyError::Recipe(format!("the rebuild made no {:?}", rec.artifact)))?;
-    Ok((b, rebuilt))
+    let rebuilt = artifact
+        .manifest_digest()
+        .map_err(|e| VerifyError::Recipe(format!("the rebuild's digest: {e}")))?;
+    let sbom = artifact.sbom.as_ref().map(|s| s.digest.clone());
+    Ok((b, rebuilt, sbom))
 }
 
 /// Copy an image manifest and its blobs from the registry into `layout`.

@@ -22,6 +22,16 @@ pub struct Kept {
     pub diffoscope: Option<String>,
 }
 
+/// The SBOM's digest as the provenance records it, and as the rebuild made it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SbomCheck {
+    pub expected: String,
+    pub rebuilt: Option<String>,
+    pub identical: bool,
+    /// Identical layers with a different SBOM: kiln's own fault, never the build's.
+    pub kiln_bug: bool,
+}
+
 /// The answer of `kiln verify`.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -29,6 +39,9 @@ pub struct Report {
     pub recorded: Recorded,
     pub identical: bool,
     pub comparison: Comparison,
+    /// The SBOM as recorded and as rebuilt (when the provenance records one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sbom: Option<SbomCheck>,
     pub kept: Option<Kept>,
     /// The signed verdict pushed (`--attest`): its referrer manifest's digest.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -51,8 +64,23 @@ impl Report {
             self.comparison.expected,
             self.comparison.rebuilt
         );
+        if let Some(s) = &self.sbom {
+            out.push_str(&format!(
+                "  sbom     {} (rebuilt {})\n",
+                s.expected,
+                s.rebuilt.as_deref().unwrap_or("none")
+            ));
+        }
         if self.identical {
-            out.push_str("IDENTICAL: the rebuild from the provenance gives the same bytes\n");
+            out.push_str(
+                "IDENTICAL: the rebuild from the provenance gives the same bytes, and the same SBOM\n",
+            );
+        } else if let Some(s) = self.sbom.as_ref().filter(|s| s.kiln_bug) {
+            out.push_str(&format!(
+                "DIFFERENT SBOM: every layer is identical, but the rebuilt SBOM is {} where {} was recorded. This is a kiln bug: please report it, with both SBOMs (kiln sbom)\n",
+                s.rebuilt.as_deref().unwrap_or("missing"),
+                s.expected
+            ));
         } else {
             out.push_str(&format!(
                 "DIFFERENT: {}\n{}",

@@ -159,7 +159,7 @@ pub fn independently_verified(file: &Path, key: &TestKey, keyid: &str) -> bool {
 
 /// Run an independent checker, `tests/<script>`, on the checkers' Python: whether it said
 /// yes (exit 0) or no (exit 1); anything else means the checker itself failed.
-fn independent_check(script: &str, args: &[&std::ffi::OsStr]) -> bool {
+pub fn independent_check(script: &str, args: &[&std::ffi::OsStr]) -> bool {
     let out = Command::new(dsse_python())
         .arg(
             Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -464,7 +464,7 @@ fn artifacts_table(x: &BuildDetail) -> Markup {
     html! {
         h2 { "Artifacts" }
         table #artifacts {
-            thead { tr { th { "Name" } th { "Kind" } th { "Digest" } th.num { "Size" } th { "Pushed to" } th { "Provenance" } } }
+            thead { tr { th { "Name" } th { "Kind" } th { "Digest" } th.num { "Size" } th { "Pushed to" } th { "Provenance" } th { "SBOM" } } }
             tbody {
                 @for a in &b.artifacts {
                     tr {
@@ -484,9 +484,10 @@ fn artifacts_table(x: &BuildDetail) -> Markup {
                             }
                         }
                         td { (provenance(b, a)) }
+                        td.sbom { (sbom(b, a)) }
                     }
                 }
-                @if b.artifacts.is_empty() { tr { td colspan="6" .muted { "None published." } } }
+                @if b.artifacts.is_empty() { tr { td colspan="7" .muted { "None published." } } }
             }
         }
     }
@@ -500,6 +501,24 @@ fn provenance(b: &BuildRow, a: &ArtifactRow) -> Markup {
                 (digest_with_copy(p, false))
                 br;
                 span.muted { "built from " (b.repo) " at " code { (crate::text::short(&b.commit)) } " with " code { (b.recipe) } }
+            }
+            None => span.muted { "none" },
+        }
+    }
+}
+
+fn sbom(b: &BuildRow, a: &ArtifactRow) -> Markup {
+    html! {
+        @match &a.sbom {
+            Some(s) => {
+                strong.packages { (s.packages) " packages" } ", " (s.files) " files "
+                a href=(format!("/api/builds/{}/sbom/{}", b.id, a.name)) { "SPDX JSON" }
+                @if !s.first.is_empty() {
+                    ul.first-packages {
+                        @for p in &s.first { li { code { (p) } } }
+                        @if (s.first.len() as u64) < s.packages { li.muted { "…" } }
+                    }
+                }
             }
             None => span.muted { "none" },
         }

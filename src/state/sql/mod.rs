@@ -78,7 +78,7 @@ macro_rules! sql_store {
                     return Ok(Vec::new());
                 }
                 let mut q = sqlx::QueryBuilder::new(
-                    "SELECT job_id, name, kind, digest, size, media_type, pushed_to, provenance \
+                    "SELECT job_id, name, kind, digest, size, media_type, pushed_to, provenance, sbom \
                      FROM artifacts WHERE job_id IN (",
                 );
                 let mut sep = q.separated(", ");
@@ -100,6 +100,10 @@ macro_rules! sql_store {
                                 media_type: r.get("media_type"),
                                 pushed_to: r.get("pushed_to"),
                                 provenance: r.get("provenance"),
+                                sbom: r
+                                    .get::<Option<String>, _>("sbom")
+                                    .and_then(|j| serde_json::from_str(&j).ok()),
+                                sbom_document: None,
                             },
                         )
                     })

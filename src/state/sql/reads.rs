@@ -95,6 +95,17 @@ macro_rules! sql_reads {
                     .collect())
             }
 
+            async fn sbom(&self, build_id: &str, artifact: &str) -> Result<Option<Vec<u8>>> {
+                let body: Option<String> = sqlx::query_scalar(&self.q(
+                    "SELECT body FROM sboms WHERE job_id = ? AND name = ?",
+                ))
+                .bind(build_id)
+                .bind(artifact)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(body.map(String::into_bytes))
+            }
+
             async fn build_state(&self, build_id: &str) -> Result<Option<BuildState>> {
                 let state: Option<String> = sqlx::query_scalar(&self.q("SELECT state FROM jobs WHERE id = ?"))
                     .bind(build_id)

@@ -140,10 +140,10 @@ macro_rules! sql_scheduling {
                 for a in &outcome.artifacts {
                     sqlx::query(
                         &self.q("INSERT INTO artifacts (job_id, name, kind, digest, size, media_type, pushed_to, \
-                         provenance) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, name) DO UPDATE \
+                         provenance, sbom) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, name) DO UPDATE \
                          SET kind = excluded.kind, digest = excluded.digest, size = excluded.size, \
                          media_type = excluded.media_type, pushed_to = excluded.pushed_to, \
-                         provenance = excluded.provenance"),
+                         provenance = excluded.provenance, sbom = excluded.sbom"),
                     )
                     .bind(&lease.build_id)
                     .bind(&a.name)
@@ -153,8 +153,21 @@ macro_rules! sql_scheduling {
                     .bind(&a.media_type)
                     .bind(&a.pushed_to)
                     .bind(&a.provenance)
+                    .bind(a.sbom.as_ref().and_then(|s| serde_json::to_string(s).ok()))
                     .execute(&mut *tx)
                     .await?;
+                    if let (Some(summary), Some(doc)) = (&a.sbom, &a.sbom_document) {
+                        sqlx::query(&self.q(
+                            "INSERT INTO sboms (job_id, name, digest, body) VALUES (?, ?, ?, ?) \
+                             ON CONFLICT (job_id, name) DO UPDATE SET digest = excluded.digest, body = excluded.body",
+                        ))
+                        .bind(&lease.build_id)
+                        .bind(&a.name)
+                        .bind(&summary.digest)
+                        .bind(String::from_utf8_lossy(doc).into_owned())
+                        .execute(&mut *tx)
+                        .await?;
+                    }
                 }
                 for r in &outcome.tagged_refs {
                     sqlx::query(&self.q("UPDATE job_refs SET tagged = 1 WHERE job_id = ? AND git_ref = ?"))
