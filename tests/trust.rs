@@ -20,6 +20,7 @@ use common::*;
 
 const PROVENANCE: &str = "https://slsa.dev/provenance/v1";
 const VSA: &str = "https://slsa.dev/verification_summary/v1";
+const SPDX: &str = "https://spdx.dev/Document";
 
 fn text(o: &Output) -> String {
     format!(
@@ -184,10 +185,26 @@ fn signed_provenance_verifies_independently_and_passes_the_gate() {
         );
         let art = &built["artifacts"][0];
         let digest = art["digest"].as_str().unwrap();
-        // One referrer: the signed provenance only (the unsigned statement is not kept).
+        // Two referrers: the signed provenance and the signed SBOM (no unsigned statement
+        // is kept).
         let listed = referrers(&reg, &format!("{name}/hello"), digest);
-        assert_eq!(listed.len(), 1, "{listed:?}");
-        let r = &listed[0];
+        let mut types: Vec<&str> = listed
+            .iter()
+            .map(|r| r["artifactType"].as_str().unwrap())
+            .collect();
+        types.sort();
+        assert_eq!(
+            types,
+            [
+                "application/vnd.in-toto.provenance+dsse",
+                "application/vnd.in-toto.spdx+dsse"
+            ],
+            "{listed:?}"
+        );
+        let r = listed
+            .iter()
+            .find(|r| r["annotations"]["in-toto.io/predicate-type"] == PROVENANCE)
+            .unwrap();
         assert_eq!(r["artifactType"], "application/vnd.in-toto.provenance+dsse");
         assert_eq!(r["annotations"]["in-toto.io/predicate-type"], PROVENANCE);
         let (m, bytes) = fetch_referrer(
@@ -308,7 +325,11 @@ fn tampered_and_forged_attestations_are_refused_with_their_reason() {
     let a2 = &second["artifacts"][0];
     let d2 = a2["digest"].as_str().unwrap().to_owned();
     let listed = referrers(&reg, "t/hello", &d1);
-    let (_, legit) = fetch_referrer(&reg, "t/hello", listed[0]["digest"].as_str().unwrap());
+    let prov = listed
+        .iter()
+        .find(|r| r["annotations"]["in-toto.io/predicate-type"] == PROVENANCE)
+        .unwrap();
+    let (_, legit) = fetch_referrer(&reg, "t/hello", prov["digest"].as_str().unwrap());
     let env: serde_json::Value = serde_json::from_slice(&legit).unwrap();
     let payload = B64.decode(env["payload"].as_str().unwrap()).unwrap();
     let statement: serde_json::Value = serde_json::from_slice(&payload).unwrap();
@@ -684,9 +705,14 @@ fn one_shot_commands_sign_what_they_publish() {
         [
             (bundle.to_owned(), PROVENANCE.to_owned()),
             (bundle.to_owned(), VSA.to_owned()),
+            (bundle.to_owned(), SPDX.to_owned()),
             (
                 "application/vnd.in-toto.provenance+dsse".to_owned(),
                 PROVENANCE.to_owned()
+            ),
+            (
+                "application/vnd.in-toto.spdx+dsse".to_owned(),
+                SPDX.to_owned()
             ),
             (
                 "application/vnd.in-toto.verification_summary+dsse".to_owned(),
@@ -768,11 +794,20 @@ fn one_shot_commands_sign_what_they_publish() {
             .arg(&key.private),
     );
     let digest = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    // The provenance and the SBOM, both signed in the layout before the push.
     let listed = referrers(&reg, "pushed/hello", &digest);
-    assert_eq!(listed.len(), 1, "{listed:?}");
+    let mut types: Vec<&str> = listed
+        .iter()
+        .map(|r| r["artifactType"].as_str().unwrap())
+        .collect();
+    types.sort();
     assert_eq!(
-        listed[0]["artifactType"],
-        "application/vnd.in-toto.provenance+dsse"
+        types,
+        [
+            "application/vnd.in-toto.provenance+dsse",
+            "application/vnd.in-toto.spdx+dsse"
+        ],
+        "{listed:?}"
     );
     let ok = trust(&target, &key_args("--key", &[&key]));
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
@@ -782,7 +817,12 @@ fn one_shot_commands_sign_what_they_publish() {
     std::fs::create_dir_all(&plain).unwrap();
     std::fs::write(plain.join("f"), "x").unwrap();
     let packed = t.path().join("packed");
-    pack(&plain, &packed, &["--tag", "p", "--source-date-epoch", "1"]);
+    // Its SBOM is kiln's, but says nothing of how it was built: still refused.
+    pack(
+        &plain,
+        &packed,
+        &["--tag", "p", "--source-date-epoch", "1", "--sbom"],
+    );
     let out = kiln()
         .arg("push")
         .arg(format!("{}:p", packed.display()))
@@ -794,6 +834,11 @@ fn one_shot_commands_sign_what_they_publish() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("no kiln provenance"), "{}", text(&out));
     assert!(skopeo_manifest(&format!("docker://{}/unsigned/p:1", reg.addr)).is_none());
+    let index = std::fs::read_to_string(packed.join("index.json")).unwrap();
+    assert!(
+        index.contains("https://spdx.dev/Document") && !index.contains("+dsse"),
+        "its SBOM is there, and was not signed: {index}"
+    );
     // A verdict key without --attest is a mistake, said at once.
     let out = kiln()
         .args(["verify", &target, "--sign-key"])

@@ -39,6 +39,12 @@ pub const DSSE_MEDIA_TYPE: &str = "application/vnd.dsse.envelope.v1+json";
 pub const PREDICATE_ANNOTATION: &str = "in-toto.io/predicate-type";
 /// The annotation naming the digest of a referrer's one layer (the statement or envelope).
 pub const BLOB_ANNOTATION: &str = "dev.kiln.attestation.blob";
+/// The in-toto predicate type of an SBOM statement (see [`crate::sbom`]): BuildKit's and
+/// cosign's (`--type spdxjson`) choice, which their readers match exactly. The SPDX version
+/// is the document's own `spdxVersion` (`SPDX-2.3`).
+pub const SPDX_PREDICATE_TYPE: &str = "https://spdx.dev/Document";
+/// The media type of an SPDX JSON document.
+pub const SPDX_MEDIA_TYPE: &str = "application/spdx+json";
 /// The largest attestation layer kiln reads (an SBOM listing thousands of files is a few
 /// MiB).
 pub const MAX_ATTESTATION: usize = 64 << 20;
@@ -51,7 +57,7 @@ pub fn signed_artifact_type(predicate_type: &str) -> String {
     let name = match predicate_type {
         provenance::PREDICATE_TYPE => "provenance",
         vsa::PREDICATE_TYPE => "verification_summary",
-        crate::sbom::PREDICATE_TYPE => "spdx",
+        SPDX_PREDICATE_TYPE => "spdx",
         _ => "statement",
     };
     format!("application/vnd.in-toto.{name}+dsse")
@@ -346,7 +352,7 @@ pub fn assess(a: &Attestation, subject: &Digest, keys: &[sign::PublicKey]) -> As
     let kind = match predicate_type.as_deref() {
         Some(provenance::PREDICATE_TYPE) => "provenance",
         Some(vsa::PREDICATE_TYPE) => "vsa",
-        Some(crate::sbom::PREDICATE_TYPE) => "sbom",
+        Some(SPDX_PREDICATE_TYPE) => "sbom",
         _ => "other",
     };
     let subject_matches = statement
@@ -366,6 +372,14 @@ pub fn assess(a: &Attestation, subject: &Digest, keys: &[sign::PublicKey]) -> As
         verdict,
         statement,
     }
+}
+
+/// Whether a statement is an SBOM kiln wrote (its document's creator).
+fn is_kiln_sbom(st: &Value) -> bool {
+    st["predicateType"] == SPDX_PREDICATE_TYPE
+        && st["predicate"]["creationInfo"]["creators"][0]
+            .as_str()
+            .is_some_and(|c| c.starts_with("Tool: kiln-"))
 }
 
 /// Sign, in `layout`, the unsigned statements attached to `subject` that name it: each is
@@ -394,8 +408,9 @@ pub fn sign_in_place(
                     source,
                 }
             })?;
-        // Only what kiln recorded about this very artifact gets this key behind it.
-        if !provenance::is_kiln(&statement)
+        // Only what kiln recorded about this very artifact (its provenance, its SBOM) gets
+        // this key behind it.
+        if !(provenance::is_kiln(&statement) || is_kiln_sbom(&statement))
             || statement["subject"][0]["digest"]["sha256"].as_str() != Some(digest.hex().as_str())
         {
             continue;

@@ -109,7 +109,7 @@ impl Provenance {
             .map(|d| json!({"name": "build log", "digest": {"sha256": d.hex()}, "mediaType": "text/plain"}))
             .collect();
         if let Some(d) = &self.sbom {
-            byproducts.push(json!({"name": SBOM_BYPRODUCT, "digest": {"sha256": d.hex()}, "mediaType": crate::sbom::MEDIA_TYPE}));
+            byproducts.push(json!({"name": SBOM_BYPRODUCT, "digest": {"sha256": d.hex()}, "mediaType": super::SPDX_MEDIA_TYPE}));
         }
         let mut external = json!({
             "source": self.source_url,

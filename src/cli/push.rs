@@ -88,14 +88,31 @@ pub fn push(a: PushArgs) -> Result<ExitCode> {
     let layout = OciLayout::open(&path)?;
     let (desc, layout_tag) = resolve_in_layout(&layout, tag.as_deref())?;
     if let Some(signer) = super::key::signer(a.sign_key.as_ref(), a.sigstore_bundle)? {
-        let n = kiln::attest::sign_in_place(&layout, &desc, &signer)?;
         let digest = kiln::digest::Digest::from_oci(desc.digest())?;
-        let signed = layout.referrers(&digest)?.iter().any(|r| {
+        // The key vouches for how the artifact was built: without a provenance (a
+        // `kiln pack --sbom` layout holds only an SBOM) nothing is signed, nothing pushed.
+        let provenance = layout.referrers(&digest)?.iter().any(|r| {
             kiln::attest::is_attestation(r)
-                && r.artifact_type()
-                    .as_ref()
-                    .is_some_and(|t| t.to_string().ends_with("+dsse"))
+                && r.annotations().as_ref().is_some_and(|a| {
+                    a.get(kiln::attest::PREDICATE_ANNOTATION)
+                        .map(String::as_str)
+                        == Some(kiln::attest::provenance::PREDICATE_TYPE)
+                })
         });
+        let n = if provenance {
+            kiln::attest::sign_in_place(&layout, &desc, &signer)?
+        } else {
+            0
+        };
+        let signed = provenance
+            && layout.referrers(&digest)?.iter().any(|r| {
+                r.artifact_type().as_ref().is_some_and(|t| {
+                    t.to_string()
+                        == kiln::attest::signed_artifact_type(
+                            kiln::attest::provenance::PREDICATE_TYPE,
+                        )
+                })
+            });
         if !signed {
             bail!(
                 "--sign-key: {} holds no kiln provenance for {} to sign; nothing was pushed",

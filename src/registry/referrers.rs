@@ -161,7 +161,7 @@ impl Repository<'_> {
         &self,
         subject: &Digest,
     ) -> Result<Vec<(Descriptor, Result<Option<Attestation>, PushError>)>, PushError> {
-        self.attestations_where(subject, |p| p != Some(crate::sbom::PREDICATE_TYPE))
+        self.attestations_where(subject, |p| p != Some(crate::attest::SPDX_PREDICATE_TYPE))
             .await
     }
 

@@ -34,12 +34,7 @@ use crate::pack::{FileTap, Layer};
 use crate::store::OciLayout;
 use detect::Metadata;
 
-/// The in-toto predicate type of an SBOM statement: BuildKit's and cosign's (`--type
-/// spdxjson`) choice, which their readers match exactly. The SPDX version is the document's
-/// own `spdxVersion` (`SPDX-2.3`).
-pub const PREDICATE_TYPE: &str = "https://spdx.dev/Document";
-/// The media type of an SPDX JSON document.
-pub const MEDIA_TYPE: &str = "application/spdx+json";
+pub use crate::attest::{SPDX_MEDIA_TYPE as MEDIA_TYPE, SPDX_PREDICATE_TYPE as PREDICATE_TYPE};
 /// The most files an SBOM lists; the rest are counted, and covered by the package
 /// verification code.
 pub const FILE_CAP: usize = 10_000;

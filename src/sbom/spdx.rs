@@ -7,6 +7,9 @@ use sha2::Digest as _;
 use super::{Contents, FILE_CAP, Found, PREDICATE_TYPE};
 use crate::digest::Digest;
 
+/// The base of every SBOM's `documentNamespace` (a name, never fetched).
+pub const NAMESPACE: &str = "https://github.com/kiln-build/kiln/spdx";
+
 /// The root package's identifier.
 pub const ROOT_ID: &str = "SPDXRef-Artifact";
 
@@ -205,7 +208,7 @@ pub fn document(subject: &Subject, contents: &Contents, base: Option<&Base>) -> 
         "dataLicense": "CC0-1.0",
         "SPDXID": "SPDXRef-DOCUMENT",
         "name": format!("{}@{}", subject.name, subject.digest),
-        "documentNamespace": format!("https://github.com/kiln-build/kiln/spdx/{}/{}", subject.name.replace(['/', ' ', '#'], "-"), subject.digest),
+        "documentNamespace": format!("{NAMESPACE}/{}/{}", subject.name.replace(['/', ' ', '#'], "-"), subject.digest),
         "creationInfo": {
             "created": crate::image::rfc3339(subject.epoch).unwrap_or_default(),
             "creators": [format!("Tool: kiln-{}", env!("CARGO_PKG_VERSION"))],
