@@ -541,6 +541,7 @@ fn a_signed_sbom_verifies_independently_and_kiln_sbom_checks_its_key() {
         "and refuses it with another key"
     );
 
+    checked_sbom(&layout, "signed", t.path());
     // kiln sbom: with the right key it prints the document; with another it refuses.
     let out = run_ok(
         kiln()

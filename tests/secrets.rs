@@ -178,13 +178,29 @@ fn tokens_and_passwords_never_show() {
         }
         out
     });
-    assert!(!statements.is_empty(), "the provenance was found");
-    for st in statements {
-        let st = String::from_utf8_lossy(&st);
-        assert!(st.contains("https://slsa.dev/provenance/v1"), "{st}");
+    let texts: Vec<String> = statements
+        .iter()
+        .map(|st| String::from_utf8_lossy(st).into_owned())
+        .collect();
+    // The provenance and the SBOM, neither holding a secret.
+    for predicate in [
+        "https://slsa.dev/provenance/v1",
+        "https://spdx.dev/Document",
+    ] {
+        assert_eq!(
+            texts
+                .iter()
+                .filter(|st| st.contains(&format!("\"predicateType\":\"{predicate}\"")))
+                .count(),
+            1,
+            "{predicate} in {texts:?}"
+        );
+    }
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    for st in &texts {
         assert!(
             !st.contains(GITHUB_TOKEN) && !st.contains(REGISTRY_PASSWORD),
-            "a secret in the provenance"
+            "a secret in an attestation"
         );
     }
 }

@@ -30,6 +30,23 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// The referrers listed are exactly a signed provenance and a signed SBOM.
+fn assert_signed_provenance_and_sbom(listed: &[serde_json::Value]) {
+    let mut types: Vec<&str> = listed
+        .iter()
+        .map(|r| r["artifactType"].as_str().unwrap())
+        .collect();
+    types.sort();
+    assert_eq!(
+        types,
+        [
+            "application/vnd.in-toto.provenance+dsse",
+            "application/vnd.in-toto.spdx+dsse"
+        ],
+        "{listed:?}"
+    );
+}
+
 /// `kiln trust REF ARGS...`.
 fn trust(reference: &str, args: &[&str]) -> Output {
     kiln()
@@ -188,19 +205,7 @@ fn signed_provenance_verifies_independently_and_passes_the_gate() {
         // Two referrers: the signed provenance and the signed SBOM (no unsigned statement
         // is kept).
         let listed = referrers(&reg, &format!("{name}/hello"), digest);
-        let mut types: Vec<&str> = listed
-            .iter()
-            .map(|r| r["artifactType"].as_str().unwrap())
-            .collect();
-        types.sort();
-        assert_eq!(
-            types,
-            [
-                "application/vnd.in-toto.provenance+dsse",
-                "application/vnd.in-toto.spdx+dsse"
-            ],
-            "{listed:?}"
-        );
+        assert_signed_provenance_and_sbom(&listed);
         let r = listed
             .iter()
             .find(|r| r["annotations"]["in-toto.io/predicate-type"] == PROVENANCE)
@@ -796,19 +801,7 @@ fn one_shot_commands_sign_what_they_publish() {
     let digest = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     // The provenance and the SBOM, both signed in the layout before the push.
     let listed = referrers(&reg, "pushed/hello", &digest);
-    let mut types: Vec<&str> = listed
-        .iter()
-        .map(|r| r["artifactType"].as_str().unwrap())
-        .collect();
-    types.sort();
-    assert_eq!(
-        types,
-        [
-            "application/vnd.in-toto.provenance+dsse",
-            "application/vnd.in-toto.spdx+dsse"
-        ],
-        "{listed:?}"
-    );
+    assert_signed_provenance_and_sbom(&listed);
     let ok = trust(&target, &key_args("--key", &[&key]));
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
 

@@ -115,6 +115,60 @@ fn a_reproducible_build_verifies_from_its_provenance_alone() {
 }
 
 #[test]
+fn an_sbom_that_differs_under_identical_layers_is_reported_as_a_kiln_bug() {
+    builder_image("busybox");
+    let gh = FakeGitHub::start(None);
+    let (dir, _) = served_repo(
+        &gh,
+        "acme/hello",
+        &[("hello.sh", HELLO_SH), ("kiln.toml", HELLO_TOML)],
+    );
+    let reg = Registry::start();
+    let t = tempfile::tempdir().unwrap();
+    let l = t.path().join("l");
+    build_push(&dir, &l, &reg.addr, &[]);
+    // A newer provenance of the same build that records another SBOM: the rebuild's layers
+    // match, its SBOM cannot.
+    let layout = kiln::store::OciLayout::open(&l).unwrap();
+    let desc = kiln::store::ContentStore::resolve(&layout, "hello")
+        .unwrap()
+        .unwrap();
+    let subject: kiln::Digest = desc.digest().as_ref().parse().unwrap();
+    let mut st = statement_of(&layout, &subject);
+    let other = kiln::Digest::of(b"another SBOM");
+    for b in st["predicate"]["runDetails"]["byproducts"]
+        .as_array_mut()
+        .unwrap()
+    {
+        if b["name"] == "sbom" {
+            b["digest"]["sha256"] = other.hex().into();
+        }
+    }
+    st["predicate"]["runDetails"]["metadata"]["finishedOn"] = "2099-01-01T00:00:00Z".into();
+    kiln::attest::attach(&layout, &desc, &st, 4_070_908_800, None).unwrap();
+    run_ok(
+        kiln()
+            .arg("push")
+            .arg(format!("{}:hello", l.display()))
+            .arg(format!("{}/acme/sbombug:t", reg.addr)),
+    );
+    let out = verify(&format!("{}/acme/sbombug:t", reg.addr), &["--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["comparison"]["identical"], true, "the layers match");
+    assert_eq!(report["identical"], false);
+    assert_eq!(report["sbom"]["expected"], other.to_string());
+    assert_eq!(report["sbom"]["kiln_bug"], true);
+    let out = verify(&format!("{}/acme/sbombug:t", reg.addr), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("DIFFERENT SBOM") && text(&out).contains("This is a kiln bug"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
 fn a_random_file_fails_verify_and_is_the_only_path_named() {
     builder_image("busybox");
     let gh = FakeGitHub::start(None);
@@ -432,12 +486,21 @@ fn what_cannot_be_verified_exits_2_with_the_reason() {
     assert_eq!(v["verified"], false);
 }
 
-/// The provenance statement attached to `subject` in a layout.
+/// The provenance statement attached to `subject` in a layout (beside its SBOM).
 fn statement_of(layout: &kiln::store::OciLayout, subject: &kiln::Digest) -> serde_json::Value {
     let r = layout.referrers(subject).unwrap();
+    let prov = r
+        .iter()
+        .find(|d| {
+            d.annotations()
+                .as_ref()
+                .and_then(|a| a.get("in-toto.io/predicate-type"))
+                .is_some_and(|p| p == "https://slsa.dev/provenance/v1")
+        })
+        .expect("a provenance referrer");
     let m: serde_json::Value = serde_json::from_slice(
         &layout
-            .read_blob(&r[0].digest().as_ref().parse().unwrap())
+            .read_blob(&prov.digest().as_ref().parse().unwrap())
             .unwrap(),
     )
     .unwrap();

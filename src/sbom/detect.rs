@@ -107,6 +107,21 @@ fn field<'a>(stanza: &[(&'a str, &'a str)], name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
+/// A distribution package's purl qualifiers: its architecture, and the distribution release
+/// (`debian-12`) when `os-release` names one.
+fn qualifiers(arch: Option<&str>, distro: Option<&Distro>) -> Vec<(&'static str, String)> {
+    let mut q = Vec::new();
+    if let Some(a) = arch {
+        q.push(("arch", a.to_owned()));
+    }
+    if let Some(d) = distro
+        && let Some(v) = &d.version_id
+    {
+        q.push(("distro", format!("{}-{v}", d.id)));
+    }
+    q
+}
+
 /// The installed packages a dpkg status file (or a `status.d` entry) lists. An entry of
 /// `status.d` carries no `Status` field: it is installed by being there.
 pub fn dpkg(path: &str, text: &str, distro: Option<&Distro>) -> Vec<Found> {
@@ -121,22 +136,12 @@ pub fn dpkg(path: &str, text: &str, distro: Option<&Distro>) -> Vec<Found> {
         {
             continue;
         }
-        let arch = field(&s, "Architecture");
-        let mut q = Vec::new();
-        if let Some(a) = arch {
-            q.push(("arch", a.to_owned()));
-        }
-        if let Some(d) = distro
-            && let Some(v) = &d.version_id
-        {
-            q.push(("distro", format!("{}-{v}", d.id)));
-        }
         out.push(Found::new(
             Ecosystem::Deb,
             name,
             version,
             Some(namespace),
-            &q,
+            &qualifiers(field(&s, "Architecture"), distro),
             path,
             "dpkg status database",
         ));
@@ -159,21 +164,12 @@ pub fn apk(path: &str, text: &str, distro: Option<&Distro>) -> Vec<Found> {
         let (Some(name), Some(version)) = (get("P:"), get("V:")) else {
             continue;
         };
-        let mut q = Vec::new();
-        if let Some(a) = get("A:") {
-            q.push(("arch", a.to_owned()));
-        }
-        if let Some(d) = distro
-            && let Some(v) = &d.version_id
-        {
-            q.push(("distro", format!("{}-{v}", d.id)));
-        }
         out.push(Found::new(
             Ecosystem::Apk,
             name,
             version,
             Some(namespace),
-            &q,
+            &qualifiers(get("A:"), distro),
             path,
             "apk installed database",
         ));
