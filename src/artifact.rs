@@ -44,7 +44,7 @@ pub struct SbomSummary {
     pub packages: u64,
     /// Regular files in the artifact's own layers.
     pub files: u64,
-    /// The first packages by purl, as `name version`.
+    /// The first packages (the artifact's own by purl, then its base's), as `name version`.
     pub first: Vec<String>,
 }
 

@@ -586,6 +586,10 @@ fn the_sbom_travels_with_the_artifact_names_its_base_and_survives_verify() {
         "ID=debian\nVERSION_ID=\"12\"\n",
     )
     .unwrap();
+    // And a Go binary: read from the base layer's stream.
+    let hello = go_binary(&t.path().join("go"));
+    std::fs::create_dir_all(base_dir.join("usr/local/bin")).unwrap();
+    std::fs::copy(&hello, base_dir.join("usr/local/bin/hello")).unwrap();
     let base_layout = t.path().join("base-layout");
     pack(&base_dir, &base_layout, &["--tag", "1"]);
     let base = format!("{}/base/deb:1", reg.addr);
@@ -637,6 +641,8 @@ fn the_sbom_travels_with_the_artifact_names_its_base_and_survives_verify() {
     assert_eq!(base_pkg["versionInfo"], base_digest.as_str());
     assert_eq!(base_pkg["checksums"][0]["checksumValue"], &base_digest[7..]);
     let pkgs = packages(&doc);
+    let (go, _) = go_version_m(&hello);
+    let stdlib = format!("pkg:golang/stdlib@{}", go.trim_start_matches("go"));
     assert_eq!(
         pkgs.iter()
             .map(|p| p.purl.as_str())
@@ -644,7 +650,19 @@ fn the_sbom_travels_with_the_artifact_names_its_base_and_survives_verify() {
         BTreeSet::from([
             "pkg:deb/debian/base-files@12.4%2Bdeb12u5?arch=amd64&distro=debian-12",
             "pkg:deb/debian/libc6@2.36-9%2Bdeb12u7?arch=amd64&distro=debian-12",
+            "pkg:golang/example.com/greet@v1.2.0",
+            "pkg:golang/golang.org/x/shout@v0.3.1",
+            "pkg:golang/example.com/hello@%28devel%29",
+            stdlib.as_str(),
         ])
+    );
+    assert!(
+        pkgs.iter()
+            .filter(|p| p.purl.starts_with("pkg:golang/"))
+            .all(|p| p
+                .found
+                .contains("./usr/local/bin/hello (in the base image)")),
+        "{pkgs:#?}"
     );
     let base_id = base_pkg["SPDXID"].as_str().unwrap();
     let contained = doc["relationships"]
@@ -653,7 +671,7 @@ fn the_sbom_travels_with_the_artifact_names_its_base_and_survives_verify() {
         .iter()
         .filter(|r| r["spdxElementId"] == base_id && r["relationshipType"] == "CONTAINS")
         .count();
-    assert_eq!(contained, 2);
+    assert_eq!(contained, 6);
     // The artifact's own files only: not the base's.
     assert_eq!(doc["files"].as_array().unwrap().len(), 1);
 
@@ -680,4 +698,41 @@ fn the_sbom_travels_with_the_artifact_names_its_base_and_survives_verify() {
         built["artifacts"][0]["sbom"]["digest"]
     );
     assert_eq!(report["sbom"]["kiln_bug"], false);
+}
+
+#[test]
+fn a_hundred_thousand_files_give_an_sbom_within_its_cap() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("many");
+    for d in 0..1000 {
+        let sub = dir.join(format!("d{d:04}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        for f in 0..100 {
+            std::fs::write(sub.join(format!("f{f:03}")), format!("{d}/{f}\n")).unwrap();
+        }
+    }
+    let layout = t.path().join("l");
+    pack(&dir, &layout, &["--tag", "many", "--sbom"]);
+    let file = t.path().join("many.spdx.json");
+    let bytes = sbom_in_layout(&layout, "many", "spdx-json", &file);
+    let doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let files = doc["files"].as_array().unwrap();
+    assert_eq!(files.len(), 10_000, "the documented cap");
+    assert_eq!(files[0]["fileName"], "./d0000/f000");
+    assert_eq!(
+        files[9_999]["fileName"], "./d0099/f099",
+        "the first in path order"
+    );
+    let comment = doc["packages"][0]["comment"].as_str().unwrap();
+    assert!(
+        comment.starts_with("100000 regular files")
+            && comment.contains("the first 10000 in path order are listed"),
+        "{comment}"
+    );
+    assert_eq!(
+        doc["relationships"].as_array().unwrap().len(),
+        10_001,
+        "DESCRIBES, and each listed file CONTAINED_BY"
+    );
+    assert!(bytes.len() < 8 << 20, "{} bytes", bytes.len());
 }

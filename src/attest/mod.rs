@@ -45,9 +45,10 @@ pub const BLOB_ANNOTATION: &str = "dev.kiln.attestation.blob";
 pub const SPDX_PREDICATE_TYPE: &str = "https://spdx.dev/Document";
 /// The media type of an SPDX JSON document.
 pub const SPDX_MEDIA_TYPE: &str = "application/spdx+json";
-/// The largest attestation layer kiln reads (an SBOM listing thousands of files is a few
-/// MiB).
-pub const MAX_ATTESTATION: usize = 64 << 20;
+/// The largest attestation layer kiln reads, but an SBOM's.
+pub const MAX_STATEMENT: usize = 4 << 20;
+/// The largest SBOM layer kiln reads (one listing 10,000 files is a few MiB).
+pub const MAX_SBOM: usize = 64 << 20;
 /// A Sigstore bundle: the referrer's `artifactType` and its layer's media type.
 pub const SIGSTORE_BUNDLE_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
 
@@ -375,7 +376,7 @@ pub fn assess(a: &Attestation, subject: &Digest, keys: &[sign::PublicKey]) -> As
 }
 
 /// Whether a statement is an SBOM kiln wrote (its document's creator).
-fn is_kiln_sbom(st: &Value) -> bool {
+pub fn is_kiln_sbom(st: &Value) -> bool {
     st["predicateType"] == SPDX_PREDICATE_TYPE
         && st["predicate"]["creationInfo"]["creators"][0]
             .as_str()

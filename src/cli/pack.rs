@@ -101,14 +101,15 @@ pub fn pack(a: PackArgs) -> Result<()> {
             source_url: None,
             revision: None,
         };
-        let contents = inventory.finish();
-        let doc = kiln::sbom::spdx::document(&subject, &contents, None);
+        let contents = inventory.finish()?;
+        let packages = contents.packages(None);
+        let doc = kiln::sbom::spdx::document(&subject, &contents, &packages, None);
         let statement = kiln::sbom::spdx::statement(&subject, &doc);
         let referrer = kiln::attest::attach(&layout, &manifest, &statement, epoch, None)?;
         eprintln!(
             "sbom {} ({} packages, {} files) in {:.2}s",
             referrer.digest(),
-            contents.packages.len(),
+            packages.len(),
             contents.total_files,
             sbom_started.elapsed().as_secs_f64()
         );

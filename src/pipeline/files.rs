@@ -67,11 +67,11 @@ pub(super) fn pack_artifact(
         artifact: artifact.name.clone(),
         source,
     })?;
-    for path in &inventory.skipped {
-        tracing::warn!(artifact = %artifact.name, path, "a package database too large to read: its packages are not in the SBOM");
-    }
-    // Binaries are read (for their build info) while the staged tree still exists.
-    Ok((layer, inventory.finish()))
+    let contents = inventory.finish().map_err(|source| PipelineError::Sbom {
+        artifact: artifact.name.clone(),
+        source,
+    })?;
+    Ok((layer, contents))
 }
 
 /// Lay out `files` mappings from `output` into `dst`. Hard links where possible (the packer

@@ -95,6 +95,12 @@ pub enum PipelineError {
     Files { artifact: String, reason: String },
     #[error("artifact {artifact:?}: {source}")]
     Pack { artifact: String, source: PackError },
+    /// The artifact's SBOM could not be made (a binary could not be read).
+    #[error("artifact {artifact:?}: the SBOM: {source}")]
+    Sbom {
+        artifact: String,
+        source: crate::sbom::SbomError,
+    },
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
     #[error(transparent)]
@@ -167,6 +173,7 @@ impl PipelineError {
             PipelineError::Source(e) => e.is_retryable(),
             PipelineError::Build { source, .. } => source.is_retryable(),
             PipelineError::Pack { source, .. } => source.is_retryable(),
+            PipelineError::Sbom { source, .. } => source.is_retryable(),
             PipelineError::Store(e) => e.is_retryable(),
             PipelineError::Image(crate::image::ImageError::Store(e)) => e.is_retryable(),
             PipelineError::Base { source, .. } => source.is_retryable(),

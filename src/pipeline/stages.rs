@@ -391,7 +391,7 @@ pub async fn image(
     })
     .await??;
     let mut out = Vec::new();
-    let mut base_packages: BTreeMap<String, Arc<Vec<crate::sbom::Found>>> = BTreeMap::new();
+    let mut base_packages: BTreeMap<String, Arc<crate::sbom::BaseContents>> = BTreeMap::new();
     for p in packed {
         let artifact = &p.artifact;
         let base = artifact.base.as_ref().and_then(|n| bases.get(n)).cloned();
@@ -473,14 +473,21 @@ pub async fn image(
     Ok(out)
 }
 
-/// The packages found in a base image's layers, read once per build and base.
+/// What a base image's layers hold, read once per build and base.
 async fn base_inventory(
     b: &Build,
     base: &BaseImage,
-    seen: &mut BTreeMap<String, Arc<Vec<crate::sbom::Found>>>,
-) -> Result<crate::sbom::spdx::Base, PipelineError> {
+    seen: &mut BTreeMap<String, Arc<crate::sbom::BaseContents>>,
+) -> Result<
+    (
+        String,
+        crate::digest::Digest,
+        Arc<crate::sbom::BaseContents>,
+    ),
+    PipelineError,
+> {
     let key = base.digest.to_string();
-    let packages = match seen.get(&key) {
+    let contents = match seen.get(&key) {
         Some(p) => p.clone(),
         None => {
             let (layout, layers, scratch, cancel) = (
@@ -492,25 +499,22 @@ async fn base_inventory(
             let found =
                 blocking(move || crate::sbom::scan_base(&layout, &layers, &scratch, &cancel))
                     .await?
-                    .map_err(|e| PipelineError::Base {
-                        name: base.name.clone(),
-                        source: Box::new(match e {
-                            crate::sbom::SbomError::Cancelled => PushError::Cancelled,
-                            e => PushError::Invalid(format!(
-                                "reading its packages for the SBOM: {e}"
-                            )),
-                        }),
+                    .map_err(|e| match e {
+                        crate::sbom::SbomError::Cancelled => PipelineError::Base {
+                            name: base.name.clone(),
+                            source: Box::new(PushError::Cancelled),
+                        },
+                        source => PipelineError::Sbom {
+                            artifact: format!("(base {})", base.name),
+                            source,
+                        },
                     })?;
             let found = Arc::new(found);
             seen.insert(key, found.clone());
             found
         }
     };
-    Ok(crate::sbom::spdx::Base {
-        name: base.name.clone(),
-        digest: base.digest,
-        packages: packages.to_vec(),
-    })
+    Ok((base.name.clone(), base.digest, contents))
 }
 
 /// An SBOM attached to an artifact: its summary and its document's bytes.
@@ -526,17 +530,35 @@ fn attach_sbom(
     desc: &oci_spec::image::Descriptor,
     subject: &crate::sbom::spdx::Subject,
     contents: &crate::sbom::Contents,
-    base: Option<&crate::sbom::spdx::Base>,
+    base: Option<&(
+        String,
+        crate::digest::Digest,
+        Arc<crate::sbom::BaseContents>,
+    )>,
     signer: Option<&crate::attest::sign::Signer>,
 ) -> Result<AttachedSbom, PipelineError> {
-    let doc = crate::sbom::spdx::document(subject, contents, base);
+    // The image's distribution is the artifact's own os-release's, else the base's; a path
+    // the artifact's layer reads packages from hides the base's file at that path.
+    let own = contents.packages(base.and_then(|(_, _, c)| c.distro.as_ref()));
+    let ours = contents.package_paths();
+    let base = base.map(|(name, digest, c)| crate::sbom::spdx::Base {
+        name: name.clone(),
+        digest: *digest,
+        packages: c
+            .packages
+            .iter()
+            .filter(|f| !ours.contains(f.found_in.as_str()))
+            .cloned()
+            .collect(),
+    });
+    let base = base.as_ref();
+    let doc = crate::sbom::spdx::document(subject, contents, &own, base);
     let statement = crate::sbom::spdx::statement(subject, &doc);
     let bytes = crate::json::to_canonical_vec(&doc)
         .map_err(|e| PipelineError::Internal(format!("the SBOM: {e}")))?;
     let digest = crate::digest::Digest::of(&bytes).to_string();
     let referrer = crate::attest::attach(layout, desc, &statement, subject.epoch, signer)?;
-    let all: Vec<&crate::sbom::Found> = contents
-        .packages
+    let all: Vec<&crate::sbom::Found> = own
         .iter()
         .chain(base.iter().flat_map(|b| b.packages.iter()))
         .collect();

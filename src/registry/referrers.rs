@@ -219,7 +219,17 @@ impl Repository<'_> {
                 layer
             }
         };
-        let bytes = self.get_blob(&blob, crate::attest::MAX_ATTESTATION).await?;
+        // Statements are small; an SBOM listing thousands of files is not.
+        let cap = if ann
+            .get(crate::attest::PREDICATE_ANNOTATION)
+            .map(String::as_str)
+            == Some(crate::attest::SPDX_PREDICATE_TYPE)
+        {
+            crate::attest::MAX_SBOM
+        } else {
+            crate::attest::MAX_STATEMENT
+        };
+        let bytes = self.get_blob(&blob, cap).await?;
         let body = Attestation::decode(dsse, &bytes)
             .map_err(|e| invalid(format!("attestation {blob}: {e}")))?;
         Ok(Some(Attestation {

@@ -9,6 +9,8 @@ use object::{Object, ObjectSection};
 
 use super::{Ecosystem, Found};
 
+/// The largest `.dep-v0` section kiln reads (compressed).
+const MAX_AUDIT_SECTION: u64 = 8 << 20;
 /// The most a `.dep-v0` section may inflate to (its JSON).
 const MAX_AUDIT_JSON: u64 = 16 << 20;
 /// The most of a `.go.buildinfo` section kiln reads.
@@ -30,6 +32,7 @@ pub fn detect(path: &str, file: &std::fs::File) -> Vec<Found> {
         out.extend(go_packages(path, &info));
     }
     if let Some(s) = obj.section_by_name(".dep-v0")
+        && s.size() <= MAX_AUDIT_SECTION
         && let Ok(data) = s.data()
     {
         out.extend(cargo_auditable(path, data));
@@ -56,23 +59,23 @@ pub fn go_buildinfo(data: &[u8]) -> Option<GoBuildInfo> {
         return None; // pointer-based (before Go 1.18): not read
     }
     let mut rest = &data[32..];
-    let mut string = || {
+    let mut bytes = || {
         let (len, n) = uvarint(rest)?;
         let len = usize::try_from(len).ok()?;
         let s = rest.get(n..n.checked_add(len)?)?;
         rest = &rest[n + len..];
-        Some(String::from_utf8_lossy(s).into_owned())
+        Some(s)
     };
-    let go_version = string()?;
-    let mut modinfo = string()?;
-    // The module info is framed by 16-byte sentinels.
-    let b = modinfo.as_bytes();
-    if b.len() >= 33 && b[b.len() - 17] == b'\n' {
-        modinfo = String::from_utf8_lossy(&b[16..b.len() - 16]).into_owned();
+    let go_version = String::from_utf8_lossy(bytes()?).into_owned();
+    let mut modinfo = bytes()?;
+    // The module info is framed by 16-byte sentinels (not UTF-8): cut them off the raw
+    // bytes, as Go's debug/buildinfo does.
+    if modinfo.len() >= 33 && modinfo[modinfo.len() - 17] == b'\n' {
+        modinfo = &modinfo[16..modinfo.len() - 16];
     }
     Some(GoBuildInfo {
         go_version,
-        modinfo,
+        modinfo: String::from_utf8_lossy(modinfo).into_owned(),
     })
 }
 
@@ -245,18 +248,25 @@ mod tests {
         data.extend([8u8, 2]);
         data.resize(32, 0);
         let version = b"go1.19.8";
-        let modinfo = format!(
-            "{}path\texample.com/hello\nmod\texample.com/hello\t(devel)\t\ndep\texample.com/a\tv1.2.0\th1:abc=\ndep\texample.com/b\tv0.1.0\t\n=>\texample.com/c\tv0.2.0\th1:def=\nbuild\t-compiler=gc\n{}",
-            "0123456789abcdef", "fedcba9876543210"
-        );
+        // Framed by Go's own sentinels, which are not UTF-8.
+        let mut modinfo =
+            b"\x30\x77\xaf\x0c\x92\x74\x08\x02\x41\xe1\xc1\x07\xe6\xd6\x18\xe6".to_vec();
+        modinfo.extend_from_slice(b"path\texample.com/hello\nmod\texample.com/hello\t(devel)\t\ndep\texample.com/a\tv1.2.0\th1:abc=\ndep\texample.com/b\tv0.1.0\t\n=>\texample.com/c\tv0.2.0\th1:def=\nbuild\t-compiler=gc\n");
+        modinfo
+            .extend_from_slice(b"\xf9\x32\x43\x31\x86\x18\x20\x72\x00\x82\x42\x10\x41\x16\xd8\xf2");
         data.push(version.len() as u8);
         data.extend(version);
         let len = modinfo.len();
         data.extend([(len as u8 & 0x7f) | 0x80, (len >> 7) as u8]);
-        data.extend(modinfo.as_bytes());
+        data.extend(&modinfo);
         let info = go_buildinfo(&data).unwrap();
         assert_eq!(info.go_version, "go1.19.8");
         assert!(info.modinfo.starts_with("path\texample.com/hello\n"));
+        assert!(
+            info.modinfo.ends_with("build\t-compiler=gc\n"),
+            "{:?}",
+            info.modinfo
+        );
         let found = go_packages("usr/bin/hello", &info);
         let purls: Vec<_> = found.iter().map(|f| f.purl.as_str()).collect();
         assert_eq!(

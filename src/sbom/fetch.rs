@@ -68,7 +68,9 @@ fn pick(
         ));
     }
     let verified = |s: &Signature| matches!(s, Signature::Verified { .. });
-    candidates.sort_by_key(|(s, r, _)| (!verified(s), r.clone()));
+    // Signed by a trusted key first, then kiln's own (other tools attach SPDX too).
+    candidates
+        .sort_by_key(|(s, r, st)| (!verified(s), !crate::attest::is_kiln_sbom(st), r.clone()));
     let Some((signature, referrer, statement)) = candidates.into_iter().next() else {
         return Err(FetchError::NotFound(format!(
             "{shown} has no SBOM (no {PREDICATE_TYPE} statement about {subject} among its referrers)"

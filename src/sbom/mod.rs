@@ -2,10 +2,11 @@
 //!
 //! The inventory is taken while the layer is packed ([`Inventory`] is a
 //! [`FileTap`](crate::pack::FileTap)): every regular file is hashed (SHA-1 and SHA-256) from
-//! the same bytes that go into the layer, package databases and metadata files are kept, and
-//! ELF binaries are remembered, to read their build info once packing is done. Nothing is
-//! read twice and nothing depends on the host: the document ([`spdx::document`]) is a function
-//! of the layer's content, the manifest digest, the commit and the base image alone.
+//! the same bytes that go into the layer, metadata files are read as they pass, package
+//! databases are kept until the distribution is known, and each ELF binary's build info is
+//! read from its file once its bytes are in the layer. Nothing depends on the host: the
+//! document ([`spdx::document`]) is a function of the layer's content, the manifest digest,
+//! the commit, the base image and kiln's version alone.
 //!
 //! What is detected ([`detect`], [`binary`]):
 //! - Debian packages: `var/lib/dpkg/status` and `var/lib/dpkg/status.d/*`;
@@ -40,8 +41,6 @@ pub use crate::attest::{SPDX_MEDIA_TYPE as MEDIA_TYPE, SPDX_PREDICATE_TYPE as PR
 pub const FILE_CAP: usize = 10_000;
 /// The largest metadata file (a dpkg status, a `package.json`) kiln reads.
 const MAX_METADATA: u64 = 32 << 20;
-/// The largest binary read from a base layer's stream (spooled to scratch to read sections).
-const MAX_SPOOLED_BINARY: u64 = 512 << 20;
 
 /// Where a package was found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -162,9 +161,22 @@ fn encode_version(v: &str) -> String {
 /// One listed file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileRecord {
+    /// Its path, as text (a name that is not UTF-8 is shown with replacement characters).
     pub path: String,
+    /// Its identifier in the document, from the path's bytes (so two names that only differ
+    /// in bytes that are not UTF-8 never share one).
+    pub id: String,
     pub sha1: [u8; 20],
     pub sha256: [u8; 32],
+}
+
+/// A distribution's package database (dpkg, apk): read once the distribution is known,
+/// which may be named by another layer's `os-release`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Database {
+    pub path: String,
+    kind: Metadata,
+    bytes: Vec<u8>,
 }
 
 /// What an artifact's own layer holds, as the SBOM records it.
@@ -176,20 +188,59 @@ pub struct Contents {
     pub total_bytes: u64,
     /// SPDX's package verification code over every regular file (not only those listed).
     pub verification_code: String,
-    /// Detected packages, sorted by purl and path.
-    pub packages: Vec<Found>,
+    /// Packages that name themselves: binaries' build info, Python and node metadata.
+    found: Vec<Found>,
+    /// Distribution package databases.
+    databases: Vec<Database>,
+    /// The distribution the layer's `os-release` names (`etc/` before `usr/lib/`).
+    pub distro: Option<detect::Distro>,
+    /// Metadata files and binaries too large to read (their packages are not listed).
+    pub skipped: Vec<String>,
 }
 
-/// A binary to read once packing is done.
-enum Binary {
-    /// Its bytes are in this file on the host (the build's output).
-    Path(PathBuf),
-    /// Its bytes were copied here from a layer's stream.
-    Spooled(std::fs::File),
+impl Contents {
+    /// The detected packages, sorted by purl and path; distribution packages are named after
+    /// this layer's distribution, else `fallback` (the base's).
+    pub fn packages(&self, fallback: Option<&detect::Distro>) -> Vec<Found> {
+        let distro = self.distro.as_ref().or(fallback);
+        let mut out = self.found.clone();
+        for d in &self.databases {
+            let text = String::from_utf8_lossy(&d.bytes);
+            out.extend(match d.kind {
+                Metadata::Dpkg => detect::dpkg(&d.path, &text, distro),
+                Metadata::Apk => detect::apk(&d.path, &text, distro),
+                _ => Vec::new(),
+            });
+        }
+        sorted(out)
+    }
+
+    /// The paths this layer reads packages from: a base's findings at these paths are
+    /// replaced by this layer's files.
+    pub fn package_paths(&self) -> std::collections::BTreeSet<&str> {
+        self.found
+            .iter()
+            .map(|f| f.found_in.as_str())
+            .chain(self.databases.iter().map(|d| d.path.as_str()))
+            .collect()
+    }
 }
+
+fn sorted(mut packages: Vec<Found>) -> Vec<Found> {
+    packages.sort_by(|a, b| (&a.purl, &a.found_in).cmp(&(&b.purl, &b.found_in)));
+    packages.dedup_by(|a, b| a.key() == b.key());
+    packages
+}
+
+/// The largest binary whose build info kiln reads (its sections are read from the file, so
+/// a crafted header can make kiln read at most this much).
+const MAX_BINARY: u64 = 512 << 20;
+/// The most a layer's distribution databases may hold in all, kept until the layer ends.
+const MAX_DATABASES: u64 = 128 << 20;
 
 struct Current {
     path: String,
+    id: String,
     sha1: Option<sha1::Sha1>,
     sha256: Option<sha2::Sha256>,
     capture: Option<(Metadata, Vec<u8>)>,
@@ -209,12 +260,16 @@ pub struct Inventory {
     total_files: u64,
     total_bytes: u64,
     cur: Option<Current>,
-    captured: Vec<(String, Metadata, Vec<u8>)>,
-    binaries: Vec<(String, Binary)>,
+    found: Vec<Found>,
+    databases: Vec<Database>,
+    database_bytes: u64,
+    os_release: Vec<(String, Vec<u8>)>,
     /// Where binaries from a stream are spooled.
     scratch: Option<PathBuf>,
-    /// Metadata files too large to read, and binaries too large to spool.
-    pub skipped: Vec<String>,
+    skipped: Vec<String>,
+    /// The first failure to read a binary (a full scratch disk, a file gone): the SBOM
+    /// cannot be complete, so it is not written.
+    failed: Option<SbomError>,
 }
 
 impl Inventory {
@@ -228,10 +283,13 @@ impl Inventory {
             total_files: 0,
             total_bytes: 0,
             cur: None,
-            captured: Vec::new(),
-            binaries: Vec::new(),
+            found: Vec::new(),
+            databases: Vec::new(),
+            database_bytes: 0,
+            os_release: Vec::new(),
             scratch: None,
             skipped: Vec::new(),
+            failed: None,
         }
     }
 
@@ -244,61 +302,58 @@ impl Inventory {
         }
     }
 
-    /// Read what was captured: the packages, sorted, and the files.
-    pub fn finish(mut self) -> Contents {
+    /// What the layer holds, or why its binaries could not be read.
+    pub fn finish(mut self) -> Result<Contents, SbomError> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
         let distro = self
-            .captured
+            .os_release
             .iter()
-            .filter(|(_, m, _)| *m == Metadata::OsRelease)
-            .min_by_key(|(p, _, _)| p != "etc/os-release")
-            .and_then(|(_, _, b)| detect::os_release(&String::from_utf8_lossy(b)));
-        let mut packages = Vec::new();
-        for (path, kind, bytes) in &self.captured {
-            let text = || String::from_utf8_lossy(bytes);
-            packages.extend(match kind {
-                Metadata::Dpkg => detect::dpkg(path, &text(), distro.as_ref()),
-                Metadata::Apk => detect::apk(path, &text(), distro.as_ref()),
-                Metadata::Python => detect::python(path, &text()),
-                Metadata::Node => detect::node(path, bytes),
-                Metadata::OsRelease => Vec::new(),
-            });
-        }
-        for (path, b) in std::mem::take(&mut self.binaries) {
-            let file = match b {
-                Binary::Path(p) => match std::fs::File::open(&p) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        tracing::warn!(path, error = %e, "cannot reopen a binary to read its build info");
-                        continue;
-                    }
-                },
-                Binary::Spooled(f) => f,
-            };
-            packages.extend(binary::detect(&path, &file));
-        }
-        packages.sort_by(|a, b| (&a.purl, &a.found_in).cmp(&(&b.purl, &b.found_in)));
-        packages.dedup_by(|a, b| a.key() == b.key());
+            .min_by_key(|(p, _)| p != "etc/os-release")
+            .and_then(|(_, b)| detect::os_release(&String::from_utf8_lossy(b)));
         self.sha1s.sort_unstable();
         let mut code = sha1::Sha1::new();
         for s in &self.sha1s {
             code.update(hex::encode(s).as_bytes());
         }
-        Contents {
+        for path in &self.skipped {
+            tracing::warn!(
+                path,
+                "too large to read for the SBOM: its packages are not listed"
+            );
+        }
+        Ok(Contents {
             files: self.files,
             total_files: self.total_files,
             total_bytes: self.total_bytes,
             verification_code: hex::encode(code.finalize()),
-            packages,
+            found: sorted(self.found),
+            databases: self.databases,
+            distro,
+            skipped: self.skipped,
+        })
+    }
+
+    fn fail(&mut self, path: &str, source: std::io::Error) {
+        if self.failed.is_none() {
+            self.failed = Some(SbomError::Binary {
+                path: path.to_owned(),
+                source,
+            });
         }
     }
 }
 
 impl FileTap for Inventory {
-    fn begin(&mut self, path: &[u8], source: Option<&Path>, size: u64) {
-        let path = String::from_utf8_lossy(path).into_owned();
+    fn begin(&mut self, raw: &[u8], source: Option<&Path>, size: u64) {
+        let path = String::from_utf8_lossy(raw).into_owned();
         let listed = self.hash && self.files.len() < self.cap;
         let capture = detect::classify(&path).and_then(|m| {
-            if size > MAX_METADATA {
+            let over = size > MAX_METADATA
+                || (matches!(m, Metadata::Dpkg | Metadata::Apk)
+                    && self.database_bytes + size > MAX_DATABASES);
+            if over {
                 self.skipped.push(path.clone());
                 None
             } else {
@@ -306,6 +361,11 @@ impl FileTap for Inventory {
             }
         });
         self.cur = Some(Current {
+            id: if listed {
+                spdx::file_id(raw)
+            } else {
+                String::new()
+            },
             sha1: self.hash.then(sha1::Sha1::new),
             sha256: listed.then(sha2::Sha256::new),
             capture,
@@ -331,33 +391,34 @@ impl FileTap for Inventory {
             buf.extend_from_slice(bytes);
         }
         let earlier = c.head.len();
+        let mut wrote = Ok(());
         if earlier < 4 {
             let want = (4 - earlier).min(bytes.len());
             c.head.extend_from_slice(&bytes[..want]);
             // A binary from a stream: spool it from its first byte, to read its sections.
-            if c.head.len() == 4
-                && c.head == b"\x7fELF"
+            if c.head == b"\x7fELF"
                 && c.source.is_none()
                 && let Some(dir) = &self.scratch
             {
-                if c.size > MAX_SPOOLED_BINARY {
+                if c.size > MAX_BINARY {
                     self.skipped.push(c.path.clone());
                 } else {
-                    c.spool = tempfile::tempfile_in(dir).ok();
                     // The bytes of earlier calls are only in `head`.
-                    if let Some(f) = c.spool.as_mut()
-                        && (f.write_all(&c.head[..earlier]).is_err() || f.write_all(bytes).is_err())
-                    {
-                        c.spool = None;
-                    }
-                    return;
+                    wrote = tempfile::tempfile_in(dir).and_then(|mut f| {
+                        f.write_all(&c.head[..earlier])?;
+                        f.write_all(bytes)?;
+                        c.spool = Some(f);
+                        Ok(())
+                    });
                 }
             }
+        } else if let Some(f) = c.spool.as_mut() {
+            wrote = f.write_all(bytes);
         }
-        if let Some(f) = c.spool.as_mut()
-            && f.write_all(bytes).is_err()
-        {
+        if let Err(e) = wrote {
+            let path = c.path.clone();
             c.spool = None;
+            self.fail(&path, e);
         }
     }
 
@@ -376,24 +437,49 @@ impl FileTap for Inventory {
         if let (Some(s1), Some(s256)) = (sha1, c.sha256) {
             self.files.push(FileRecord {
                 path: c.path.clone(),
+                id: c.id,
                 sha1: s1,
                 sha256: s256.finalize().into(),
             });
         }
-        if let Some((m, buf)) = c.capture {
-            self.captured.push((c.path.clone(), m, buf));
+        // Metadata that names its own version is read now; databases wait for the distro.
+        match c.capture {
+            Some((Metadata::Python, b)) => self
+                .found
+                .extend(detect::python(&c.path, &String::from_utf8_lossy(&b))),
+            Some((Metadata::Node, b)) => self.found.extend(detect::node(&c.path, &b)),
+            Some((Metadata::OsRelease, b)) => self.os_release.push((c.path.clone(), b)),
+            Some((kind, bytes)) => {
+                self.database_bytes += bytes.len() as u64;
+                self.databases.push(Database {
+                    path: c.path.clone(),
+                    kind,
+                    bytes,
+                });
+            }
+            None => {}
         }
+        // A binary is read at once, one open file at a time.
         if c.head == b"\x7fELF" {
-            match (c.source, c.spool) {
-                (Some(p), _) => self.binaries.push((c.path, Binary::Path(p))),
-                (None, Some(f)) => self.binaries.push((c.path, Binary::Spooled(f))),
-                (None, None) => {}
+            let file = match (c.source, c.spool) {
+                (_, Some(f)) => Some(Ok(f)),
+                (Some(_), None) if c.size > MAX_BINARY => {
+                    self.skipped.push(c.path.clone());
+                    None
+                }
+                (Some(p), None) => Some(std::fs::File::open(p)),
+                (None, None) => None,
+            };
+            match file {
+                Some(Ok(f)) => self.found.extend(binary::detect(&c.path, &f)),
+                Some(Err(e)) => self.fail(&c.path, e),
+                None => {}
             }
         }
     }
 }
 
-/// Why the packages of a base image could not be read.
+/// Why an SBOM could not be made or read.
 #[derive(Debug, thiserror::Error)]
 pub enum SbomError {
     #[error("reading the base image's layer {digest}: {source}")]
@@ -401,10 +487,50 @@ pub enum SbomError {
         digest: Digest,
         source: std::io::Error,
     },
+    #[error("reading the binary {path} for its build info: {source}")]
+    Binary {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("reading the SBOM: {0}")]
     Invalid(String),
     #[error("the SBOM scan was cancelled")]
     Cancelled,
+}
+
+impl SbomError {
+    /// Whether trying again could help: the disk, not the content, failed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SbomError::Layer { .. } | SbomError::Binary { .. })
+    }
+}
+
+/// What a base image holds: its packages, and the distribution its `os-release` names.
+#[derive(Clone, Debug, Default)]
+pub struct BaseContents {
+    pub packages: Vec<Found>,
+    pub distro: Option<detect::Distro>,
+}
+
+/// A merged view of layers, path by path: a later layer's file replaces an earlier one's,
+/// whiteouts remove them.
+#[derive(Default)]
+struct Merged {
+    found: BTreeMap<String, Vec<Found>>,
+    databases: BTreeMap<String, Database>,
+    os_release: BTreeMap<String, Vec<u8>>,
+}
+
+impl Merged {
+    /// Remove `dir` and everything under it (`""`: everything).
+    fn remove_under(&mut self, dir: &str, and_itself: bool) {
+        let prefix = format!("{dir}/");
+        let gone =
+            |k: &String| dir.is_empty() || k.starts_with(&prefix) || (and_itself && k == dir);
+        self.found.retain(|k, _| !gone(k));
+        self.databases.retain(|k, _| !gone(k));
+        self.os_release.retain(|k, _| !gone(k));
+    }
 }
 
 /// The packages detected in a base image's layers (in the layout), as the image's filesystem
@@ -414,8 +540,8 @@ pub fn scan_base(
     layers: &[Layer],
     scratch: &Path,
     cancel: &tokio_util::sync::CancellationToken,
-) -> Result<Vec<Found>, SbomError> {
-    let mut by_path: BTreeMap<String, Vec<Found>> = BTreeMap::new();
+) -> Result<BaseContents, SbomError> {
+    let mut merged = Merged::default();
     for layer in layers {
         let err = |source| SbomError::Layer {
             digest: layer.digest,
@@ -446,17 +572,8 @@ pub fn scan_base(
                 .trim_end_matches('/')
                 .to_owned();
             let (dir, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
-            let under = |prefix: &str| {
-                let p = if prefix.is_empty() {
-                    String::new()
-                } else {
-                    format!("{prefix}/")
-                };
-                move |k: &String| p.is_empty() || k.starts_with(&p)
-            };
             if name == ".wh..wh..opq" {
-                let keep = under(dir);
-                by_path.retain(|k, _| !keep(k));
+                merged.remove_under(dir, false);
                 continue;
             }
             if let Some(gone) = name.strip_prefix(".wh.") {
@@ -465,11 +582,14 @@ pub fn scan_base(
                 } else {
                     format!("{dir}/{gone}")
                 };
-                let inside = under(&target);
-                by_path.retain(|k, _| *k != target && !inside(k));
+                merged.remove_under(&target, true);
                 continue;
             }
-            by_path.remove(&path);
+            // Whatever stood at this path before is replaced (a directory replaced by a
+            // file or a link takes what was under it too).
+            if !entry.header().entry_type().is_dir() {
+                merged.remove_under(&path, true);
+            }
             if !entry.header().entry_type().is_file() {
                 continue;
             }
@@ -497,15 +617,32 @@ pub fn scan_base(
             }
             inv.end();
         }
-        let mut layer_found: BTreeMap<String, Vec<Found>> = BTreeMap::new();
-        for f in inv.finish().packages {
-            layer_found.entry(f.found_in.clone()).or_default().push(f);
+        let found = std::mem::take(&mut inv.found);
+        let databases = std::mem::take(&mut inv.databases);
+        let os_release = std::mem::take(&mut inv.os_release);
+        inv.finish()?;
+        for f in found {
+            merged.found.entry(f.found_in.clone()).or_default().push(f);
         }
-        by_path.extend(layer_found);
+        for d in databases {
+            merged.databases.insert(d.path.clone(), d);
+        }
+        merged.os_release.extend(os_release);
     }
-    let mut out: Vec<Found> = by_path.into_values().flatten().collect();
-    out.sort_by(|a, b| (&a.purl, &a.found_in).cmp(&(&b.purl, &b.found_in)));
-    Ok(out)
+    let distro = ["etc/os-release", "usr/lib/os-release"]
+        .iter()
+        .find_map(|p| merged.os_release.get(*p))
+        .and_then(|b| detect::os_release(&String::from_utf8_lossy(b)));
+    let contents = Contents {
+        found: merged.found.into_values().flatten().collect(),
+        databases: merged.databases.into_values().collect(),
+        distro: distro.clone(),
+        ..Contents::default()
+    };
+    Ok(BaseContents {
+        packages: contents.packages(None),
+        distro,
+    })
 }
 
 /// The SBOM document inside a statement's bytes (the predicate), as canonical JSON: what
@@ -559,6 +696,7 @@ mod tests {
         let one = tar_layer(
             &layout,
             &[
+                ("usr/lib/os-release", b"ID=ubuntu\nVERSION_ID=\"24.04\"\n"),
                 ("var/lib/dpkg/status", status("old").as_bytes()),
                 (
                     "usr/lib/py/x-1.0.dist-info/METADATA",
@@ -572,24 +710,68 @@ mod tests {
                     "opt/node_modules/b/package.json",
                     br#"{"name":"b","version":"2.0.0"}"#,
                 ),
+                (
+                    "home/node_modules/c/package.json",
+                    br#"{"name":"c","version":"3.0.0"}"#,
+                ),
             ],
         );
+        // A later layer rewrites the dpkg database (an `apt-get install` layer): its
+        // packages belong to the distribution the first layer names.
         let two = tar_layer(
             &layout,
             &[
                 ("var/lib/dpkg/status", status("new").as_bytes()),
                 ("usr/lib/py/.wh.x-1.0.dist-info", b""),
                 ("srv/.wh..wh..opq", b""),
+                // A file where a directory stood replaces what was under it.
+                ("home/node_modules", b"now a file"),
             ],
         );
         let cancel = tokio_util::sync::CancellationToken::new();
-        let found = scan_base(&layout, &[one, two], t.path(), &cancel).unwrap();
-        let purls: Vec<&str> = found.iter().map(|f| f.purl.as_str()).collect();
+        let base = scan_base(&layout, &[one, two], t.path(), &cancel).unwrap();
+        let purls: Vec<&str> = base.packages.iter().map(|f| f.purl.as_str()).collect();
         assert_eq!(
             purls,
-            ["pkg:deb/debian/new@1?arch=all", "pkg:npm/b@2.0.0"],
+            [
+                "pkg:deb/ubuntu/new@1?arch=all&distro=ubuntu-24.04",
+                "pkg:npm/b@2.0.0"
+            ],
             "the later status replaces the earlier; whiteouts remove what they cover"
         );
+        assert_eq!(base.distro.unwrap().id, "ubuntu");
+    }
+
+    #[test]
+    fn an_artifact_without_os_release_takes_its_base_distribution() {
+        let mut inv = Inventory::new(10);
+        let status = b"Package: tool\nArchitecture: amd64\nVersion: 2\n";
+        inv.begin(b"var/lib/dpkg/status.d/tool", None, status.len() as u64);
+        inv.data(status);
+        inv.end();
+        let c = inv.finish().unwrap();
+        let debian = detect::Distro {
+            id: "debian".into(),
+            version_id: Some("12".into()),
+        };
+        assert_eq!(
+            c.packages(Some(&debian))[0].purl,
+            "pkg:deb/debian/tool@2?arch=amd64&distro=debian-12"
+        );
+        assert!(c.package_paths().contains("var/lib/dpkg/status.d/tool"));
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_keep_distinct_identifiers() {
+        let mut inv = Inventory::new(10);
+        for p in [&b"a\xff"[..], b"a\xfe"] {
+            inv.begin(p, None, 1);
+            inv.data(b"x");
+            inv.end();
+        }
+        let c = inv.finish().unwrap();
+        assert_eq!(c.files[0].path, c.files[1].path, "both shown as a\u{fffd}");
+        assert_ne!(c.files[0].id, c.files[1].id);
     }
 
     #[test]
@@ -600,7 +782,7 @@ mod tests {
             inv.data(body.as_bytes());
             inv.end();
         }
-        let c = inv.finish();
+        let c = inv.finish().unwrap();
         assert_eq!(c.files.len(), 2);
         assert_eq!(c.total_files, 3);
         assert_eq!(c.total_bytes, 6);

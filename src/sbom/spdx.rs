@@ -46,6 +46,14 @@ fn short_hash(parts: &[&str]) -> String {
     hex::encode(&h.finalize()[..8])
 }
 
+/// A listed file's identifier: from its path's bytes.
+pub fn file_id(raw_path: &[u8]) -> String {
+    let mut h = sha2::Sha256::new();
+    h.update(raw_path);
+    h.update([0]);
+    format!("SPDXRef-File-{}", hex::encode(&h.finalize()[..8]))
+}
+
 fn package_id(scope: &str, f: &Found) -> String {
     format!(
         "SPDXRef-Package-{}-{}",
@@ -81,8 +89,14 @@ fn found_package(id: &str, f: &Found, location: &str) -> Value {
     p
 }
 
-/// The SPDX document for `subject`, whose own layer holds `contents`, on `base`.
-pub fn document(subject: &Subject, contents: &Contents, base: Option<&Base>) -> Value {
+/// The SPDX document for `subject`, whose own layer holds `contents` with `packages` (see
+/// [`Contents::packages`]), on `base`.
+pub fn document(
+    subject: &Subject,
+    contents: &Contents,
+    packages_found: &[Found],
+    base: Option<&Base>,
+) -> Value {
     let hex = subject.digest.hex();
     let mut packages = Vec::new();
     let mut relationships: Vec<(String, &'static str, String)> = vec![(
@@ -131,13 +145,12 @@ pub fn document(subject: &Subject, contents: &Contents, base: Option<&Base>) -> 
     packages.push(root);
 
     // The packages found in its own layer.
-    let own_ids: std::collections::BTreeMap<String, String> = contents
-        .packages
+    let own_ids: std::collections::BTreeMap<String, String> = packages_found
         .iter()
         .map(|f| (f.key(), package_id("", f)))
         .collect();
     let mut found: Vec<(String, Value)> = Vec::new();
-    for f in &contents.packages {
+    for f in packages_found {
         let id = own_ids[&f.key()].clone();
         relationships.push((ROOT_ID.to_owned(), "CONTAINS", id.clone()));
         for d in &f.depends_on {
@@ -184,7 +197,7 @@ pub fn document(subject: &Subject, contents: &Contents, base: Option<&Base>) -> 
     // The files.
     let mut files = Vec::with_capacity(contents.files.len());
     for f in &contents.files {
-        let id = format!("SPDXRef-File-{}", short_hash(&[&f.path]));
+        let id = f.id.clone();
         files.push(json!({
             "SPDXID": id,
             "fileName": format!("./{}", f.path),

@@ -192,15 +192,22 @@ pub async fn verify(
             .map_err(|e| VerifyError::Rebuild(Box::new(PipelineError::Internal(e.to_string()))))?
             .map_err(|e| rebuild_error(PipelineError::Store(e)))?
     };
-    // The SBOM, when the provenance records one: the same layers must give the same SBOM.
-    let sbom = rec.sbom.as_ref().map(|expected| report::SbomCheck {
-        identical: Some(expected) == rebuilt_sbom.as_ref(),
-        expected: expected.clone(),
-        rebuilt: rebuilt_sbom.clone(),
-        kiln_bug: comparison.identical && Some(expected) != rebuilt_sbom.as_ref(),
-    });
-    let identical = comparison.identical && sbom.as_ref().is_none_or(|s| s.identical);
+    // The SBOM, when the provenance records one: the same layers must give the same SBOM,
+    // from the same kiln (another version may detect more, and names itself in it).
     let here = env!("CARGO_PKG_VERSION");
+    let comparable = rec.kiln.as_deref().is_none_or(|k| k == here);
+    let sbom = rec.sbom.as_ref().map(|expected| {
+        let same = Some(expected) == rebuilt_sbom.as_ref();
+        report::SbomCheck {
+            identical: same,
+            expected: expected.clone(),
+            rebuilt: rebuilt_sbom.clone(),
+            comparable,
+            kiln_bug: comparable && comparison.identical && !same,
+        }
+    });
+    let identical =
+        comparison.identical && sbom.as_ref().is_none_or(|s| s.identical || !s.comparable);
     if !comparison.identical
         && let Some(recorded) = rec.kiln.as_deref()
         && recorded != here

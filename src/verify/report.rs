@@ -28,6 +28,9 @@ pub struct SbomCheck {
     pub expected: String,
     pub rebuilt: Option<String>,
     pub identical: bool,
+    /// Whether the recorded SBOM was made by this kiln version (SBOMs of another version are
+    /// shown, not compared: it may detect more, and it names itself in the document).
+    pub comparable: bool,
     /// Identical layers with a different SBOM: kiln's own fault, never the build's.
     pub kiln_bug: bool,
 }
@@ -66,14 +69,19 @@ impl Report {
         );
         if let Some(s) = &self.sbom {
             out.push_str(&format!(
-                "  sbom     {} (rebuilt {})\n",
+                "  sbom     {} (rebuilt {}{})\n",
                 s.expected,
-                s.rebuilt.as_deref().unwrap_or("none")
+                s.rebuilt.as_deref().unwrap_or("none"),
+                if s.comparable {
+                    ""
+                } else {
+                    "; made by another kiln version, not compared"
+                }
             ));
         }
         if self.identical {
             out.push_str(
-                "IDENTICAL: the rebuild from the provenance gives the same bytes, and the same SBOM\n",
+                "IDENTICAL: the rebuild from the provenance gives the same bytes (and SBOM)\n",
             );
         } else if let Some(s) = self.sbom.as_ref().filter(|s| s.kiln_bug) {
             out.push_str(&format!(
