@@ -78,6 +78,22 @@ pub fn encode(statement: &Value, signer: Option<&Signer>) -> Result<Encoded, Ima
         r.map_err(|source| ImageError::Json { what, source })
     };
     let bytes = json("statement", crate::json::to_canonical_vec(statement))?;
+    encode_canonical(
+        bytes,
+        statement["predicateType"].as_str().unwrap_or(""),
+        signer,
+    )
+}
+
+/// [`encode`] for a statement already in canonical JSON (`bytes`), of `predicate_type`.
+pub fn encode_canonical(
+    bytes: Vec<u8>,
+    predicate_type: &str,
+    signer: Option<&Signer>,
+) -> Result<Encoded, ImageError> {
+    let json = |what, r: Result<Vec<u8>, serde_json::Error>| {
+        r.map_err(|source| ImageError::Json { what, source })
+    };
     Ok(match signer {
         None => Encoded {
             media_type: IN_TOTO_MEDIA_TYPE,
@@ -88,9 +104,7 @@ pub fn encode(statement: &Value, signer: Option<&Signer>) -> Result<Encoded, Ima
             let envelope = Envelope::sign(&bytes, s);
             Encoded {
                 media_type: DSSE_MEDIA_TYPE,
-                artifact_type: signed_artifact_type(
-                    statement["predicateType"].as_str().unwrap_or(""),
-                ),
+                artifact_type: signed_artifact_type(predicate_type),
                 bytes: json("envelope", crate::json::to_canonical_vec(&envelope))?,
             }
         }
@@ -109,6 +123,31 @@ pub fn attach(
 ) -> Result<Descriptor, ImageError> {
     let encoded = encode(statement, signer)?;
     let predicate = statement["predicateType"].as_str().unwrap_or("");
+    attach_signed(layout, subject, encoded, predicate, created, signer)
+}
+
+/// [`attach`] for a statement already in canonical JSON (`bytes`), of `predicate` type: a
+/// large statement (an SBOM) is never held as a `serde_json::Value`.
+pub fn attach_canonical(
+    layout: &OciLayout,
+    subject: &Descriptor,
+    bytes: Vec<u8>,
+    predicate: &str,
+    created: u64,
+    signer: Option<&Signer>,
+) -> Result<Descriptor, ImageError> {
+    let encoded = encode_canonical(bytes, predicate, signer)?;
+    attach_signed(layout, subject, encoded, predicate, created, signer)
+}
+
+fn attach_signed(
+    layout: &OciLayout,
+    subject: &Descriptor,
+    encoded: Encoded,
+    predicate: &str,
+    created: u64,
+    signer: Option<&Signer>,
+) -> Result<Descriptor, ImageError> {
     let d = attach_encoded(layout, subject, &encoded, predicate, created)?;
     if let Some(s) = signer.filter(|s| s.sigstore_bundle()) {
         let bundle = sigstore_bundle(&encoded.bytes, s)?;

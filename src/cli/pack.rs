@@ -105,7 +105,14 @@ pub fn pack(a: PackArgs) -> Result<()> {
         let packages = contents.packages(None);
         let doc = kiln::sbom::spdx::document(&subject, &contents, &packages, None);
         let statement = kiln::sbom::spdx::statement(&subject, &doc);
-        let referrer = kiln::attest::attach(&layout, &manifest, &statement, epoch, None)?;
+        let referrer = kiln::attest::attach_canonical(
+            &layout,
+            &manifest,
+            statement,
+            kiln::sbom::PREDICATE_TYPE,
+            epoch,
+            None,
+        )?;
         eprintln!(
             "sbom {} ({} packages, {} files) in {:.2}s",
             referrer.digest(),

@@ -552,12 +552,17 @@ fn attach_sbom(
             .collect(),
     });
     let base = base.as_ref();
-    let doc = crate::sbom::spdx::document(subject, contents, &own, base);
-    let statement = crate::sbom::spdx::statement(subject, &doc);
-    let bytes = crate::json::to_canonical_vec(&doc)
-        .map_err(|e| PipelineError::Internal(format!("the SBOM: {e}")))?;
+    let bytes = crate::sbom::spdx::document(subject, contents, &own, base);
+    let statement = crate::sbom::spdx::statement(subject, &bytes);
     let digest = crate::digest::Digest::of(&bytes).to_string();
-    let referrer = crate::attest::attach(layout, desc, &statement, subject.epoch, signer)?;
+    let referrer = crate::attest::attach_canonical(
+        layout,
+        desc,
+        statement,
+        crate::sbom::PREDICATE_TYPE,
+        subject.epoch,
+        signer,
+    )?;
     let all: Vec<&crate::sbom::Found> = own
         .iter()
         .chain(base.iter().flat_map(|b| b.packages.iter()))
