@@ -397,7 +397,11 @@ pub async fn image(
         let base = artifact.base.as_ref().and_then(|n| bases.get(n)).cloned();
         let base_ref = base.as_ref().map(|b| (b.name.clone(), b.digest));
         let base_sbom = match &base {
-            Some(bi) => Some(base_inventory(b, bi, &mut base_packages).await?),
+            Some(bi) => Some((
+                bi.name.clone(),
+                bi.digest,
+                base_inventory(b, bi, &mut base_packages).await?,
+            )),
             None => None,
         };
         let (layout, layer, a, inf, common) = (
@@ -432,7 +436,7 @@ pub async fn image(
         let prov = crate::attest::provenance::Provenance {
             name: artifact.name.clone(),
             digest,
-            sbom: sbom.digest.parse().ok(),
+            sbom: sbom.summary.digest.parse().ok(),
             source_url: info.url.clone(),
             remote: info.remote.clone(),
             revision: info.revision.clone(),
@@ -478,14 +482,7 @@ async fn base_inventory(
     b: &Build,
     base: &BaseImage,
     seen: &mut BTreeMap<String, Arc<crate::sbom::BaseContents>>,
-) -> Result<
-    (
-        String,
-        crate::digest::Digest,
-        Arc<crate::sbom::BaseContents>,
-    ),
-    PipelineError,
-> {
+) -> Result<Arc<crate::sbom::BaseContents>, PipelineError> {
     let key = base.digest.to_string();
     let contents = match seen.get(&key) {
         Some(p) => p.clone(),
@@ -514,14 +511,13 @@ async fn base_inventory(
             found
         }
     };
-    Ok((base.name.clone(), base.digest, contents))
+    Ok(contents)
 }
 
 /// An SBOM attached to an artifact: its summary and its document's bytes.
 struct AttachedSbom {
     summary: crate::artifact::SbomSummary,
     document: Arc<Vec<u8>>,
-    digest: String,
 }
 
 /// Write the artifact's SBOM and attach it as a referrer (signed when `signer` is given).
@@ -570,7 +566,7 @@ fn attach_sbom(
     Ok(AttachedSbom {
         summary: crate::artifact::SbomSummary {
             referrer: referrer.digest().to_string(),
-            digest: digest.clone(),
+            digest,
             packages: all.len() as u64,
             files: contents.total_files,
             first: all
@@ -580,7 +576,6 @@ fn attach_sbom(
                 .collect(),
         },
         document: Arc::new(bytes),
-        digest,
     })
 }
 
