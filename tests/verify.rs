@@ -166,6 +166,30 @@ fn an_sbom_that_differs_under_identical_layers_is_reported_as_a_kiln_bug() {
         "{}",
         text(&out)
     );
+
+    // The same record from another kiln version: its SBOM is shown, not compared (that kiln
+    // may detect other packages, and names itself in the document); the layers still are.
+    st["predicate"]["runDetails"]["builder"]["version"]["kiln"] = "0.0.9".into();
+    st["predicate"]["runDetails"]["metadata"]["finishedOn"] = "2099-01-02T00:00:00Z".into();
+    kiln::attest::attach(&layout, &desc, &st, 4_070_995_200, None).unwrap();
+    run_ok(
+        kiln()
+            .arg("push")
+            .arg(format!("{}:hello", l.display()))
+            .arg(format!("{}/acme/olderkiln:t", reg.addr)),
+    );
+    let out = verify(&format!("{}/acme/olderkiln:t", reg.addr), &["--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["identical"], true);
+    assert_eq!(report["sbom"]["comparable"], false);
+    assert_eq!(report["sbom"]["kiln_bug"], false);
+    let out = verify(&format!("{}/acme/olderkiln:t", reg.addr), &[]);
+    assert!(
+        text(&out).contains("made by another kiln version, not compared"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
