@@ -352,6 +352,22 @@ pub enum Signature {
     UnknownKey { keyids: Vec<String> },
 }
 
+impl Signature {
+    /// What a reader who wanted a trusted signature is told about this one.
+    pub fn describe(&self) -> String {
+        match self {
+            Signature::Unsigned => "unsigned".to_owned(),
+            Signature::Invalid { keyid } => {
+                format!("signed under {keyid}, but the signature does not verify")
+            }
+            Signature::UnknownKey { keyids } => {
+                format!("signed by an unknown key ({})", keyids.join(", "))
+            }
+            Signature::Verified { keyids } => format!("signed by {}", keyids.join(", ")),
+        }
+    }
+}
+
 /// One attestation as a reader judged it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Assessed {

@@ -74,7 +74,7 @@ pub fn sbom(a: SbomArgs) -> Result<ExitCode> {
                 "{} of {} ({}) written to {}",
                 a.format,
                 got.subject,
-                signature_note(&got.signature),
+                got.signature.describe(),
                 path.display()
             );
         }
@@ -85,15 +85,4 @@ pub fn sbom(a: SbomArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn signature_note(s: &kiln::attest::Signature) -> String {
-    match s {
-        kiln::attest::Signature::Verified { keyids } => format!("signed by {}", keyids.join(", ")),
-        kiln::attest::Signature::Unsigned => "unsigned".to_owned(),
-        kiln::attest::Signature::Invalid { keyid } => format!("an invalid signature by {keyid}"),
-        kiln::attest::Signature::UnknownKey { keyids } => {
-            format!("signed by {}, not checked", keyids.join(", "))
-        }
-    }
 }

@@ -79,13 +79,7 @@ fn pick(
     if !keys.is_empty() && !verified(&signature) {
         return Err(FetchError::NotFound(format!(
             "{shown} has no SBOM signed by a --key key (its SBOM {referrer} is {})",
-            match &signature {
-                Signature::Unsigned => "unsigned".to_owned(),
-                Signature::Invalid { keyid } =>
-                    format!("signed by {keyid} with an invalid signature"),
-                Signature::UnknownKey { keyids } => format!("signed by {}", keyids.join(", ")),
-                Signature::Verified { .. } => String::new(),
-            }
+            signature.describe()
         )));
     }
     Ok(Retrieved {

@@ -37,10 +37,11 @@ pub struct Base {
     pub packages: Vec<Found>,
 }
 
-fn short_hash(parts: &[&str]) -> String {
+/// 16 hex digits of SHA-256 over `parts`, each followed by a zero byte.
+fn short_hash(parts: &[&[u8]]) -> String {
     let mut h = sha2::Sha256::new();
     for p in parts {
-        h.update(p.as_bytes());
+        h.update(p);
         h.update([0]);
     }
     hex::encode(&h.finalize()[..8])
@@ -48,17 +49,14 @@ fn short_hash(parts: &[&str]) -> String {
 
 /// A listed file's identifier: from its path's bytes.
 pub fn file_id(raw_path: &[u8]) -> String {
-    let mut h = sha2::Sha256::new();
-    h.update(raw_path);
-    h.update([0]);
-    format!("SPDXRef-File-{}", hex::encode(&h.finalize()[..8]))
+    format!("SPDXRef-File-{}", short_hash(&[raw_path]))
 }
 
 fn package_id(scope: &str, f: &Found) -> String {
     format!(
         "SPDXRef-Package-{}-{}",
         f.ecosystem.purl_type(),
-        short_hash(&[scope, &f.purl, &f.found_in])
+        short_hash(&[scope.as_bytes(), f.purl.as_bytes(), f.found_in.as_bytes()])
     )
 }
 

@@ -331,14 +331,7 @@ async fn recorded(
             refused.push(format!(
                 "{} is {}",
                 judged.referrer,
-                match &judged.signature {
-                    crate::attest::Signature::Unsigned => "unsigned".to_owned(),
-                    crate::attest::Signature::Invalid { keyid } =>
-                        format!("signed under {keyid}, but the signature does not verify"),
-                    crate::attest::Signature::UnknownKey { keyids } =>
-                        format!("signed by an unknown key ({})", keyids.join(", ")),
-                    crate::attest::Signature::Verified { .. } => String::new(),
-                }
+                judged.signature.describe()
             ));
             continue;
         }
