@@ -88,6 +88,8 @@ fn main() {
         finished: 1_700_000_060,
         limits: Default::default(),
         log_digest: Some(kiln::digest::Digest::of(b"log")),
+        caches: Vec::new(),
+        network_steps: Vec::new(),
     }
     .statement();
     let baseline = per_artifact_ms(|| {

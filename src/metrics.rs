@@ -21,6 +21,11 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabel {
+    pub cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
     pub status: String,
 }
@@ -44,8 +49,9 @@ pub struct Metrics {
     pub webhooks: Family<StatusLabel, Counter>,
     /// `kiln_commit_statuses_total{result}`: commit statuses sent (`sent`, `failed`).
     pub statuses: Family<ResultLabel, Counter>,
-    /// `kiln_builds_unreproducible_total`: builds checked twice that differed.
-    pub unreproducible: Counter,
+    /// `kiln_builds_unreproducible_total{cause}`: builds checked twice that differed:
+    /// `build` (two cold builds), `cache` (a build with caches and its cold rebuild).
+    pub unreproducible: Family<CauseLabel, Counter>,
     /// `kiln_builds_verified_total`: builds checked twice that were identical.
     pub verified: Counter,
 }
@@ -96,7 +102,7 @@ impl Metrics {
             "Commit statuses sent to forges, by result",
             statuses.clone(),
         );
-        let unreproducible = Counter::default();
+        let unreproducible = Family::<CauseLabel, Counter>::default();
         registry.register(
             "builds_unreproducible",
             "Builds built twice to check them that came out different",
@@ -148,6 +154,12 @@ impl Metrics {
     pub fn label(s: &str) -> ResultLabel {
         ResultLabel {
             result: s.to_owned(),
+        }
+    }
+
+    pub fn cause(s: &str) -> CauseLabel {
+        CauseLabel {
+            cause: s.to_owned(),
         }
     }
 

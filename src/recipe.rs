@@ -28,15 +28,40 @@ pub struct BuildSection {
     /// Absolute path in the container where the source is copied and steps run.
     pub workdir: String,
     /// Shell commands, each run with `/bin/sh -c`, in order.
-    pub steps: Vec<String>,
+    pub steps: Vec<Step>,
     pub env: BTreeMap<String, String>,
     /// Absolute path in the container collected after the steps.
     pub output: String,
+    /// Every step gets the network (where the host allows it).
     pub network: bool,
+    /// `cache`: absolute paths in the container kept between builds of this repository on
+    /// this host (where the caller enables caches), in the recipe's order.
+    pub cache: Vec<String>,
     pub timeout: Duration,
     /// Memory limit in bytes.
     pub memory: Option<u64>,
     pub cpus: Option<f64>,
+}
+
+/// One build step: `"make"`, or `{ run = "cargo fetch --locked", network = true }`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Step {
+    /// The shell command, run with `/bin/sh -c`.
+    pub run: String,
+    /// This step (only) gets the network, where the host allows it.
+    pub network: bool,
+}
+
+impl BuildSection {
+    /// Whether step `i` (0-based) runs with the network.
+    pub fn step_network(&self, i: usize) -> bool {
+        self.network || self.steps.get(i).is_some_and(|s| s.network)
+    }
+
+    /// Whether any step asks for the network.
+    pub fn wants_network(&self) -> bool {
+        self.network || self.steps.iter().any(|s| s.network)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,7 +218,8 @@ impl Checker<'_> {
 
     fn build(&mut self, t: &DeTable, at: usize) -> Option<BuildSection> {
         const KEYS: &[&str] = &[
-            "image", "workdir", "steps", "env", "output", "network", "timeout", "memory", "cpus",
+            "image", "workdir", "steps", "env", "output", "network", "cache", "timeout", "memory",
+            "cpus",
         ];
         self.unknown_keys(t, "build", KEYS);
         let image = self.string(t, "build", "image");
@@ -207,7 +233,7 @@ impl Checker<'_> {
         }
         let workdir = self.string(t, "build", "workdir");
         let workdir = self.abs_path(workdir, "build.workdir", "/src");
-        let steps = self.strings(t, "build", "steps");
+        let steps = self.steps(t);
         match &steps {
             None if self.get(t, "steps").is_none() => {
                 self.problem(at, "build.steps", "missing: at least one step is required")
@@ -221,6 +247,7 @@ impl Checker<'_> {
         let output = self.string(t, "build", "output");
         let output = self.abs_path(output, "build.output", "/out");
         let network = self.bool(t, "build", "network").unwrap_or(false);
+        let cache = self.cache(t, &workdir, &output);
         let timeout = match self.string(t, "build", "timeout") {
             None => Duration::from_secs(3600),
             Some((s, at)) => parse_duration(&s).unwrap_or_else(|| {
@@ -271,10 +298,100 @@ impl Checker<'_> {
             env,
             output,
             network,
+            cache,
             timeout,
             memory,
             cpus,
         })
+    }
+
+    /// `steps`: strings, or tables `{ run = "...", network = true }`.
+    fn steps(&mut self, t: &DeTable) -> Option<(Vec<Step>, usize)> {
+        let v = self.get(t, "steps")?;
+        let DeValue::Array(items) = v.get_ref() else {
+            let found = type_name(v.get_ref());
+            self.problem(
+                v.span().start,
+                "build.steps",
+                format!("expected an array of steps (strings or {{ run, network }} tables), found {found}"),
+            );
+            return None;
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let key = format!("build.steps[{i}]");
+            match item.get_ref() {
+                DeValue::String(s) => out.push(Step {
+                    run: s.to_string(),
+                    network: false,
+                }),
+                DeValue::Table(st) => {
+                    self.unknown_keys(st, &key, &["run", "network"]);
+                    let network = self.bool(st, &key, "network").unwrap_or(false);
+                    match self.string(st, &key, "run") {
+                        Some((run, _)) if !run.trim().is_empty() => out.push(Step { run, network }),
+                        Some((_, at)) => {
+                            self.problem(at, &format!("{key}.run"), "must not be empty")
+                        }
+                        None if self.get(st, "run").is_none() => self.problem(
+                            item.span().start,
+                            &format!("{key}.run"),
+                            "missing: a step table needs the command to run",
+                        ),
+                        None => {}
+                    }
+                }
+                other => {
+                    let found = type_name(other);
+                    self.problem(
+                        item.span().start,
+                        &key,
+                        format!("expected a string or a {{ run, network }} table, found {found}"),
+                    );
+                }
+            }
+        }
+        Some((out, v.span().start))
+    }
+
+    /// `cache`: absolute paths, not `/`, not overlapping the output, the workdir's parents,
+    /// or each other.
+    fn cache(&mut self, t: &DeTable, workdir: &str, output: &str) -> Vec<String> {
+        let Some((paths, at)) = self.strings(t, "build", "cache") else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = Vec::new();
+        for (i, p) in paths.iter().enumerate() {
+            let key = format!("build.cache[{i}]");
+            let Some(n) = normalize_abs(p) else {
+                self.problem(
+                    at,
+                    &key,
+                    format!("{p:?} must be an absolute path without .."),
+                );
+                continue;
+            };
+            let why = if n == "/" {
+                Some("must not be / (the whole container)".to_owned())
+            } else if overlaps(&n, output) {
+                Some(format!(
+                    "overlaps the output directory {output}: a cache must never be collected as output"
+                ))
+            } else if under(workdir, &n) {
+                Some(format!(
+                    "holds the workdir {workdir}: the source would mix with what earlier builds left"
+                ))
+            } else {
+                out.iter()
+                    .find(|o| overlaps(o, &n))
+                    .map(|o| format!("overlaps the cache path {o}"))
+            };
+            match why {
+                Some(why) => self.problem(at, &key, format!("{p:?} {why}")),
+                None => out.push(n),
+            }
+        }
+        out
     }
 
     fn artifact(&mut self, t: &DeTable, i: usize, at: usize) -> Option<Artifact> {
@@ -489,6 +606,20 @@ fn valid_media_type(m: &str) -> bool {
     matches!(m.split_once('/'), Some((a, b)) if ok(a) && ok(b))
 }
 
+/// Whether `path` is `dir` or below it (both normalized absolute paths).
+fn under(path: &str, dir: &str) -> bool {
+    dir == "/"
+        || path == dir
+        || path
+            .strip_prefix(dir)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Whether one of two normalized absolute paths holds the other.
+fn overlaps(a: &str, b: &str) -> bool {
+    under(a, b) || under(b, a)
+}
+
 /// `/a/./b/` -> `/a/b`; `None` if relative or if `..` is used.
 pub fn normalize_abs(p: &str) -> Option<String> {
     if !p.starts_with('/') {
@@ -642,6 +773,53 @@ artifact_type = "application/vnd.acme.docs.v1"
         assert!(!r.build.network);
         assert_eq!(r.build.timeout, Duration::from_secs(3600));
         assert_eq!(r.artifacts[0].kind, ArtifactKind::Image);
+    }
+
+    #[test]
+    fn steps_may_be_tables_that_ask_for_the_network() {
+        let r = parse(
+            "[build]\nimage = \"b\"\nsteps = [{ run = \"cargo fetch --locked\", network = true }, \"make\", { run = \"test\" }]\n[[artifact]]\nname = \"a\"\n",
+        )
+        .unwrap();
+        let s = &r.build.steps;
+        assert_eq!(
+            (s[0].run.as_str(), s[0].network),
+            ("cargo fetch --locked", true)
+        );
+        assert_eq!((s[1].run.as_str(), s[1].network), ("make", false));
+        assert_eq!((s[2].run.as_str(), s[2].network), ("test", false));
+        assert!(r.build.wants_network() && !r.build.network);
+        assert!(r.build.step_network(0) && !r.build.step_network(1));
+        let e = parse(
+            "[build]\nimage = \"b\"\nsteps = [{ network = true }, { run = \"x\", net = 1 }, 5]\n[[artifact]]\nname = \"a\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "build.steps[0].run: missing",
+            "build.steps[1].net: unknown key",
+            "build.steps[2]: expected a string or a { run, network } table, found an integer",
+        ] {
+            assert!(e.contains(want), "{want} in {e}");
+        }
+    }
+
+    #[test]
+    fn cache_paths_are_absolute_and_keep_clear_of_output_and_source() {
+        let ok = parse("[build]\nimage = \"b\"\nsteps = [\"x\"]\ncache = [\"/root/.cargo/registry/\", \"/src/target\"]\n[[artifact]]\nname = \"a\"\n").unwrap();
+        assert_eq!(ok.build.cache, ["/root/.cargo/registry", "/src/target"]);
+        let e = parse("[build]\nimage = \"b\"\nsteps = [\"x\"]\ncache = [\"/\", \"rel\", \"/out/c\", \"/\", \"/src\", \"/a\", \"/a/b\", \"/o\"]\n[[artifact]]\nname = \"a\"\n").unwrap_err().to_string();
+        for want in [
+            "build.cache[0]: \"/\" must not be /",
+            "build.cache[1]: \"rel\" must be an absolute path",
+            "build.cache[2]: \"/out/c\" overlaps the output directory /out",
+            "build.cache[4]: \"/src\" holds the workdir /src",
+            "build.cache[6]: \"/a/b\" overlaps the cache path /a",
+        ] {
+            assert!(e.contains(want), "{want} in {e}");
+        }
+        assert!(!e.contains("build.cache[7]"), "{e}");
+        assert!(under("/a/b", "/a") && !under("/ab", "/a") && overlaps("/a", "/a/b"));
     }
 
     #[test]

@@ -655,7 +655,10 @@ fn the_daemon_reports_a_build_that_is_not_reproducible() {
         "nothing was published"
     );
     assert_eq!(
-        metric(&d.metrics(), "kiln_builds_unreproducible_total"),
+        metric(
+            &d.metrics(),
+            "kiln_builds_unreproducible_total{cause=\"build\"}"
+        ),
         Some(1.0)
     );
     let log = common::daemon::get(&format!(

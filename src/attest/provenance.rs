@@ -59,6 +59,21 @@ pub struct Provenance {
     pub limits: EffectiveLimits,
     /// The digest of the build log as it stood when the steps ended.
     pub log_digest: Option<Digest>,
+    /// The build caches mounted, and whether each was warm (never their content).
+    pub caches: Vec<CacheRecord>,
+    /// The steps (1-based) that ran with the network.
+    pub network_steps: Vec<usize>,
+}
+
+/// A build cache as provenance records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CacheRecord {
+    /// The directory in the container.
+    pub path: String,
+    /// The cache's identity: sha256 of (repository, recipe path, builder digest, path).
+    pub id: String,
+    /// Whether it held what an earlier build left.
+    pub warm: bool,
 }
 
 /// The limits a build ran under, as the provenance records them.
@@ -123,6 +138,22 @@ impl Provenance {
         if self.dirty {
             external["dirty"] = Value::Bool(true);
         }
+        let mut internal = json!({
+            "sourceDateEpoch": self.epoch,
+            "compression": self.compression,
+            "compressor": self.compressor,
+            "level": self.level,
+            "recipeDigest": self.recipe_digest.to_string(),
+            "limits": self.limits,
+            "network": self.limits.network,
+        });
+        // Only where there are any: a build without them reads as it always did.
+        if !self.caches.is_empty() {
+            internal["caches"] = json!(self.caches);
+        }
+        if !self.network_steps.is_empty() {
+            internal["networkSteps"] = json!(self.network_steps);
+        }
         json!({
             "_type": STATEMENT_TYPE,
             "subject": [{"name": self.name, "digest": {"sha256": self.digest.hex()}}],
@@ -131,15 +162,7 @@ impl Provenance {
                 "buildDefinition": {
                     "buildType": BUILD_TYPE,
                     "externalParameters": external,
-                    "internalParameters": {
-                        "sourceDateEpoch": self.epoch,
-                        "compression": self.compression,
-                        "compressor": self.compressor,
-                        "level": self.level,
-                        "recipeDigest": self.recipe_digest.to_string(),
-                        "limits": self.limits,
-                        "network": self.limits.network,
-                    },
+                    "internalParameters": internal,
                     "resolvedDependencies": deps,
                 },
                 "runDetails": {
@@ -387,6 +410,8 @@ mod tests {
             finished: 2,
             limits: EffectiveLimits::default(),
             log_digest: Some(Digest::of(b"log")),
+            caches: Vec::new(),
+            network_steps: Vec::new(),
         };
         let r = Recorded::from_statement(&p.statement()).unwrap();
         assert_eq!(r.artifact, "app");

@@ -63,6 +63,13 @@ pub struct BuildArgs {
     /// Also attach each signed statement as a Sigstore bundle v0.3 (cosign's newer format).
     #[arg(long, requires = "sign_key")]
     pub sigstore_bundle: bool,
+    /// Mount the recipe's build caches (`[build] cache`), kept between builds of this work
+    /// tree on this host. Without it the build runs cold.
+    #[arg(long)]
+    pub cache: bool,
+    /// Where --cache keeps them (default: $XDG_CACHE_HOME/kiln, else ~/.cache/kiln).
+    #[arg(long, value_name = "DIR", requires = "cache")]
+    pub cache_dir: Option<PathBuf>,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]
@@ -103,6 +110,10 @@ pub fn build(a: BuildArgs) -> Result<ExitCode> {
             tags: a.tags.clone(),
             options: a.registry.options(),
         }),
+        caches: match a.cache {
+            true => Some(super::cache::open_dir(a.cache_dir.as_ref())?),
+            false => None,
+        },
     };
     let rt = runtime()?;
     rt.block_on(async move {

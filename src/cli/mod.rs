@@ -2,6 +2,7 @@
 //! parses, calls the library, prints and picks the exit code; nothing else.
 
 mod build;
+mod cache;
 mod daemon;
 mod inspect;
 mod key;
@@ -41,7 +42,7 @@ enum Command {
     /// Pack a directory into a single-layer image in a local OCI layout, deterministically.
     Pack(pack::PackArgs),
     /// Build a project's recipe in a container and store its artifacts in a local OCI layout.
-    Build(build::BuildArgs),
+    Build(Box<build::BuildArgs>),
     /// Push an image or artifact from a local OCI layout to a registry.
     Push(push::PushArgs),
     /// Show what a pushed artifact records: source, revision, created, base, recipe, provenance.
@@ -67,6 +68,9 @@ enum Command {
     /// Signing keys.
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// This host's build caches: list them, prune them.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
 }
 
 /// What this host allows a build; a recipe may ask for less, never more.
@@ -239,7 +243,7 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Pack(a) => pack::pack(a).map(|()| ExitCode::SUCCESS),
-        Command::Build(a) => build::build(a),
+        Command::Build(a) => build::build(*a),
         Command::Push(a) => push::push(a),
         Command::Inspect(a) => inspect::inspect(a),
         Command::Sbom(a) => sbom::sbom(a),
@@ -248,6 +252,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Verify(a) => verify::verify(a),
         Command::Trust(a) => trust::trust(a),
         Command::Key(c) => key::key(c),
+        Command::Cache(c) => cache::cache(c),
         Command::Validate { layout } => validate::validate(&layout),
     }
 }

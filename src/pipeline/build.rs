@@ -43,6 +43,8 @@ pub struct BuildPlan {
     pub limits: crate::runner::Limits,
     /// The key that signs the provenance (and, with `verify`, the verdict).
     pub signer: Option<Arc<crate::attest::sign::Signer>>,
+    /// Mount the recipe's build caches from here (`--cache`); none: the build runs cold.
+    pub caches: Option<crate::runner::cache::Caches>,
 }
 
 /// `--push PREFIX [--tag T]...`.
@@ -130,6 +132,17 @@ pub async fn build(
                 options: p.options.clone(),
             }),
             tags: Tags::Commit(p.tags.clone()),
+        }),
+        // A work tree's caches are its own: named by its canonical path.
+        caches: plan.caches.clone().map(|caches| super::plan::CachePlan {
+            caches,
+            repo: format!(
+                "file://{}",
+                plan.dir
+                    .canonicalize()
+                    .unwrap_or_else(|_| plan.dir.clone())
+                    .display()
+            ),
         }),
     };
     let built = p.run(&b, runner, &NoHooks).await?;

@@ -25,7 +25,9 @@ use crate::source::SourceError;
 use crate::store::{OciLayout, StoreError};
 
 pub use build::{BuildPlan, BuildResult, PushPlan, build};
-pub use plan::{Built, Hooks, LABEL_REVISION, NoHooks, Plan, Publication, Stage, StageEnd, Tags};
+pub use plan::{
+    Built, CachePlan, Hooks, LABEL_REVISION, NoHooks, Plan, Publication, Stage, StageEnd, Tags,
+};
 pub use stages::{FetchSpec, Fetched, Locate, Packed, SourceSpec, Sourced};
 
 /// One build in progress: what every stage shares.
@@ -117,6 +119,11 @@ pub enum PipelineError {
     Fetch { url: String, source: SourceError },
     #[error("{}", not_reproducible(.0))]
     NotReproducible(Vec<(String, crate::compare::Comparison)>),
+    /// A build with caches differs from the cold rebuild of the same commit.
+    #[error("{}", cache_changed(.0))]
+    CacheChangedOutput(Vec<(String, crate::compare::Comparison)>),
+    #[error(transparent)]
+    Cache(#[from] crate::runner::cache::CacheError),
     #[error("{0}")]
     Usage(String),
     /// A condition outside the build that may pass by itself (the state database was busy).
@@ -157,6 +164,21 @@ fn not_reproducible(d: &[(String, crate::compare::Comparison)]) -> String {
     s.trim_end().to_owned()
 }
 
+fn cache_changed(d: &[(String, crate::compare::Comparison)]) -> String {
+    let mut s = format!(
+        "not reproducible: the cache changed the output: {}",
+        d.iter()
+            .map(|(name, c)| format!("{} (artifact {name})", c.summary()))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    s.push_str("\nthe build with caches and the cold rebuild of the same commit differ (the caches are discarded):");
+    for (name, c) in d {
+        s.push_str(&format!("\nartifact {name}:\n{}", c.text()));
+    }
+    s.trim_end().to_owned()
+}
+
 fn build_message(e: &BuildError, log: &Path) -> String {
     if log.is_file() {
         format!("{e}\n(full build log: {})", log.display())
@@ -179,6 +201,7 @@ impl PipelineError {
             PipelineError::Base { source, .. } => source.is_retryable(),
             PipelineError::Publish(e) => e.is_retryable(),
             PipelineError::Fetch { source, .. } => source.is_retryable(),
+            PipelineError::Cache(e) => e.is_retryable(),
             _ => false,
         }
     }
@@ -215,6 +238,7 @@ impl PipelineError {
             | PipelineError::NoRecipe { .. }
             | PipelineError::Files { .. }
             | PipelineError::NotReproducible(_)
+            | PipelineError::CacheChangedOutput(_)
             | PipelineError::Usage(_) => true,
             PipelineError::Build { source, .. } => matches!(
                 source,

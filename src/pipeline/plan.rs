@@ -53,6 +53,17 @@ pub struct Plan {
     pub load: bool,
     /// Publish the artifacts here, content first, tags last.
     pub publish: Option<Publication>,
+    /// Mount the recipe's build caches (none: the build runs cold). The verify build always
+    /// runs cold.
+    pub caches: Option<CachePlan>,
+}
+
+/// The build caches a plan's first build uses.
+#[derive(Clone)]
+pub struct CachePlan {
+    pub caches: crate::runner::cache::Caches,
+    /// The repository the caches belong to: one never sees another's.
+    pub repo: String,
 }
 
 /// Where artifacts are published, and under which tags.
@@ -252,34 +263,72 @@ impl Plan {
         hooks: &dyn Hooks,
     ) -> Result<Vec<ArtifactResult>, PipelineError> {
         let labels = self.labels(sourced);
-        let output = staged(
-            hooks,
-            Stage::Run,
-            stages::run(b, sourced, runner, labels.clone()),
-        )
-        .await?;
-        let packed = staged(
-            hooks,
-            Stage::Pack,
-            stages::pack(b, sourced, &output, self.compression),
-        )
-        .await?;
-        let (bases, mut artifacts) = staged(hooks, Stage::Image, async {
-            let bases =
-                stages::resolve_bases(b, &sourced.recipe, &self.registry, &self.pins).await?;
-            let built = stages::image(b, sourced, &output, &packed, &bases, &self.making()).await?;
-            Ok((bases, built))
-        })
-        .await?;
-        drop(output);
-        if self.verify {
-            let again = async {
-                self.again(b, sourced, runner, labels, &bases, &artifacts)
-                    .await?;
-                self.verdicts(b, &artifacts).await
-            };
-            staged(hooks, Stage::Verify, again).await?;
+        let taking = self.take_caches(b, sourced, runner).await?;
+        let cached = taking.mounted();
+        let made = async {
+            let output = staged(
+                hooks,
+                Stage::Run,
+                stages::run(b, sourced, runner, labels.clone(), &taking),
+            )
+            .await?;
+            let bytes = output.cache_bytes.clone();
+            let rest = async {
+                let packed = staged(
+                    hooks,
+                    Stage::Pack,
+                    stages::pack(b, sourced, &output, self.compression),
+                )
+                .await?;
+                let (bases, artifacts) = staged(hooks, Stage::Image, async {
+                    let bases =
+                        stages::resolve_bases(b, &sourced.recipe, &self.registry, &self.pins)
+                            .await?;
+                    let built =
+                        stages::image(b, sourced, &output, &packed, &bases, &self.making()).await?;
+                    Ok((bases, built))
+                })
+                .await?;
+                drop(output);
+                if self.verify {
+                    let again = async {
+                        // The rebuild is cold: where the first build had caches, they made
+                        // the difference.
+                        self.again(b, sourced, runner, labels, &bases, &artifacts)
+                            .await
+                            .map_err(|e| match e {
+                                PipelineError::NotReproducible(d) if cached => {
+                                    PipelineError::CacheChangedOutput(d)
+                                }
+                                e => e,
+                            })?;
+                        self.verdicts(b, &artifacts).await
+                    };
+                    staged(hooks, Stage::Verify, again).await?;
+                }
+                Ok::<_, PipelineError>(artifacts)
+            }
+            .await;
+            Ok::<_, PipelineError>((rest, bytes))
         }
+        .await;
+        // The caches are kept when every step succeeded, unless the cold rebuild showed that
+        // they changed the output; a failed, timed-out or cancelled run discards them.
+        let keep = match &made {
+            Ok((Err(PipelineError::CacheChangedOutput(_)), _)) | Err(_) => false,
+            Ok(_) => true,
+        };
+        let (made, bytes) = match made {
+            Ok((r, bytes)) => (r, bytes),
+            Err(e) => (Err(e), Default::default()),
+        };
+        if let Some(cp) = &self.caches {
+            taking.release(&cp.caches, runner, keep, &bytes).await;
+            if keep && let Err(e) = cp.caches.enforce_budget(runner).await {
+                tracing::warn!(error = %e, "the build caches could not be kept within their budget");
+            }
+        }
+        let mut artifacts = made?;
         if let Some(keep) = &self.keep {
             keep_in(b, keep, &artifacts).await?;
         }
@@ -300,6 +349,37 @@ impl Plan {
             .await?;
         }
         Ok(artifacts)
+    }
+
+    /// The recipe's caches for this build, where the plan uses caches.
+    async fn take_caches(
+        &self,
+        b: &Build,
+        s: &Sourced,
+        runner: &dyn Runner,
+    ) -> Result<crate::runner::cache::Taking, PipelineError> {
+        let paths = &s.recipe.build.cache;
+        let Some(cp) = self.caches.as_ref().filter(|_| !paths.is_empty()) else {
+            return Ok(Default::default());
+        };
+        let builder = runner
+            .resolve_image(&s.recipe.build.image, &b.cancel)
+            .await
+            .map_err(|source| PipelineError::Build {
+                source,
+                log: b.log.clone(),
+            })?;
+        let mut note = |line: String| stages::note(b, &line);
+        Ok(cp
+            .caches
+            .take_all(
+                runner,
+                (&cp.repo, &s.recipe_path, &builder.digest),
+                paths,
+                &b.run_id,
+                &mut note,
+            )
+            .await?)
     }
 
     /// How this plan makes and attests artifacts.
@@ -354,8 +434,8 @@ impl Plan {
         .await?
     }
 
-    /// Build `s` a second time, in a fresh container, into a scratch layout, and compare each
-    /// artifact with `first`. Identical artifacts give `Ok`; any difference is
+    /// Build `s` a second time, cold, in a fresh container, into a scratch layout, and
+    /// compare each artifact with `first`. Identical artifacts give `Ok`; any difference is
     /// [`PipelineError::NotReproducible`] with the paths that differ.
     async fn again(
         &self,
@@ -387,7 +467,8 @@ impl Plan {
             started: b.started,
             limits: b.limits.clone(),
         };
-        let output = stages::run(&second, s, runner, labels).await?;
+        // Always cold: it is what a cache must not change.
+        let output = stages::run(&second, s, runner, labels, &Default::default()).await?;
         let packed = stages::pack(&second, s, &output, self.compression).await?;
         let how = stages::Making {
             builder_id: "kiln://again",

@@ -214,6 +214,7 @@ pub async fn run(
     s: &Sourced,
     runner: &dyn Runner,
     labels: BTreeMap<String, String>,
+    caches: &crate::runner::cache::Taking,
 ) -> Result<RunOutput, PipelineError> {
     let info = &s.checkout.info;
     let span = tracing::info_span!("run", revision = info.revision.as_deref().unwrap_or("-"));
@@ -226,15 +227,35 @@ pub async fn run(
         log: &b.log,
         scratch: &b.scratch,
         limits: &b.limits,
+        caches: caches.mounts(),
     };
-    runner
+    let mut out = runner
         .run(&req, &b.cancel, b.observer.as_ref())
         .instrument(span)
         .await
         .map_err(|source| PipelineError::Build {
             source,
             log: b.log.clone(),
-        })
+        })?;
+    out.caches = caches.uses();
+    Ok(out)
+}
+
+/// A line of kiln's own in the build log (and wherever step output is shown).
+pub(super) fn note(b: &Build, line: &str) {
+    tracing::info!("{}", line.trim_start_matches("kiln: "));
+    let text = format!("{line}\n");
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&b.log)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+    if let Err(e) = written {
+        tracing::debug!(error = %e, "a note could not be written to the build log");
+    }
+    b.observer.event(&crate::events::Event::StepOutput {
+        bytes: text.into_bytes(),
+    });
 }
 
 /// The pack stage's record: one layer per artifact, in the recipe's order.
@@ -458,6 +479,21 @@ pub async fn image(
             finished: unix_now(),
             limits: limits.clone(),
             log_digest,
+            caches: output
+                .caches
+                .iter()
+                .map(|c| crate::attest::provenance::CacheRecord {
+                    path: c.path.clone(),
+                    id: c.id.clone(),
+                    warm: c.warm,
+                })
+                .collect(),
+            network_steps: output
+                .steps
+                .iter()
+                .filter(|s| s.network)
+                .map(|s| s.index)
+                .collect(),
         };
         let referrer =
             crate::attest::attach(&b.layout, &desc, &prov.statement(), prov.finished, signer)?;

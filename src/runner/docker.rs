@@ -5,7 +5,7 @@
 //! streams live; the output directory comes back through the archive API as a tar stream.
 //! The container is removed whatever happens: success, failure, timeout or cancellation.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
@@ -14,11 +14,14 @@ use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, Mount, MountType, NetworkConnectRequest,
+    NetworkDisconnectRequest, VolumeCreateRequest,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, DownloadFromContainerOptionsBuilder,
     ImportImageOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
-    UploadToContainerOptionsBuilder,
+    RemoveVolumeOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use futures_util::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
@@ -33,6 +36,17 @@ const TAIL_LINES: usize = 15;
 const PULL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 /// How long the work of a stopped build (output spooling, the source tar) may take to notice.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
+/// The engine's network a build with networked steps is connected to while they run.
+const NETWORK: &str = "bridge";
+
+/// What a finished drive hands back: the spool, the output's root in it, the steps as they
+/// ran, and the caches' sizes.
+type Driven = (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Vec<StepRecord>,
+    BTreeMap<String, u64>,
+);
 
 fn engine(op: &'static str) -> impl FnOnce(DockerError) -> BuildError {
     move |source| BuildError::Engine { op, source }
@@ -107,10 +121,25 @@ impl DockerRunner {
         }
     }
 
-    /// The container a build runs in: idle until removed, never privileged, no host mounts,
-    /// the host's limits, and no network unless the recipe asks and the host allows it.
+    /// The container a build runs in: idle until removed, never privileged, no host mounts
+    /// (its caches are the engine's volumes), the host's limits, and no network unless the
+    /// recipe asks and the host allows it. A build whose networked steps are only some of
+    /// them is created on the engine's bridge and disconnected before it starts
+    /// ([`Self::set_network`]).
     fn container(req: &RunRequest<'_>, builder: &BuilderImage) -> ContainerCreateBody {
         let b = req.build;
+        let networked = b.wants_network();
+        let mounts: Vec<Mount> = req
+            .caches
+            .iter()
+            .map(|c| Mount {
+                target: Some(c.path.clone()),
+                source: Some(c.volume.clone()),
+                typ: Some(MountType::VOLUME),
+                read_only: Some(false),
+                ..Default::default()
+            })
+            .collect();
         let (memory, cpus) = req.limits.effective(b);
         // The fixed world: the recipe may set TZ itself, never SOURCE_DATE_EPOCH.
         let mut env = vec![
@@ -138,9 +167,9 @@ impl DockerRunner {
             domainname: Some(super::HOSTNAME.into()),
             env: Some(env),
             labels: Some(labels),
-            network_disabled: Some(!b.network),
+            network_disabled: Some(!networked),
             host_config: Some(HostConfig {
-                network_mode: Some(if b.network { "bridge" } else { "none" }.into()),
+                network_mode: Some(if networked { NETWORK } else { "none" }.into()),
                 privileged: Some(false),
                 security_opt: Some(vec!["no-new-privileges".into()]),
                 cap_drop: Some(vec!["ALL".into()]),
@@ -156,7 +185,7 @@ impl DockerRunner {
                 nano_cpus: Some((cpus * 1e9) as i64),
                 pids_limit: Some(req.limits.pids),
                 binds: None,
-                mounts: None,
+                mounts: (!mounts.is_empty()).then_some(mounts),
                 auto_remove: Some(false),
                 ..Default::default()
             }),
@@ -186,32 +215,112 @@ impl DockerRunner {
         req: &RunRequest<'_>,
         cancel: &CancellationToken,
         observer: &(dyn Observer + Send + Sync),
-    ) -> Result<(tempfile::TempDir, std::path::PathBuf, Vec<StepRecord>), BuildError> {
+    ) -> Result<Driven, BuildError> {
         let spool = tempfile::Builder::new()
             .prefix("kiln-build-")
             .tempdir_in(req.scratch)
             .map_err(io("create a directory in", req.scratch))?;
         self.upload_source(id, req, spool.path(), cancel).await?;
+        let b = req.build;
+        // Only the steps that ask have the network: off until the first of them.
+        let mut connected = b.wants_network();
+        if connected && !b.network {
+            self.set_network(id, false).await?;
+            connected = false;
+        }
         self.docker
             .start_container(id, None)
             .await
             .map_err(engine("start the build container"))?;
         // The engine writes the container's own address into /etc/hosts when it has a
         // network: the build sees localhost only, like an offline one.
-        if req.build.network {
+        if b.wants_network() {
             self.fix_hosts(id).await?;
         }
         let mut log = StepLog::open(req.log, req.limits.log)?;
-        let total = req.build.steps.len();
+        let total = b.steps.len();
         let mut records = Vec::new();
-        for (i, step) in req.build.steps.iter().enumerate() {
+        for (i, step) in b.steps.iter().enumerate() {
+            let network = b.step_network(i);
+            if network != connected {
+                self.set_network(id, network).await?;
+                // Connecting writes the container's address into /etc/hosts again.
+                self.fix_hosts(id).await?;
+                connected = network;
+            }
             let record = self
-                .step(id, req, (i + 1, total), step, &mut log, observer)
+                .step(
+                    id,
+                    req,
+                    (i + 1, total),
+                    (&step.run, network),
+                    &mut log,
+                    observer,
+                )
                 .await?;
             records.push(record);
         }
+        if connected && !b.network {
+            self.set_network(id, false).await?;
+        }
+        let cache_bytes = self.cache_bytes(id, req).await;
         let root = self.collect_output(id, req, spool.path(), cancel).await?;
-        Ok((spool, root, records))
+        Ok((spool, root, records, cache_bytes))
+    }
+
+    /// Connect the container to the build network, or disconnect it (then it has only its
+    /// loopback).
+    async fn set_network(&self, id: &str, on: bool) -> Result<(), BuildError> {
+        if on {
+            tracing::debug!(container = %id, "connecting the network for a step");
+            self.docker
+                .connect_network(
+                    NETWORK,
+                    NetworkConnectRequest {
+                        container: id.to_owned(),
+                        endpoint_config: None,
+                    },
+                )
+                .await
+                .map_err(engine("connect the build to the network"))
+        } else {
+            self.docker
+                .disconnect_network(
+                    NETWORK,
+                    NetworkDisconnectRequest {
+                        container: id.to_owned(),
+                        force: Some(true),
+                    },
+                )
+                .await
+                .map_err(engine("disconnect the build from the network"))
+        }
+    }
+
+    /// The bytes in each cache after the steps, measured inside the container with `du`
+    /// (as root, so nothing is unreadable); a builder without `du` leaves them unmeasured.
+    async fn cache_bytes(&self, id: &str, req: &RunRequest<'_>) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        if req.caches.is_empty() {
+            return out;
+        }
+        let mut cmd = vec!["du".to_owned(), "-sk".to_owned()];
+        cmd.extend(req.caches.iter().map(|c| c.path.clone()));
+        let text = match self.exec_root(id, cmd, "measure the build caches").await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!(error = %e, "the caches could not be measured");
+                return out;
+            }
+        };
+        for line in text.lines() {
+            if let Some((kib, path)) = line.split_once('\t')
+                && let Ok(kib) = kib.trim().parse::<u64>()
+            {
+                out.insert(path.trim().to_owned(), kib * 1024);
+            }
+        }
+        out
     }
 
     /// The source, as a deterministic tar rooted at the workdir (plus an empty output
@@ -269,7 +378,7 @@ impl DockerRunner {
         id: &str,
         req: &RunRequest<'_>,
         (index, total): (usize, usize),
-        step: &str,
+        (step, network): (&str, bool),
         log: &mut StepLog<'_>,
         observer: &(dyn Observer + Send + Sync),
     ) -> Result<StepRecord, BuildError> {
@@ -279,8 +388,11 @@ impl DockerRunner {
             total,
             command: step.to_owned(),
         });
-        tracing::info!(step = index, command = %step, "running step");
-        log.line(&format!("$ {step}"))?;
+        tracing::info!(step = index, command = %step, network, "running step");
+        log.line(&format!(
+            "{} {step}",
+            if network { "$ (network)" } else { "$" }
+        ))?;
         let exec = self
             .docker
             .create_exec(
@@ -341,6 +453,7 @@ impl DockerRunner {
             command: step.to_owned(),
             exit_code: code,
             millis,
+            network,
         })
     }
 
@@ -430,16 +543,29 @@ impl DockerRunner {
 
     /// Replace /etc/hosts with localhost entries only (as root inside the container).
     async fn fix_hosts(&self, id: &str) -> Result<(), BuildError> {
+        let script = "printf '127.0.0.1\\tlocalhost\\n::1\\tlocalhost ip6-localhost ip6-loopback\\n' > /etc/hosts";
+        self.exec_root(
+            id,
+            vec!["/bin/sh".into(), "-c".into(), script.into()],
+            "prepare /etc/hosts",
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Run `cmd` as root in the container; its standard output.
+    async fn exec_root(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        op: &'static str,
+    ) -> Result<String, BuildError> {
         let exec = self
             .docker
             .create_exec(
                 id,
                 CreateExecOptions::<String> {
-                    cmd: Some(vec![
-                        "/bin/sh".into(),
-                        "-c".into(),
-                        "printf '127.0.0.1\\tlocalhost\\n::1\\tlocalhost ip6-localhost ip6-loopback\\n' > /etc/hosts".into(),
-                    ]),
+                    cmd: Some(cmd),
                     user: Some("0".into()),
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
@@ -447,17 +573,22 @@ impl DockerRunner {
                 },
             )
             .await
-            .map_err(engine("prepare /etc/hosts"))?
+            .map_err(engine(op))?
             .id;
+        let mut out = Vec::new();
         if let StartExecResults::Attached { mut output, .. } = self
             .docker
             .start_exec(&exec, None)
             .await
-            .map_err(engine("prepare /etc/hosts"))?
+            .map_err(engine(op))?
         {
-            while output.next().await.is_some() {}
+            while let Some(chunk) = output.next().await {
+                if let Ok(LogOutput::StdOut { message }) = chunk {
+                    out.extend_from_slice(&message);
+                }
+            }
         }
-        Ok(())
+        Ok(String::from_utf8_lossy(&out).into_owned())
     }
 }
 
@@ -533,9 +664,10 @@ impl Runner for DockerRunner {
     ) -> Result<RunOutput, BuildError> {
         let b = req.build;
         // The host decides: a recipe cannot turn the network on by itself.
-        if b.network && !req.limits.allow_network {
+        if b.wants_network() && !req.limits.allow_network {
             return Err(BuildError::NetworkNotAllowed {
                 hint: " (allow it with --allow-network on the command line, or allow_network = true for the repo in the daemon config)",
+                step: !b.network,
             });
         }
         let builder = self.resolve_image(&req.build.image, cancel).await?;
@@ -585,13 +717,58 @@ impl Runner for DockerRunner {
                 });
             }
         }
-        let (dir, root, steps) = result?;
+        let (dir, root, steps, cache_bytes) = result?;
         Ok(RunOutput {
             dir,
             root,
             builder,
             steps,
+            cache_bytes,
+            caches: Vec::new(),
         })
+    }
+
+    async fn create_volume(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<(), BuildError> {
+        self.docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(name.to_owned()),
+                labels: Some(labels.into_iter().collect()),
+                ..Default::default()
+            })
+            .await
+            .map_err(engine("create a cache volume"))
+            .map(drop)
+    }
+
+    async fn has_volume(&self, name: &str) -> Result<bool, BuildError> {
+        match self.docker.inspect_volume(name).await {
+            Ok(_) => Ok(true),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => Err(BuildError::Engine {
+                op: "inspect a cache volume",
+                source: e,
+            }),
+        }
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<(), BuildError> {
+        let opts = RemoveVolumeOptionsBuilder::default().force(false).build();
+        match self.docker.remove_volume(name, Some(opts)).await {
+            Ok(())
+            | Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(BuildError::Engine {
+                op: "remove a cache volume",
+                source: e,
+            }),
+        }
     }
 
     /// Load a `docker save`-format archive into the engine (`docker load`). Cancelling drops

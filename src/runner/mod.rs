@@ -6,6 +6,7 @@
 //! `DOCKER_HOST`, so an engine that speaks Docker's API on another socket (Podman's service)
 //! works through it; a second engine would be a second file here behind the same trait.
 
+pub mod cache;
 mod docker;
 mod steplog;
 
@@ -49,6 +50,19 @@ pub trait Runner: Send + Sync {
     /// Remove every container carrying `label=value` (what a dead run left behind); returns
     /// their names.
     async fn remove_labelled(&self, label: &str, value: &str) -> Result<Vec<String>, BuildError>;
+
+    /// Create a named volume (for a build cache) with these labels.
+    async fn create_volume(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<(), BuildError>;
+
+    /// Whether the named volume exists.
+    async fn has_volume(&self, name: &str) -> Result<bool, BuildError>;
+
+    /// Remove a named volume; one that is gone already is fine.
+    async fn remove_volume(&self, name: &str) -> Result<(), BuildError>;
 }
 
 /// The engine builds run on: Docker's API at `DOCKER_HOST`, else the local socket.
@@ -144,6 +158,8 @@ pub struct RunRequest<'a> {
     pub scratch: &'a Path,
     /// What the host allows.
     pub limits: &'a Limits,
+    /// Build caches mounted for this run (none for a cold build).
+    pub caches: Vec<cache::CacheMount>,
 }
 
 /// The builder image as the engine resolved it.
@@ -201,6 +217,8 @@ pub struct StepRecord {
     pub command: String,
     pub exit_code: i64,
     pub millis: u64,
+    /// Whether the step ran with the network.
+    pub network: bool,
 }
 
 /// A finished run: the output directory, spooled to local disk.
@@ -209,6 +227,11 @@ pub struct RunOutput {
     root: PathBuf,
     pub builder: BuilderImage,
     pub steps: Vec<StepRecord>,
+    /// Bytes in each mounted cache after the steps (by container path), where the builder
+    /// could measure them (`du`).
+    pub cache_bytes: BTreeMap<String, u64>,
+    /// The caches this run used, for provenance (set by the caller that took them).
+    pub caches: Vec<cache::CacheUse>,
 }
 
 impl RunOutput {
@@ -256,9 +279,10 @@ pub enum BuildError {
     #[error("the build exceeded its timeout of {}; the container was killed", humantime(*after))]
     Timeout { after: Duration },
     #[error(
-        "the recipe asks for the network (network = true), which this host does not allow{hint}"
+        "the recipe asks for the network (network = true{}), which this host does not allow{hint}",
+        if *step { " on a step" } else { "" }
     )]
-    NetworkNotAllowed { hint: &'static str },
+    NetworkNotAllowed { hint: &'static str, step: bool },
     #[error("the build's output exceeds the host's limit of {limit} bytes; nothing was packed")]
     OutputTooLarge { limit: u64 },
     #[error("the build did not produce its output directory {path}")]

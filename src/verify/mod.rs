@@ -496,6 +496,7 @@ async fn rebuild(
         keep: None,
         load: false,
         publish: None,
+        caches: None,
     };
     let built = plan
         .run(&b, runner, &Checks { rec })

@@ -71,6 +71,7 @@ impl Checker<'_> {
                 "shutdown_grace",
                 "lease",
                 "verify",
+                "cache_affinity",
                 "limits",
                 "database",
                 "database_password_file",
@@ -132,8 +133,12 @@ impl Checker<'_> {
             self.problem(0, "lease", "must be at least 3s");
         }
         let verify = self.verify(doc, "").unwrap_or(Verify::Never);
+        let cache_affinity = self
+            .duration(doc, "", "cache_affinity")
+            .unwrap_or(Duration::from_secs(5));
+        let mut cache_budget = crate::runner::cache::DEFAULT_BUDGET;
         let limits = match self.table(doc, "limits") {
-            Some((t, _)) => self.limits(t),
+            Some((t, _)) => self.limits(t, &mut cache_budget),
             None => crate::runner::Limits::host_defaults(),
         };
         let admin_token = self
@@ -162,7 +167,9 @@ impl Checker<'_> {
             shutdown_grace,
             lease,
             verify,
+            cache_affinity,
             limits,
+            cache_budget,
             database,
             admin_token,
             github,
@@ -322,8 +329,12 @@ impl Checker<'_> {
     }
 
     /// `[limits]`: sizes as "4g", counts as numbers; unset keys keep the host's defaults.
-    fn limits(&mut self, t: &DeTable) -> crate::runner::Limits {
-        self.unknown_keys(t, "limits", &["memory", "cpus", "pids", "output", "log"]);
+    fn limits(&mut self, t: &DeTable, cache: &mut u64) -> crate::runner::Limits {
+        self.unknown_keys(
+            t,
+            "limits",
+            &["memory", "cpus", "pids", "output", "log", "cache"],
+        );
         let mut l = crate::runner::Limits::host_defaults();
         let size = |c: &mut Self, key: &str, min: u64| -> Option<u64> {
             let (s, at) = c.string(t, "limits", key)?;
@@ -349,6 +360,9 @@ impl Checker<'_> {
         }
         if let Some(g) = size(self, "log", 1024) {
             l.log = g;
+        }
+        if let Some(c) = size(self, "cache", 0) {
+            *cache = c;
         }
         if let Some(p) = self.integer(t, "limits", "pids", 1, 1 << 22) {
             l.pids = p;
@@ -575,6 +589,7 @@ impl Checker<'_> {
                 "recipe_file",
                 "verify",
                 "allow_network",
+                "cache_tags",
             ],
         );
         let gh = self.string(t, &p, "github");
@@ -666,6 +681,7 @@ impl Checker<'_> {
         let recipe_file = self.abs_file(t, &p, "recipe_file").map(|(f, _)| f);
         let verify = self.verify(t, &p);
         let allow_network = self.bool(t, &p, "allow_network").unwrap_or(false);
+        let cache_tags = self.bool(t, &p, "cache_tags").unwrap_or(false);
         Some(Repo {
             source: source?,
             branches,
@@ -674,6 +690,7 @@ impl Checker<'_> {
             recipe_file,
             verify,
             allow_network,
+            cache_tags,
         })
     }
 }

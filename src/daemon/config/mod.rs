@@ -34,8 +34,13 @@ pub struct Config {
     pub lease: Duration,
     /// Reproducibility checks, unless a `[[repo]]` says otherwise.
     pub verify: Verify,
+    /// `cache_affinity`: how long a job waits for a host holding a warm cache for its
+    /// repository before any host takes it (`0s`: no affinity).
+    pub cache_affinity: Duration,
     /// `[limits]`: what a build may use (network per repo: `allow_network`).
     pub limits: crate::runner::Limits,
+    /// `[limits] cache`: the bytes all build caches of this host may hold.
+    pub cache_budget: u64,
     /// Where the state lives: SQLite in `state_dir`, or the farm's PostgreSQL.
     pub database: Database,
     /// `admin_token_file`: the bearer token the dashboard's actions (rebuild, cancel)
@@ -118,6 +123,8 @@ pub struct Repo {
     pub verify: Option<Verify>,
     /// Honour its recipe's `network = true` (else such a build fails at once).
     pub allow_network: bool,
+    /// `cache_tags`: tag builds use the build caches too (else they run cold).
+    pub cache_tags: bool,
 }
 
 impl Repo {
@@ -233,6 +240,7 @@ mod tests {
             recipe_file: None,
             verify: None,
             allow_network: false,
+            cache_tags: false,
         };
         let gh = repo(RepoSource::GitHub {
             owner: "acme".into(),

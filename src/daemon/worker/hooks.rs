@@ -15,6 +15,7 @@ use super::super::tags::tags_for;
 use super::note;
 use crate::artifact::ArtifactResult;
 use crate::image::annotations;
+use crate::metrics::Metrics;
 use crate::pipeline::{Built, Fetched, Hooks, PipelineError, Sourced, Stage, StageEnd};
 use crate::publish::Target;
 use crate::state::{ArtifactRow, BuildState, Claim, Outcome};
@@ -180,7 +181,16 @@ impl Hooks for WorkerHooks<'_> {
                 );
             }
             (Stage::Verify, StageEnd::Failed(PipelineError::NotReproducible(_))) => {
-                d.metrics.unreproducible.inc();
+                d.metrics
+                    .unreproducible
+                    .get_or_create(&Metrics::cause("build"))
+                    .inc();
+            }
+            (Stage::Verify, StageEnd::Failed(PipelineError::CacheChangedOutput(_))) => {
+                d.metrics
+                    .unreproducible
+                    .get_or_create(&Metrics::cause("cache"))
+                    .inc();
             }
             _ => {}
         }

@@ -415,8 +415,32 @@ fn plan(d: &Daemon, claim: &Claim, target: Arc<dyn Target>) -> Result<(Plan, boo
             target,
             tags: Tags::Decided,
         }),
+        caches: caches(d, claim, &repo, &cfg)?,
     };
     Ok((plan, repo.allow_network))
+}
+
+/// The build caches of a job: a branch build's (a tag build's only with `cache_tags`: a
+/// release runs cold by default).
+fn caches(
+    d: &Daemon,
+    claim: &Claim,
+    repo: &crate::daemon::config::Repo,
+    cfg: &crate::daemon::config::Config,
+) -> Result<Option<crate::pipeline::CachePlan>, PipelineError> {
+    let tag = claim.git_ref.starts_with("refs/tags/");
+    if tag && !repo.cache_tags {
+        return Ok(None);
+    }
+    let caches = crate::runner::cache::Caches::open(
+        &d.state_dir.join("cache"),
+        cfg.cache_budget,
+        crate::runner::cache::CacheMetrics::registered(&d.metrics),
+    )?;
+    Ok(Some(crate::pipeline::CachePlan {
+        caches,
+        repo: claim.repo.clone(),
+    }))
 }
 
 /// This host's identity in provenance and verdicts: a URI under the dashboard's public
