@@ -20,6 +20,8 @@ pub enum Event {
         index: usize,
         total: usize,
         command: String,
+        /// The step runs with the network.
+        network: bool,
     },
     /// A build step finished with `exit_code` after `millis`.
     StepFinished {

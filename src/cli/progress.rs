@@ -45,6 +45,7 @@ impl kiln::events::Observer for Progress {
                 index,
                 total,
                 command,
+                network,
             } => {
                 if let Some(pb) = lock(&self.step) {
                     pb.finish_and_clear();
@@ -54,7 +55,11 @@ impl kiln::events::Observer for Progress {
                     ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
                         .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                 );
-                pb.set_message(format!("{}step {index}/{total}: {command}", self.label));
+                let net = if *network { " (network)" } else { "" };
+                pb.set_message(format!(
+                    "{}step {index}/{total}{net}: {command}",
+                    self.label
+                ));
                 pb.enable_steady_tick(std::time::Duration::from_millis(120));
                 *kiln::sync::lock(&self.step) = Some(pb);
             }

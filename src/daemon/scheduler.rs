@@ -18,6 +18,7 @@ pub(super) async fn schedule(d: Arc<Daemon>, stop: CancellationToken, builds: Ta
         return;
     };
     let slots = Arc::new(tokio::sync::Semaphore::new(d.config().concurrency));
+    publish_warm_caches(&d).await;
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
@@ -39,6 +40,7 @@ pub(super) async fn schedule(d: Arc<Daemon>, stop: CancellationToken, builds: Ta
         let (d2, runner) = (d.clone(), runner.clone());
         builds.spawn(async move {
             worker::run(d2.clone(), claim, runner, cancel, why).await;
+            publish_warm_caches(&d2).await;
             d2.running().remove(&id);
             drop(permit);
         });
@@ -80,7 +82,8 @@ async fn next(d: &Daemon, stop: &CancellationToken) -> Option<Claim> {
         if stop.is_cancelled() {
             return None;
         }
-        match d.store.claim(&d.host_id, d.lease).await {
+        let affinity = d.config().cache_affinity;
+        match d.store.claim_near(&d.host_id, d.lease, affinity).await {
             Ok(Some(c)) => return Some(c),
             Ok(None) => {
                 tokio::select! {
@@ -97,6 +100,29 @@ async fn next(d: &Daemon, stop: &CancellationToken) -> Option<Claim> {
                 }
             }
         }
+    }
+}
+
+/// Tell the farm which repositories this host holds warm build caches for, so their jobs
+/// wait a moment for it (`cache_affinity`).
+async fn publish_warm_caches(d: &Daemon) {
+    let dir = d.state_dir.join("cache");
+    let repos = tokio::task::spawn_blocking(move || {
+        let metrics = std::sync::Arc::new(crate::runner::cache::CacheMetrics::default());
+        crate::runner::cache::Caches::open(&dir, u64::MAX, metrics).map(|c| c.warm_repos())
+    })
+    .await;
+    let repos = match repos {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "cannot read the build caches");
+            return;
+        }
+        Err(_) => return,
+    };
+    let slots = d.config().concurrency as u32;
+    if let Err(e) = d.store.set_warm_caches(&d.host_id, slots, &repos).await {
+        tracing::warn!(error = %e, "cannot record this host's warm caches");
     }
 }
 

@@ -387,6 +387,7 @@ impl DockerRunner {
             index,
             total,
             command: step.to_owned(),
+            network,
         });
         tracing::info!(step = index, command = %step, network, "running step");
         log.line(&format!(
@@ -757,7 +758,26 @@ impl Runner for DockerRunner {
         }
     }
 
+    /// Any container still using the volume is a dead build's (its cache lock is free, so
+    /// no live build holds it): it goes first, or the engine refuses to remove the volume.
     async fn remove_volume(&self, name: &str) -> Result<(), BuildError> {
+        let mut filters = HashMap::new();
+        filters.insert("volume".to_owned(), vec![name.to_owned()]);
+        let list = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let users = self
+            .docker
+            .list_containers(Some(list))
+            .await
+            .map_err(engine("list a cache volume's containers"))?;
+        for c in users.into_iter().filter_map(|c| c.id) {
+            tracing::info!(container = %c, volume = %name, "removing a dead build's container that still holds its cache");
+            self.remove(&c)
+                .await
+                .map_err(engine("remove a dead build's container"))?;
+        }
         let opts = RemoveVolumeOptionsBuilder::default().force(false).build();
         match self.docker.remove_volume(name, Some(opts)).await {
             Ok(())

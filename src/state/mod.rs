@@ -228,6 +228,8 @@ pub struct StepRow {
     pub command: String,
     pub exit_code: Option<i64>,
     pub millis: Option<u64>,
+    /// The step ran with the network.
+    pub network: bool,
 }
 
 /// A build as the API shows it.
@@ -353,7 +355,22 @@ pub trait Scheduling: Send + Sync {
     /// Claim the next runnable job for `host`: a queued one whose backoff has passed, or a
     /// running one whose lease expired. Fair across repos: a repo with fewer running jobs
     /// goes first. The fencing token grows on every claim.
-    async fn claim(&self, host: &str, lease: Duration) -> Result<Option<Claim>>;
+    async fn claim(&self, host: &str, lease: Duration) -> Result<Option<Claim>> {
+        self.claim_near(host, lease, Duration::ZERO).await
+    }
+    /// [`claim`](Scheduling::claim) with cache affinity: a job whose repository another live
+    /// host holds warm caches for, with a slot free, waits for that host until it has been
+    /// queued for `affinity` (zero: no affinity). Jobs this host holds warm caches for go
+    /// first among equals.
+    async fn claim_near(
+        &self,
+        host: &str,
+        lease: Duration,
+        affinity: Duration,
+    ) -> Result<Option<Claim>>;
+    /// Record the repositories `host` holds warm build caches for (replacing what it said
+    /// before), and how many builds it runs at once.
+    async fn set_warm_caches(&self, host: &str, slots: u32, repos: &[String]) -> Result<()>;
     /// Extend a lease, unless it was lost (expired, taken, or the job finished).
     async fn renew(&self, lease: &Lease, duration: Duration) -> Result<Renewal>;
     /// Whether the lease is still held, with at least `margin` left before it expires.

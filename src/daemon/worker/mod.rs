@@ -461,13 +461,19 @@ fn observer(
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<StepRow>();
     let metrics = d.metrics.clone();
     let obs = move |e: &Event| match e {
-        Event::StepStarted { index, command, .. } => {
+        Event::StepStarted {
+            index,
+            command,
+            network,
+            ..
+        } => {
             let _ = tx.send(StepRow {
                 attempt,
                 index: *index as u32,
                 command: command.clone(),
                 exit_code: None,
                 millis: None,
+                network: *network,
             });
         }
         Event::StepFinished {
@@ -481,6 +487,7 @@ fn observer(
                 command: String::new(),
                 exit_code: Some(*exit_code),
                 millis: Some(*millis),
+                network: false,
             });
         }
         Event::BlobPushed {
@@ -494,12 +501,13 @@ fn observer(
     };
     let (store, lease) = (d.store.clone(), lease.clone());
     let recorder = tokio::spawn(async move {
-        let mut commands: BTreeMap<u32, String> = BTreeMap::new();
+        let mut commands: BTreeMap<u32, (String, bool)> = BTreeMap::new();
         while let Some(mut s) = rx.recv().await {
             if s.exit_code.is_none() {
-                commands.insert(s.index, s.command.clone());
-            } else if let Some(c) = commands.get(&s.index) {
+                commands.insert(s.index, (s.command.clone(), s.network));
+            } else if let Some((c, n)) = commands.get(&s.index) {
                 s.command = c.clone();
+                s.network = *n;
             }
             let _ = store.step(&lease, s.attempt, &s).await;
         }

@@ -448,7 +448,10 @@ fn steps_table(x: &BuildDetail) -> Markup {
                     tr {
                         td.num { (s.attempt) }
                         td.num { (s.index) }
-                        td { code { (s.command) } }
+                        td {
+                            @if s.network { span.network title="This step ran with the network" { "network" } " " }
+                            code { (s.command) }
+                        }
                         td.num.exit { @match s.exit_code { Some(c) => (c), None => "–" } }
                         td.num { @match s.millis { Some(ms) => (duration(ms as i64)), None => "–" } }
                     }

@@ -63,7 +63,7 @@ macro_rules! sql_reads {
                 })
                 .collect();
                 let steps = sqlx::query(
-                    &self.q("SELECT attempt, idx, command, exit_code, millis FROM steps WHERE job_id = ? \
+                    &self.q("SELECT attempt, idx, command, exit_code, millis, network FROM steps WHERE job_id = ? \
                      ORDER BY attempt, idx"),
                 )
                 .bind(id)
@@ -76,6 +76,7 @@ macro_rules! sql_reads {
                     command: r.get("command"),
                     exit_code: r.get("exit_code"),
                     millis: r.get::<Option<i64>, _>("millis").map(|m| m as u64),
+                    network: r.get("network"),
                 })
                 .collect();
                 Ok(Some(BuildDetail {

@@ -49,10 +49,10 @@ macro_rules! sql_records {
 
             async fn step(&self, lease: &Lease, attempt: u32, step: &StepRow) -> Result<()> {
                 sqlx::query(&self.q(&format!(
-                    "INSERT INTO steps (job_id, attempt, idx, command, exit_code, millis) \
-                     SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM jobs WHERE {FENCED}) \
+                    "INSERT INTO steps (job_id, attempt, idx, command, exit_code, millis, network) \
+                     SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM jobs WHERE {FENCED}) \
                      ON CONFLICT (job_id, attempt, idx) DO UPDATE SET command = excluded.command, \
-                     exit_code = excluded.exit_code, millis = excluded.millis"
+                     exit_code = excluded.exit_code, millis = excluded.millis, network = excluded.network"
                 )))
                 .bind(&lease.build_id)
                 .bind(attempt as i64)
@@ -60,6 +60,7 @@ macro_rules! sql_records {
                 .bind(&step.command)
                 .bind(step.exit_code)
                 .bind(step.millis.map(|m| m as i64))
+                .bind(step.network)
                 .bind_lease(lease)
                 .execute(&self.pool)
                 .await?;

@@ -5,7 +5,12 @@ macro_rules! sql_scheduling {
     ($store:ident) => {
         #[async_trait::async_trait]
         impl Scheduling for $store {
-            async fn claim(&self, host: &str, lease: Duration) -> Result<Option<Claim>> {
+            async fn claim_near(
+                &self,
+                host: &str,
+                lease: Duration,
+                affinity: Duration,
+            ) -> Result<Option<Claim>> {
                 let now = self.now();
                 let row = sqlx::query(
                     &self.q(&format!("UPDATE jobs SET state = 'running', owner = ?1, host = ?1, fence = fence + 1, \
@@ -13,10 +18,18 @@ macro_rules! sql_scheduling {
                          cancel_requested = 0 \
                      WHERE id = ( \
                          SELECT j.id FROM jobs j \
-                         WHERE (j.state = 'queued' AND j.run_after <= ?3) \
-                            OR (j.state = 'running' AND j.lease_until < ?3) \
+                         WHERE ((j.state = 'queued' AND j.run_after <= ?3) \
+                            OR (j.state = 'running' AND j.lease_until < ?3)) \
+                         AND (?4 = 0 OR j.queued_at <= ?3 - ?4 \
+                            OR EXISTS (SELECT 1 FROM warm_caches w WHERE w.host = ?1 AND w.repo = j.repo) \
+                            OR NOT EXISTS (SELECT 1 FROM warm_caches w JOIN hosts h ON h.id = w.host \
+                                WHERE w.repo = j.repo AND w.host <> ?1 \
+                                AND h.stopped_at IS NULL AND h.heartbeat_at >= ?3 - ?5 \
+                                AND (SELECT count(*) FROM jobs r WHERE r.host = w.host \
+                                     AND r.state = 'running' AND r.lease_until >= ?3) < w.slots)) \
                          ORDER BY (SELECT count(*) FROM jobs r WHERE r.repo = j.repo \
                                    AND r.state = 'running' AND r.lease_until >= ?3), \
+                                  (SELECT count(*) FROM warm_caches w WHERE w.host = ?1 AND w.repo = j.repo) DESC, \
                                   j.queued_at, j.id \
                          LIMIT 1 {}) \
                      RETURNING id, repo, commit_sha, recipe, git_ref, fence, attempts, runs_from", $store::SKIP_LOCKED)),
@@ -24,6 +37,9 @@ macro_rules! sql_scheduling {
                 .bind(host)
                 .bind(now + ms(lease))
                 .bind(now)
+                .bind(ms(affinity))
+                // A host is alive while its heartbeats (every third of a lease) are recent.
+                .bind(ms(lease) * 2)
                 .fetch_optional(&self.pool)
                 .await?;
                 Ok(row.map(|r| Claim {
@@ -39,6 +55,27 @@ macro_rules! sql_scheduling {
                     attempt: r.get::<i64, _>("attempts") as u32,
                     runs_from: r.get::<i64, _>("runs_from") as u32,
                 }))
+            }
+
+            async fn set_warm_caches(&self, host: &str, slots: u32, repos: &[String]) -> Result<()> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(&self.q("DELETE FROM warm_caches WHERE host = ?"))
+                    .bind(host)
+                    .execute(&mut *tx)
+                    .await?;
+                for repo in repos {
+                    sqlx::query(&self.q(
+                        "INSERT INTO warm_caches (host, repo, slots, updated_at) VALUES (?, ?, ?, ?)",
+                    ))
+                    .bind(host)
+                    .bind(repo)
+                    .bind(slots as i64)
+                    .bind(self.now())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
             }
 
             async fn renew(&self, lease: &Lease, duration: Duration) -> Result<Renewal> {
