@@ -491,3 +491,107 @@ fn only_a_step_marked_network_reaches_the_network() {
     assert_eq!(internal["networkSteps"], serde_json::json!([2]), "{p}");
     assert_eq!(internal["network"], false);
 }
+
+/// The daemon: branch builds use caches, tag builds run cold, and the sampled verify (cold)
+/// catches a cache poisoned by an earlier commit: the build fails, nothing is published, the
+/// cache is discarded, and the next build is cold and clean.
+#[test]
+fn a_poisoned_cache_is_caught_by_the_cold_verify_and_tag_builds_never_see_it() {
+    use common::daemon::{Daemon, commit, has, metric};
+    let image = builder_image("busybox");
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("app");
+    // A commit holding `poison-me` leaves a file in the cache; any later build that finds it
+    // copies it into its output.
+    let poison = "mkdir -p /out; if [ -f /cache/poison ]; then cp /cache/poison /out/poison; echo copied-poison; fi; if [ -f poison-me ]; then echo evil > /cache/poison; fi; echo app > /out/app";
+    let recipe = format!(
+        "[build]\nimage = \"{image}\"\ncache = [\"/cache\"]\nsteps = [\n  {{ run = \"true\", network = true }},\n  '''{poison}''',\n]\n\n[[artifact]]\nname = \"app\"\nkind = \"files\"\nfiles = [{{ from = \".\", to = \"/\" }}]\n"
+    );
+    let sha1 = git_repo(
+        &repo,
+        &[("kiln.toml", recipe.as_bytes()), ("poison-me", b"1")],
+        None,
+    );
+    let body = format!(
+        "verify = \"always\"\n[[repo]]\npath = \"{}\"\nbranches = [\"main\"]\ntags = \"v*\"\nallow_network = true\n",
+        repo.display()
+    );
+    let dir = t.path().join("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = Daemon::start(&dir, &body, "debug", &[]);
+    let wait = |what: &str, sha: &str, state: &str| {
+        d.wait_builds(what, Duration::from_secs(120), |b| has(b, sha, state))
+            .into_iter()
+            .find(|b| b["commit"] == sha && b["state"] == state)
+            .unwrap()
+    };
+    let first = wait("the first build", &sha1, "success");
+    let layout = d.state_dir.join("layout").join("app");
+    let internal = |sha: &str| {
+        provenance_statement(&layout, sha)["predicate"]["buildDefinition"]["internalParameters"]
+            .clone()
+    };
+    assert_eq!(internal(&sha1)["caches"][0]["warm"], false);
+    assert_eq!(internal(&sha1)["networkSteps"], serde_json::json!([1]));
+    // The networked step is marked in the API and on the dashboard.
+    let detail = d.build(first["id"].as_str().unwrap());
+    assert_eq!(detail["steps"][0]["network"], true, "{detail}");
+    assert_eq!(detail["steps"][1]["network"], false, "{detail}");
+    let page = common::daemon::get(&format!(
+        "{}/builds/{}",
+        d.url,
+        first["id"].as_str().unwrap()
+    ))
+    .1;
+    assert!(page.contains("class=\"network\""), "{page}");
+
+    // A release of a later commit (no poison-me) is built cold: clean.
+    git(&repo, &["checkout", "-q", "-b", "release"]);
+    git(&repo, &["rm", "-q", "poison-me"]);
+    git(&repo, &["commit", "-qm", "release"]);
+    let sha2 = git(&repo, &["rev-parse", "HEAD"]);
+    git(&repo, &["tag", "v2"]);
+    wait("the tag build", &sha2, "success");
+    assert!(internal(&sha2)["caches"].is_null(), "a tag build runs cold");
+    assert!(!common::layer_files(&layout, &sha2).contains_key("poison"));
+
+    // The next branch build is warm, copies the poison, and the cold verify catches it.
+    git(&repo, &["checkout", "-q", "main"]);
+    git(&repo, &["merge", "-q", "--ff-only", "release"]);
+    let sha3 = commit(&repo, "marker", "3");
+    let caught = wait("the poisoned build", &sha3, "failure");
+    let error = caught["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("not reproducible: the cache changed the output: 1 path differs: "),
+        "{error}"
+    );
+    assert!(error.contains("poison"), "{error}");
+    assert!(
+        caught["artifacts"].as_array().unwrap().is_empty(),
+        "nothing was published"
+    );
+    assert_eq!(
+        metric(
+            &d.metrics(),
+            "kiln_builds_unreproducible_total{cause=\"cache\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(metric(&d.metrics(), "kiln_cache_hits_total"), Some(1.0));
+    let log = common::daemon::get(&format!(
+        "{}/builds/{}/log",
+        d.url,
+        caught["id"].as_str().unwrap()
+    ))
+    .1;
+    assert!(
+        log.contains("copied-poison") && log.contains("kiln: cache /cache: warm"),
+        "{log}"
+    );
+
+    // The cache is gone: the next build is cold and clean.
+    let sha4 = commit(&repo, "marker", "4");
+    wait("the build after", &sha4, "success");
+    assert_eq!(internal(&sha4)["caches"][0]["warm"], false);
+    assert!(!common::layer_files(&layout, &sha4).contains_key("poison"));
+}
