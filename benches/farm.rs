@@ -9,6 +9,10 @@
 //!    running, from the state's own timestamps; median of 5 (target < 50 ms).
 //! 3. GitHub requests per minute while idle, with 1 and with 3 hosts (they should be equal:
 //!    one host polls).
+//! 4. Cache affinity: 2 hosts, 2 repositories whose recipes keep a build cache, one commit to
+//!    each at once per round, 8 rounds: the share of builds that found a warm cache with
+//!    `cache_affinity = "0s"` (off) and `"5s"` (the default). `KILN_BENCH=affinity` runs only
+//!    this part.
 //!
 //! Everything is real but GitHub (the in-test stand-in over real repositories): the Docker
 //! engine, the registry, PostgreSQL.
@@ -128,7 +132,25 @@ fn run(n: usize) -> (f64, f64) {
     (wall, per_min)
 }
 
+/// Section 4: warm builds with cache affinity off and on.
+fn affinity() {
+    const ROUNDS: usize = 8;
+    for setting in ["0s", "5s"] {
+        let warm = common::farm::warm_rounds(setting, ROUNDS);
+        let n: usize = warm.iter().sum();
+        println!(
+            "cache_affinity = {setting:?}: {n} of {} builds warm ({:.0}%), per round {warm:?}",
+            2 * ROUNDS,
+            100.0 * n as f64 / (2 * ROUNDS) as f64
+        );
+    }
+}
+
 fn main() {
+    if std::env::var("KILN_BENCH").as_deref() == Ok("affinity") {
+        affinity();
+        return;
+    }
     let mut walls = Vec::new();
     for n in 1..=3 {
         let started = Instant::now();
@@ -142,4 +164,5 @@ fn main() {
     for (i, w) in walls.iter().enumerate() {
         println!("speedup at {} host(s): {:.2}x", i + 1, walls[0] / w);
     }
+    affinity();
 }

@@ -558,3 +558,13 @@ fn a_second_machine_with_the_same_host_id_is_refused() {
     // The first host kept its work and its role.
     assert_eq!(get(&format!("{}/healthz", first.url)).0, 200);
 }
+
+/// With cache affinity, a repository's builds go to the host holding its warm cache: after
+/// the first round (which warms each host up), every build of both repositories is warm.
+/// (`cargo bench --bench farm` compares this with affinity off.)
+#[test]
+fn builds_go_to_the_host_holding_their_warm_cache() {
+    let warm = common::farm::warm_rounds("30s", 3);
+    // Round 1 may still find the host warm for a repository busy: it goes elsewhere cold.
+    assert_eq!(&warm[1..], [2, 2], "warm builds per round: {warm:?}");
+}

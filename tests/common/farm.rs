@@ -23,6 +23,8 @@ pub struct Farm {
     pub lease: &'static str,
     /// The hosts' GitHub `poll_interval` (`1s` unless a test says otherwise).
     pub poll: &'static str,
+    /// More top-level config keys for the hosts (say, `cache_affinity = "5s"`).
+    pub extra: String,
     root: tempfile::TempDir,
 }
 
@@ -48,6 +50,7 @@ impl Farm {
             log_level: "trace",
             lease: LEASE,
             poll: "1s",
+            extra: String::new(),
             root: tempfile::tempdir().unwrap(),
         }
     }
@@ -64,8 +67,8 @@ impl Farm {
                 &dir,
                 self.poll,
                 &format!(
-                    "host_id = \"{id}\"\nlease = \"{}\"\nshutdown_grace = \"1s\"\ndatabase = \"{}\"\ndatabase_password_file = \"{password}\"",
-                    self.lease, self.db_url
+                    "host_id = \"{id}\"\nlease = \"{}\"\nshutdown_grace = \"1s\"\ndatabase = \"{}\"\ndatabase_password_file = \"{password}\"\n{}",
+                    self.lease, self.db_url, self.extra
                 )
             ),
             self.reg.addr
@@ -113,4 +116,82 @@ impl Host {
             libc::kill(self.d().pid() as libc::pid_t, sig);
         }
     }
+}
+
+/// Cache affinity on a farm of two hosts (`concurrency = 1`) building two repositories whose
+/// recipes keep a build cache: `rounds` times, one commit to each repository at once, each
+/// round once the last has finished. Returns, per round, how many of its two builds found a
+/// warm cache (from their logs).
+pub fn warm_rounds(affinity: &str, rounds: usize) -> Vec<usize> {
+    use super::recipe::{Recipe, refs};
+    let mut farm = Farm::new();
+    farm.log_level = "info";
+    farm.extra = format!("cache_affinity = \"{affinity}\"");
+    let repos = ["acme/cache-a", "acme/cache-b"];
+    let files = |marker: String| {
+        let recipe = Recipe::steps(&[
+            "sleep 1; date > /cache/stamp",
+            "mkdir -p /out/bin && cp /bin/busybox /out/bin/busybox",
+        ])
+        .build("cache = [\"/cache\"]")
+        .then("[[artifact]]\nname = \"hello\"\nkind = \"image\"\nentrypoint = [\"/bin/busybox\"]\n")
+        .bytes();
+        vec![("kiln.toml", recipe), ("marker.txt", marker.into_bytes())]
+    };
+    let mut shas: Vec<String> = repos
+        .iter()
+        .map(|r| {
+            farm.gh
+                .create(r, &refs(&files(format!("{r} 0 {affinity}"))))
+        })
+        .collect();
+    let hosts = [
+        farm.host("warm-1", &repos, &["main"]),
+        farm.host("warm-2", &repos, &["main"]),
+    ];
+    let d = hosts[0].d();
+    let mut warm = Vec::new();
+    for round in 0..=rounds {
+        if round > 0 {
+            shas = repos
+                .iter()
+                .map(|r| {
+                    farm.gh
+                        .commit(r, &refs(&files(format!("{r} {round} {affinity}"))), "next")
+                })
+                .collect();
+        }
+        let builds = d.wait_builds(
+            "the round's builds",
+            std::time::Duration::from_secs(120),
+            |b| shas.iter().all(|s| has(b, s, "success")),
+        );
+        if round == 0 {
+            continue;
+        }
+        let n = shas
+            .iter()
+            .filter(|s| {
+                let b = builds.iter().find(|b| b["commit"] == s.as_str()).unwrap();
+                let log = get(&format!(
+                    "{}/builds/{}/log",
+                    d.url,
+                    b["id"].as_str().unwrap()
+                ))
+                .1;
+                log.contains("kiln: cache /cache: warm")
+            })
+            .count();
+        warm.push(n);
+    }
+    let configs: Vec<PathBuf> = hosts.iter().map(|h| h.config.clone()).collect();
+    drop(hosts);
+    for c in configs {
+        super::run_ok(
+            super::kiln()
+                .args(["cache", "prune", "--all", "--config"])
+                .arg(c),
+        );
+    }
+    warm
 }
