@@ -36,6 +36,41 @@ const TAIL_LINES: usize = 15;
 const PULL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 /// How long the work of a stopped build (output spooling, the source tar) may take to notice.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
+/// Runs its arguments as steps, each `/bin/sh -c STEP` with its standard error joined to its
+/// standard output, and reports on its own standard error where each starts and ends
+/// ([`Marker`]); stops at the first that fails, with its exit code.
+const DRIVER: &str = "umask @UMASK@
+i=0
+for step in \"$@\"; do
+  i=$((i + 1))
+  printf 'kiln-step start %d\\n' \"$i\" >&2
+  /bin/sh -c \"$step\" 2>&1
+  code=$?
+  printf 'kiln-step end %d %d\\n' \"$i\" \"$code\" >&2
+  [ \"$code\" -eq 0 ] || exit \"$code\"
+done";
+
+/// A line of the step driver's standard error.
+#[derive(Debug, PartialEq, Eq)]
+enum Marker {
+    /// Step `i` (1-based, within the exec) starts.
+    Start(usize),
+    /// Step `i` ended with this exit code.
+    End(usize, i64),
+}
+
+impl Marker {
+    fn parse(line: &str) -> Option<Marker> {
+        let rest = line.strip_prefix("kiln-step ")?;
+        let mut w = rest.split(' ');
+        match (w.next()?, w.next()?.parse().ok()?, w.next(), w.next()) {
+            ("start", i, None, None) => Some(Marker::Start(i)),
+            ("end", i, Some(code), None) => Some(Marker::End(i, code.parse().ok()?)),
+            _ => None,
+        }
+    }
+}
+
 /// The engine's network a build with networked steps is connected to while they run.
 const NETWORK: &str = "bridge";
 
@@ -240,25 +275,31 @@ impl DockerRunner {
         let mut log = StepLog::open(req.log, req.limits.log)?;
         let total = b.steps.len();
         let mut records = Vec::new();
-        for (i, step) in b.steps.iter().enumerate() {
-            let network = b.step_network(i);
+        // Consecutive steps with the same network run in one exec (one process start in the
+        // engine, not one per step); the network changes only between such runs.
+        let mut first = 0;
+        while first < total {
+            let network = b.step_network(first);
+            let end = (first..total)
+                .find(|&i| b.step_network(i) != network)
+                .unwrap_or(total);
             if network != connected {
                 self.set_network(id, network).await?;
                 // Connecting writes the container's address into /etc/hosts again.
                 self.fix_hosts(id).await?;
                 connected = network;
             }
-            let record = self
-                .step(
-                    id,
-                    req,
-                    (i + 1, total),
-                    (&step.run, network),
-                    &mut log,
-                    observer,
-                )
-                .await?;
-            records.push(record);
+            self.steps(
+                id,
+                req,
+                (first, end),
+                network,
+                &mut log,
+                &mut records,
+                observer,
+            )
+            .await?;
+            first = end;
         }
         if connected && !b.network {
             self.set_network(id, false).await?;
@@ -371,50 +412,51 @@ impl DockerRunner {
         std::fs::remove_file(&tar_path).map_err(io("remove", &tar_path))
     }
 
-    /// Run one step (`index` of `total`) as an exec, its output streaming into the log; a
-    /// step that exits non-zero is [`BuildError::StepFailed`].
-    async fn step(
+    /// Run steps `first..end` (0-based) in one exec of a small driver that runs each with
+    /// `/bin/sh -c STEP` under a fixed umask in `workdir`, stops at the first that fails, and
+    /// tells where each starts and ends on its standard error (the steps' own standard error
+    /// goes to its standard output, so nothing a step prints is read as a marker). Output
+    /// streams into the log; each step is recorded; a step that exits non-zero is
+    /// [`BuildError::StepFailed`].
+    #[allow(clippy::too_many_arguments)]
+    async fn steps(
         &self,
         id: &str,
         req: &RunRequest<'_>,
-        (index, total): (usize, usize),
-        (step, network): (&str, bool),
+        (first, end): (usize, usize),
+        network: bool,
         log: &mut StepLog<'_>,
+        records: &mut Vec<StepRecord>,
         observer: &(dyn Observer + Send + Sync),
-    ) -> Result<StepRecord, BuildError> {
-        let started = std::time::Instant::now();
-        observer.event(&Event::StepStarted {
-            index,
-            total,
-            command: step.to_owned(),
-            network,
-        });
-        tracing::info!(step = index, command = %step, network, "running step");
-        log.line(&format!(
-            "{} {step}",
-            if network { "$ (network)" } else { "$" }
-        ))?;
+    ) -> Result<(), BuildError> {
+        let b = req.build;
+        let total = b.steps.len();
+        let mut cmd: Vec<String> = vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            DRIVER.replace("@UMASK@", super::UMASK),
+            "kiln-steps".into(),
+        ];
+        cmd.extend(b.steps[first..end].iter().map(|s| s.run.clone()));
         let exec = self
             .docker
             .create_exec(
                 id,
                 CreateExecOptions::<String> {
-                    // The step as written, under a fixed umask.
-                    cmd: Some(vec![
-                        "/bin/sh".into(),
-                        "-c".into(),
-                        format!("umask {}\n{step}", super::UMASK),
-                    ]),
+                    cmd: Some(cmd),
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
-                    working_dir: Some(req.build.workdir.clone()),
+                    working_dir: Some(b.workdir.clone()),
                     ..Default::default()
                 },
             )
             .await
             .map_err(engine("create a step"))?
             .id;
-        let mut tail = Tail::default();
+        // The step running now: (1-based index, started, its output's tail).
+        let mut current: Option<(usize, std::time::Instant, Tail)> = None;
+        let mut control = Vec::new();
+        let mut failed: Option<(usize, i64, Tail)> = None;
         if let StartExecResults::Attached { mut output, .. } = self
             .docker
             .start_exec(&exec, None)
@@ -422,40 +464,100 @@ impl DockerRunner {
             .map_err(engine("start a step"))?
         {
             while let Some(chunk) = output.next().await {
-                let bytes = match chunk.map_err(engine("read a step's output"))? {
-                    LogOutput::StdOut { message }
-                    | LogOutput::StdErr { message }
-                    | LogOutput::Console { message } => message,
-                    LogOutput::StdIn { .. } => continue,
-                };
-                tail.push(&bytes);
-                log.output(&bytes, observer)?;
+                match chunk.map_err(engine("read a step's output"))? {
+                    LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                        if let Some((_, _, tail)) = current.as_mut() {
+                            tail.push(&message);
+                        }
+                        log.output(&message, observer)?;
+                    }
+                    LogOutput::StdErr { message } => {
+                        control.extend_from_slice(&message);
+                        while let Some(nl) = control.iter().position(|&c| c == b'\n') {
+                            let line: Vec<u8> = control.drain(..=nl).collect();
+                            let line = String::from_utf8_lossy(&line);
+                            match Marker::parse(line.trim_end()) {
+                                Some(Marker::Start(i)) if (1..=end - first).contains(&i) => {
+                                    let index = first + i;
+                                    let command = &b.steps[index - 1].run;
+                                    observer.event(&Event::StepStarted {
+                                        index,
+                                        total,
+                                        command: command.clone(),
+                                        network,
+                                    });
+                                    tracing::info!(step = index, command = %command, network, "running step");
+                                    log.line(&format!(
+                                        "{} {command}",
+                                        if network { "$ (network)" } else { "$" }
+                                    ))?;
+                                    current =
+                                        Some((index, std::time::Instant::now(), Tail::default()));
+                                }
+                                Some(Marker::End(i, code))
+                                    if current.as_ref().is_some_and(|c| c.0 == first + i) =>
+                                {
+                                    let Some((index, started, tail)) = current.take() else {
+                                        continue;
+                                    };
+                                    let millis = started.elapsed().as_millis() as u64;
+                                    observer.event(&Event::StepFinished {
+                                        index,
+                                        exit_code: code,
+                                        millis,
+                                    });
+                                    if code != 0 {
+                                        let _ = log.line(&format!(
+                                            "kiln: step {index} exited with code {code}"
+                                        ));
+                                        failed = Some((index, code, tail));
+                                    } else {
+                                        records.push(StepRecord {
+                                            index,
+                                            command: b.steps[index - 1].run.clone(),
+                                            exit_code: code,
+                                            millis,
+                                            network,
+                                        });
+                                    }
+                                }
+                                // The driver's own complaints (it cannot run a shell, say).
+                                _ => log.output(line.as_bytes(), observer)?,
+                            }
+                        }
+                    }
+                    LogOutput::StdIn { .. } => {}
+                }
             }
         }
         let code = self.exit_code(&exec).await?;
-        let millis = started.elapsed().as_millis() as u64;
-        observer.event(&Event::StepFinished {
-            index,
-            exit_code: code,
-            millis,
-        });
-        if code != 0 {
-            let _ = log.line(&format!("kiln: step {index} exited with code {code}"));
-            return Err(BuildError::StepFailed {
+        match (failed, code) {
+            (None, 0) if records.len() == end => Ok(()),
+            (Some((index, code, tail)), _) => Err(BuildError::StepFailed {
                 index,
                 total,
-                command: step.to_owned(),
+                command: b.steps[index - 1].run.clone(),
                 code,
                 tail: tail.lines(TAIL_LINES),
-            });
+            }),
+            // The driver itself stopped (killed, or it could not run a step): the step it was
+            // on, else the first not recorded, failed with its exit code.
+            (None, code) => {
+                let (index, tail) = match current {
+                    Some((index, _, tail)) => (index, tail),
+                    None => (records.len() + 1, Tail::default()),
+                };
+                let code = if code == 0 { 1 } else { code };
+                let _ = log.line(&format!("kiln: step {index} exited with code {code}"));
+                Err(BuildError::StepFailed {
+                    index,
+                    total,
+                    command: b.steps[index.min(total) - 1].run.clone(),
+                    code,
+                    tail: tail.lines(TAIL_LINES),
+                })
+            }
         }
-        Ok(StepRecord {
-            index,
-            command: step.to_owned(),
-            exit_code: code,
-            millis,
-            network,
-        })
     }
 
     /// A step's exit code. The output stream can end before the exec is reaped (a step that
@@ -812,5 +914,29 @@ impl Runner for DockerRunner {
             _ = cancel.cancelled() => return Err(BuildError::Cancelled),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Marker;
+
+    #[test]
+    fn only_exact_driver_lines_are_markers() {
+        assert_eq!(Marker::parse("kiln-step start 2"), Some(Marker::Start(2)));
+        assert_eq!(
+            Marker::parse("kiln-step end 3 127"),
+            Some(Marker::End(3, 127))
+        );
+        for not in [
+            "kiln-step start",
+            "kiln-step start x",
+            "kiln-step end 1",
+            "kiln-step end 1 2 3",
+            " kiln-step start 1",
+            "sh: can't cd",
+        ] {
+            assert_eq!(Marker::parse(not), None, "{not}");
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::ffi::{OsStr, OsString};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -260,10 +260,15 @@ impl Drop for Piped {
 struct Process {
     child: Arc<Mutex<Child>>,
     killed: Arc<AtomicU8>,
-    stop: Arc<AtomicBool>,
+    /// Dropped (or sent on) when the child is done: the watcher stops at once, not at its
+    /// next look at the token (a git call of a few milliseconds does not wait for it).
+    stop: Option<std::sync::mpsc::Sender<()>>,
     watcher: Option<std::thread::JoinHandle<()>>,
     timeout: Duration,
 }
+
+/// How often the watcher looks at the cancellation token.
+const WATCH: Duration = Duration::from_millis(20);
 
 /// Kill the child's process group, unless the child was already reaped (then its pid, and so
 /// its group id, may belong to someone else).
@@ -283,20 +288,22 @@ impl Process {
     fn watch(child: Child, cancel: &CancellationToken, timeout: Duration) -> Process {
         let child = Arc::new(Mutex::new(child));
         let killed = Arc::new(AtomicU8::new(NOT_KILLED));
-        let stop = Arc::new(AtomicBool::new(false));
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let deadline = Instant::now() + timeout;
         let watcher = {
-            let (child, killed, stop, cancel) =
-                (child.clone(), killed.clone(), stop.clone(), cancel.clone());
+            let (child, killed, cancel) = (child.clone(), killed.clone(), cancel.clone());
             std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
+                loop {
                     let why = if cancel.is_cancelled() {
                         KILLED_CANCEL
                     } else if Instant::now() >= deadline {
                         KILLED_TIMEOUT
                     } else {
-                        std::thread::sleep(Duration::from_millis(20));
-                        continue;
+                        match stopped.recv_timeout(WATCH) {
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                            // Done, or the handle is gone.
+                            _ => return,
+                        }
                     };
                     killed.store(why, Ordering::SeqCst);
                     kill_group(&child);
@@ -307,7 +314,7 @@ impl Process {
         Process {
             child,
             killed,
-            stop,
+            stop: Some(stop),
             watcher: Some(watcher),
             timeout,
         }
@@ -331,7 +338,7 @@ impl Process {
                 Err(e) => break Err(e),
             }
         };
-        self.stop.store(true, Ordering::SeqCst);
+        self.stop.take();
         if let Some(w) = self.watcher.take() {
             let _ = w.join();
         }
@@ -341,7 +348,7 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.stop.take();
     }
 }
 

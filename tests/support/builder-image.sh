@@ -4,19 +4,26 @@
 #   tests/support/builder-image.sh busybox      -> kiln-builder/busybox:latest
 #   tests/support/builder-image.sh debian-gcc   -> kiln-builder/debian-gcc:bookworm
 #   tests/support/builder-image.sh hostile      -> kiln-builder/hostile:latest
+#   tests/support/builder-image.sh debian-go    -> kiln-builder/debian-go:bookworm
+#   tests/support/builder-image.sh rust         -> kiln-builder/rust:<host rustc version>
 #
 # busybox: a rootfs holding the host's static busybox (Debian's busybox-static) and a link per
 # applet. hostile: the same, plus /data holding 100k empty files and a directory 1000 levels
 # deep (made on the host: creating them inside a container on a FUSE storage driver takes
 # minutes). debian-gcc: a debootstrap'd Debian bookworm with gcc and libc6-dev; its rootfs tar is
 # cached in $KILN_CACHE (default /var/cache/kiln-test) so later runs only re-import it.
+# debian-go: the same plus Debian's golang-go (Go 1.19), installed by debootstrap, so the
+# toolchain is what Debian ships, not whatever the host has; cached the same way. rust: the
+# debian-gcc rootfs plus the host's Rust toolchain (`rustc --print sysroot`: bin/ and lib/, not
+# share/ or rust-src) under /usr/local, tagged with its version (bookworm's own rustc, 1.63, is
+# too old for current crates, and no toolchain can be downloaded here).
 # Each is loaded once: an existing image is left as it is.
 #
 # Images are loaded from a `docker save`-format archive built here with a fixed creation time,
 # not with `docker import` (which stamps the current time): the same rootfs then gives the same
 # image ID on every host, and so the same builder digest in what kiln builds with it.
 set -eu
-kind=${1:?usage: builder-image.sh busybox|debian-gcc}
+kind=${1:?usage: builder-image.sh busybox|hostile|debian-gcc|debian-go|rust}
 cache=${KILN_CACHE:-/var/cache/kiln-test}
 
 have() { docker image inspect "$1" >/dev/null 2>&1; }
@@ -35,6 +42,27 @@ load_rootfs() {
   printf '[{"Config":"%s.json","RepoTags":["%s"],"Layers":["%s/layer.tar"]}]' "$config" "$2" "$layer" >"$dir/manifest.json"
   tar --dereference --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$dir" -cf - . | docker load -q >/dev/null
   rm -rf "$dir"
+}
+
+debian_path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+# debian_rootfs NAME PACKAGES: print the path of a cached rootfs tar of a debootstrap'd bookworm
+# (minbase) with PACKAGES (comma-separated), made on first use. Call it as $(...): a subshell.
+debian_rootfs() {
+  tarball="$cache/$1-bookworm.tar"
+  if [ ! -s "$tarball" ]; then
+    command -v debootstrap >/dev/null || { echo "debootstrap not found: apt-get install debootstrap" >&2; exit 1; }
+    mkdir -p "$cache"
+    broot=$(mktemp -d)
+    trap 'rm -rf "$broot"' EXIT
+    mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+    debootstrap --variant=minbase --include="$2" bookworm "$broot" "$mirror" >&2
+    rm -rf "$broot/var/cache/apt/archives/"*.deb "$broot/var/lib/apt/lists/"*
+    tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$broot" -cf "$tarball.tmp" .
+    mv "$tarball.tmp" "$tarball"
+    rm -rf "$broot"
+  fi
+  echo "$tarball"
 }
 
 case "$kind" in
@@ -69,22 +97,30 @@ busybox|hostile)
   load_rootfs "$root.tar" "$image" /bin
   rm -f "$root.tar"
   ;;
-debian-gcc)
-  image=kiln-builder/debian-gcc:bookworm
+debian-gcc|debian-go)
+  image=kiln-builder/$kind:bookworm
   have "$image" && { echo "$image"; exit 0; }
-  tarball="$cache/debian-gcc-bookworm.tar"
-  if [ ! -s "$tarball" ]; then
-    command -v debootstrap >/dev/null || { echo "debootstrap not found: apt-get install debootstrap" >&2; exit 1; }
-    mkdir -p "$cache"
-    root=$(mktemp -d)
-    trap 'rm -rf "$root"' EXIT
-    mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-    debootstrap --variant=minbase --include=gcc,libc6-dev bookworm "$root" "$mirror" >&2
-    rm -rf "$root/var/cache/apt/archives/"*.deb "$root/var/lib/apt/lists/"*
-    tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$root" -cf "$tarball.tmp" .
-    mv "$tarball.tmp" "$tarball"
-  fi
-  load_rootfs "$tarball" "$image" /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+  case "$kind" in debian-gcc) include=gcc,libc6-dev ;; *) include=gcc,libc6-dev,golang-go ;; esac
+  tarball=$(debian_rootfs "$kind" "$include")
+  load_rootfs "$tarball" "$image" "$debian_path"
+  ;;
+rust)
+  command -v rustc >/dev/null || { echo "rustc not found: install a Rust toolchain (rustup)" >&2; exit 1; }
+  version=$(rustc --version | cut -d' ' -f2)
+  image=kiln-builder/rust:$version
+  have "$image" && { echo "$image"; exit 0; }
+  sysroot=$(rustc --print sysroot)
+  base=$(debian_rootfs debian-gcc gcc,libc6-dev)
+  root=$(mktemp -d)
+  trap 'rm -rf "$root" "$root.tar"' EXIT
+  tar -xf "$base" -C "$root"
+  mkdir -p "$root/usr/local/bin" "$root/usr/local/lib"
+  cp -a "$sysroot/bin/." "$root/usr/local/bin/"
+  cp -a "$sysroot/lib/." "$root/usr/local/lib/"
+  rm -rf "$root/usr/local/lib/rustlib/src"
+  "$root/usr/local/bin/rustc" --version >/dev/null  # the copy runs (finds its own sysroot)
+  tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$root" -cf "$root.tar" .
+  load_rootfs "$root.tar" "$image" "$debian_path"
   ;;
 *)
   echo "unknown builder image kind: $kind" >&2
