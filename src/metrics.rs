@@ -103,6 +103,10 @@ impl Metrics {
             statuses.clone(),
         );
         let unreproducible = Family::<CauseLabel, Counter>::default();
+        // Both causes are shown from the start, at 0.
+        for cause in ["build", "cache"] {
+            let _ = unreproducible.get_or_create(&Metrics::cause(cause));
+        }
         registry.register(
             "builds_unreproducible",
             "Builds built twice to check them that came out different",

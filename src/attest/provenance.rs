@@ -74,6 +74,9 @@ pub struct CacheRecord {
     pub id: String,
     /// Whether it held what an earlier build left.
     pub warm: bool,
+    /// Another build held it (or it was unavailable): this build ran without it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub scratch: bool,
 }
 
 /// The limits a build ran under, as the provenance records them.

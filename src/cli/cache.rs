@@ -32,15 +32,15 @@ pub enum CacheCommand {
     },
 }
 
-/// Whose caches: the daemon's (its config's `state_dir/cache`), else those of `kiln build
-/// --cache` for this user.
+/// Whose caches: the daemon's (its config's `state_dir/cache`), or, with `--cache-dir`, those
+/// of `kiln build --cache`.
 #[derive(clap::Args)]
 pub struct CacheAt {
     /// The daemon config whose caches these are (`state_dir/cache`, budget `[limits] cache`).
-    #[arg(long, value_name = "FILE", conflicts_with = "cache_dir")]
-    pub config: Option<PathBuf>,
-    /// The cache directory of `kiln build --cache` (default: $XDG_CACHE_HOME/kiln, else
-    /// ~/.cache/kiln).
+    #[arg(long, value_name = "FILE", default_value = kiln::daemon::config::DEFAULT_PATH, conflicts_with = "cache_dir")]
+    pub config: PathBuf,
+    /// Instead, the cache directory of `kiln build --cache` (its default is
+    /// $XDG_CACHE_HOME/kiln, else ~/.cache/kiln).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 }
@@ -70,8 +70,9 @@ pub fn open_dir(dir: Option<&PathBuf>) -> Result<Caches> {
 }
 
 fn open(at: &CacheAt) -> Result<std::result::Result<Caches, ExitCode>> {
-    match &at.config {
-        Some(path) => {
+    match &at.cache_dir {
+        None => {
+            let path = &at.config;
             let config = match kiln::daemon::config::Config::load(path) {
                 Ok(c) => c,
                 Err(e) => {
@@ -85,7 +86,7 @@ fn open(at: &CacheAt) -> Result<std::result::Result<Caches, ExitCode>> {
                 Arc::new(CacheMetrics::default()),
             )?))
         }
-        None => Ok(Ok(open_dir(at.cache_dir.as_ref())?)),
+        Some(dir) => Ok(Ok(open_dir(Some(dir))?)),
     }
 }
 

@@ -141,6 +141,9 @@ pub struct Daemon {
     running: Mutex<HashMap<(String, i64), (CancellationToken, StopReason)>>,
     /// Held while tags are decided and moved, so two moves of one branch never interleave.
     pub(crate) tag_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Held while this host tells the farm which caches it holds (two builds ending at once
+    /// would otherwise interleave the replacement).
+    pub(crate) warm_lock: tokio::sync::Mutex<()>,
     /// Whether this host leads the polls now (one host of a farm at a time).
     pub(crate) poller: AtomicBool,
     /// Until when the poller role is surely still ours (its lease, less a margin, from when

@@ -106,10 +106,15 @@ async fn next(d: &Daemon, stop: &CancellationToken) -> Option<Claim> {
 /// Tell the farm which repositories this host holds warm build caches for, so their jobs
 /// wait a moment for it (`cache_affinity`).
 async fn publish_warm_caches(d: &Daemon) {
+    let _one = d.warm_lock.lock().await;
     let dir = d.state_dir.join("cache");
+    let metrics = crate::runner::cache::CacheMetrics::registered(&d.metrics);
     let repos = tokio::task::spawn_blocking(move || {
-        let metrics = std::sync::Arc::new(crate::runner::cache::CacheMetrics::default());
-        crate::runner::cache::Caches::open(&dir, u64::MAX, metrics).map(|c| c.warm_repos())
+        let caches = crate::runner::cache::Caches::open(&dir, u64::MAX, metrics.clone())?;
+        // The gauge from the records, also after a restart or a `kiln cache prune`.
+        let bytes: u64 = caches.list()?.iter().map(|l| l.record.bytes).sum();
+        metrics.bytes.set(bytes as i64);
+        Ok::<_, crate::runner::cache::CacheError>(caches.warm_repos())
     })
     .await;
     let repos = match repos {

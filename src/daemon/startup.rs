@@ -317,6 +317,7 @@ fn daemon(
         pokes: tokio::sync::broadcast::channel(256).0,
         running: Mutex::new(HashMap::new()),
         tag_lock: Arc::new(tokio::sync::Mutex::new(())),
+        warm_lock: tokio::sync::Mutex::new(()),
         poller: AtomicBool::new(false),
         poller_until: Mutex::new(None),
     })

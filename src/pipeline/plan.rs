@@ -264,7 +264,7 @@ impl Plan {
     ) -> Result<Vec<ArtifactResult>, PipelineError> {
         let labels = self.labels(sourced);
         let taking = self.take_caches(b, sourced, runner).await?;
-        let cached = taking.mounted();
+        let (mounted, warm) = (taking.mounted(), taking.warm());
         let made = async {
             let output = staged(
                 hooks,
@@ -292,12 +292,12 @@ impl Plan {
                 drop(output);
                 if self.verify {
                     let again = async {
-                        // The rebuild is cold: where the first build had caches, they made
-                        // the difference.
+                        // The rebuild is cold: where the first build found warm caches, they
+                        // made the difference.
                         self.again(b, sourced, runner, labels, &bases, &artifacts)
                             .await
                             .map_err(|e| match e {
-                                PipelineError::NotReproducible(d) if cached => {
+                                PipelineError::NotReproducible(d) if warm => {
                                     PipelineError::CacheChangedOutput(d)
                                 }
                                 e => e,
@@ -312,17 +312,26 @@ impl Plan {
             Ok::<_, PipelineError>((rest, bytes))
         }
         .await;
-        // The caches are kept when every step succeeded, unless the cold rebuild showed that
-        // they changed the output; a failed, timed-out or cancelled run discards them.
+        // The caches are kept when every step succeeded, unless the cold rebuild says they
+        // made a difference: it came out different, or its steps failed where those with the
+        // caches succeeded. A failed, timed-out or cancelled run discards them.
         let keep = match &made {
-            Ok((Err(PipelineError::CacheChangedOutput(_)), _)) | Err(_) => false,
+            Err(_)
+            | Ok((
+                Err(
+                    PipelineError::CacheChangedOutput(_)
+                    | PipelineError::NotReproducible(_)
+                    | PipelineError::Build { .. },
+                ),
+                _,
+            )) => false,
             Ok(_) => true,
         };
         let (made, bytes) = match made {
             Ok((r, bytes)) => (r, bytes),
             Err(e) => (Err(e), Default::default()),
         };
-        if let Some(cp) = &self.caches {
+        if let Some(cp) = self.caches.as_ref().filter(|_| mounted) {
             taking.release(&cp.caches, runner, keep, &bytes).await;
             if keep && let Err(e) = cp.caches.enforce_budget(runner).await {
                 tracing::warn!(error = %e, "the build caches could not be kept within their budget");
@@ -370,7 +379,7 @@ impl Plan {
                 log: b.log.clone(),
             })?;
         let mut note = |line: String| stages::note(b, &line);
-        Ok(cp
+        let mut taking = cp
             .caches
             .take_all(
                 runner,
@@ -379,7 +388,9 @@ impl Plan {
                 &b.run_id,
                 &mut note,
             )
-            .await?)
+            .await?;
+        taking.builder = Some(builder);
+        Ok(taking)
     }
 
     /// How this plan makes and attests artifacts.

@@ -228,6 +228,7 @@ pub async fn run(
         scratch: &b.scratch,
         limits: &b.limits,
         caches: caches.mounts(),
+        builder: caches.builder.as_ref(),
     };
     let mut out = runner
         .run(&req, &b.cancel, b.observer.as_ref())
@@ -486,6 +487,7 @@ pub async fn image(
                     path: c.path.clone(),
                     id: c.id.clone(),
                     warm: c.warm,
+                    scratch: c.scratch,
                 })
                 .collect(),
             network_steps: output

@@ -292,7 +292,12 @@ impl Caches {
     }
 
     fn forget(&self, id: &str) {
-        let _ = std::fs::remove_file(self.record_path(id));
+        let path = self.record_path(id);
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "a cache record could not be removed");
+        }
     }
 
     /// Take the cache `key` for build `build`: held (warm if an earlier build saved it), or
@@ -311,13 +316,22 @@ impl Caches {
             .write(true)
             .open(&lock_path)
             .map_err(io("open", &lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let holder = self.read(&id).map(|r| r.build).unwrap_or_default();
-                return Ok(Taken::Busy { id, holder });
+        // `kiln cache list` and the budget look at locks for an instant: a few tries before
+        // the cache counts as busy.
+        let mut tries = 0;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if tries < 10 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    let holder = self.read(&id).map(|r| r.build).unwrap_or_default();
+                    return Ok(Taken::Busy { id, holder });
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io("lock", &lock_path)(e)),
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io("lock", &lock_path)(e)),
         }
         let volume = self.volume_name(&id);
         let old = self.read(&id);
@@ -424,16 +438,21 @@ impl Caches {
         Ok(removed)
     }
 
-    /// Remove a cache unless a build took it meanwhile.
+    /// Remove a cache unless a build took it (or used it) since `r` was read.
     async fn remove_idle(&self, runner: &dyn Runner, r: &Record) -> Result<bool, CacheError> {
         let lock_path = self.lock_path(&r.id);
-        let Ok(lock) = File::open(&lock_path) else {
-            self.forget(&r.id);
-            runner.remove_volume(&r.volume).await?;
-            return Ok(true);
-        };
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io("open", &lock_path))?;
         if lock.try_lock().is_err() {
             return Ok(false);
+        }
+        match self.read(&r.id) {
+            Some(now) if now.last_used == r.last_used && now.build == r.build => {}
+            _ => return Ok(false),
         }
         // The lock file stays: removing it would let two builds lock two different files.
         self.forget(&r.id);
@@ -485,10 +504,22 @@ impl Caches {
     }
 }
 
+fn key_of(repo: &str, recipe: &str, builder: &str) -> CacheKey {
+    CacheKey {
+        repo: repo.to_owned(),
+        recipe: recipe.to_owned(),
+        builder: builder.to_owned(),
+        path: String::new(),
+    }
+}
+
 /// The caches of one build: each of its recipe's paths held, or busy.
 #[derive(Default)]
 pub struct Taking {
     slots: Vec<Slot>,
+    /// The builder the caches were named for: the run uses this one, not whatever the
+    /// reference points at by then.
+    pub builder: Option<super::BuilderImage>,
 }
 
 enum Slot {
@@ -510,11 +541,10 @@ impl Caches {
         let mut t = Taking::default();
         for path in paths {
             let key = CacheKey {
-                repo: repo.to_owned(),
-                recipe: recipe.to_owned(),
-                builder: builder.to_owned(),
                 path: path.clone(),
+                ..key_of(repo, recipe, builder)
             };
+            let id = key.id();
             match self.take(runner, key, build).await {
                 Ok(Taken::Held(h)) => {
                     note(format!(
@@ -533,10 +563,16 @@ impl Caches {
                         id,
                     });
                 }
+                // A cache that cannot be had (the engine refused its volume, say) is not worth
+                // failing the build for: it runs cold, as without caches.
                 Err(e) => {
-                    // Those taken already go back as they were found.
-                    t.release(self, runner, false, &BTreeMap::new()).await;
-                    return Err(e);
+                    note(format!(
+                        "kiln: cache {path} is unavailable ({e}): this build runs without it"
+                    ));
+                    t.slots.push(Slot::Busy {
+                        path: path.clone(),
+                        id,
+                    });
                 }
             }
         }
@@ -581,6 +617,13 @@ impl Taking {
     /// Whether any cache was mounted.
     pub fn mounted(&self) -> bool {
         self.slots.iter().any(|s| matches!(s, Slot::Held(_)))
+    }
+
+    /// Whether any mounted cache held what an earlier build left.
+    pub fn warm(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| matches!(s, Slot::Held(h) if h.warm))
     }
 
     /// Save the held caches (`keep`, with the sizes measured after the steps, by path) or

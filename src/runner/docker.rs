@@ -26,6 +26,7 @@ use bollard::query_parameters::{
 use futures_util::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
+use super::markers::{DRIVER, Demux, Marker, Piece};
 use super::steplog::{StepLog, Tail};
 use super::{BuildError, BuilderImage, LABEL_BUILD, RunOutput, RunRequest, Runner, StepRecord, io};
 use crate::events::{Event, Observer};
@@ -36,40 +37,85 @@ const TAIL_LINES: usize = 15;
 const PULL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 /// How long the work of a stopped build (output spooling, the source tar) may take to notice.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
-/// Runs its arguments as steps, each `/bin/sh -c STEP` with its standard error joined to its
-/// standard output, and reports on its own standard error where each starts and ends
-/// ([`Marker`]); stops at the first that fails, with its exit code.
-const DRIVER: &str = "umask @UMASK@
-i=0
-for step in \"$@\"; do
-  i=$((i + 1))
-  printf 'kiln-step start %d\\n' \"$i\" >&2
-  /bin/sh -c \"$step\" 2>&1
-  code=$?
-  printf 'kiln-step end %d %d\\n' \"$i\" \"$code\" >&2
-  [ \"$code\" -eq 0 ] || exit \"$code\"
-done";
-
-/// A line of the step driver's standard error.
-#[derive(Debug, PartialEq, Eq)]
-enum Marker {
-    /// Step `i` (1-based, within the exec) starts.
-    Start(usize),
-    /// Step `i` ended with this exit code.
-    End(usize, i64),
+/// Steps `first..end` of one exec as their output and markers arrive.
+struct StepRun {
+    first: usize,
+    end: usize,
+    network: bool,
+    /// The step running now: (1-based index, started, its output's tail).
+    current: Option<(usize, std::time::Instant, Tail)>,
+    /// The step that failed: (index, exit code, its output's tail).
+    failed: Option<(usize, i64, Tail)>,
 }
 
-impl Marker {
-    fn parse(line: &str) -> Option<Marker> {
-        let rest = line.strip_prefix("kiln-step ")?;
-        let mut w = rest.split(' ');
-        match (w.next()?, w.next()?.parse().ok()?, w.next(), w.next()) {
-            ("start", i, None, None) => Some(Marker::Start(i)),
-            ("end", i, Some(code), None) => Some(Marker::End(i, code.parse().ok()?)),
-            _ => None,
+impl StepRun {
+    fn take(
+        &mut self,
+        piece: Piece,
+        req: &RunRequest<'_>,
+        log: &mut StepLog<'_>,
+        records: &mut Vec<StepRecord>,
+        observer: &(dyn Observer + Send + Sync),
+    ) -> Result<(), BuildError> {
+        let b = req.build;
+        let network = self.network;
+        match piece {
+            Piece::Output(bytes) => {
+                if let Some((_, _, tail)) = self.current.as_mut() {
+                    tail.push(&bytes);
+                }
+                log.output(&bytes, observer)?;
+            }
+            Piece::Marker(Marker::Start(i)) if (1..=self.end - self.first).contains(&i) => {
+                let index = self.first + i;
+                let command = &b.steps[index - 1].run;
+                observer.event(&Event::StepStarted {
+                    index,
+                    total: b.steps.len(),
+                    command: command.clone(),
+                    network,
+                });
+                tracing::info!(step = index, command = %command, network, "running step");
+                log.line(&format!(
+                    "{} {command}",
+                    if network { "$ (network)" } else { "$" }
+                ))?;
+                self.current = Some((index, std::time::Instant::now(), Tail::default()));
+            }
+            Piece::Marker(Marker::End(i, code))
+                if self.current.as_ref().is_some_and(|c| c.0 == self.first + i) =>
+            {
+                let Some((index, started, tail)) = self.current.take() else {
+                    return Ok(());
+                };
+                let millis = started.elapsed().as_millis() as u64;
+                observer.event(&Event::StepFinished {
+                    index,
+                    exit_code: code,
+                    millis,
+                });
+                if code != 0 {
+                    let _ = log.line(&format!("kiln: step {index} exited with code {code}"));
+                    self.failed = Some((index, code, tail));
+                } else {
+                    records.push(StepRecord {
+                        index,
+                        command: b.steps[index - 1].run.clone(),
+                        exit_code: code,
+                        millis,
+                        network,
+                    });
+                }
+            }
+            // A marker out of turn (a step that forged one): ignored.
+            Piece::Marker(_) => {}
         }
+        Ok(())
     }
 }
+
+/// Bytes kept of what kiln's own execs in a build container print (`du`).
+const EXEC_OUTPUT: usize = 64 * 1024;
 
 /// The engine's network a build with networked steps is connected to while they run.
 const NETWORK: &str = "bridge";
@@ -267,6 +313,10 @@ impl DockerRunner {
             .start_container(id, None)
             .await
             .map_err(engine("start the build container"))?;
+        // An engine that attached a network anyway must not run an offline step with it.
+        if b.wants_network() && !connected {
+            self.check_offline(id).await?;
+        }
         // The engine writes the container's own address into /etc/hosts when it has a
         // network: the build sees localhost only, like an offline one.
         if b.wants_network() {
@@ -334,7 +384,43 @@ impl DockerRunner {
                     },
                 )
                 .await
-                .map_err(engine("disconnect the build from the network"))
+                .map_err(engine("disconnect the build from the network"))?;
+            // Before start the engine records the choice; once running it must hold now.
+            match self
+                .docker
+                .inspect_container(
+                    id,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await
+            {
+                Ok(c) if c.state.as_ref().and_then(|s| s.running) == Some(true) => {
+                    self.check_offline(id).await
+                }
+                _ => Ok(()),
+            }
+        }
+    }
+
+    /// Fail unless the container has no network (only its loopback).
+    async fn check_offline(&self, id: &str) -> Result<(), BuildError> {
+        let info = self
+            .docker
+            .inspect_container(
+                id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .map_err(engine("inspect the build container"))?;
+        let attached: Vec<String> = info
+            .network_settings
+            .and_then(|n| n.networks)
+            .map(|n| n.into_keys().collect())
+            .unwrap_or_default();
+        if attached.is_empty() {
+            Ok(())
+        } else {
+            Err(BuildError::NotOffline { networks: attached })
         }
     }
 
@@ -412,12 +498,10 @@ impl DockerRunner {
         std::fs::remove_file(&tar_path).map_err(io("remove", &tar_path))
     }
 
-    /// Run steps `first..end` (0-based) in one exec of a small driver that runs each with
-    /// `/bin/sh -c STEP` under a fixed umask in `workdir`, stops at the first that fails, and
-    /// tells where each starts and ends on its standard error (the steps' own standard error
-    /// goes to its standard output, so nothing a step prints is read as a marker). Output
-    /// streams into the log; each step is recorded; a step that exits non-zero is
-    /// [`BuildError::StepFailed`].
+    /// Run steps `first..end` (0-based) in one exec of the step driver
+    /// ([`super::markers`]): each `/bin/sh -c STEP` under a fixed umask in `workdir`, stopping
+    /// at the first that fails. Output streams into the log; each step is recorded; a step
+    /// that exits non-zero is [`BuildError::StepFailed`].
     #[allow(clippy::too_many_arguments)]
     async fn steps(
         &self,
@@ -431,11 +515,13 @@ impl DockerRunner {
     ) -> Result<(), BuildError> {
         let b = req.build;
         let total = b.steps.len();
+        let nonce = crate::ids::new_id();
         let mut cmd: Vec<String> = vec![
             "/bin/sh".into(),
             "-c".into(),
             DRIVER.replace("@UMASK@", super::UMASK),
             "kiln-steps".into(),
+            nonce.clone(),
         ];
         cmd.extend(b.steps[first..end].iter().map(|s| s.run.clone()));
         let exec = self
@@ -453,10 +539,14 @@ impl DockerRunner {
             .await
             .map_err(engine("create a step"))?
             .id;
-        // The step running now: (1-based index, started, its output's tail).
-        let mut current: Option<(usize, std::time::Instant, Tail)> = None;
-        let mut control = Vec::new();
-        let mut failed: Option<(usize, i64, Tail)> = None;
+        let mut run = StepRun {
+            first,
+            end,
+            network,
+            current: None,
+            failed: None,
+        };
+        let mut demux = Demux::new(&nonce);
         if let StartExecResults::Attached { mut output, .. } = self
             .docker
             .start_exec(&exec, None)
@@ -466,72 +556,23 @@ impl DockerRunner {
             while let Some(chunk) = output.next().await {
                 match chunk.map_err(engine("read a step's output"))? {
                     LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                        if let Some((_, _, tail)) = current.as_mut() {
-                            tail.push(&message);
+                        for piece in demux.push(&message) {
+                            run.take(piece, req, log, records, observer)?;
                         }
-                        log.output(&message, observer)?;
                     }
+                    // The driver's own complaints (it cannot start a shell, say).
                     LogOutput::StdErr { message } => {
-                        control.extend_from_slice(&message);
-                        while let Some(nl) = control.iter().position(|&c| c == b'\n') {
-                            let line: Vec<u8> = control.drain(..=nl).collect();
-                            let line = String::from_utf8_lossy(&line);
-                            match Marker::parse(line.trim_end()) {
-                                Some(Marker::Start(i)) if (1..=end - first).contains(&i) => {
-                                    let index = first + i;
-                                    let command = &b.steps[index - 1].run;
-                                    observer.event(&Event::StepStarted {
-                                        index,
-                                        total,
-                                        command: command.clone(),
-                                        network,
-                                    });
-                                    tracing::info!(step = index, command = %command, network, "running step");
-                                    log.line(&format!(
-                                        "{} {command}",
-                                        if network { "$ (network)" } else { "$" }
-                                    ))?;
-                                    current =
-                                        Some((index, std::time::Instant::now(), Tail::default()));
-                                }
-                                Some(Marker::End(i, code))
-                                    if current.as_ref().is_some_and(|c| c.0 == first + i) =>
-                                {
-                                    let Some((index, started, tail)) = current.take() else {
-                                        continue;
-                                    };
-                                    let millis = started.elapsed().as_millis() as u64;
-                                    observer.event(&Event::StepFinished {
-                                        index,
-                                        exit_code: code,
-                                        millis,
-                                    });
-                                    if code != 0 {
-                                        let _ = log.line(&format!(
-                                            "kiln: step {index} exited with code {code}"
-                                        ));
-                                        failed = Some((index, code, tail));
-                                    } else {
-                                        records.push(StepRecord {
-                                            index,
-                                            command: b.steps[index - 1].run.clone(),
-                                            exit_code: code,
-                                            millis,
-                                            network,
-                                        });
-                                    }
-                                }
-                                // The driver's own complaints (it cannot run a shell, say).
-                                _ => log.output(line.as_bytes(), observer)?,
-                            }
-                        }
+                        run.take(Piece::Output(message.to_vec()), req, log, records, observer)?
                     }
                     LogOutput::StdIn { .. } => {}
                 }
             }
         }
+        if let Some(piece) = demux.finish() {
+            run.take(piece, req, log, records, observer)?;
+        }
         let code = self.exit_code(&exec).await?;
-        match (failed, code) {
+        match (run.failed, code) {
             (None, 0) if records.len() == end => Ok(()),
             (Some((index, code, tail)), _) => Err(BuildError::StepFailed {
                 index,
@@ -543,18 +584,30 @@ impl DockerRunner {
             // The driver itself stopped (killed, or it could not run a step): the step it was
             // on, else the first not recorded, failed with its exit code.
             (None, code) => {
-                let (index, tail) = match current {
-                    Some((index, _, tail)) => (index, tail),
-                    None => (records.len() + 1, Tail::default()),
-                };
+                let index = run
+                    .current
+                    .as_ref()
+                    .map_or(records.len() + 1, |c| c.0)
+                    .min(total);
                 let code = if code == 0 { 1 } else { code };
+                if let Some((_, started, _)) = &run.current {
+                    observer.event(&Event::StepFinished {
+                        index,
+                        exit_code: code,
+                        millis: started.elapsed().as_millis() as u64,
+                    });
+                }
                 let _ = log.line(&format!("kiln: step {index} exited with code {code}"));
                 Err(BuildError::StepFailed {
                     index,
                     total,
-                    command: b.steps[index.min(total) - 1].run.clone(),
+                    command: b.steps[index - 1].run.clone(),
                     code,
-                    tail: tail.lines(TAIL_LINES),
+                    tail: run
+                        .current
+                        .map(|c| c.2)
+                        .unwrap_or_default()
+                        .lines(TAIL_LINES),
                 })
             }
         }
@@ -685,9 +738,11 @@ impl DockerRunner {
             .await
             .map_err(engine(op))?
         {
+            // What the image's own tools print is bounded: they come with the commit's builder.
             while let Some(chunk) = output.next().await {
                 if let Ok(LogOutput::StdOut { message }) = chunk {
-                    out.extend_from_slice(&message);
+                    let room = EXEC_OUTPUT.saturating_sub(out.len());
+                    out.extend_from_slice(&message[..message.len().min(room)]);
                 }
             }
         }
@@ -773,7 +828,10 @@ impl Runner for DockerRunner {
                 step: !b.network,
             });
         }
-        let builder = self.resolve_image(&req.build.image, cancel).await?;
+        let builder = match req.builder {
+            Some(b) => b.clone(),
+            None => self.resolve_image(&req.build.image, cancel).await?,
+        };
         let name = format!("kiln-{}", req.build_id);
         let opts = CreateContainerOptionsBuilder::default().name(&name).build();
         let id = self
@@ -914,29 +972,5 @@ impl Runner for DockerRunner {
             _ = cancel.cancelled() => return Err(BuildError::Cancelled),
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Marker;
-
-    #[test]
-    fn only_exact_driver_lines_are_markers() {
-        assert_eq!(Marker::parse("kiln-step start 2"), Some(Marker::Start(2)));
-        assert_eq!(
-            Marker::parse("kiln-step end 3 127"),
-            Some(Marker::End(3, 127))
-        );
-        for not in [
-            "kiln-step start",
-            "kiln-step start x",
-            "kiln-step end 1",
-            "kiln-step end 1 2 3",
-            " kiln-step start 1",
-            "sh: can't cd",
-        ] {
-            assert_eq!(Marker::parse(not), None, "{not}");
-        }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod cache;
 mod docker;
+mod markers;
 mod steplog;
 
 use std::collections::BTreeMap;
@@ -160,6 +161,9 @@ pub struct RunRequest<'a> {
     pub limits: &'a Limits,
     /// Build caches mounted for this run (none for a cold build).
     pub caches: Vec<cache::CacheMount>,
+    /// The builder image as already resolved (the one the caches were named for); else the
+    /// runner resolves `build.image` itself.
+    pub builder: Option<&'a BuilderImage>,
 }
 
 /// The builder image as the engine resolved it.
@@ -283,6 +287,10 @@ pub enum BuildError {
         if *step { " on a step" } else { "" }
     )]
     NetworkNotAllowed { hint: &'static str, step: bool },
+    #[error(
+        "the engine left the build container attached to {networks:?} before a step without the network; refusing to run it"
+    )]
+    NotOffline { networks: Vec<String> },
     #[error("the build's output exceeds the host's limit of {limit} bytes; nothing was packed")]
     OutputTooLarge { limit: u64 },
     #[error("the build did not produce its output directory {path}")]
