@@ -67,7 +67,6 @@ golang.org/x/term                  golang-golang-x-term-dev                  0.3
 golang.org/x/text                  golang-golang-x-text-dev                  0.7.0-1
 "
 EPOCH1=1704164645
-EPOCH2=$((EPOCH1 + 3600))
 status=0
 
 die() { echo "real-project: $*" >&2; exit 1; }
@@ -189,6 +188,9 @@ EOF
   w=$(grep -oE '^ *Compiling [^ ]+ v[^ ]+' "$(logof "rust --cache (warm), commit $((ROUNDS + 1))")" | awk '{print $2}' | paste -sd' ' - || true)
   echo "rust: compiled: cold $c crates; warm: ${w:-nothing}"
   grep -o 'fresh.sh: .*' "$(logof "rust --cache (warm), commit $((ROUNDS + 1))")" | sed 's/^/rust: warm: /' || true
+  printf "rust: cargo's own time (its Finished line): cold %ss, last warm %ss\n" \
+    "$(sed -n 's/.*Finished .* in \([0-9.]*\)s$/\1/p' "$(logof "rust cold, commit 1")")" \
+    "$(sed -n 's/.*Finished .* in \([0-9.]*\)s$/\1/p' "$(logof "rust --cache (warm), commit $((ROUNDS + 1))")")"
 }
 
 # apt_get ARGS...: apt-get on a private state in $work/apt: the host's Debian sources with deb-src

@@ -9,7 +9,9 @@
 #
 # `begin` hashes every file outside CACHE_DIR, touches (to now) each one whose content is not in
 # the record the last build left in CACHE_DIR, and writes the new record beside it; `end` (after
-# a successful build) puts the new record in place. With no record (a cold cache) it only records.
+# a successful build) puts the new record in place. An empty CACHE_DIR (a new cache) is only
+# recorded; one with contents but no record (left by a recipe without fresh.sh) gets every file
+# touched, which rebuilds every path package once.
 # Vendored crates are a directory source: cargo fingerprints them by version and checksum, never
 # by mtime, so they are not rebuilt whatever their mtimes.
 set -eu
@@ -27,6 +29,10 @@ begin)
     while IFS= read -r f; do touch -- "$f"; n=$((n + 1)); done <"$record.changed"
     rm -f "$record.old" "$record.changed"
     echo "fresh.sh: $n file(s) new or changed since the cached build: touched" >&2
+  elif [ -n "$(ls -A "$cache" | grep -v '^\.kiln-sources\.')" ]; then
+    # A cache left by a build that kept no record: what changed is unknown, so touch everything.
+    find . -path "./${cache#./}" -prune -o -type f -exec touch -- {} +
+    echo "fresh.sh: no record of the cached build's sources: touched every file" >&2
   fi
   ;;
 end) mv "$record.next" "$record" ;;
