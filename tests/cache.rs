@@ -594,4 +594,13 @@ fn a_poisoned_cache_is_caught_by_the_cold_verify_and_tag_builds_never_see_it() {
     wait("the build after", &sha4, "success");
     assert_eq!(internal(&sha4)["caches"][0]["warm"], false);
     assert!(!common::layer_files(&layout, &sha4).contains_key("poison"));
+    // The engine's volumes outlive the test's directory: remove them.
+    let config = d.config.clone();
+    drop(d);
+    let out = run_ok(kiln().args(["cache", "prune", "--all", "--config"]).arg(&config));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1 cache removed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
