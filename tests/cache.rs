@@ -370,12 +370,12 @@ fn the_budget_evicts_the_least_recently_used_idle_cache() {
         // Oldest first: a, b, c, each 100 bytes; then a is used again.
         for repo in ["a", "b", "c"] {
             let h = take(repo).await;
-            caches.save(h, Some(100)).unwrap();
+            caches.save(h, Some(100), None).unwrap();
             tokio::time::sleep(Duration::from_millis(1100)).await;
         }
         let a = take("a").await;
         assert!(a.warm);
-        caches.save(a, None).unwrap();
+        caches.save(a, None, None).unwrap();
         // A held cache is never evicted, however old: hold c.
         let held_c = take("c").await;
         let evicted = caches.enforce_budget(runner.as_ref()).await.unwrap();
@@ -391,7 +391,7 @@ fn the_budget_evicts_the_least_recently_used_idle_cache() {
             .map(|l| l.record.key.repo.clone())
             .collect();
         assert_eq!(left, ["c", "a"], "most recently used first");
-        caches.save(held_c, Some(100)).unwrap();
+        caches.save(held_c, Some(100), None).unwrap();
         let all = caches.prune(runner.as_ref(), |_| true).await.unwrap();
         assert_eq!(all.len(), 2);
     });
@@ -597,10 +597,97 @@ fn a_poisoned_cache_is_caught_by_the_cold_verify_and_tag_builds_never_see_it() {
     // The engine's volumes outlive the test's directory: remove them.
     let config = d.config.clone();
     drop(d);
-    let out = run_ok(kiln().args(["cache", "prune", "--all", "--config"]).arg(&config));
+    let out = run_ok(
+        kiln()
+            .args(["cache", "prune", "--all", "--config"])
+            .arg(&config),
+    );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("1 cache removed"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Tools that decide by mtime see what changed: the source's files all carry the commit time,
+/// older than what an earlier build left in its cache, so a warm build stamps the files
+/// changed since the cache was saved with its own start instead. Without it, a make-like step
+/// would call the changed file up to date and ship the old result.
+#[test]
+fn a_warm_build_sees_changed_sources_as_newer_than_its_cache() {
+    let image = builder_image("busybox");
+    let t = tempfile::tempdir().unwrap();
+    let cache = t.path().join("cache");
+    let repo = t.path().join("r");
+    // Rebuild /cache/result from data.txt only when data.txt is newer, as make would.
+    let make = "mkdir -p /cache; if [ -f /cache/result ] && [ ! data.txt -nt /cache/result ]; then echo up-to-date; else cp data.txt /cache/result; echo rebuilt; fi; mkdir -p /out; cp /cache/result /out/app";
+    git_repo(
+        &repo,
+        &[
+            ("kiln.toml", recipe(&image, &[make]).as_bytes()),
+            ("data.txt", b"one\n"),
+        ],
+        None,
+    );
+    let layout = |n: &str| t.path().join(format!("out-{n}"));
+    let result = |n: &str| common::layer_files(&layout(n), "app")["app"].clone();
+    let said = |n: &str, what: &str| log_of(&layout(n)).lines().any(|l| l == what);
+    ok(&build(&repo, &layout("1"), &cache, false));
+    assert!(said("1", "rebuilt"));
+
+    // data.txt changes: the warm build must rebuild, and agree with a cold build.
+    std::fs::write(repo.join("data.txt"), "two\n").unwrap();
+    git(&repo, &["commit", "-qam", "two"]);
+    ok(&build(&repo, &layout("2"), &cache, false));
+    let log2 = log_of(&layout("2"));
+    assert!(
+        log2.contains("kiln: cache /cache: warm")
+            && log2.contains("1 source file changed since the cache was saved")
+            && said("2", "rebuilt"),
+        "{log2}"
+    );
+    assert_eq!(result("2"), b"two\n");
+    ok(&build(&repo, &layout("2-cold"), &cache, true));
+    let digest = |n: &str| {
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout(n).join("index.json")).unwrap()).unwrap();
+        index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "app")
+            .unwrap()["digest"]
+            .clone()
+    };
+    assert_eq!(
+        digest("2"),
+        digest("2-cold"),
+        "the warm build is the cold build"
+    );
+
+    // Something else changes: data.txt is up to date, and the result is still right. (The
+    // commit keeps the fixed commit time of the repository's first: a commit made this very
+    // second would be newer than the cache, and everything would look changed.)
+    std::fs::write(repo.join("other.txt"), "x\n").unwrap();
+    git(&repo, &["add", "other.txt"]);
+    run_ok(
+        Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(["commit", "-qm", "other"])
+            .env("GIT_COMMITTER_DATE", format!("@{COMMIT_TIME} +0000"))
+            .env("GIT_AUTHOR_DATE", format!("@{COMMIT_TIME} +0000"))
+            .env("GIT_AUTHOR_NAME", "kiln test")
+            .env("GIT_AUTHOR_EMAIL", "test@kiln.invalid")
+            .env("GIT_COMMITTER_NAME", "kiln test")
+            .env("GIT_COMMITTER_EMAIL", "test@kiln.invalid"),
+    );
+    ok(&build(&repo, &layout("3"), &cache, false));
+    assert!(said("3", "up-to-date"), "{}", log_of(&layout("3")));
+    assert_eq!(result("3"), b"two\n");
+    run_ok(
+        kiln()
+            .args(["cache", "prune", "--all", "--cache-dir"])
+            .arg(&cache),
     );
 }

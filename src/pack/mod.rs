@@ -279,7 +279,7 @@ pub fn pack_dir_tapped(
     let upload = sink.begin_blob()?;
     let mut out = HashingWriter::new(Compressor::new(upload, opts)?);
     let mut next_report: u64 = 0;
-    write_entries(&entries, opts.epoch, &mut out, cancel, tap, |done| {
+    write_entries(&entries, &|_| opts.epoch, &mut out, cancel, tap, |done| {
         if done >= next_report {
             observer.event(&Event::PackProgress { bytes: done, total });
             next_report = done + 16 * 1024 * 1024;
@@ -307,7 +307,7 @@ pub fn pack_dir_tapped(
 /// Write the entries (sorted by path) as a tar stream, ending with the two zero blocks.
 fn write_entries(
     entries: &[tree::Entry],
-    epoch: u64,
+    epoch: &dyn Fn(&tree::Entry) -> u64,
     out: &mut impl Write,
     cancel: &CancellationToken,
     tap: &mut dyn FileTap,
@@ -319,7 +319,7 @@ fn write_entries(
         if cancel.is_cancelled() {
             return Err(PackError::Cancelled);
         }
-        let (ext, h) = header::headers(&e.path, &e.kind, epoch);
+        let (ext, h) = header::headers(&e.path, &e.kind, epoch(e));
         if let Some((x, data)) = ext {
             out.write_all(x.as_bytes()).map_err(PackError::Write)?;
             out.write_all(&data).map_err(PackError::Write)?;
@@ -341,19 +341,30 @@ fn write_entries(
 /// Write directory `root` as an uncompressed deterministic tar (the same rules as a layer)
 /// with every path under `prefix` (for example `src` for a container's `/src`), plus empty
 /// directories `extra_dirs`; every parent directory gets its own entry. Returns the number
-/// of entries. Used to copy a source tree into a build container.
+/// of entries. Used to copy a source tree into a build container. Every entry gets mtime
+/// `epoch`, but the files of `fresh` (paths relative to `root`), which get its time.
 pub fn write_tree_tar(
     root: &Path,
     prefix: &str,
     extra_dirs: &[&str],
     epoch: u64,
+    fresh: Option<(&std::collections::BTreeSet<Vec<u8>>, u64)>,
     out: &mut impl Write,
     cancel: &CancellationToken,
 ) -> Result<u64, PackError> {
-    if epoch > USTAR_MAX {
+    if epoch > USTAR_MAX || fresh.is_some_and(|(_, t)| t > USTAR_MAX) {
         return Err(PackError::EpochOutOfRange(epoch));
     }
     let mut entries = tree::walk(root, cancel)?;
+    // Stamp by the path relative to `root`, before the prefix goes on.
+    let stamped: std::collections::BTreeSet<Vec<u8>> = match fresh {
+        Some((set, _)) => entries
+            .iter()
+            .filter(|e| set.contains(&e.path))
+            .map(|e| tree_path(prefix, &e.path))
+            .collect(),
+        None => Default::default(),
+    };
     let prefix = prefix.trim_matches('/');
     if !prefix.is_empty() {
         for e in &mut entries {
@@ -381,8 +392,73 @@ pub fn write_tree_tar(
     }
     entries.sort_by(|a, b| a.path.cmp(&b.path));
     entries.dedup_by(|a, b| a.path == b.path);
-    write_entries(&entries, epoch, out, cancel, &mut NoTap, |_| {})?;
+    let fresh_time = fresh.map_or(epoch, |(_, t)| t);
+    let mtime = |e: &tree::Entry| {
+        if stamped.contains(&e.path) {
+            fresh_time
+        } else {
+            epoch
+        }
+    };
+    write_entries(&entries, &mtime, out, cancel, &mut NoTap, |_| {})?;
     Ok(entries.len() as u64)
+}
+
+fn tree_path(prefix: &str, path: &[u8]) -> Vec<u8> {
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() {
+        return path.to_vec();
+    }
+    let mut p = prefix.as_bytes().to_vec();
+    p.push(b'/');
+    p.extend_from_slice(path);
+    p
+}
+
+/// What a source tree holds, by path (relative to `root`): sha256 of each regular file's
+/// bytes (its executable bit included) and of each symlink's target. Two trees with equal
+/// manifests copy into a container alike, but for mtimes.
+pub fn tree_manifest(
+    root: &Path,
+    cancel: &CancellationToken,
+) -> Result<std::collections::BTreeMap<Vec<u8>, [u8; 32]>, PackError> {
+    use sha2::{Digest as _, Sha256};
+    let mut out = std::collections::BTreeMap::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    for e in tree::walk(root, cancel)? {
+        if cancel.is_cancelled() {
+            return Err(PackError::Cancelled);
+        }
+        let mut h = Sha256::new();
+        match &e.kind {
+            Kind::Dir => continue,
+            Kind::Symlink { target } => {
+                h.update(b"link\0");
+                h.update(target);
+            }
+            Kind::File { executable, .. } => {
+                h.update(if *executable { b"exec\0" } else { b"file\0" });
+                let mut f = std::fs::File::open(&e.source).map_err(|source| PackError::Read {
+                    path: e.source.clone(),
+                    source,
+                })?;
+                loop {
+                    let n = std::io::Read::read(&mut f, &mut buf).map_err(|source| {
+                        PackError::Read {
+                            path: e.source.clone(),
+                            source,
+                        }
+                    })?;
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                }
+            }
+        }
+        out.insert(e.path, h.finalize().into());
+    }
+    Ok(out)
 }
 
 /// Unpack an untrusted tar stream into `dst`: only files, directories, symlinks and

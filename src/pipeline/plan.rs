@@ -272,7 +272,7 @@ impl Plan {
                 stages::run(b, sourced, runner, labels.clone(), &taking),
             )
             .await?;
-            let bytes = output.cache_bytes.clone();
+            let bytes = (output.cache_bytes.clone(), output.tree.clone());
             let rest = async {
                 let packed = staged(
                     hooks,
@@ -327,12 +327,14 @@ impl Plan {
             )) => false,
             Ok(_) => true,
         };
-        let (made, bytes) = match made {
+        let (made, (bytes, tree)) = match made {
             Ok((r, bytes)) => (r, bytes),
             Err(e) => (Err(e), Default::default()),
         };
         if let Some(cp) = self.caches.as_ref().filter(|_| mounted) {
-            taking.release(&cp.caches, runner, keep, &bytes).await;
+            taking
+                .release(&cp.caches, runner, keep, &bytes, tree.as_ref())
+                .await;
             if keep && let Err(e) = cp.caches.enforce_budget(runner).await {
                 tracing::warn!(error = %e, "the build caches could not be kept within their budget");
             }

@@ -218,6 +218,33 @@ pub async fn run(
 ) -> Result<RunOutput, PipelineError> {
     let info = &s.checkout.info;
     let span = tracing::info_span!("run", revision = info.revision.as_deref().unwrap_or("-"));
+    // With caches, the tree is recorded with them; files changed since a warm one was saved
+    // are stamped newer than anything in it.
+    let tree = match caches.mounted() {
+        true => {
+            let (root, cancel) = (s.checkout.tree().to_owned(), b.cancel.clone());
+            Some(
+                blocking(move || crate::pack::tree_manifest(&root, &cancel))
+                    .await?
+                    .map_err(|source| PipelineError::Build {
+                        source: crate::runner::BuildError::Output(source),
+                        log: b.log.clone(),
+                    })?,
+            )
+        }
+        false => None,
+    };
+    let fresh = tree.as_ref().and_then(|t| caches.fresh(t));
+    if let Some(f) = &fresh {
+        note(
+            b,
+            &format!(
+                "kiln: caches: {} source file{} changed since the cache was saved; stamped with this build's start, not the commit time",
+                f.len(),
+                if f.len() == 1 { "" } else { "s" }
+            ),
+        );
+    }
     let req = RunRequest {
         build: &s.recipe.build,
         source: s.checkout.tree(),
@@ -229,6 +256,8 @@ pub async fn run(
         limits: &b.limits,
         caches: caches.mounts(),
         builder: caches.builder.as_ref(),
+        // Strictly newer than anything an earlier build wrote (tar times are whole seconds).
+        fresh: fresh.as_ref().map(|f| (f, unix_now() + 1)),
     };
     let mut out = runner
         .run(&req, &b.cancel, b.observer.as_ref())
@@ -239,6 +268,7 @@ pub async fn run(
             log: b.log.clone(),
         })?;
     out.caches = caches.uses();
+    out.tree = tree;
     Ok(out)
 }
 

@@ -189,12 +189,17 @@ fn now() -> u64 {
     crate::pipeline::unix_now()
 }
 
+/// The source tree a build ran on: sha256 by path ([`crate::pack::tree_manifest`]).
+pub type Manifest = BTreeMap<Vec<u8>, [u8; 32]>;
+
 /// A cache one build holds: its lock, and whether it was warm.
 pub struct Held {
     record: Record,
     path: PathBuf,
     _lock: File,
     pub warm: bool,
+    /// The source tree of the build that saved it, where it was recorded.
+    tree: Option<Box<Manifest>>,
 }
 
 impl Held {
@@ -254,6 +259,46 @@ impl Caches {
 
     fn hex(id: &str) -> &str {
         id.strip_prefix("sha256:").unwrap_or(id)
+    }
+
+    fn tree_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{}.tree", Self::hex(id)))
+    }
+
+    /// The source tree recorded with a saved cache: `[[path hex, sha256 hex], ...]`.
+    fn read_tree(&self, id: &str) -> Option<Manifest> {
+        let bytes = std::fs::read(self.tree_path(id)).ok()?;
+        let pairs: Vec<(String, String)> = serde_json::from_slice(&bytes).ok()?;
+        pairs
+            .into_iter()
+            .map(|(p, h)| {
+                let h: [u8; 32] = hex::decode(h).ok()?.try_into().ok()?;
+                Some((hex::decode(p).ok()?, h))
+            })
+            .collect()
+    }
+
+    fn write_tree(&self, id: &str, tree: &Manifest) -> Result<(), CacheError> {
+        let path = self.tree_path(id);
+        let pairs: Vec<(String, String)> = tree
+            .iter()
+            .map(|(p, h)| (hex::encode(p), hex::encode(h)))
+            .collect();
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(&self.dir).map_err(io("create in", &self.dir))?;
+        serde_json::to_writer(std::io::BufWriter::new(&mut tmp), &pairs).map_err(|e| {
+            CacheError::Io {
+                op: "write",
+                path: path.clone(),
+                source: e.into(),
+            }
+        })?;
+        tmp.persist(&path).map_err(|e| CacheError::Io {
+            op: "replace",
+            path: path.clone(),
+            source: e.error,
+        })?;
+        Ok(())
     }
 
     fn record_path(&self, id: &str) -> PathBuf {
@@ -373,17 +418,34 @@ impl Caches {
             bytes: old.as_ref().filter(|_| warm).map_or(0, |r| r.bytes),
         };
         self.write(&record)?;
+        let tree = if warm {
+            self.read_tree(&id).map(Box::new)
+        } else {
+            None
+        };
         Ok(Taken::Held(Held {
             path: self.record_path(&id),
             record,
             _lock: lock,
             warm,
+            tree,
         }))
     }
 
     /// Keep what the build left in the cache for the next build; `bytes` as measured after
-    /// its steps (the last measure where there is none).
-    pub fn save(&self, mut held: Held, bytes: Option<u64>) -> Result<(), CacheError> {
+    /// its steps (the last measure where there is none); `tree`, the source it ran on.
+    pub fn save(
+        &self,
+        mut held: Held,
+        bytes: Option<u64>,
+        tree: Option<&Manifest>,
+    ) -> Result<(), CacheError> {
+        match tree {
+            Some(t) => self.write_tree(&held.record.id, t)?,
+            None => {
+                let _ = std::fs::remove_file(self.tree_path(&held.record.id));
+            }
+        }
         held.record.state = State::Saved;
         held.record.last_used = now();
         if let Some(b) = bytes {
@@ -397,6 +459,7 @@ impl Caches {
     /// Remove the cache a build damaged (or that changed its output).
     pub async fn discard(&self, runner: &dyn Runner, held: Held) -> Result<(), CacheError> {
         self.forget(&held.record.id);
+        let _ = std::fs::remove_file(self.tree_path(&held.record.id));
         runner.remove_volume(&held.record.volume).await?;
         drop(held);
         Ok(())
@@ -456,6 +519,7 @@ impl Caches {
         }
         // The lock file stays: removing it would let two builds lock two different files.
         self.forget(&r.id);
+        let _ = std::fs::remove_file(self.tree_path(&r.id));
         runner.remove_volume(&r.volume).await?;
         Ok(true)
     }
@@ -619,6 +683,32 @@ impl Taking {
         self.slots.iter().any(|s| matches!(s, Slot::Held(_)))
     }
 
+    /// The files of `tree` that are new or changed since a warm cache was saved (all of them
+    /// where a warm cache recorded no tree); `None` where no cache is warm. A build stamps
+    /// them newer than anything in the caches, so that tools deciding by mtime (make, cargo
+    /// for a workspace's own crates) see them as changed: the source's mtimes are otherwise
+    /// all the commit time, older than what an earlier build left.
+    pub fn fresh(&self, tree: &Manifest) -> Option<std::collections::BTreeSet<Vec<u8>>> {
+        let mut out = std::collections::BTreeSet::new();
+        let mut any = false;
+        for slot in &self.slots {
+            let Slot::Held(h) = slot else { continue };
+            if !h.warm {
+                continue;
+            }
+            any = true;
+            match &h.tree {
+                Some(old) => out.extend(
+                    tree.iter()
+                        .filter(|(p, d)| old.get(p.as_slice()) != Some(*d))
+                        .map(|(p, _)| p.clone()),
+                ),
+                None => out.extend(tree.keys().cloned()),
+            }
+        }
+        any.then_some(out)
+    }
+
     /// Whether any mounted cache held what an earlier build left.
     pub fn warm(&self) -> bool {
         self.slots
@@ -635,13 +725,14 @@ impl Taking {
         runner: &dyn Runner,
         keep: bool,
         bytes: &BTreeMap<String, u64>,
+        tree: Option<&Manifest>,
     ) {
         for slot in self.slots {
             let Slot::Held(h) = slot else { continue };
             let id = h.record.id.clone();
             let r = if keep {
                 let b = bytes.get(&h.record.key.path).copied();
-                caches.save(h, b)
+                caches.save(h, b, tree)
             } else {
                 caches.discard(runner, h).await
             };

@@ -470,10 +470,20 @@ impl DockerRunner {
                 req.epoch,
                 cancel.clone(),
             );
+            let fresh = req.fresh.map(|(set, t)| (set.clone(), t));
             tokio::task::spawn_blocking(move || -> Result<(), BuildError> {
                 let f = File::create(&tar_path).map_err(io("create", &tar_path))?;
                 let mut w = std::io::BufWriter::new(f);
-                crate::pack::write_tree_tar(&source, &workdir, &[&output], epoch, &mut w, &cancel)?;
+                let fresh = fresh.as_ref().map(|(set, t)| (set, *t));
+                crate::pack::write_tree_tar(
+                    &source,
+                    &workdir,
+                    &[&output],
+                    epoch,
+                    fresh,
+                    &mut w,
+                    &cancel,
+                )?;
                 w.flush().map_err(io("write", &tar_path))
             })
             .await
@@ -886,6 +896,7 @@ impl Runner for DockerRunner {
             steps,
             cache_bytes,
             caches: Vec::new(),
+            tree: None,
         })
     }
 

@@ -164,6 +164,9 @@ pub struct RunRequest<'a> {
     /// The builder image as already resolved (the one the caches were named for); else the
     /// runner resolves `build.image` itself.
     pub builder: Option<&'a BuilderImage>,
+    /// Source files (relative to `source`) changed since a warm cache was saved, and the
+    /// mtime they get instead of `epoch` ([`cache::Taking::fresh`]).
+    pub fresh: Option<(&'a std::collections::BTreeSet<Vec<u8>>, u64)>,
 }
 
 /// The builder image as the engine resolved it.
@@ -236,6 +239,8 @@ pub struct RunOutput {
     pub cache_bytes: BTreeMap<String, u64>,
     /// The caches this run used, for provenance (set by the caller that took them).
     pub caches: Vec<cache::CacheUse>,
+    /// The source tree it ran on, where caches were mounted (saved with them).
+    pub tree: Option<cache::Manifest>,
 }
 
 impl RunOutput {
