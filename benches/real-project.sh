@@ -174,8 +174,6 @@ replace-with = "vendored-sources"
 [source.vendored-sources]
 directory = "vendor"
 EOF
-  mkdir -p "$repo/kiln"
-  cp "$here/fresh.sh" "$repo/kiln/fresh.sh"
   sed "s|@IMAGE@|$image|" "$here/ripgrep.kiln.toml" >"$repo/kiln.toml"
   ndeps=$(find "$repo/vendor" -mindepth 1 -maxdepth 1 -type d | wc -l)
   echo "rust: ripgrep $RG_VERSION, $ndeps vendored dependency crates ($(du -sh "$repo/vendor" | cut -f1))"
@@ -187,7 +185,7 @@ EOF
   c=$(grep -c '^ *Compiling ' "$(logof "rust cold, commit 1")" || true)
   w=$(grep -oE '^ *Compiling [^ ]+ v[^ ]+' "$(logof "rust --cache (warm), commit $((ROUNDS + 1))")" | awk '{print $2}' | paste -sd' ' - || true)
   echo "rust: compiled: cold $c crates; warm: ${w:-nothing}"
-  grep -o 'fresh.sh: .*' "$(logof "rust --cache (warm), commit $((ROUNDS + 1))")" | sed 's/^/rust: warm: /' || true
+  grep -o 'kiln: caches: .*' "$(logof "rust --cache (warm), commit $((ROUNDS + 1))")" | sed 's/^/rust: warm: /' || true
   printf "rust: cargo's own time (its Finished line): cold %ss, last warm %ss\n" \
     "$(sed -n 's/.*Finished .* in \([0-9.]*\)s$/\1/p' "$(logof "rust cold, commit 1")")" \
     "$(sed -n 's/.*Finished .* in \([0-9.]*\)s$/\1/p' "$(logof "rust --cache (warm), commit $((ROUNDS + 1))")")"
