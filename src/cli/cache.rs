@@ -90,21 +90,6 @@ fn open(at: &CacheAt) -> Result<std::result::Result<Caches, ExitCode>> {
     }
 }
 
-fn size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 pub fn cache(c: CacheCommand) -> Result<ExitCode> {
     match c {
         CacheCommand::List { at, json } => {
@@ -123,15 +108,15 @@ pub fn cache(c: CacheCommand) -> Result<ExitCode> {
                 listed.len(),
                 if listed.len() == 1 { "" } else { "s" },
                 caches.dir().display(),
-                size(total),
-                size(caches.budget())
+                super::progress::human(total),
+                super::progress::human(caches.budget())
             );
             for l in &listed {
                 let r = &l.record;
                 println!(
                     "{}  {:>10}  {}  {}  {}  last used {}{}",
                     &r.id[..19],
-                    size(r.bytes),
+                    super::progress::human(r.bytes),
                     r.key.repo,
                     r.key.path,
                     r.key.recipe,
@@ -166,14 +151,14 @@ pub fn cache(c: CacheCommand) -> Result<ExitCode> {
                         r.volume,
                         r.key.repo,
                         r.key.path,
-                        size(r.bytes)
+                        super::progress::human(r.bytes)
                     );
                 }
                 eprintln!(
                     "{} cache{} removed, {} freed",
                     removed.len(),
                     if removed.len() == 1 { "" } else { "s" },
-                    size(freed)
+                    super::progress::human(freed)
                 );
                 Ok(ExitCode::SUCCESS)
             })

@@ -149,30 +149,40 @@ impl From<crate::digest::DigestParseError> for PipelineError {
 }
 
 fn not_reproducible(d: &[(String, crate::compare::Comparison)]) -> String {
-    // The first line stands alone (a commit status shows only it); the details follow.
-    let mut s = format!(
-        "not reproducible: {}",
-        d.iter()
-            .map(|(name, c)| format!("{name}: {}", c.summary()))
-            .collect::<Vec<_>>()
-            .join("; ")
-    );
-    s.push_str("\ntwo builds in fresh containers differ:");
-    for (name, c) in d {
-        s.push_str(&format!("\nartifact {name}:\n{}", c.text()));
-    }
-    s.trim_end().to_owned()
+    differ_message(
+        d,
+        "",
+        |name, summary| format!("{name}: {summary}"),
+        "two builds in fresh containers differ:",
+    )
 }
 
 fn cache_changed(d: &[(String, crate::compare::Comparison)]) -> String {
+    differ_message(
+        d,
+        "the cache changed the output: ",
+        |name, summary| format!("{summary} (artifact {name})"),
+        "the build with caches and the cold rebuild of the same commit differ (the caches are discarded):",
+    )
+}
+
+/// `not reproducible: <cause><each artifact's summary>`, alone on the first line (a commit
+/// status shows only it), then `details` and each artifact's differences.
+fn differ_message(
+    d: &[(String, crate::compare::Comparison)],
+    cause: &str,
+    each: impl Fn(&str, String) -> String,
+    details: &str,
+) -> String {
     let mut s = format!(
-        "not reproducible: the cache changed the output: {}",
+        "not reproducible: {cause}{}",
         d.iter()
-            .map(|(name, c)| format!("{} (artifact {name})", c.summary()))
+            .map(|(name, c)| each(name, c.summary()))
             .collect::<Vec<_>>()
             .join("; ")
     );
-    s.push_str("\nthe build with caches and the cold rebuild of the same commit differ (the caches are discarded):");
+    s.push('\n');
+    s.push_str(details);
     for (name, c) in d {
         s.push_str(&format!("\nartifact {name}:\n{}", c.text()));
     }

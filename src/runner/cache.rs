@@ -284,18 +284,24 @@ impl Caches {
             .iter()
             .map(|(p, h)| (hex::encode(p), hex::encode(h)))
             .collect();
+        self.persist(&path, &pairs)
+    }
+
+    /// Write `value` as JSON to `path` atomically (a temporary file, synced, renamed).
+    fn persist(&self, path: &Path, value: &impl Serialize) -> Result<(), CacheError> {
         let mut tmp =
             tempfile::NamedTempFile::new_in(&self.dir).map_err(io("create in", &self.dir))?;
-        serde_json::to_writer(std::io::BufWriter::new(&mut tmp), &pairs).map_err(|e| {
+        serde_json::to_writer(std::io::BufWriter::new(&mut tmp), value).map_err(|e| {
             CacheError::Io {
                 op: "write",
-                path: path.clone(),
+                path: path.to_owned(),
                 source: e.into(),
             }
         })?;
-        tmp.persist(&path).map_err(|e| CacheError::Io {
+        tmp.as_file().sync_all().map_err(io("sync", path))?;
+        tmp.persist(path).map_err(|e| CacheError::Io {
             op: "replace",
-            path: path.clone(),
+            path: path.to_owned(),
             source: e.error,
         })?;
         Ok(())
@@ -319,21 +325,7 @@ impl Caches {
     }
 
     fn write(&self, r: &Record) -> Result<(), CacheError> {
-        let path = self.record_path(&r.id);
-        let mut tmp =
-            tempfile::NamedTempFile::new_in(&self.dir).map_err(io("create in", &self.dir))?;
-        serde_json::to_writer_pretty(&mut tmp, r).map_err(|e| CacheError::Io {
-            op: "write",
-            path: path.clone(),
-            source: e.into(),
-        })?;
-        tmp.as_file().sync_all().map_err(io("sync", &path))?;
-        tmp.persist(&path).map_err(|e| CacheError::Io {
-            op: "replace",
-            path: path.clone(),
-            source: e.error,
-        })?;
-        Ok(())
+        self.persist(&self.record_path(&r.id), r)
     }
 
     fn forget(&self, id: &str) {
