@@ -186,7 +186,9 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Ca
 }
 
 fn now() -> u64 {
-    crate::pipeline::unix_now()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The source tree a build ran on: sha256 by path ([`crate::pack::tree_manifest`]).

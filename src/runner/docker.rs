@@ -339,16 +339,15 @@ impl DockerRunner {
                 self.fix_hosts(id).await?;
                 connected = network;
             }
-            self.steps(
-                id,
-                req,
-                (first, end),
+            let run = StepRun {
+                first,
+                end,
                 network,
-                &mut log,
-                &mut records,
-                observer,
-            )
-            .await?;
+                current: None,
+                failed: None,
+            };
+            self.steps(id, req, run, &mut log, &mut records, observer)
+                .await?;
             first = end;
         }
         if connected && !b.network {
@@ -512,18 +511,17 @@ impl DockerRunner {
     /// ([`super::markers`]): each `/bin/sh -c STEP` under a fixed umask in `workdir`, stopping
     /// at the first that fails. Output streams into the log; each step is recorded; a step
     /// that exits non-zero is [`BuildError::StepFailed`].
-    #[allow(clippy::too_many_arguments)]
     async fn steps(
         &self,
         id: &str,
         req: &RunRequest<'_>,
-        (first, end): (usize, usize),
-        network: bool,
+        mut run: StepRun,
         log: &mut StepLog<'_>,
         records: &mut Vec<StepRecord>,
         observer: &(dyn Observer + Send + Sync),
     ) -> Result<(), BuildError> {
         let b = req.build;
+        let (first, end) = (run.first, run.end);
         let total = b.steps.len();
         let nonce = crate::ids::new_id();
         let mut cmd: Vec<String> = vec![
@@ -549,13 +547,6 @@ impl DockerRunner {
             .await
             .map_err(engine("create a step"))?
             .id;
-        let mut run = StepRun {
-            first,
-            end,
-            network,
-            current: None,
-            failed: None,
-        };
         let mut demux = Demux::new(&nonce);
         if let StartExecResults::Attached { mut output, .. } = self
             .docker
