@@ -272,7 +272,8 @@ impl Plan {
                 stages::run(b, sourced, runner, labels.clone(), &taking),
             )
             .await?;
-            let bytes = (output.cache_bytes.clone(), output.tree.clone());
+            // What the caches are saved with: their sizes and the source tree.
+            let measured = (output.cache_bytes.clone(), output.tree.clone());
             let rest = async {
                 let packed = staged(
                     hooks,
@@ -309,7 +310,7 @@ impl Plan {
                 Ok::<_, PipelineError>(artifacts)
             }
             .await;
-            Ok::<_, PipelineError>((rest, bytes))
+            Ok::<_, PipelineError>((rest, measured))
         }
         .await;
         // The caches are kept when every step succeeded, unless the cold rebuild says they
@@ -328,7 +329,7 @@ impl Plan {
             Ok(_) => true,
         };
         let (made, (bytes, tree)) = match made {
-            Ok((r, bytes)) => (r, bytes),
+            Ok((r, measured)) => (r, measured),
             Err(e) => (Err(e), Default::default()),
         };
         if let Some(cp) = self.caches.as_ref().filter(|_| mounted) {

@@ -133,9 +133,14 @@ impl Checker<'_> {
             self.problem(0, "lease", "must be at least 3s");
         }
         let verify = self.verify(doc, "").unwrap_or(Verify::Never);
-        let cache_affinity = self
-            .duration(doc, "", "cache_affinity")
-            .unwrap_or(Duration::from_secs(5));
+        // "0s" is allowed here: it turns affinity off.
+        let cache_affinity = match self.string(doc, "", "cache_affinity") {
+            None => Duration::from_secs(5),
+            Some((s, _)) if s.trim() == "0s" || s.trim() == "0" => Duration::ZERO,
+            Some(_) => self
+                .duration(doc, "", "cache_affinity")
+                .unwrap_or(Duration::from_secs(5)),
+        };
         let mut cache_budget = crate::runner::cache::DEFAULT_BUDGET;
         let limits = match self.table(doc, "limits") {
             Some((t, _)) => self.limits(t, &mut cache_budget),
@@ -793,6 +798,22 @@ path = "/srv/git/widget.git"
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn cache_keys_have_defaults_and_zero_turns_affinity_off() {
+        let c = parse("[[repo]]\npath = \"/a\"\n").unwrap();
+        assert_eq!(c.cache_affinity, Duration::from_secs(5));
+        assert_eq!(c.cache_budget, 20 << 30);
+        assert!(!c.repos[0].cache_tags);
+        let c = parse("cache_affinity = \"0s\"\n[limits]\ncache = \"1g\"\n[[repo]]\npath = \"/a\"\ncache_tags = true\n").unwrap();
+        assert_eq!(c.cache_affinity, Duration::ZERO);
+        assert_eq!(c.cache_budget, 1 << 30);
+        assert!(c.repos[0].cache_tags);
+        let c = parse("cache_affinity = \"30s\"\n[[repo]]\npath = \"/a\"\n").unwrap();
+        assert_eq!(c.cache_affinity, Duration::from_secs(30));
+        let e = parse("cache_affinity = \"soon\"\n[[repo]]\npath = \"/a\"\n").unwrap_err();
+        assert!(e.to_string().contains("cache_affinity: invalid duration"), "{e}");
     }
 
     #[test]
