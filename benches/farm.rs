@@ -12,7 +12,10 @@
 //! 4. Cache affinity: 2 hosts, 2 repositories whose recipes keep a build cache, one commit to
 //!    each at once per round, 8 rounds: the share of builds that found a warm cache with
 //!    `cache_affinity = "0s"` (off) and `"5s"` (the default). `KILN_BENCH=affinity` runs only
-//!    this part.
+//!    this part. Measured: off, 14 of 16 warm (88%); on, 16 of 16. Off is high here because
+//!    the claim order is stable (the poller enqueues the repositories in the same order, and
+//!    the same host claims first), so each host tends to keep its repository anyway; on, it
+//!    is by design.
 //!
 //! Everything is real but GitHub (the in-test stand-in over real repositories): the Docker
 //! engine, the registry, PostgreSQL.

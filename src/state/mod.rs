@@ -360,8 +360,8 @@ pub trait Scheduling: Send + Sync {
     }
     /// [`claim`](Scheduling::claim) with cache affinity: a job whose repository another live
     /// host holds warm caches for, with a slot free, waits for that host until it has been
-    /// queued for `affinity` (zero: no affinity). Jobs this host holds warm caches for go
-    /// first among equals.
+    /// queued for `affinity` (zero: no affinity at all). Jobs this host holds warm caches for
+    /// go first among equals.
     async fn claim_near(
         &self,
         host: &str,

@@ -813,7 +813,10 @@ path = "/srv/git/widget.git"
         let c = parse("cache_affinity = \"30s\"\n[[repo]]\npath = \"/a\"\n").unwrap();
         assert_eq!(c.cache_affinity, Duration::from_secs(30));
         let e = parse("cache_affinity = \"soon\"\n[[repo]]\npath = \"/a\"\n").unwrap_err();
-        assert!(e.to_string().contains("cache_affinity: invalid duration"), "{e}");
+        assert!(
+            e.to_string().contains("cache_affinity: invalid duration"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -29,12 +29,14 @@ macro_rules! sql_scheduling {
                                      AND r.state = 'running' AND r.lease_until >= ?3) < w.slots)) \
                          ORDER BY (SELECT count(*) FROM jobs r WHERE r.repo = j.repo \
                                    AND r.state = 'running' AND r.lease_until >= ?3), \
-                                  (SELECT count(*) FROM warm_caches w WHERE w.host = ?1 AND w.repo = j.repo) DESC, \
+                                  CASE WHEN ?4 = 0 THEN 0 ELSE \
+                                  (SELECT count(*) FROM warm_caches w WHERE w.host = ?1 AND w.repo = j.repo) END DESC, \
+                                  CASE WHEN ?4 = 0 THEN 0 ELSE \
                                   (SELECT count(*) FROM warm_caches w JOIN hosts h ON h.id = w.host \
                                    WHERE w.repo = j.repo AND w.host <> ?1 \
                                    AND h.stopped_at IS NULL AND h.heartbeat_at >= ?3 - ?5 \
                                    AND (SELECT count(*) FROM jobs r WHERE r.host = w.host \
-                                        AND r.state = 'running' AND r.lease_until >= ?3) < w.slots), \
+                                        AND r.state = 'running' AND r.lease_until >= ?3) < w.slots) END, \
                                   j.queued_at, j.id \
                          LIMIT 1 {}) \
                      RETURNING id, repo, commit_sha, recipe, git_ref, fence, attempts, runs_from", $store::SKIP_LOCKED)),
