@@ -317,6 +317,19 @@ impl Caches {
         self.dir.join(format!("{}.lock", Self::hex(id)))
     }
 
+    /// The cache's lock file, opened (created if missing; never removed, so every build
+    /// locks the same file).
+    fn lock_file(&self, id: &str) -> Result<(File, PathBuf), CacheError> {
+        let path = self.lock_path(id);
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io("open", &path))?;
+        Ok((f, path))
+    }
+
     fn volume_name(&self, id: &str) -> String {
         format!("kiln-cache-{}-{}", self.scope, &Self::hex(id)[..32])
     }
@@ -348,13 +361,7 @@ impl Caches {
         build: &str,
     ) -> Result<Taken, CacheError> {
         let id = key.id();
-        let lock_path = self.lock_path(&id);
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io("open", &lock_path))?;
+        let (lock, lock_path) = self.lock_file(&id)?;
         // `kiln cache list` and the budget look at locks for an instant: a few tries before
         // the cache counts as busy.
         let mut tries = 0;
@@ -497,13 +504,7 @@ impl Caches {
 
     /// Remove a cache unless a build took it (or used it) since `r` was read.
     async fn remove_idle(&self, runner: &dyn Runner, r: &Record) -> Result<bool, CacheError> {
-        let lock_path = self.lock_path(&r.id);
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io("open", &lock_path))?;
+        let (lock, _) = self.lock_file(&r.id)?;
         if lock.try_lock().is_err() {
             return Ok(false);
         }
